@@ -1,0 +1,585 @@
+// Fake-quantization kernels and their autograd; see fake_quant.h for the math.
+#include "anybit/quant/fake_quant.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "anybit/quant/spec.h"
+
+namespace anybit {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr int64_t kGrain = 1 << 15;
+
+// Adding and subtracting 1.5 * 2^23 rounds a float to the nearest integer, ties to
+// even, under the default FP rounding mode, for |v| < 2^22. Inputs are clamped to the
+// (at most 17-bit) integer range first, so the trick is exact; unlike nearbyintf it
+// vectorizes with plain SSE2.
+constexpr float kRoundMagic = 12582912.0f;
+inline float round_half_even_small(float v) { return (v + kRoundMagic) - kRoundMagic; }
+
+inline float round_by_mode(float v, int64_t mode) {
+  switch (mode) {
+    case 1: return std::round(v);
+    case 2: return std::floor(v);
+    default: return std::nearbyint(v);
+  }
+}
+
+void check_rounding(int64_t rounding) {
+  if (rounding < 0 || rounding > 3)
+    throw Error("anybit fake_quant: rounding must be 0 (half_even), 1 (half_away), 2 (floor) "
+                "or 3 (stochastic), got " + std::to_string(rounding));
+}
+
+void check_range(int64_t qmin, int64_t qmax) {
+  if (qmin > qmax)
+    throw Error("anybit fake_quant: quant_min (" + std::to_string(qmin) +
+                ") must not exceed quant_max (" + std::to_string(qmax) + ")");
+  if (qmin < -(1 << 16) || qmax > (1 << 17))
+    throw Error("anybit fake_quant: integer range [" + std::to_string(qmin) + ", " +
+                std::to_string(qmax) + "] exceeds 17 bits");
+}
+
+// Zero points are stored as floats (so LSQ+ can learn them); like ATen's learnable
+// fake-quant, the integer used is round(z) clamped into [qmin, qmax].
+std::vector<float> integer_zero_points(const at::Tensor& zp, int64_t n, int64_t qmin,
+                                       int64_t qmax) {
+  at::Tensor z = zp.detach().to(at::kCPU, at::kFloat).contiguous();
+  std::vector<float> out(n);
+  const float* p = z.data_ptr<float>();
+  for (int64_t c = 0; c < n; ++c) {
+    float v = std::nearbyint(z.numel() == 1 ? p[0] : p[c]);
+    out[c] = std::min(std::max(v, static_cast<float>(qmin)), static_cast<float>(qmax));
+  }
+  return out;
+}
+
+std::vector<float> float_params(const at::Tensor& t, int64_t n) {
+  at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  std::vector<float> out(n);
+  const float* p = c.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) out[i] = c.numel() == 1 ? p[0] : p[i];
+  return out;
+}
+
+// Calls fn(begin, end, channel) over [0, n) split into runs sharing one channel,
+// in parallel.
+template <typename Fn>
+void for_each_channel_run(int64_t n, const ChannelLayout& L, Fn fn) {
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    int64_t i = b;
+    while (i < e) {
+      const int64_t blk = i / L.inner;
+      const int64_t c = blk % L.channels;
+      const int64_t end = std::min(e, (blk + 1) * L.inner);
+      fn(i, end, c);
+      i = end;
+    }
+  });
+}
+
+bool fast_path_ok(const at::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat;
+}
+
+// Shape that broadcasts one value per channel against x (for the ATen-op fallbacks).
+at::Tensor per_channel_view(const at::Tensor& p, const at::Tensor& x, int64_t axis,
+                            int64_t group_size, int64_t channels) {
+  if (channels == 1) return p.reshape({});
+  if (group_size > 0) return p.reshape({channels, 1});
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[axis] = channels;
+  return p.reshape(shape);
+}
+
+at::Tensor grouped(const at::Tensor& x, int64_t group_size) {
+  return group_size > 0 ? x.reshape({-1, group_size}) : x;
+}
+
+// The hot loop of the uniform forward, kept free of aliasing so it vectorizes.
+__attribute__((noinline)) void fq_span_half_even(const float* __restrict x, float* __restrict y,
+                                                 int64_t n, float inv, float sc, float lo,
+                                                 float hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    y[i] = round_half_even_small(v) * sc;
+  }
+}
+
+// STE mask: dx = dy where round(x/s) lies in [lo, hi]. x/s is clamped one step beyond
+// the range first so the magic rounding stays exact.
+__attribute__((noinline)) void fq_grad_span_ste(const float* __restrict x,
+                                                const float* __restrict g,
+                                                float* __restrict dx, int64_t n, float inv,
+                                                float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv;
+    v = v < lo - 1.0f ? lo - 1.0f : v;
+    v = v > hi + 1.0f ? hi + 1.0f : v;
+    const float r = round_half_even_small(v);
+    // multiply by the mask rather than branch: this loop must vectorize
+    dx[i] = g[i] * static_cast<float>((r >= lo) & (r <= hi));
+  }
+}
+
+// STE mask plus the LSQ step and zero-point gradient sums of one channel run.
+__attribute__((noinline)) void fq_grad_span_lsq(const float* __restrict x,
+                                                const float* __restrict g,
+                                                float* __restrict dx, int64_t n, float inv,
+                                                float sc, float lo, float hi, float* ds_out,
+                                                float* dz_out) {
+  float ds = 0.0f, dz = 0.0f;
+  // omp simd lets the two sums be reassociated across lanes
+#pragma omp simd reduction(+ : ds, dz)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv;
+    v = v < lo - 1.0f ? lo - 1.0f : v;
+    v = v > hi + 1.0f ? hi + 1.0f : v;
+    const float r = round_half_even_small(v);
+    // r lies in [lo-1, hi+1]: |r - clamp(r)| is 1 outside the range and 0 inside, and
+    // clamp(r) is lo below and hi above. Arithmetic instead of branches vectorizes.
+    float rc = r < lo ? lo : r;
+    rc = rc > hi ? hi : rc;
+    const float outside = std::fabs(r - rc);
+    const float inside = 1.0f - outside;
+    dx[i] = g[i] * inside;
+    ds += g[i] * (inside * ((r * sc - x[i]) * inv) + outside * rc);
+    dz -= g[i] * sc * outside;
+  }
+  *ds_out = ds;
+  *dz_out = dz;
+}
+
+}  // namespace
+
+ChannelLayout channel_layout(const at::Tensor& x, int64_t num_params, int64_t axis,
+                             int64_t group_size, const char* what) {
+  ChannelLayout L;
+  const int64_t n = x.numel();
+  if (group_size > 0) {
+    if (n % group_size != 0 || (x.dim() >= 1 && x.size(0) > 0 && (n / x.size(0)) % group_size != 0))
+      throw Error(std::string(what) + ": group size " + std::to_string(group_size) +
+                  " does not divide the row length of a tensor of " + std::to_string(n) +
+                  " elements");
+    L.channels = n / group_size;
+    L.inner = group_size;
+  } else if (num_params == 1) {
+    L.channels = 1;
+    L.inner = std::max<int64_t>(n, 1);
+  } else {
+    if (axis < 0 || axis >= x.dim())
+      throw Error(std::string(what) + ": channel axis " + std::to_string(axis) +
+                  " is outside a tensor of rank " + std::to_string(x.dim()));
+    L.channels = x.size(axis);
+    L.inner = 1;
+    for (int64_t d = axis + 1; d < x.dim(); ++d) L.inner *= x.size(d);
+    if (L.inner == 0) L.inner = 1;
+  }
+  if (num_params != L.channels)
+    throw Error(std::string(what) + ": expected " + std::to_string(L.channels) +
+                " parameter values, got " + std::to_string(num_params));
+  return L;
+}
+
+// ---------------------------------------------------------------------------------
+// Uniform affine
+// ---------------------------------------------------------------------------------
+
+at::Tensor fake_quant_affine_reference(const at::Tensor& x_in, const at::Tensor& scale,
+                                       const at::Tensor& zero_point, int64_t axis,
+                                       int64_t group_size, int64_t qmin, int64_t qmax,
+                                       int64_t rounding) {
+  check_range(qmin, qmax);
+  check_rounding(rounding);
+  at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
+  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
+  std::vector<float> s = float_params(scale, L.channels);
+  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  at::Tensor noise;
+  if (rounding == 3) noise = at::rand(x.sizes(), x.options());
+  at::Tensor y = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = (i / L.inner) % L.channels;
+    const float v = px[i] * (1.0f / s[c]);
+    float r = rounding == 3 ? std::floor(v + noise.data_ptr<float>()[i]) : round_by_mode(v, rounding);
+    float q = std::min(std::max(r + z[c], static_cast<float>(qmin)), static_cast<float>(qmax));
+    py[i] = (q - z[c]) * s[c];
+  }
+  return y.to(x_in.scalar_type());
+}
+
+at::Tensor fake_quant_affine_torchops(const at::Tensor& x, const at::Tensor& scale,
+                                      const at::Tensor& zero_point, int64_t axis,
+                                      int64_t group_size, int64_t qmin, int64_t qmax,
+                                      int64_t rounding) {
+  check_range(qmin, qmax);
+  check_rounding(rounding);
+  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
+  at::Tensor xg = grouped(x, group_size);
+  at::Tensor s = per_channel_view(scale.detach().to(x.options()), x, axis, group_size, L.channels);
+  at::Tensor z = per_channel_view(
+      zero_point.detach().to(x.options()).round().clamp(qmin, qmax), x, axis, group_size, L.channels);
+  at::Tensor v = xg * s.reciprocal();
+  at::Tensor r;
+  switch (rounding) {
+    case 1: r = v.sign() * (v.abs() + 0.5).floor(); break;
+    case 2: r = v.floor(); break;
+    case 3: r = (v + at::rand_like(v)).floor(); break;
+    default: r = v.round(); break;
+  }
+  at::Tensor q = at::minimum(at::maximum(r + z, at::full({}, qmin, x.options())),
+                             at::full({}, qmax, x.options()));
+  return ((q - z) * s).reshape(x.sizes());
+}
+
+at::Tensor fake_quant_affine_forward(const at::Tensor& x_in, const at::Tensor& scale,
+                                     const at::Tensor& zero_point, int64_t axis,
+                                     int64_t group_size, int64_t qmin, int64_t qmax,
+                                     int64_t rounding) {
+  if (!fast_path_ok(x_in) || rounding == 3)
+    return fake_quant_affine_torchops(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
+  at::Tensor x = x_in.contiguous();
+  at::Tensor y = at::empty_like(x);
+  fake_quant_affine_forward_out(x, scale, zero_point, axis, group_size, qmin, qmax, rounding, y);
+  return y;
+}
+
+void fake_quant_affine_forward_out(const at::Tensor& x, const at::Tensor& scale,
+                                   const at::Tensor& zero_point, int64_t axis, int64_t group_size,
+                                   int64_t qmin, int64_t qmax, int64_t rounding, at::Tensor& y) {
+  if (!fast_path_ok(x) || !x.is_contiguous() || !y.is_contiguous() || y.sizes() != x.sizes() ||
+      y.scalar_type() != at::kFloat || rounding == 3)
+    throw Error("fake_quant_affine_forward_out: needs contiguous CPU float32 x and y of one "
+                "shape and a deterministic rounding mode");
+  check_range(qmin, qmax);
+  check_rounding(rounding);
+  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
+  std::vector<float> s = float_params(scale, L.channels);
+  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  const float* px = x.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
+    const float sc = s[c], inv = 1.0f / sc;
+    // clamp(round(v) + z, qmin, qmax) - z == round(clamp(v, qmin - z, qmax - z)) because
+    // the bounds are integers and rounding is monotonic.
+    const float lo = static_cast<float>(qmin) - z[c], hi = static_cast<float>(qmax) - z[c];
+    if (rounding == 0) {
+      fq_span_half_even(px + b, py + b, e - b, inv, sc, lo, hi);
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        float v = round_by_mode(px[i] * inv, rounding);
+        py[i] = std::min(std::max(v, lo), hi) * sc;
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward_reference(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax,
+    double grad_factor) {
+  at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
+  at::Tensor g = grad_in.detach().to(at::kFloat).contiguous();
+  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
+  std::vector<float> s = float_params(scale, L.channels);
+  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  std::vector<double> ds(L.channels, 0.0), dz(L.channels, 0.0);
+  at::Tensor dx = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  const float* pg = g.data_ptr<float>();
+  float* pdx = dx.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = (i / L.inner) % L.channels;
+    const float inv = 1.0f / s[c];
+    const float q = z[c] + std::nearbyint(px[i] * inv);
+    if (q < qmin) {
+      pdx[i] = 0;
+      ds[c] += pg[i] * (qmin - z[c]) * grad_factor;
+      dz[c] += -pg[i] * s[c] * grad_factor;
+    } else if (q > qmax) {
+      pdx[i] = 0;
+      ds[c] += pg[i] * (qmax - z[c]) * grad_factor;
+      dz[c] += -pg[i] * s[c] * grad_factor;
+    } else {
+      pdx[i] = pg[i];
+      const float x_fq = (q - z[c]) * s[c];
+      ds[c] += pg[i] * (x_fq - px[i]) * inv * grad_factor;
+    }
+  }
+  at::Tensor ts = at::empty({L.channels}, x.options()), tz = at::empty({L.channels}, x.options());
+  for (int64_t c = 0; c < L.channels; ++c) {
+    ts[c] = ds[c];
+    tz[c] = dz[c];
+  }
+  return {dx.to(x_in.scalar_type()), ts.reshape(scale.sizes()), tz.reshape(zero_point.sizes())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax,
+    double grad_factor, bool need_scale_grad, bool need_zero_point_grad) {
+  if (!fast_path_ok(x_in)) {
+    auto r = fake_quant_affine_backward_reference(grad_in.cpu(), x_in.cpu(), scale, zero_point,
+                                                  axis, group_size, qmin, qmax, grad_factor);
+    return {std::get<0>(r).to(x_in.device()), std::get<1>(r).to(scale.device()),
+            std::get<2>(r).to(zero_point.device())};
+  }
+  at::Tensor x = x_in.contiguous();
+  at::Tensor g = grad_in.to(at::kFloat).contiguous();
+  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
+  std::vector<float> s = float_params(scale, L.channels);
+  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  at::Tensor dx = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  const float* pg = g.data_ptr<float>();
+  float* pdx = dx.data_ptr<float>();
+  const bool need_params = need_scale_grad || need_zero_point_grad;
+  // Per-thread partial sums of ds and dz: fused with the dx pass so the tensor is read once.
+  const int nthreads = at::get_num_threads();
+  std::vector<std::vector<double>> acc(need_params ? nthreads : 0,
+                                       std::vector<double>(2 * L.channels, 0.0));
+  for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
+    const float sc = s[c], inv = 1.0f / sc;
+    const float lo = static_cast<float>(qmin) - z[c], hi = static_cast<float>(qmax) - z[c];
+    if (!need_params) {
+      fq_grad_span_ste(px + b, pg + b, pdx + b, e - b, inv, lo, hi);
+      return;
+    }
+    auto& a = acc[at::get_thread_num()];
+    // float partial sums over short blocks (vectorizable), double across blocks
+    constexpr int64_t kBlock = 2048;
+    for (int64_t bb = b; bb < e; bb += kBlock) {
+      const int64_t ee = std::min(e, bb + kBlock);
+      float ds = 0.0f, dz = 0.0f;
+      fq_grad_span_lsq(px + bb, pg + bb, pdx + bb, ee - bb, inv, sc, lo, hi, &ds, &dz);
+      a[2 * c] += ds;
+      a[2 * c + 1] += dz;
+    }
+  });
+  at::Tensor ts, tz;
+  if (need_params) {
+    ts = at::zeros({L.channels}, at::kDouble);
+    tz = at::zeros({L.channels}, at::kDouble);
+    double* ps = ts.data_ptr<double>();
+    double* pz = tz.data_ptr<double>();
+    for (const auto& a : acc)
+      for (int64_t c = 0; c < L.channels; ++c) {
+        ps[c] += a[2 * c];
+        pz[c] += a[2 * c + 1];
+      }
+    ts = (ts * grad_factor).to(scale.scalar_type()).reshape(scale.sizes());
+    tz = (tz * grad_factor).to(zero_point.scalar_type()).reshape(zero_point.sizes());
+  }
+  return {dx, ts, tz};
+}
+
+namespace {
+
+class FakeQuantAffineFn : public torch::autograd::Function<FakeQuantAffineFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t axis, int64_t group_size,
+                            int64_t qmin, int64_t qmax, int64_t rounding, double grad_factor) {
+    ctx->save_for_backward({x, scale, zero_point});
+    ctx->saved_data["axis"] = axis;
+    ctx->saved_data["group"] = group_size;
+    ctx->saved_data["qmin"] = qmin;
+    ctx->saved_data["qmax"] = qmax;
+    ctx->saved_data["gf"] = grad_factor;
+    return fake_quant_affine_forward(x, scale, zero_point, axis, group_size, qmin, qmax, rounding);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const bool ns = saved[1].requires_grad(), nz = saved[2].requires_grad();
+    auto r = fake_quant_affine_backward(
+        grads[0], saved[0], saved[1], saved[2], ctx->saved_data["axis"].toInt(),
+        ctx->saved_data["group"].toInt(), ctx->saved_data["qmin"].toInt(),
+        ctx->saved_data["qmax"].toInt(), ctx->saved_data["gf"].toDouble(), ns, nz);
+    return {std::get<0>(r), ns ? std::get<1>(r) : at::Tensor(), nz ? std::get<2>(r) : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
+                             const at::Tensor& zero_point, int64_t axis, int64_t group_size,
+                             int64_t qmin, int64_t qmax, int64_t rounding, double grad_factor) {
+  return FakeQuantAffineFn::apply(x, scale, zero_point, axis, group_size, qmin, qmax, rounding,
+                                  grad_factor);
+}
+
+// ---------------------------------------------------------------------------------
+// Logarithmic
+// ---------------------------------------------------------------------------------
+
+at::Tensor fake_quant_log_reference(const at::Tensor& x_in, const at::Tensor& hi_t,
+                                    int64_t num_exponents, int64_t axis) {
+  if (num_exponents < 1) throw Error("fake_quant_log: need at least one exponent");
+  at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
+  ChannelLayout L = channel_layout(x, hi_t.numel(), axis, 0, "fake_quant_log");
+  std::vector<float> hi = float_params(hi_t, L.channels);
+  at::Tensor y = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = (i / L.inner) % L.channels;
+    if (px[i] == 0.0f) {
+      py[i] = 0.0f;
+      continue;
+    }
+    const float h = std::nearbyint(hi[c]);
+    const float lo = h - static_cast<float>(num_exponents - 1);
+    const float e = std::min(std::max(std::nearbyint(std::log2(std::fabs(px[i]))), lo), h);
+    py[i] = std::copysign(std::exp2(e), px[i]);
+  }
+  return y.to(x_in.scalar_type());
+}
+
+namespace {
+class FakeQuantLogFn : public torch::autograd::Function<FakeQuantLogFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& hi,
+                            int64_t num_exponents, int64_t axis) {
+    ctx->save_for_backward({x, hi});
+    ctx->saved_data["n"] = num_exponents;
+    ctx->saved_data["axis"] = axis;
+    if (!x.device().is_cpu()) {
+      at::Tensor h = hi.detach().round();
+      ChannelLayout L = channel_layout(x, hi.numel(), axis, 0, "fake_quant_log");
+      h = per_channel_view(h, x, axis, 0, L.channels);
+      at::Tensor e = at::log2(x.abs()).round().clamp_min(h - (num_exponents - 1));
+      e = at::minimum(e, h);
+      return at::where(x == 0, at::zeros_like(x), at::exp2(e) * at::where(x < 0, -1.0, 1.0).to(x.options()));
+    }
+    return fake_quant_log_reference(x, hi, num_exponents, axis);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    ChannelLayout L = channel_layout(x, saved[1].numel(), ctx->saved_data["axis"].toInt(), 0,
+                                     "fake_quant_log");
+    at::Tensor h = per_channel_view(saved[1].detach().round().to(x.options()), x,
+                                    ctx->saved_data["axis"].toInt(), 0, L.channels);
+    const int64_t n = ctx->saved_data["n"].toInt();
+    at::Tensor a = x.abs();
+    at::Tensor mask = (a >= at::exp2(h - (n - 1))) & (a <= at::exp2(h));
+    return {grads[0] * mask, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor fake_quant_log(const at::Tensor& x, const at::Tensor& hi, int64_t num_exponents,
+                          int64_t axis) {
+  return FakeQuantLogFn::apply(x, hi, num_exponents, axis);
+}
+
+// ---------------------------------------------------------------------------------
+// Binary and ternary
+// ---------------------------------------------------------------------------------
+
+namespace {
+class FakeQuantTernaryFn : public torch::autograd::Function<FakeQuantTernaryFn> {
+ public:
+  // binary: sign with sign(0) = +1, delta unused
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
+                            const at::Tensor& delta, int64_t axis, double ste_clip, bool binary) {
+    ChannelLayout L = channel_layout(x, alpha.numel(), axis, 0, binary ? "fake_quant_binary"
+                                                                       : "fake_quant_ternary");
+    at::Tensor a = per_channel_view(alpha.detach().to(x.options()), x, axis, 0, L.channels);
+    at::Tensor t;
+    if (binary) {
+      t = at::where(x >= 0, 1.0, -1.0).to(x.options());
+    } else {
+      at::Tensor d = per_channel_view(delta.detach().to(x.options()), x, axis, 0, L.channels);
+      t = (x > d).to(x.options()) - (x < -d).to(x.options());
+    }
+    ctx->save_for_backward({x, t, alpha});
+    ctx->saved_data["axis"] = axis;
+    ctx->saved_data["clip"] = ste_clip;
+    ctx->saved_data["channels"] = L.channels;
+    return a * t;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &t = saved[1], &alpha = saved[2];
+    const double clip = ctx->saved_data["clip"].toDouble();
+    const int64_t axis = ctx->saved_data["axis"].toInt();
+    at::Tensor dx = grads[0] * (x.abs() <= clip);
+    at::Tensor da;
+    if (alpha.requires_grad()) {
+      at::Tensor prod = grads[0] * t;
+      if (alpha.numel() == 1) {
+        da = prod.sum().reshape(alpha.sizes());
+      } else {
+        std::vector<int64_t> dims;
+        for (int64_t d = 0; d < x.dim(); ++d)
+          if (d != axis) dims.push_back(d);
+        da = prod.sum(dims).reshape(alpha.sizes());
+      }
+    }
+    return {dx, da, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor fake_quant_binary(const at::Tensor& x, const at::Tensor& alpha, int64_t axis,
+                             double ste_clip) {
+  return FakeQuantTernaryFn::apply(x, alpha, at::zeros({1}), axis, ste_clip, true);
+}
+
+at::Tensor fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& delta,
+                              int64_t axis, double ste_clip) {
+  if (!delta.defined()) throw Error("fake_quant_ternary: threshold tensor is undefined");
+  return FakeQuantTernaryFn::apply(x, alpha, delta, axis, ste_clip, false);
+}
+
+// ---------------------------------------------------------------------------------
+// PACT
+// ---------------------------------------------------------------------------------
+
+namespace {
+class FakeQuantPactFn : public torch::autograd::Function<FakeQuantPactFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
+                            int64_t bits, int64_t rounding) {
+    if (bits < 1 || bits > 16) throw Error("fake_quant_pact: bits must be in 1..16");
+    if (alpha.numel() != 1) throw Error("fake_quant_pact: alpha must hold one value");
+    ctx->save_for_backward({x, alpha});
+    const int64_t qmax = (int64_t{1} << bits) - 1;
+    at::Tensor a = alpha.detach().to(at::kFloat).reshape({1}).clamp_min(1e-8);
+    at::Tensor s = a / static_cast<double>(qmax);
+    return fake_quant_affine_forward(x, s, at::zeros({1}), -1, 0, 0, qmax, rounding);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &alpha = saved[1];
+    at::Tensor a = alpha.detach().to(x.options()).reshape({});
+    at::Tensor dx = grads[0] * ((x >= 0) & (x <= a));
+    at::Tensor da;
+    if (alpha.requires_grad()) da = (grads[0] * (x >= a)).sum().reshape(alpha.sizes()).to(alpha.options());
+    return {dx, da, at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
+                           int64_t rounding) {
+  return FakeQuantPactFn::apply(x, alpha, bits, rounding);
+}
+
+}  // namespace anybit

@@ -1,0 +1,54 @@
+// Registers anybit's quantizer ops with the dispatcher: TORCH_LIBRARY(anybit, m).
+// Each op is a CompositeImplicitAutograd kernel that calls a custom autograd Function,
+// so one registration serves TorchScript graphs, C++, Python and every device (the
+// fast CPU kernels fall back to ATen-op compositions elsewhere).
+#include <torch/library.h>
+
+#include "anybit/quant/fake_quant.h"
+
+namespace {
+
+at::Tensor op_fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
+                                const at::Tensor& zero_point, int64_t axis, int64_t group_size,
+                                int64_t quant_min, int64_t quant_max, int64_t rounding,
+                                double grad_factor) {
+  return anybit::fake_quant_affine(x, scale, zero_point, axis, group_size, quant_min, quant_max,
+                                   rounding, grad_factor);
+}
+
+at::Tensor op_fake_quant_log(const at::Tensor& x, const at::Tensor& hi, int64_t num_exponents,
+                             int64_t axis) {
+  return anybit::fake_quant_log(x, hi, num_exponents, axis);
+}
+
+at::Tensor op_fake_quant_binary(const at::Tensor& x, const at::Tensor& alpha, int64_t axis,
+                                double ste_clip) {
+  return anybit::fake_quant_binary(x, alpha, axis, ste_clip);
+}
+
+at::Tensor op_fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha,
+                                 const at::Tensor& delta, int64_t axis, double ste_clip) {
+  return anybit::fake_quant_ternary(x, alpha, delta, axis, ste_clip);
+}
+
+at::Tensor op_fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
+                              int64_t rounding) {
+  return anybit::fake_quant_pact(x, alpha, bits, rounding);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(anybit, m) {
+  m.def("fake_quant_affine(Tensor x, Tensor scale, Tensor zero_point, int axis, int group_size, "
+        "int quant_min, int quant_max, int rounding=0, float grad_factor=1.0) -> Tensor",
+        &op_fake_quant_affine);
+  m.def("fake_quant_log(Tensor x, Tensor hi, int num_exponents, int axis=-1) -> Tensor",
+        &op_fake_quant_log);
+  m.def("fake_quant_binary(Tensor x, Tensor alpha, int axis=-1, float ste_clip=1.0) -> Tensor",
+        &op_fake_quant_binary);
+  m.def("fake_quant_ternary(Tensor x, Tensor alpha, Tensor delta, int axis=-1, "
+        "float ste_clip=1.0) -> Tensor",
+        &op_fake_quant_ternary);
+  m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int rounding=0) -> Tensor",
+        &op_fake_quant_pact);
+}

@@ -1,0 +1,274 @@
+// Parsing and printing of QuantSpec short strings; see spec.h for the grammar.
+#include "anybit/quant/spec.h"
+
+#include <cctype>
+#include <cstdlib>
+#include <sstream>
+#include <vector>
+
+namespace anybit {
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+[[noreturn]] void bad(const std::string& text, const std::string& why) {
+  throw Error("invalid quantizer spec '" + text + "': " + why +
+              " (expected e.g. int8, uint4:asym, int6:per_channel, fixed:Q2.5, log4, binary, "
+              "ternary, int4:pow2scale, float)");
+}
+
+// Strict decimal integer: digits only, so "int4x" or "int" are rejected.
+bool parse_int(const std::string& s, int* out) {
+  if (s.empty() || s.size() > 6) return false;
+  size_t i = 0;
+  bool neg = false;
+  if (s[0] == '-') {
+    neg = true;
+    i = 1;
+    if (s.size() == 1) return false;
+  }
+  int v = 0;
+  for (; i < s.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = neg ? -v : v;
+  return true;
+}
+
+bool parse_double(const std::string& s, double* out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  *out = std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size();
+}
+
+}  // namespace
+
+int QuantSpec::qmin() const {
+  switch (scheme) {
+    case Scheme::kInt:
+    case Scheme::kFixed:
+      return narrow ? -(1 << (bits - 1)) + 1 : -(1 << (bits - 1));
+    case Scheme::kUInt:
+    case Scheme::kUFixed:
+      return 0;
+    case Scheme::kBinary:
+    case Scheme::kTernary:
+      return -1;
+    default:
+      return 0;
+  }
+}
+
+int QuantSpec::qmax() const {
+  switch (scheme) {
+    case Scheme::kInt:
+    case Scheme::kFixed:
+      return (1 << (bits - 1)) - 1;
+    case Scheme::kUInt:
+    case Scheme::kUFixed:
+      return (1 << bits) - 1;
+    case Scheme::kBinary:
+    case Scheme::kTernary:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+const char* rounding_name(Rounding r) {
+  switch (r) {
+    case Rounding::kHalfEven: return "half_even";
+    case Rounding::kHalfAway: return "half_away";
+    case Rounding::kFloor: return "floor";
+    case Rounding::kStochastic: return "stochastic";
+  }
+  return "?";
+}
+
+Rounding parse_rounding(const std::string& name) {
+  const std::string n = lower(name);
+  if (n == "half_even" || n == "nearest" || n == "even") return Rounding::kHalfEven;
+  if (n == "half_away" || n == "away") return Rounding::kHalfAway;
+  if (n == "floor") return Rounding::kFloor;
+  if (n == "stochastic") return Rounding::kStochastic;
+  throw Error("unknown rounding '" + name + "' (expected half_even, half_away, floor or stochastic)");
+}
+
+bool QuantSpec::operator==(const QuantSpec& o) const { return str() == o.str(); }
+
+std::string QuantSpec::str() const {
+  std::ostringstream os;
+  switch (scheme) {
+    case Scheme::kFloat: return "float";
+    case Scheme::kInt: os << "int" << bits; break;
+    case Scheme::kUInt: os << "uint" << bits; break;
+    case Scheme::kFixed: os << "fixed:Q" << int_bits << "." << frac_bits; break;
+    case Scheme::kUFixed: os << "ufixed:Q" << int_bits << "." << frac_bits; break;
+    case Scheme::kLog: os << "log" << bits; break;
+    case Scheme::kBinary: os << "binary"; break;
+    case Scheme::kTernary: os << "ternary"; break;
+  }
+  if (asymmetric) os << ":asym";
+  if (narrow) os << ":narrow";
+  if (pow2_scale && scheme != Scheme::kFixed && scheme != Scheme::kUFixed) os << ":pow2scale";
+  if (granularity == Granularity::kPerChannel) os << ":per_channel";
+  if (axis >= 0) os << ":axis=" << axis;
+  if (granularity == Granularity::kPerGroup) os << ":group=" << group_size;
+  if (rounding != Rounding::kHalfEven) os << ":round=" << rounding_name(rounding);
+  if (learn == Learn::kLsq) os << ":lsq";
+  if (learn == Learn::kPact) os << ":pact";
+  if (scheme == Scheme::kTernary && threshold != 0.7) os << ":threshold=" << threshold;
+  return os.str();
+}
+
+QuantSpec parse_spec(const std::string& text_in) {
+  const std::string text = lower(text_in);
+  std::vector<std::string> parts = split(text, ':');
+  for (auto& p : parts) {
+    // tolerate spaces around separators
+    size_t b = p.find_first_not_of(" \t"), e = p.find_last_not_of(" \t");
+    p = b == std::string::npos ? "" : p.substr(b, e - b + 1);
+  }
+  const std::string& base = parts[0];
+  QuantSpec s;
+  size_t first_mod = 1;
+  int bits = 0;
+  if (base.empty()) bad(text_in, "empty spec");
+  if (base == "float" || base == "fp32" || base == "none") {
+    if (parts.size() > 1) bad(text_in, "'float' takes no modifiers");
+    return s;
+  } else if (base == "binary") {
+    s.scheme = Scheme::kBinary;
+    s.bits = 1;
+  } else if (base == "ternary") {
+    s.scheme = Scheme::kTernary;
+    s.bits = 2;
+  } else if (base == "fixed" || base == "ufixed") {
+    s.scheme = base == "fixed" ? Scheme::kFixed : Scheme::kUFixed;
+    if (parts.size() < 2 || parts[1].size() < 4 || parts[1][0] != 'q')
+      bad(text_in, "fixed point needs a Qm.n format, as in fixed:Q2.5");
+    auto mn = split(parts[1].substr(1), '.');
+    if (mn.size() != 2 || !parse_int(mn[0], &s.int_bits) || !parse_int(mn[1], &s.frac_bits) ||
+        s.int_bits < 0 || s.frac_bits < 0)
+      bad(text_in, "fixed point format must be Qm.n with non-negative integers m and n");
+    s.bits = s.int_bits + s.frac_bits + (s.scheme == Scheme::kFixed ? 1 : 0);
+    if (s.bits > 16)
+      bad(text_in, "Q" + std::to_string(s.int_bits) + "." + std::to_string(s.frac_bits) +
+                       " needs " + std::to_string(s.bits) + " bits; at most 16 are supported");
+    if (s.bits < 1 || (s.scheme == Scheme::kFixed && s.bits < 2))
+      bad(text_in, "fixed point needs at least one magnitude bit");
+    s.pow2_scale = true;
+    first_mod = 2;
+  } else {
+    std::string prefix;
+    for (const char* p : {"uint", "int", "log"}) {
+      if (base.rfind(p, 0) == 0) {
+        prefix = p;
+        break;
+      }
+    }
+    if (prefix.empty()) bad(text_in, "unknown scheme '" + base + "'");
+    if (!parse_int(base.substr(prefix.size()), &bits))
+      bad(text_in, "'" + prefix + "' must be followed by a bit width, as in " + prefix + "8");
+    if (bits < 1 || bits > 16)
+      bad(text_in, "bit width " + std::to_string(bits) + " is outside 1..16");
+    s.bits = bits;
+    if (prefix == "uint") {
+      s.scheme = Scheme::kUInt;
+    } else if (prefix == "int") {
+      s.scheme = Scheme::kInt;
+      if (bits < 2) bad(text_in, "a signed 1-bit integer has only the levels {-1, 0}; use 'binary'");
+    } else {
+      s.scheme = Scheme::kLog;
+      if (bits < 2) bad(text_in, "log needs at least 2 bits (one sign bit and one exponent code)");
+    }
+  }
+  for (size_t i = first_mod; i < parts.size(); ++i) {
+    const std::string& m = parts[i];
+    std::string key = m, val;
+    auto eq = m.find('=');
+    if (eq != std::string::npos) {
+      key = m.substr(0, eq);
+      val = m.substr(eq + 1);
+    }
+    if (key == "asym" || key == "asymmetric") {
+      s.asymmetric = true;
+    } else if (key == "sym" || key == "symmetric") {
+      s.asymmetric = false;
+    } else if (key == "narrow") {
+      s.narrow = true;
+    } else if (key == "pow2scale" || key == "pow2") {
+      s.pow2_scale = true;
+    } else if (key == "per_tensor") {
+      s.granularity = Granularity::kPerTensor;
+    } else if (key == "per_channel") {
+      s.granularity = Granularity::kPerChannel;
+    } else if (key == "axis") {
+      if (!parse_int(val, &s.axis) || s.axis < 0) bad(text_in, "axis must be a non-negative integer");
+      s.granularity = Granularity::kPerChannel;
+    } else if (key == "group") {
+      if (!parse_int(val, &s.group_size) || s.group_size < 1)
+        bad(text_in, "group must be a positive integer");
+      s.granularity = Granularity::kPerGroup;
+    } else if (key == "round") {
+      try {
+        s.rounding = parse_rounding(val);
+      } catch (const Error& e) {
+        bad(text_in, e.what());
+      }
+    } else if (key == "lsq") {
+      s.learn = Learn::kLsq;
+    } else if (key == "pact") {
+      s.learn = Learn::kPact;
+    } else if (key == "threshold") {
+      if (!parse_double(val, &s.threshold) || !(s.threshold >= 0))
+        bad(text_in, "threshold must be a non-negative number");
+    } else {
+      bad(text_in, "unknown modifier '" + m + "'");
+    }
+  }
+  // Combinations that have no meaning.
+  if (s.asymmetric && !s.is_uniform())
+    bad(text_in, "'asym' applies to int/uint quantizers only");
+  if (s.asymmetric && (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed))
+    bad(text_in, "fixed point has no zero point; 'asym' does not apply");
+  if (s.asymmetric && s.bits < 2)
+    bad(text_in, "an asymmetric 1-bit range has no room for a zero point besides one level");
+  if (s.narrow && s.scheme != Scheme::kInt && s.scheme != Scheme::kFixed)
+    bad(text_in, "'narrow' applies to signed int/fixed quantizers only");
+  if (s.narrow && s.bits < 3)
+    bad(text_in, "'narrow' needs at least 3 bits");
+  if (s.learn == Learn::kPact && !(s.scheme == Scheme::kUInt))
+    bad(text_in, "'pact' learns the clip of an unsigned activation quantizer (use uintN:pact)");
+  if (s.learn == Learn::kLsq && !s.is_uniform())
+    bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint)");
+  if (s.learn != Learn::kNone && (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed))
+    bad(text_in, "fixed point has a fixed step 2^-n; it cannot be learned");
+  if (s.threshold != 0.7 && s.scheme != Scheme::kTernary)
+    bad(text_in, "'threshold' applies to ternary only");
+  if (s.rounding != Rounding::kHalfEven && !s.is_uniform() && s.scheme != Scheme::kLog)
+    bad(text_in, "rounding modes apply to uniform and log quantizers only");
+  return s;
+}
+
+}  // namespace anybit
