@@ -163,7 +163,7 @@ def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--out", default=here, help="output directory (default: %(default)s)")
     ap.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     ap.add_argument("--train-limit", type=int, default=0,
@@ -175,6 +175,9 @@ def main(argv=None):
     ap.add_argument("--no-flip", action="store_true", help="disable horizontal flip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-channels-last", action="store_true",
+                    help="train in NCHW instead of channels_last (speed only; the saved "
+                         "model is always contiguous NCHW)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -192,6 +195,8 @@ def main(argv=None):
           flush=True)
 
     model = FmnistResNet()
+    mf = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    model = model.to(memory_format=mf)
     n_params = sum(p.numel() for p in model.parameters())
     print("%s: %d parameters" % (ARCH, n_params), flush=True)
 
@@ -224,6 +229,7 @@ def main(argv=None):
             idx = perm[i:i + args.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             xb = augment(xb, gen, args.pad, 0.0 if args.no_flip else 0.5)
+            xb = xb.contiguous(memory_format=mf)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             logits = model(xb)
@@ -243,6 +249,9 @@ def main(argv=None):
     train_wall = time.time() - t0
 
     model.eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        assert t.is_contiguous(), name
     os.makedirs(args.out, exist_ok=True)
     script_path = os.path.join(args.out, "fmnist_resnet.pt")
     traced_path = os.path.join(args.out, "fmnist_resnet_traced.pt")

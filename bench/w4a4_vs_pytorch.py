@@ -1,0 +1,95 @@
+"""Calibrate + evaluate the shipped Fashion-MNIST model at W4A4 with a histogram
+calibrator: anybit (CLI) against the stock PyTorch recipe users try first (eager
+prepare_qat with FakeQuantize(quant_min, quant_max) + HistogramObserver, calibrate with
+fake-quant disabled, then evaluate), same model, same data, same threads, one run.
+
+    /usr/bin/python3 bench/w4a4_vs_pytorch.py [--anybit build/anybit] [--threads 2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.ao.quantization as tq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "models"))
+from train_fmnist import FmnistResNet, load_split  # noqa: E402
+
+DATA = "/usr/share/datasets/fashion-mnist"
+CALIB = 1024  # training images, 8 batches of 128
+
+
+def pytorch_recipe(threads):
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = FmnistResNet()
+    model.load_state_dict(torch.jit.load(os.path.join(ROOT, "models/fmnist_resnet.pt")).state_dict())
+    act = tq.FakeQuantize.with_args(observer=tq.HistogramObserver, quant_min=0, quant_max=15,
+                                    dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    wt = tq.FakeQuantize.with_args(observer=tq.MinMaxObserver, quant_min=-8, quant_max=7,
+                                   dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    model.qconfig = tq.QConfig(activation=act, weight=wt)
+    model.train()
+    tq.prepare_qat(model, inplace=True)
+    model.apply(tq.disable_fake_quant)
+    model.apply(tq.enable_observer)
+    xtr, _ = load_split(DATA, "train")
+    xte, yte = load_split(DATA, "test")
+    xtr = xtr[:CALIB]  # [N,1,28,28] float pixel/255, as the model expects
+    t_cal = time.perf_counter()
+    model.eval()  # BatchNorm uses its running statistics, as anybit's graph does
+    with torch.no_grad():
+        for b in range(0, CALIB, 128):
+            model(xtr[b:b + 128])
+    model.apply(tq.disable_observer)
+    model.apply(tq.enable_fake_quant)
+    t_eval = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for b in range(0, len(yte), 500):
+            correct += (model(xte[b:b + 500]).argmax(1) == yte[b:b + 500]).sum().item()
+    t1 = time.perf_counter()
+    return {"top1": 100.0 * correct / len(yte), "calibrate_s": t_eval - t_cal, "evaluate_s": t1 - t_eval,
+            "total_s": t1 - t0}
+
+
+def anybit_run(exe, threads):
+    cfg = ("calibrator: mse\nrules:\n"
+           "  - {kind: [conv, linear], role: weight, spec: int4}\n"
+           "  - {kind: [conv, bn, relu, pool, linear, add], spec: 'uint4:asym'}\n")
+    with tempfile.TemporaryDirectory() as d:
+        cpath, out = os.path.join(d, "w4a4.yaml"), os.path.join(d, "w4a4.pt")
+        open(cpath, "w").write(cfg)
+        t0 = time.perf_counter()
+        subprocess.run([exe, "--threads", str(threads), "quantize", os.path.join(ROOT, "models/fmnist_resnet.pt"),
+                        "--config", cpath, "--data", f"fmnist:{DATA}:train", "--calib-batches", "8",
+                        "-b", "128", "-o", out, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+        t1 = time.perf_counter()
+        r = subprocess.run([exe, "--threads", str(threads), "eval", out, "--data", f"fmnist:{DATA}:test",
+                            "-b", "500", "--json", "--no-progress"], check=True, capture_output=True, text=True)
+        t2 = time.perf_counter()
+    return {"top1": json.loads(r.stdout)["top1"], "calibrate_s": t1 - t0, "evaluate_s": t2 - t1, "total_s": t2 - t0}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--anybit", default=os.path.join(ROOT, "build/anybit"))
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    pt = pytorch_recipe(a.threads)
+    ab = anybit_run(a.anybit, a.threads)
+    print(f"W4A4, histogram calibration on {CALIB} training images, 10k test images, {a.threads} threads")
+    print("| tool | top-1 | calibrate s | evaluate s | total s (incl. load) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in (("PyTorch eager prepare_qat + HistogramObserver", pt), ("anybit (CLI, mse histogram)", ab)):
+        print(f"| {name} | {r['top1']:.2f}% | {r['calibrate_s']:.2f} | {r['evaluate_s']:.2f} | {r['total_s']:.2f} |")
+    print(f"\nanybit speed-up, total: {pt['total_s'] / ab['total_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
