@@ -1,0 +1,635 @@
+// Calibration, quantizer parameters and graph rewriting: the steps of anybit::quantize.
+//
+// 1. Rules give every point a spec (rules.cc).
+// 2. Activation and input points that need data get an `anybit::observe` node; the
+//    instrumented graph runs on calibration batches through a separate GraphFunction
+//    (the module's own forward never runs before the final rewrite, so its executor is
+//    built from the final graph), then the observe nodes are removed.
+// 3. Each point's quantizer parameters are computed (calibrators for ranges, weights
+//    read directly) and stored as buffers (parameters, for LSQ/PACT) on the root module,
+//    so they save and load with it.
+// 4. A quantizer node reading those buffers is inserted at each point: after the
+//    producer of an output (taking over every later use, also of the input an in-place
+//    op aliases), before the consumer of a weight, at the top for a model input.
+#include "anybit/core/quantize.h"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/library.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <mutex>
+
+#include "anybit/calib/calibrator.h"
+#include "anybit/data/dataset.h"
+#include "anybit/data/progress.h"
+
+namespace anybit {
+namespace jit = torch::jit;
+
+std::string fmt_scale(double s, double z);
+
+// ------------------------------------------------------------------------------------
+// Data
+// ------------------------------------------------------------------------------------
+namespace {
+
+class TensorData : public DataSource {
+ public:
+  TensorData(at::Tensor x, at::Tensor y, std::string name)
+      : x_(std::move(x)), y_(std::move(y)), name_(std::move(name)) {}
+  int64_t size() const override { return x_.size(0); }
+  std::pair<at::Tensor, at::Tensor> batch(int64_t b, int64_t n) const override {
+    n = std::min(n, size() - b);
+    return {x_.narrow(0, b, n), y_.narrow(0, b, n)};
+  }
+  std::string describe() const override { return name_; }
+
+ private:
+  at::Tensor x_, y_;
+  std::string name_;
+};
+
+class DatasetData : public DataSource {
+ public:
+  DatasetData(std::unique_ptr<data::Dataset> d, std::string spec) : d_(std::move(d)), spec_(std::move(spec)) {}
+  int64_t size() const override { return d_->size(); }
+  std::pair<at::Tensor, at::Tensor> batch(int64_t b, int64_t n) const override {
+    n = std::min(n, size() - b);
+    std::vector<int64_t> shape = d_->sample_shape();
+    int64_t per = 1;
+    for (int64_t s : shape) per *= s;
+    shape.insert(shape.begin(), n);
+    at::Tensor x = at::empty(shape, at::kFloat);
+    at::Tensor y = at::empty({n}, at::kLong);
+    for (int64_t i = 0; i < n; ++i)
+      d_->get(b + i, x.data_ptr<float>() + i * per, y.data_ptr<int64_t>() + i);
+    return {x, y};
+  }
+  std::string describe() const override { return spec_; }
+
+ private:
+  std::unique_ptr<data::Dataset> d_;
+  std::string spec_;
+};
+
+}  // namespace
+
+std::unique_ptr<DataSource> open_data(const std::string& spec) {
+  try {
+    return std::make_unique<DatasetData>(data::open_dataset(spec), spec);
+  } catch (const data::Error& e) {
+    throw Error(e.what());
+  }
+}
+
+std::unique_ptr<DataSource> tensor_data(at::Tensor inputs, at::Tensor labels, std::string name) {
+  if (inputs.size(0) != labels.size(0))
+    throw Error(name + ": " + std::to_string(inputs.size(0)) + " inputs but " +
+                std::to_string(labels.size(0)) + " labels");
+  return std::make_unique<TensorData>(inputs.contiguous().to(at::kFloat), labels.to(at::kLong), name);
+}
+
+// ------------------------------------------------------------------------------------
+// Observation during calibration
+// ------------------------------------------------------------------------------------
+namespace {
+
+struct Slot {
+  calib::Observer observer;
+  int64_t per_sample_numel = 0;
+};
+
+std::mutex g_slots_mu;
+std::map<int64_t, std::shared_ptr<Slot>> g_slots;
+int64_t g_next_slot = 1;
+
+at::Tensor op_observe(const at::Tensor& x, int64_t slot) {
+  std::shared_ptr<Slot> s;
+  {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    auto it = g_slots.find(slot);
+    if (it != g_slots.end()) s = it->second;
+  }
+  if (s) {
+    at::Tensor c = x.detach().to(at::kFloat).contiguous();
+    s->observer.observe(c.data_ptr<float>(), c.numel());
+    if (c.dim() >= 1 && c.size(0) > 0) s->per_sample_numel = c.numel() / c.size(0);
+  }
+  return x;
+}
+
+}  // namespace
+}  // namespace anybit
+
+TORCH_LIBRARY_FRAGMENT(anybit, m) {
+  m.def("observe(Tensor(a) x, int slot) -> Tensor(a)", &anybit::op_observe);
+}
+
+namespace anybit {
+namespace {
+
+// RAII: slots live for one calibration.
+struct SlotScope {
+  std::vector<int64_t> ids;
+  int64_t add() {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    int64_t id = g_next_slot++;
+    g_slots[id] = std::make_shared<Slot>();
+    ids.push_back(id);
+    return id;
+  }
+  std::shared_ptr<Slot> get(int64_t id) {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    return g_slots.at(id);
+  }
+  ~SlotScope() {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    for (int64_t id : ids) g_slots.erase(id);
+  }
+};
+
+// Inserts y = op(x, ...) at the point and routes later uses of x to y.
+jit::Value* insert_at_point(jit::Graph& graph, const Point& p,
+                            const std::function<jit::Value*(jit::Value* x)>& build) {
+  if (p.role == Role::kWeight || p.role == Role::kBias) {
+    jit::WithInsertPoint guard(p.node);
+    jit::Value* y = build(p.value);
+    p.node->replaceInputWith(p.value, y);
+    return y;
+  }
+  jit::Node* after = p.role == Role::kInput ? nullptr : p.node;
+  jit::Node* first = after ? after->next() : *graph.nodes().begin();
+  jit::Value* y;
+  {
+    jit::WithInsertPoint guard(first);
+    y = build(p.value);
+  }
+  jit::Node* last = y->node();
+  p.value->replaceAllUsesAfterNodeWith(last, y);
+  if (p.inplace) p.node->input(0)->replaceAllUsesAfterNodeWith(last, y);
+  return y;
+}
+
+jit::Value* insert_op(jit::Graph& graph, const char* name, std::vector<jit::Value*> inputs) {
+  jit::Node* n = graph.create(c10::Symbol::fromQualString(name), inputs);
+  graph.insertNode(n);
+  n->output()->setType(c10::TensorType::get());
+  return n->output();
+}
+
+std::string mangle(const std::string& point) {
+  std::string out = "anybit__";
+  for (char c : point) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return out;
+}
+
+// ---- quantizer parameters -----------------------------------------------------------
+
+struct Params {
+  at::Tensor scale, zero_point;  // uniform
+  at::Tensor hi;                 // log: top exponent
+  at::Tensor alpha, delta;       // binary / ternary / pact
+  double ste_clip = 1.0;
+  double grad_factor = 1.0;
+  std::string summary;
+};
+
+double clamp_scale(double s) { return std::max(s, 1e-12); }
+double pow2_ceil(double s) { return std::exp2(std::ceil(std::log2(s))); }
+
+// Uniform scale and zero point from a float range, as DESIGN.md's numbers demand.
+void uniform_from_range(const QuantSpec& spec, double lo, double hi, float* s, float* z) {
+  if (spec.scheme == Scheme::kFixed || spec.scheme == Scheme::kUFixed) {
+    *s = static_cast<float>(std::exp2(-spec.frac_bits));
+    *z = 0;
+    return;
+  }
+  const int qmin = spec.qmin(), qmax = spec.qmax();
+  double scale;
+  double zp = 0;
+  if (spec.asymmetric) {
+    lo = std::min(lo, 0.0);
+    hi = std::max(hi, 0.0);
+    scale = clamp_scale((hi - lo) / (qmax - qmin));
+    if (spec.pow2_scale) scale = pow2_ceil(scale);
+    zp = std::min<double>(std::max<double>(qmin - std::nearbyint(lo / scale), qmin), qmax);
+  } else if (spec.scheme == Scheme::kUInt) {
+    scale = clamp_scale(std::max(hi, 0.0) / qmax);
+    if (spec.pow2_scale) scale = pow2_ceil(scale);
+  } else {
+    scale = clamp_scale(std::max(std::fabs(lo), std::fabs(hi)) / qmax);
+    if (spec.pow2_scale) scale = pow2_ceil(scale);
+  }
+  *s = static_cast<float>(scale);
+  *z = static_cast<float>(zp);
+}
+
+// Per-channel view [C, rest] of a weight along its output-channel axis.
+at::Tensor channels_first(const at::Tensor& w, int axis) {
+  at::Tensor t = w.detach().to(at::kFloat);
+  if (t.dim() == 0) t = t.reshape({1});
+  return t.transpose(0, axis).contiguous().reshape({t.size(axis), -1});
+}
+
+Params weight_params(const QuantSpec& spec, const std::string& calibrator, const at::Tensor& w,
+                     int axis, const std::string& where) {
+  Params P;
+  const bool per_channel = spec.granularity == Granularity::kPerChannel;
+  const bool per_group = spec.granularity == Granularity::kPerGroup;
+  if (spec.axis >= 0) axis = spec.axis;
+  if (axis >= std::max<int64_t>(w.dim(), 1))
+    throw Error(where + ": channel axis " + std::to_string(axis) + " is outside a weight of rank " +
+                std::to_string(w.dim()));
+  at::Tensor rows;  // [C, n]: the values sharing one parameter
+  if (per_group) {
+    if (w.numel() % spec.group_size != 0 || (w.numel() / w.size(0)) % spec.group_size != 0)
+      throw Error(where + ": group size " + std::to_string(spec.group_size) +
+                  " does not divide the rows of a weight of shape " + c10::str(w.sizes()));
+    rows = w.detach().to(at::kFloat).contiguous().reshape({-1, spec.group_size});
+  } else if (per_channel) {
+    rows = channels_first(w, axis);
+  } else {
+    rows = w.detach().to(at::kFloat).contiguous().reshape({1, -1});
+  }
+  const int64_t C = rows.size(0), n = rows.size(1);
+  at::Tensor absrows = rows.abs();
+  if (spec.is_uniform()) {
+    at::Tensor s = at::empty({C}), z = at::empty({C});
+    at::Tensor mn = std::get<0>(rows.min(1)), mx = std::get<0>(rows.max(1));
+    for (int64_t c = 0; c < C; ++c) {
+      double lo = mn[c].item<double>(), hi = mx[c].item<double>();
+      if (calibrator == "mse" && !spec.asymmetric && spec.scheme == Scheme::kInt) {
+        const at::Tensor r = rows[c].contiguous();
+        double clip = calib::mse_optimal_clip(r.data_ptr<float>(), n, spec.qmin(), spec.qmax(), true);
+        lo = -clip;
+        hi = clip;
+      } else if (calibrator != "minmax" && calibrator != "mse") {
+        throw Error(where + ": weight calibrator '" + calibrator + "' is not one of minmax, mse");
+      }
+      float sc, zp;
+      uniform_from_range(spec, lo, hi, &sc, &zp);
+      s[c] = sc;
+      z[c] = zp;
+    }
+    P.scale = s;
+    P.zero_point = z;
+    if (C == 1) {
+      P.scale = s.reshape({1});
+      P.zero_point = z.reshape({1});
+    }
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()) * std::max(spec.qmax(), 1));
+    P.summary = C == 1 ? fmt_scale(s[0].item<double>(), z[0].item<double>())
+                       : "scale " + c10::str(s.min().item<float>()) + ".." + c10::str(s.max().item<float>()) +
+                             " (" + std::to_string(C) + (per_group ? " groups)" : " channels)");
+  } else if (spec.scheme == Scheme::kLog) {
+    at::Tensor amax = std::get<0>(absrows.max(1)).clamp_min(1e-30);
+    P.hi = amax.log2().round();
+    P.summary = "2^" + c10::str(P.hi.min().item<float>() - (spec.log_exponents() - 1)) + "..2^" +
+                c10::str(P.hi.max().item<float>());
+  } else if (spec.scheme == Scheme::kBinary) {
+    P.alpha = absrows.mean(1);
+    P.ste_clip = 1.0;
+    P.summary = "alpha " + c10::str(P.alpha.mean().item<float>());
+  } else if (spec.scheme == Scheme::kTernary) {
+    at::Tensor delta = absrows.mean(1) * spec.threshold;
+    at::Tensor mask = absrows > delta.unsqueeze(1);
+    at::Tensor alpha = (absrows * mask).sum(1) / mask.sum(1).clamp_min(1);
+    P.alpha = alpha;
+    P.delta = delta;
+    P.ste_clip = 1.0;
+    P.summary = "alpha " + c10::str(alpha.mean().item<float>()) + " delta " + c10::str(delta.mean().item<float>());
+  }
+  return P;
+}
+
+
+calib::MethodSpec method_of(const std::string& calibrator, const std::string& where) {
+  try {
+    return calib::parse_method(calibrator);
+  } catch (const std::exception& e) {
+    throw Error(where + ": " + e.what());
+  }
+}
+
+Params activation_params(const QuantSpec& spec, const std::string& calibrator, const Slot& slot,
+                         const std::string& where) {
+  Params P;
+  const calib::Observer& obs = slot.observer;
+  if (obs.count() == 0)
+    throw Error(where + ": no calibration data reached this point (is it inside control flow?)");
+  calib::QuantTarget target;
+  target.qmin = spec.is_uniform() ? spec.qmin() : -(1 << 15);
+  target.qmax = spec.is_uniform() ? spec.qmax() : (1 << 15) - 1;
+  target.asymmetric = spec.asymmetric;
+  target.is_signed_data_range = !(spec.scheme == Scheme::kUInt || spec.scheme == Scheme::kUFixed) && !spec.asymmetric;
+  const calib::MethodSpec method = method_of(calibrator, where);
+  calib::Range r = calib::choose_range(obs, method, target);
+  const double amax = std::max(std::fabs(r.lo), std::fabs(r.hi));
+  if (spec.is_uniform()) {
+    float s, z;
+    uniform_from_range(spec, r.lo, r.hi, &s, &z);
+    P.scale = at::full({1}, s);
+    P.zero_point = at::full({1}, z);
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slot.per_sample_numel, 1)) *
+                                    std::max(spec.qmax(), 1));
+    P.summary = fmt_scale(s, z) + " range [" + c10::str(static_cast<float>(r.lo)) + ", " +
+                c10::str(static_cast<float>(r.hi)) + "]";
+    if (spec.learn == Learn::kPact) {
+      P.alpha = at::full({1}, static_cast<float>(std::max(r.hi, 1e-6)));
+      P.summary = "clip " + c10::str(P.alpha.item<float>());
+    }
+  } else if (spec.scheme == Scheme::kLog) {
+    P.hi = at::full({1}, static_cast<float>(std::nearbyint(std::log2(std::max(amax, 1e-30)))));
+    P.summary = "2^" + c10::str(P.hi.item<float>() - (spec.log_exponents() - 1)) + "..2^" + c10::str(P.hi.item<float>());
+  } else if (spec.scheme == Scheme::kBinary || spec.scheme == Scheme::kTernary) {
+    const double mean_abs = obs.mean_abs();
+    P.alpha = at::full({1}, static_cast<float>(mean_abs));
+    P.delta = at::full({1}, static_cast<float>(spec.threshold * mean_abs));
+    P.ste_clip = std::max(amax, 1e-6);
+    P.summary = "alpha " + c10::str(static_cast<float>(mean_abs));
+  }
+  return P;
+}
+
+// Registers the point's tensors on the root module and inserts its quantizer node.
+void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params& P,
+             bool portable, PointReport* report) {
+  jit::Graph& graph = *g.graph;
+  jit::Value* self = graph.inputs().at(0);
+  const std::string base = mangle(p.name);
+  const bool learn = spec.learn != Learn::kNone;
+  auto reg = [&](const std::string& suffix, const at::Tensor& t, bool param) {
+    const std::string name = base + "__" + suffix;
+    if (g.module.hasattr(name))
+      throw Error(p.name + ": the model already has a quantizer here (attribute " + name + ")");
+    if (param)
+      g.module.register_parameter(name, t.clone().set_requires_grad(true), false);
+    else
+      g.module.register_buffer(name, t.clone());
+    return name;
+  };
+  const int axis_param = (spec.granularity == Granularity::kPerChannel)
+                             ? (spec.axis >= 0 ? spec.axis : p.channel_axis)
+                             : -1;
+  const int64_t axis = (P.scale.defined() && P.scale.numel() > 1) || (P.alpha.defined() && P.alpha.numel() > 1) ||
+                               (P.hi.defined() && P.hi.numel() > 1)
+                           ? axis_param
+                           : -1;
+  const int64_t group = spec.granularity == Granularity::kPerGroup ? spec.group_size : 0;
+  const bool can_be_portable = spec.is_uniform() && spec.learn == Learn::kNone &&
+                               spec.rounding == Rounding::kHalfEven && group == 0;
+  report->portable = can_be_portable;
+  if (portable && !can_be_portable)
+    throw Error(p.name + ": spec " + spec.str() +
+                " has no stock aten::fake_quantize_* form (portable save needs uniform, "
+                "half-even, per-tensor or per-channel, not learned)");
+  std::function<jit::Value*(jit::Value*)> build;
+  if (spec.is_uniform() && spec.learn == Learn::kPact) {
+    const std::string an = reg("clip", P.alpha, true);
+    build = [&, an](jit::Value* x) {
+      return insert_op(graph, "anybit::fake_quant_pact",
+                       {x, graph.insertGetAttr(self, an), graph.insertConstant(int64_t{spec.bits}),
+                        graph.insertConstant(static_cast<int64_t>(spec.rounding))});
+    };
+  } else if (spec.is_uniform() && portable) {
+    if (axis < 0) {
+      build = [&](jit::Value* x) {
+        return insert_op(graph, "aten::fake_quantize_per_tensor_affine",
+                         {x, graph.insertConstant(static_cast<double>(P.scale.item<float>())),
+                          graph.insertConstant(static_cast<int64_t>(P.zero_point.item<float>())),
+                          graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()})});
+      };
+    } else {
+      const std::string sn = reg("scale", P.scale, false);
+      const std::string zn = reg("zero_point", P.zero_point.to(at::kInt), false);
+      build = [&, sn, zn](jit::Value* x) {
+        return insert_op(graph, "aten::fake_quantize_per_channel_affine",
+                         {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
+                          graph.insertConstant(axis), graph.insertConstant(int64_t{spec.qmin()}),
+                          graph.insertConstant(int64_t{spec.qmax()})});
+      };
+    }
+  } else if (spec.is_uniform()) {
+    const bool lsq = spec.learn == Learn::kLsq;
+    const std::string sn = reg("scale", P.scale, lsq);
+    const std::string zn = reg("zero_point", P.zero_point, lsq && spec.asymmetric);
+    build = [&, sn, zn](jit::Value* x) {
+      return insert_op(graph, "anybit::fake_quant_affine",
+                       {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
+                        graph.insertConstant(axis), graph.insertConstant(group),
+                        graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()}),
+                        graph.insertConstant(static_cast<int64_t>(spec.rounding)),
+                        graph.insertConstant(lsq ? P.grad_factor : 1.0)});
+    };
+  } else if (spec.scheme == Scheme::kLog) {
+    const std::string hn = reg("hi", P.hi, false);
+    build = [&, hn](jit::Value* x) {
+      return insert_op(graph, "anybit::fake_quant_log",
+                       {x, graph.insertGetAttr(self, hn), graph.insertConstant(int64_t{spec.log_exponents()}),
+                        graph.insertConstant(axis)});
+    };
+  } else if (spec.scheme == Scheme::kBinary) {
+    const std::string an = reg("alpha", P.alpha, learn);
+    build = [&, an](jit::Value* x) {
+      return insert_op(graph, "anybit::fake_quant_binary",
+                       {x, graph.insertGetAttr(self, an), graph.insertConstant(axis), graph.insertConstant(P.ste_clip)});
+    };
+  } else if (spec.scheme == Scheme::kTernary) {
+    const std::string an = reg("alpha", P.alpha, learn);
+    const std::string dn = reg("delta", P.delta, false);
+    build = [&, an, dn](jit::Value* x) {
+      return insert_op(graph, "anybit::fake_quant_ternary",
+                       {x, graph.insertGetAttr(self, an), graph.insertGetAttr(self, dn), graph.insertConstant(axis),
+                        graph.insertConstant(P.ste_clip)});
+    };
+  } else {
+    return;
+  }
+  insert_at_point(graph, p, build);
+  report->params = P.summary;
+}
+
+}  // namespace
+
+std::string fmt_scale(double s, double z) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "scale=%.6g zp=%g", s, z);
+  return buf;
+}
+
+std::vector<PointReport> plan(const ModelGraph& g, const Config& config) {
+  std::vector<const PointDesc*> descs;
+  for (const auto& p : g.points) descs.push_back(&p);
+  std::vector<Assignment> a = assign(config, descs);
+  std::vector<PointReport> out(g.points.size());
+  for (size_t i = 0; i < g.points.size(); ++i) {
+    out[i].point = g.points[i];
+    out[i].assignment = a[i];
+    const QuantSpec& s = a[i].spec;
+    if (!s.is_float() && g.points[i].role == Role::kActivation && s.granularity != Granularity::kPerTensor)
+      throw Error(g.points[i].name + ": per-channel or per-group quantization of op outputs is not "
+                  "supported; use a per-tensor spec (rule " + config.rules[a[i].rule].where + ")");
+  }
+  return out;
+}
+
+QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
+                        const QuantizeOptions& options) {
+  QuantizeResult result;
+  result.points = plan(g, config);
+  jit::Graph& graph = *g.graph;
+
+  // --- 2. observe activations on calibration data
+  SlotScope slots;
+  std::map<size_t, int64_t> slot_of;  // point index -> slot
+  std::vector<jit::Node*> observers;
+  for (size_t i = 0; i < g.points.size(); ++i) {
+    const Point& p = g.points[i];
+    const QuantSpec& s = result.points[i].assignment.spec;
+    if (s.is_float() || p.role == Role::kWeight || p.role == Role::kBias) continue;
+    if (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed) continue;  // step is fixed
+    method_of(result.points[i].assignment.calibrator, p.name);  // fail before running anything
+    const int64_t id = slots.add();
+    slot_of[i] = id;
+    jit::Value* y = insert_at_point(graph, p, [&](jit::Value* x) {
+      jit::Node* n = graph.create(c10::Symbol::fromQualString("anybit::observe"),
+                                  {x, graph.insertConstant(id)});
+      graph.insertNode(n);
+      n->output()->setType(x->type());
+      return n->output();
+    });
+    observers.push_back(y->node());
+  }
+  if (!slot_of.empty()) {
+    if (!calib)
+      throw Error("activation points need calibration data (--data), e.g. " +
+                  g.points[slot_of.begin()->first].name);
+    const int64_t total = std::min(calib->size(), options.calib_batches * options.batch_size);
+    if (total <= 0) throw Error(calib->describe() + ": no calibration samples");
+    jit::GraphFunction fn("anybit_calibrate", g.graph, nullptr);
+    torch::NoGradGuard no_grad;
+    data::ProgressBar bar("calibrate", total, options.progress);
+    for (int64_t b = 0; b < total; b += options.batch_size) {
+      auto batch = calib->batch(b, std::min(options.batch_size, total - b));
+      jit::Stack stack{g.module._ivalue(), batch.first};
+      try {
+        fn.run(stack);
+      } catch (const std::exception& e) {
+        std::string what = e.what();
+        throw Error(calib->describe() + ": the model rejects inputs of shape " +
+                    c10::str(batch.first.sizes()) + ": " + what.substr(0, what.find('\n')));
+      }
+      bar.update(b + batch.first.size(0));
+    }
+    bar.finish();
+  }
+  for (jit::Node* n : observers) {
+    n->output()->replaceAllUsesWith(n->input(0));
+    jit::Node* c = n->input(1)->node();
+    n->destroy();
+    if (!c->hasUses()) c->destroy();
+  }
+
+  // --- 3 and 4. parameters and quantizer nodes
+  for (size_t i = 0; i < g.points.size(); ++i) {
+    const Point& p = g.points[i];
+    const Assignment& a = result.points[i].assignment;
+    if (a.spec.is_float()) continue;
+    Params P;
+    if (p.role == Role::kWeight || p.role == Role::kBias) {
+      c10::IValue cur = g.module._ivalue();
+      for (size_t start = 0;;) {
+        const size_t dot = p.attr_path.find('.', start);
+        cur = cur.toObject()->getAttr(p.attr_path.substr(start, dot == std::string::npos ? dot : dot - start));
+        if (dot == std::string::npos) break;
+        start = dot + 1;
+      }
+      P = weight_params(a.spec, a.calibrator, cur.toTensor(), p.channel_axis, p.name);
+    } else if (a.spec.scheme == Scheme::kFixed || a.spec.scheme == Scheme::kUFixed) {
+      float s, z;
+      uniform_from_range(a.spec, 0, 0, &s, &z);
+      P.scale = at::full({1}, s);
+      P.zero_point = at::zeros({1});
+      P.summary = fmt_scale(s, z);
+    } else {
+      P = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), p.name);
+    }
+    install(g, p, a.spec, P, options.portable, &result.points[i]);
+  }
+  invalidate_plan(g);
+  result.model = std::move(g);
+  // handles of the old points are stale after the rewrite
+  return result;
+}
+
+void save_module(torch::jit::Module& module, const std::string& path) {
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  try {
+    module.save(tmp);
+  } catch (const std::exception& e) {
+    std::remove(tmp.c_str());
+    std::string what = e.what();
+    throw Error(path + ": cannot save model: " + what.substr(0, what.find('\n')));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot write (rename from temporary file failed)");
+  }
+}
+
+EvalResult evaluate(torch::jit::Module& model, const DataSource& data, int64_t batch_size,
+                    torch::jit::Module* reference, bool progress) {
+  EvalResult r;
+  torch::NoGradGuard no_grad;
+  model.eval();
+  if (reference) reference->eval();
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t correct1 = 0, correct5 = 0, agree = 0;
+  double loss = 0;
+  data::ProgressBar bar("evaluate", data.size(), progress);
+  for (int64_t b = 0; b < data.size(); b += batch_size) {
+    auto batch = data.batch(b, batch_size);
+    at::Tensor out;
+    try {
+      out = model.forward({batch.first}).toTensor();
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
+                  ": " + what.substr(0, what.find('\n')));
+    }
+    if (out.dim() != 2 || out.size(0) != batch.first.size(0))
+      throw Error("the model's output has shape " + c10::str(out.sizes()) +
+                  "; evaluation expects class scores [N, classes]");
+    const at::Tensor& y = batch.second;
+    if (y.max().item<int64_t>() >= out.size(1))
+      throw Error(data.describe() + ": label " + std::to_string(y.max().item<int64_t>()) +
+                  " is outside the model's " + std::to_string(out.size(1)) + " classes");
+    at::Tensor pred = out.argmax(1);
+    correct1 += (pred == y).sum().item<int64_t>();
+    const int64_t k = std::min<int64_t>(5, out.size(1));
+    at::Tensor top = std::get<1>(out.topk(k, 1));
+    correct5 += (top == y.unsqueeze(1)).any(1).sum().item<int64_t>();
+    loss += at::cross_entropy_loss(out, y, {}, at::Reduction::Sum).item<double>();
+    if (reference) {
+      at::Tensor ref = reference->forward({batch.first}).toTensor();
+      agree += (ref.argmax(1) == pred).sum().item<int64_t>();
+    }
+    r.samples += batch.first.size(0);
+    bar.update(r.samples);
+  }
+  bar.finish();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r.samples) {
+    r.top1 = 100.0 * correct1 / r.samples;
+    r.top5 = 100.0 * correct5 / r.samples;
+    r.loss = loss / r.samples;
+    if (reference) r.agreement = 100.0 * agree / r.samples;
+  }
+  return r;
+}
+
+}  // namespace anybit

@@ -1,0 +1,76 @@
+// anybit's top-level C++ API: quantize a TorchScript model by config rules, calibrate
+// it on data, evaluate it, save it. The CLI and the Python package call only this.
+//
+//   anybit::ModelGraph g = anybit::load_model("model.pt");
+//   anybit::Config c = anybit::parse_config_file("w4a4.yaml");
+//   auto data = anybit::open_data("fmnist:/usr/share/datasets/fashion-mnist:train");
+//   anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), {});
+//   anybit::save_module(q.model.module, "model_w4a4.pt");
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "anybit/graph/graph.h"
+#include "anybit/graph/rules.h"
+
+namespace anybit {
+
+// Batches of model inputs [N, ...] and integer labels [N].
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  virtual int64_t size() const = 0;
+  virtual std::pair<at::Tensor, at::Tensor> batch(int64_t begin, int64_t count) const = 0;
+  virtual std::string describe() const = 0;
+};
+// Opens a data spec (fmnist:DIR[:train|test], cifar10:DIR, imagefolder:DIR, npy:X.npy[:Y.npy]).
+std::unique_ptr<DataSource> open_data(const std::string& spec);
+std::unique_ptr<DataSource> tensor_data(at::Tensor inputs, at::Tensor labels, std::string name);
+
+struct QuantizeOptions {
+  int64_t calib_batches = 8;
+  int64_t batch_size = 128;
+  bool portable = false;  // only stock aten::fake_quantize_* ops: loads without anybit
+  bool progress = true;
+};
+
+// What one point got: spec, calibrator and the quantizer parameters chosen.
+struct PointReport {
+  PointDesc point;
+  Assignment assignment;
+  std::string params;  // e.g. "scale=0.0123 zp=0" or "per-channel scale 0.001..0.02"
+  bool portable = true;
+};
+
+struct QuantizeResult {
+  ModelGraph model;
+  std::vector<PointReport> points;
+};
+
+// Resolves the rules on the model's points (same as the first step of quantize).
+std::vector<PointReport> plan(const ModelGraph& g, const Config& config);
+
+// Rewrites g's forward graph in place: each point whose spec is not float gets its
+// quantizer, with parameters calibrated on `calib` (may be null when only weights,
+// fixed-point or binary points are quantized).
+QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
+                        const QuantizeOptions& options);
+
+// Writes through a temporary file and renames, so a failure never leaves a partial file.
+void save_module(torch::jit::Module& module, const std::string& path);
+
+struct EvalResult {
+  int64_t samples = 0;
+  double top1 = 0, top5 = 0, loss = 0;
+  double agreement = -1;  // share of argmax equal to the reference model's; -1 if none
+  double seconds = 0;
+};
+EvalResult evaluate(torch::jit::Module& model, const DataSource& data, int64_t batch_size,
+                    torch::jit::Module* reference, bool progress);
+
+}  // namespace anybit

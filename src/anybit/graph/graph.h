@@ -1,0 +1,54 @@
+// The model as anybit sees it: a TorchScript module whose forward graph is inlined into
+// one flat graph, and the named quantization points found in it (weights, biases, op
+// outputs, model inputs), in forward order. Names follow the user's module paths:
+//   features.0.weight   layer1.0.conv1.bias   features.1:out   layer1.0:add:out   input.0
+// A module called twice owns one point per call: `layer1.0.relu:out`, `layer1.0.relu:out2`.
+// Ops outside any leaf module are named by their kind: `layer1.0:add:out`, `flatten:out`.
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anybit/graph/point.h"
+#include "anybit/quant/spec.h"
+
+namespace anybit {
+
+struct Point : PointDesc {
+  // graph handles, valid for the graph the point was found in
+  torch::jit::Value* value = nullptr;  // the tensor to quantize
+  torch::jit::Node* node = nullptr;    // weights/biases: the consuming op; outputs: the producer
+  bool inplace = false;                // producer is an in-place op (relu_, add_)
+  std::string attr_path;               // weights/biases: attribute path from the root
+};
+
+struct ModelGraph {
+  std::string path;  // file it came from ("" if built in memory)
+  torch::jit::Module module;
+  std::shared_ptr<torch::jit::Graph> graph;  // forward, inlined, owned by the module
+  std::vector<Point> points;
+  const Point* find(const std::string& name) const;
+};
+
+// Loads a TorchScript file; throws anybit::Error naming the file when it is missing,
+// not a TorchScript archive, or has no forward.
+torch::jit::Module load_module(const std::string& path);
+// Inlines forward in place and finds the points (what PyTorch's own graph-mode
+// quantization passes do before rewriting).
+ModelGraph analyze_module(torch::jit::Module module, const std::string& path = "");
+ModelGraph load_model(const std::string& path);
+// Re-scan an already analyzed graph (after a rewrite the handles change).
+void find_points(ModelGraph& g);
+
+// Drops forward's cached optimized graphs after an edit. An executor already built by
+// running forward keeps its plan in LibTorch 1.13, so anybit edits graphs before any run.
+void invalidate_plan(ModelGraph& g);
+
+// Fills the shape of activation points by running one example input through an
+// observing copy of the graph.
+void infer_activation_shapes(ModelGraph& g, const std::vector<at::Tensor>& example);
+
+}  // namespace anybit

@@ -1,0 +1,26 @@
+// A quantization point as configs and reports see it (no LibTorch types here, so rule
+// matching and reports stay light).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace anybit {
+
+enum class Role { kWeight, kBias, kActivation, kInput };
+const char* role_name(Role r);
+
+struct PointDesc {
+  std::string name;    // features.0.weight, features.1:out, layer1.0:add:out, input.0
+  Role role = Role::kActivation;
+  std::string kind;    // conv, linear, relu, act, add, mul, cat, pool, bn, mean, input
+  std::string op;      // the aten op, e.g. aten::conv2d
+  std::string module;  // module path of the op ("" for the root)
+  std::vector<int64_t> shape;  // parameters: their shape; activations: per-sample shape once known
+  int64_t numel = 0;
+  int index = 0;         // forward order
+  int channel_axis = 0;  // weights: output-channel axis (1 for transposed convs); activations: 1
+};
+
+}  // namespace anybit

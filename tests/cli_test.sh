@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# End-to-end checks of the anybit CLI: bad input ends with one clear message naming the
+# file/rule, a non-zero exit and no output file; good input round-trips.
+# usage: tests/cli_test.sh ANYBIT_EXE SOURCE_DIR
+set -u
+EXE=$1
+SRC=$2
+MODEL=$SRC/models/fmnist_resnet.pt
+DATA=/usr/share/datasets/fashion-mnist
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+
+# expect_error NAME FRAGMENT -- command...
+expect_error() {
+  local name=$1 fragment=$2
+  shift 3
+  "$@" >"$T/out" 2>"$T/err"
+  local rc=$?
+  local lines
+  lines=$(wc -l <"$T/err")
+  if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q -- "$fragment" "$T/err" && [ ! -e "$T/q.pt" ] &&
+     [ -z "$(ls "$T" | grep '\.tmp')" ]; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAIL: $name (rc=$rc, stderr lines=$lines)"; cat "$T/err"
+  fi
+}
+
+printf 'rules:\n  - {kind: conv, role: weight, spec: int8}\n  - {kind: conv, spc: int8}\n' >"$T/unknown_key.yaml"
+printf 'rules:\n  - {kind: conv, role: weight, spec: int0}\n' >"$T/bad_spec.yaml"
+printf 'rules:\n  - {kind: conv, role: weight, spec: int8}\n  - {match: "layer9.*", spec: int4}\n' >"$T/nomatch.yaml"
+printf 'rules:\n  - {kind: relu, spec: uint8}\n' >"$T/acts.yaml"
+echo "not a model" >"$T/corrupt.pt"
+mkdir -p "$T/trunc"
+head -c 5000 $DATA/t10k-images-idx3-ubyte.gz >"$T/trunc/t10k-images-idx3-ubyte.gz"
+cp $DATA/t10k-labels-idx1-ubyte.gz "$T/trunc/"
+/usr/bin/python3 -c "import numpy as np; np.save('$T/wrong.npy', np.zeros((4,3,32,32), np.float32)); np.save('$T/wrong_y.npy', np.zeros(4, np.int64))"
+
+expect_error missing-model "/nonexistent.pt" -- "$EXE" quantize /nonexistent.pt --rule kind=conv,spec=int8 -o "$T/q.pt"
+expect_error corrupt-model "corrupt.pt" -- "$EXE" quantize "$T/corrupt.pt" --rule kind=conv,spec=int8 -o "$T/q.pt"
+expect_error unknown-key "unknown_key.yaml:3: rules\[1\]: unknown key 'spc'" -- "$EXE" quantize "$MODEL" --config "$T/unknown_key.yaml" -o "$T/q.pt"
+expect_error bad-spec "int0" -- "$EXE" quantize "$MODEL" --config "$T/bad_spec.yaml" -o "$T/q.pt"
+expect_error no-match "nomatch.yaml:3: rules\[1\]" -- "$EXE" quantize "$MODEL" --config "$T/nomatch.yaml" -o "$T/q.pt"
+expect_error missing-config "nope.yaml" -- "$EXE" quantize "$MODEL" --config "$T/nope.yaml" -o "$T/q.pt"
+expect_error missing-data "/nonexistent/dir" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data fmnist:/nonexistent/dir -o "$T/q.pt"
+expect_error truncated-data "t10k-images-idx3-ubyte.gz" -- "$EXE" eval "$MODEL" --data "fmnist:$T/trunc:test"
+expect_error wrong-shape "shape" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "npy:$T/wrong.npy:$T/wrong_y.npy" -o "$T/q.pt"
+expect_error no-calib-data "calibration data" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" -o "$T/q.pt"
+
+# good input: quantize, save, evaluate
+if "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --rule kind=conv,role=weight,spec=int8:per_channel \
+     --data "fmnist:$DATA:train" --calib-batches 2 -o "$T/good.pt" --no-progress >/dev/null &&
+   "$EXE" eval "$T/good.pt" --data "fmnist:$DATA:test" --json --no-progress | grep -q '"top1"'; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: good quantize+eval"
+fi
+# dry run names the spec each point gets
+if "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --dry-run | grep -q "layer1.relu1:out.*uint8"; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: dry-run"
+fi
+echo "cli: $pass passed, $fail failed"
+[ $fail -eq 0 ]

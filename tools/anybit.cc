@@ -1,0 +1,266 @@
+// The anybit command line: parse flags, call the library, print. No logic lives here.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <ATen/Parallel.h>
+#include <torch/script.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <unistd.h>
+
+#include "anybit/core/quantize.h"
+#include "anybit/graph/graph.h"
+
+#ifndef ANYBIT_SOURCE_DIR
+#define ANYBIT_SOURCE_DIR "."
+#endif
+
+namespace {
+
+using nlohmann::json;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp);
+    if (!f) throw anybit::Error(path + ": cannot write");
+    f << text;
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw anybit::Error(path + ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw anybit::Error(path + ": cannot write");
+  }
+}
+
+int cmd_inspect(const std::string& model, bool as_json) {
+  anybit::ModelGraph g = anybit::load_model(model);
+  if (as_json) {
+    json j = json::array();
+    for (const auto& p : g.points)
+      j.push_back({{"index", p.index}, {"name", p.name}, {"role", anybit::role_name(p.role)},
+                   {"kind", p.kind}, {"op", p.op}, {"module", p.module}, {"shape", p.shape},
+                   {"params", p.numel}});
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  fmt::print("{:<4} {:<42} {:<10} {:<7} {:<16} {:>10}\n", "#", "point", "role", "kind", "shape", "params");
+  int64_t params = 0;
+  for (const auto& p : g.points) {
+    fmt::print("{:<4} {:<42} {:<10} {:<7} {:<16} {:>10}\n", p.index, p.name, anybit::role_name(p.role),
+               p.kind, shape_str(p.shape), p.numel ? std::to_string(p.numel) : "");
+    params += p.numel;
+  }
+  fmt::print("{} points, {} quantizable parameters\n", g.points.size(), params);
+  return 0;
+}
+
+anybit::Config load_config(const std::string& path, const std::vector<std::string>& rules) {
+  anybit::Config c;
+  if (!path.empty()) c = anybit::parse_config_file(path);
+  for (const auto& r : rules) c.rules.push_back(anybit::parse_rule_string(r));
+  if (c.rules.empty()) throw anybit::Error("no rules: give --config FILE or --rule key=value,...");
+  return c;
+}
+
+void print_plan(const std::vector<anybit::PointReport>& pts, bool show_params) {
+  fmt::print("{:<42} {:<10} {:<7} {:<22} {:<16} {}\n", "point", "role", "kind", "spec", "calibrator",
+             show_params ? "parameters" : "");
+  for (const auto& r : pts) {
+    const bool fl = r.assignment.spec.is_float();
+    fmt::print("{:<42} {:<10} {:<7} {:<22} {:<16} {}\n", r.point.name, anybit::role_name(r.point.role),
+               r.point.kind, r.assignment.spec.str(), fl ? "" : r.assignment.calibrator,
+               show_params ? r.params : "");
+  }
+}
+
+json eval_json(const anybit::EvalResult& r) {
+  json j = {{"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss},
+            {"seconds", r.seconds}};
+  if (r.agreement >= 0) j["agreement"] = r.agreement;
+  return j;
+}
+
+void print_eval(const std::string& what, const anybit::EvalResult& r) {
+  fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}", what, r.top1, r.top5, r.loss);
+  if (r.agreement >= 0) fmt::print("  agreement with float {:.2f}%", r.agreement);
+  fmt::print("  ({} samples, {:.1f} s)\n", r.samples, r.seconds);
+}
+
+struct Common {
+  std::string model, config, data, out, calib_data;
+  std::vector<std::string> rules;
+  int64_t calib_batches = 8, batch_size = 128;
+  bool json = false, dry_run = false, portable = false, no_progress = false;
+  int threads = 0;
+};
+
+bool progress_on(const Common& c) { return !c.no_progress && isatty(2); }
+
+int cmd_quantize(const Common& c) {
+  anybit::Config cfg = load_config(c.config, c.rules);
+  anybit::ModelGraph g = anybit::load_model(c.model);
+  if (c.dry_run) {
+    auto pts = anybit::plan(g, cfg);
+    if (c.json) {
+      json j = json::array();
+      for (const auto& r : pts)
+        j.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
+                     {"calibrator", r.assignment.calibrator}, {"rule", r.assignment.rule}});
+      std::cout << j.dump(2) << "\n";
+    } else {
+      print_plan(pts, false);
+    }
+    return 0;
+  }
+  if (c.out.empty()) throw anybit::Error("quantize needs -o OUT.pt (or --dry-run)");
+  std::unique_ptr<anybit::DataSource> calib;
+  const std::string calib_spec = c.calib_data.empty() ? c.data : c.calib_data;
+  if (!calib_spec.empty()) calib = anybit::open_data(calib_spec);
+  anybit::QuantizeOptions opt;
+  opt.calib_batches = c.calib_batches;
+  opt.batch_size = c.batch_size;
+  opt.portable = c.portable;
+  opt.progress = progress_on(c);
+  anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
+  anybit::save_module(q.model.module, c.out);
+  if (c.json) {
+    json j = json::array();
+    for (const auto& r : q.points)
+      if (!r.assignment.spec.is_float())
+        j.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
+                     {"calibrator", r.assignment.calibrator}, {"params", r.params}});
+    std::cout << json{{"output", c.out}, {"points", j}}.dump(2) << "\n";
+  } else {
+    print_plan(q.points, true);
+    fmt::print("wrote {}\n", c.out);
+  }
+  return 0;
+}
+
+int cmd_eval(const Common& c, const std::string& reference) {
+  if (c.data.empty()) throw anybit::Error("eval needs --data SPEC");
+  torch::jit::Module m = anybit::load_module(c.model);
+  std::unique_ptr<torch::jit::Module> ref;
+  if (!reference.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(reference));
+  auto data = anybit::open_data(c.data);
+  anybit::EvalResult r = anybit::evaluate(m, *data, c.batch_size, ref.get(), progress_on(c));
+  if (c.json) {
+    json j = eval_json(r);
+    j["model"] = c.model;
+    j["data"] = c.data;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    print_eval(c.model, r);
+  }
+  return 0;
+}
+
+std::string default_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
+
+// W{b}A{b} on the shipped model: weights per-channel, activations after every ReLU,
+// residual add and pool, plus the input.
+std::string wa_config(int wb, int ab) {
+  return fmt::format(
+      "weight_calibrator: mse\n"
+      "calibrator: mse\n"
+      "rules:\n"
+      "  - {{kind: [conv, linear], role: weight, spec: 'int{0}:per_channel'}}\n"
+      "  - {{role: input, spec: 'uint{1}'}}\n"
+      "  - {{kind: [relu, pool], role: activation, spec: 'uint{1}'}}\n"
+      "  - {{kind: add, role: activation, spec: 'int{1}'}}\n",
+      wb, ab);
+}
+
+int cmd_demo(const Common& c) {
+  const std::string model = c.model.empty() ? default_model() : c.model;
+  const std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  fmt::print("anybit demo: {} on Fashion-MNIST ({}), post-training quantization\n", model, data_dir);
+  fmt::print("weights int-b per channel (MSE clip), activations b bits after ReLU/add/pool and the input\n");
+  fmt::print("calibration: {} training images; evaluation: the 10k test set\n\n", c.calib_batches * c.batch_size);
+  auto test = anybit::open_data("fmnist:" + data_dir + ":test");
+  auto train = anybit::open_data("fmnist:" + data_dir + ":train");
+  torch::jit::Module fm = anybit::load_module(model);
+  anybit::EvalResult f = anybit::evaluate(fm, *test, 500, nullptr, progress_on(c));
+  fmt::print("{:<8} {:>8} {:>8} {:>10} {:>10}\n", "bits", "top-1", "drop", "agreement", "seconds");
+  fmt::print("{:<8} {:>7.2f}% {:>8} {:>10} {:>10.1f}\n", "float", f.top1, "", "", f.seconds);
+  json rows = json::array();
+  for (int b = 8; b >= 2; --b) {
+    anybit::QuantizeOptions opt;
+    opt.calib_batches = c.calib_batches;
+    opt.batch_size = c.batch_size;
+    opt.progress = progress_on(c);
+    auto q = anybit::quantize(anybit::load_model(model), anybit::parse_config_string(wa_config(b, b), "demo"),
+                              train.get(), opt);
+    anybit::EvalResult r = anybit::evaluate(q.model.module, *test, 500, &fm, progress_on(c));
+    fmt::print("{:<8} {:>7.2f}% {:>+8.2f} {:>9.2f}% {:>10.1f}\n", fmt::format("W{}A{}", b, b), r.top1,
+               r.top1 - f.top1, r.agreement, r.seconds);
+    rows.push_back({{"bits", b}, {"eval", eval_json(r)}});
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"anybit: quantize any TorchScript model to any bit width, from outside the model"};
+  app.require_subcommand(1);
+  Common c;
+  std::string reference;
+  app.add_option("--threads", c.threads, "intra-op threads (default: LibTorch's)");
+
+  auto* inspect = app.add_subcommand("inspect", "list the quantization points of a model in forward order");
+  inspect->add_option("model", c.model, "TorchScript model file (.pt)")->required();
+  inspect->add_flag("--json", c.json, "print JSON");
+
+  auto* quant = app.add_subcommand("quantize", "quantize a model by config rules and calibrate it");
+  quant->add_option("model", c.model, "TorchScript model file (.pt)")->required();
+  quant->add_option("-c,--config", c.config, "config file (YAML or JSON)");
+  quant->add_option("-r,--rule", c.rules, "a rule as key=value pairs, e.g. kind=conv,role=weight,spec=int4 (repeatable, after --config's rules)");
+  quant->add_option("-d,--data", c.data, "calibration data spec, e.g. fmnist:/usr/share/datasets/fashion-mnist:train");
+  quant->add_option("--calib-batches", c.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
+  quant->add_option("-b,--batch-size", c.batch_size, "batch size")->check(CLI::PositiveNumber);
+  quant->add_option("-o,--output", c.out, "output TorchScript file");
+  quant->add_flag("--dry-run", c.dry_run, "print which spec each point gets and stop");
+  quant->add_flag("--portable", c.portable, "use only stock aten::fake_quantize_* ops (loads without anybit)");
+  quant->add_flag("--json", c.json, "print JSON");
+  quant->add_flag("--no-progress", c.no_progress, "no progress bar");
+
+  auto* eval = app.add_subcommand("eval", "evaluate a (quantized) model on labelled data");
+  eval->add_option("model", c.model, "TorchScript model file (.pt)")->required();
+  eval->add_option("-d,--data", c.data, "data spec, e.g. fmnist:/usr/share/datasets/fashion-mnist:test")->required();
+  eval->add_option("--reference", reference, "float model to measure prediction agreement against");
+  eval->add_option("-b,--batch-size", c.batch_size, "batch size")->check(CLI::PositiveNumber);
+  eval->add_flag("--json", c.json, "print JSON");
+  eval->add_flag("--no-progress", c.no_progress, "no progress bar");
+
+  auto* demo = app.add_subcommand("demo", "quantize the shipped Fashion-MNIST model at 8..2 bits and print the accuracy table");
+  demo->add_option("--model", c.model, "model (default: the shipped one)");
+  demo->add_option("--calib-batches", c.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
+  demo->add_flag("--no-progress", c.no_progress, "no progress bar");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (c.threads > 0) at::set_num_threads(c.threads);
+    if (*inspect) return cmd_inspect(c.model, c.json);
+    if (*quant) return cmd_quantize(c);
+    if (*eval) return cmd_eval(c, reference);
+    if (*demo) return cmd_demo(c);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    std::cerr << "anybit: error: " << what.substr(0, what.find("\nException raised from")) << "\n";
+    return 1;
+  }
+  return 0;
+}
