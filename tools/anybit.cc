@@ -101,12 +101,21 @@ void print_eval(const std::string& what, const anybit::EvalResult& r) {
 struct Common {
   std::string model, config, data, out, calib_data;
   std::vector<std::string> rules;
-  int64_t calib_batches = 8, batch_size = 128;
-  bool json = false, dry_run = false, portable = false, no_progress = false;
+  int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
+  std::string eval_data;
+  bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
   int threads = 0;
 };
 
 bool progress_on(const Common& c) { return !c.no_progress && isatty(2); }
+
+anybit::EvalOptions eval_options(const Common& c) {
+  anybit::EvalOptions o;
+  o.batch_size = c.eval_batch_size;
+  o.progress = progress_on(c);
+  o.freeze = !c.no_freeze;
+  return o;
+}
 
 int cmd_quantize(const Common& c) {
   anybit::Config cfg = load_config(c.config, c.rules);
@@ -133,17 +142,27 @@ int cmd_quantize(const Common& c) {
   opt.batch_size = c.batch_size;
   opt.portable = c.portable;
   opt.progress = progress_on(c);
+  std::unique_ptr<anybit::DataSource> eval_data;
+  if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
   anybit::save_module(q.model.module, c.out);
+  json j = json::object();
+  if (eval_data) {
+    anybit::EvalResult r = anybit::evaluate(q.model.module, *eval_data, eval_options(c));
+    j["eval"] = eval_json(r);
+    if (!c.json) print_eval(c.out, r);
+  }
   if (c.json) {
-    json j = json::array();
+    json pts = json::array();
     for (const auto& r : q.points)
       if (!r.assignment.spec.is_float())
-        j.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
-                     {"calibrator", r.assignment.calibrator}, {"params", r.params}});
-    std::cout << json{{"output", c.out}, {"points", j}}.dump(2) << "\n";
+        pts.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
+                       {"calibrator", r.assignment.calibrator}, {"params", r.params}});
+    j["output"] = c.out;
+    j["points"] = pts;
+    std::cout << j.dump(2) << "\n";
   } else {
-    print_plan(q.points, true);
+    if (!eval_data) print_plan(q.points, true);
     fmt::print("wrote {}\n", c.out);
   }
   return 0;
@@ -155,7 +174,7 @@ int cmd_eval(const Common& c, const std::string& reference) {
   std::unique_ptr<torch::jit::Module> ref;
   if (!reference.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(reference));
   auto data = anybit::open_data(c.data);
-  anybit::EvalResult r = anybit::evaluate(m, *data, c.batch_size, ref.get(), progress_on(c));
+  anybit::EvalResult r = anybit::evaluate(m, *data, eval_options(c), ref.get());
   if (c.json) {
     json j = eval_json(r);
     j["model"] = c.model;
@@ -192,7 +211,7 @@ int cmd_demo(const Common& c) {
   auto test = anybit::open_data("fmnist:" + data_dir + ":test");
   auto train = anybit::open_data("fmnist:" + data_dir + ":train");
   torch::jit::Module fm = anybit::load_module(model);
-  anybit::EvalResult f = anybit::evaluate(fm, *test, 500, nullptr, progress_on(c));
+  anybit::EvalResult f = anybit::evaluate(fm, *test, eval_options(c));
   fmt::print("{:<8} {:>8} {:>8} {:>10} {:>10}\n", "bits", "top-1", "drop", "agreement", "seconds");
   fmt::print("{:<8} {:>7.2f}% {:>8} {:>10} {:>10.1f}\n", "float", f.top1, "", "", f.seconds);
   json rows = json::array();
@@ -203,7 +222,7 @@ int cmd_demo(const Common& c) {
     opt.progress = progress_on(c);
     auto q = anybit::quantize(anybit::load_model(model), anybit::parse_config_string(wa_config(b, b), "demo"),
                               train.get(), opt);
-    anybit::EvalResult r = anybit::evaluate(q.model.module, *test, 500, &fm, progress_on(c));
+    anybit::EvalResult r = anybit::evaluate(q.model.module, *test, eval_options(c), &fm);
     fmt::print("{:<8} {:>7.2f}% {:>+8.2f} {:>9.2f}% {:>10.1f}\n", fmt::format("W{}A{}", b, b), r.top1,
                r.top1 - f.top1, r.agreement, r.seconds);
     rows.push_back({{"bits", b}, {"eval", eval_json(r)}});
@@ -233,6 +252,9 @@ int main(int argc, char** argv) {
   quant->add_option("-b,--batch-size", c.batch_size, "batch size")->check(CLI::PositiveNumber);
   quant->add_option("-o,--output", c.out, "output TorchScript file");
   quant->add_flag("--dry-run", c.dry_run, "print which spec each point gets and stop");
+  quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
+  quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
+  quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   quant->add_flag("--portable", c.portable, "use only stock aten::fake_quantize_* ops (loads without anybit)");
   quant->add_flag("--json", c.json, "print JSON");
   quant->add_flag("--no-progress", c.no_progress, "no progress bar");
@@ -241,7 +263,8 @@ int main(int argc, char** argv) {
   eval->add_option("model", c.model, "TorchScript model file (.pt)")->required();
   eval->add_option("-d,--data", c.data, "data spec, e.g. fmnist:/usr/share/datasets/fashion-mnist:test")->required();
   eval->add_option("--reference", reference, "float model to measure prediction agreement against");
-  eval->add_option("-b,--batch-size", c.batch_size, "batch size")->check(CLI::PositiveNumber);
+  eval->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);
+  eval->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 

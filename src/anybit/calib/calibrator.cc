@@ -64,9 +64,10 @@ void Histogram::observe(const float* x, int64_t n) {
   }
   grow_to(amax);
   const double inv_w = 1.0 / bin_width();
+  // x + R >= 0 here (R >= max|x|), so truncation is floor
   for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) continue;
-    long b = static_cast<long>(std::floor((x[i] + range_) * inv_w));
+    long b = static_cast<long>((x[i] + range_) * inv_w);
     b = std::min<long>(std::max<long>(b, 0), kBins - 1);
     counts_[b] += 1;
   }

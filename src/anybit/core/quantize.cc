@@ -14,6 +14,7 @@
 #include "anybit/core/quantize.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/api/module.h>
 #include <torch/library.h>
 #include <torch/script.h>
 
@@ -581,12 +582,32 @@ void save_module(torch::jit::Module& module, const std::string& path) {
   }
 }
 
-EvalResult evaluate(torch::jit::Module& model, const DataSource& data, int64_t batch_size,
-                    torch::jit::Module* reference, bool progress) {
+namespace {
+torch::jit::Module frozen_copy(torch::jit::Module& m) {
+  m.eval();
+  try {
+    return torch::jit::freeze(m.clone());
+  } catch (const std::exception&) {
+    return m;  // models freezing cannot handle are evaluated as they are
+  }
+}
+}  // namespace
+
+EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,
+                    torch::jit::Module* reference_in) {
   EvalResult r;
+  const int64_t batch_size = opt.batch_size;
+  const bool progress = opt.progress;
   torch::NoGradGuard no_grad;
-  model.eval();
-  if (reference) reference->eval();
+  model_in.eval();
+  torch::jit::Module model = opt.freeze ? frozen_copy(model_in) : model_in;
+  torch::jit::Module ref_module;
+  torch::jit::Module* reference = nullptr;
+  if (reference_in) {
+    reference_in->eval();
+    ref_module = opt.freeze ? frozen_copy(*reference_in) : *reference_in;
+    reference = &ref_module;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   int64_t correct1 = 0, correct5 = 0, agree = 0;
   double loss = 0;

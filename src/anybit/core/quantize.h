@@ -70,7 +70,16 @@ struct EvalResult {
   double agreement = -1;  // share of argmax equal to the reference model's; -1 if none
   double seconds = 0;
 };
-EvalResult evaluate(torch::jit::Module& model, const DataSource& data, int64_t batch_size,
-                    torch::jit::Module* reference, bool progress);
+struct EvalOptions {
+  int64_t batch_size = 100;
+  bool progress = true;
+  // Evaluate a frozen copy (torch::jit::freeze): weights are fake-quantized once and
+  // BatchNorm folded into the preceding conv instead of on every batch. The math is
+  // the same; float rounding of the folded BatchNorm may differ in the last bit, so the
+  // bit-exact checks (integer engine) evaluate unfrozen.
+  bool freeze = true;
+};
+EvalResult evaluate(torch::jit::Module& model, const DataSource& data, const EvalOptions& options,
+                    torch::jit::Module* reference = nullptr);
 
 }  // namespace anybit
