@@ -3,7 +3,7 @@
 # Only what is missing is installed, so repeated runs cost a dpkg query.
 set -euo pipefail
 PKGS=(
-  cmake make g++ pkg-config zlib1g-dev
+  cmake make g++ pkg-config zlib1g-dev libjpeg62-turbo-dev libpng-dev
   libtorch-dev libopenblas0
   python3-torch python3-torchvision python3-numpy python3-yaml python3-pytest
   dataset-fashion-mnist

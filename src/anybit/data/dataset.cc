@@ -301,12 +301,32 @@ std::unique_ptr<Dataset> open_dataset(const std::string& spec) {
     std::string sp = rest.size() > 1 ? rest[1] : "test";
     if (sp != "train" && sp != "test") throw Error("data spec '" + spec + "': split must be train or test");
     d = open_cifar10(rest[0], sp);
+  } else if (scheme == "imagefolder") {
+    if (rest.empty() || rest[0].empty()) throw Error("data spec '" + spec + "': imagefolder needs a directory");
+    int size = 224, resize = 256;
+    for (size_t i = 1; i < rest.size(); ++i) {
+      auto eq = rest[i].find('=');
+      const std::string k = rest[i].substr(0, eq);
+      int v = 0;
+      try {
+        v = eq == std::string::npos ? -1 : std::stoi(rest[i].substr(eq + 1));
+      } catch (const std::exception&) {
+        v = -1;
+      }
+      if (k == "size" && v > 0) size = v;
+      else if (k == "resize" && v > 0) resize = v;
+      else throw Error("data spec '" + spec + "': unknown option '" + rest[i] + "' (expected size=N, resize=N)");
+    }
+    if (size > resize && resize == 256) resize = size;
+    d = open_image_folder(rest[0], size, resize);
+    if (limit > 0) throw Error("data spec '" + spec + "': limit is not supported for imagefolder yet");
+    return d;
   } else if (scheme == "npy") {
     if (rest.empty() || rest[0].empty()) throw Error("data spec '" + spec + "': npy needs IMAGES.npy[:LABELS.npy]");
     d = open_npy(rest[0], rest.size() > 1 ? rest[1] : "");
   } else {
     throw Error("data spec '" + spec + "': unknown scheme '" + scheme +
-                "' (expected fmnist, mnist, cifar10 or npy)");
+                "' (expected fmnist, mnist, cifar10, imagefolder or npy)");
   }
   if (limit > 0) static_cast<MemoryDataset*>(d.get())->limit = limit;
   return d;

@@ -1,13 +1,32 @@
-// Datasets for calibration and evaluation, as float images [C, H, W] and integer labels.
-// Plain C++17 (no LibTorch); the core wraps them in tensors.
+// Datasets for calibration and evaluation: float images [C, H, W] and integer labels.
+// Plain C++17 (no LibTorch); the core wraps the float arrays in tensors.
 //
-// Data specs:
-//   fmnist[:DIR][:train|test]     Fashion-MNIST IDX files (.gz or plain); pixel / 255
-//   mnist:DIR[:train|test]        the same format
-//   cifar10:DIR[:train|test]      CIFAR-10 binary batches; normalized with the CIFAR mean/std
-//   npy:IMAGES.npy[:LABELS.npy]   float32 [N, ...] (uint8 is divided by 255), int labels [N]
-//   any of them with :limit=N     only the first N samples
-// DIR defaults to /usr/share/datasets/fashion-mnist, the split to test.
+// Data spec grammar (parts separated by ':'; paths therefore cannot contain ':'):
+//
+//   spec      := scheme [':' part]*
+//   part      := positional | 'limit=' N | 'size=' N | 'resize=' N
+//
+//   fmnist[:DIR][:train|test]      Fashion-MNIST IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz];
+//                                  pixel / 255, shape [1, H, W] from the header.
+//                                  DIR defaults to /usr/share/datasets/fashion-mnist.
+//   mnist[:DIR][:train|test]       the same format; DIR defaults to /usr/share/datasets/mnist.
+//   cifar10:DIR[:train|test]       CIFAR-10 binary batches (data_batch_1..5.bin, test_batch.bin,
+//                                  in DIR or DIR/cifar-10-batches-bin); pixel / 255, then
+//                                  (x - mean) / std with the CIFAR-10 statistics; shape [3, 32, 32].
+//   imagefolder:DIR[:size=224][:resize=256]
+//                                  one subfolder per class (sorted names -> label 0, 1, ...), images
+//                                  .jpg/.jpeg/.png in any case, decoded lazily in get(); the
+//                                  ImageNet evaluation transform (see image_resize.h); shape [3, size, size].
+//   npy:IMAGES.npy[:LABELS.npy]    float32 (or uint8, divided by 255) images [N, C, H, W] (any rank >= 2:
+//                                  the sample shape is the rest), int64/int32 labels [N]; without a
+//                                  labels file every label is -1 (calibration only).
+//
+// The split defaults to test. `fmnist:train` means the default DIR with the train split unless a
+// directory named `train` exists. `limit=N` keeps only the first N samples (any scheme).
+//
+// Every failure (missing path or file, truncated or corrupt data, a bad spec) throws Error with one
+// message naming the file and the problem, e.g.
+//   fmnist: /x/t10k-images-idx3-ubyte.gz: truncated: header says 10000 images of 28x28, file holds 1234
 #pragma once
 
 #include <cstdint>
@@ -24,19 +43,30 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// A random-access dataset. get() is const and keeps no state, so it may be called from several
+// threads at once.
 class Dataset {
  public:
   virtual ~Dataset() = default;
   virtual int64_t size() const = 0;
   virtual std::vector<int64_t> sample_shape() const = 0;  // C, H, W
-  // Writes one sample (prod(sample_shape()) floats) and its label.
+  // Writes sample `index` (prod(sample_shape()) floats) to `out` and its label to `*label`;
+  // throws Error for an index outside [0, size()) or an image that cannot be decoded.
   virtual void get(int64_t index, float* out, int64_t* label) const = 0;
 };
 
-std::unique_ptr<Dataset> open_dataset(const std::string& spec);
+struct Batch {
+  std::vector<float> images;   // N * C * H * W, C order
+  std::vector<int64_t> shape;  // N, C, H, W
+  std::vector<int64_t> labels;  // N
+};
 
-// Whole files (gzip-compressed or plain) into memory; throws Error naming the file.
-std::vector<uint8_t> read_file_maybe_gz(const std::string& path);
+// Samples [begin, begin + count), with count clipped at the end of the dataset; throws Error for
+// begin outside [0, size()] or a negative count.
+Batch batch(const Dataset& dataset, int64_t begin, int64_t count);
+
+// Opens a dataset from a spec (grammar above).
+std::unique_ptr<Dataset> open_dataset(const std::string& spec);
 
 }  // namespace data
 }  // namespace anybit

@@ -2,7 +2,13 @@
 #include "anybit/data/dataset.h"
 
 #include <gtest/gtest.h>
+#include <cstddef>
+#include <cstdio>
+#include <jpeglib.h>
+#include <png.h>
 #include <zlib.h>
+
+#include <cstring>
 
 #include <cstdio>
 #include <fstream>
@@ -161,6 +167,71 @@ TEST(Npy, ReadsImagesAndLabelsAndRejectsTruncatedFiles) {
   expect_error([&] { open_dataset("npy:" + d + "/x.npy"); }, "unsupported dtype");
   write(d + "/x.npy", {1, 2, 3});
   expect_error([&] { open_dataset("npy:" + d + "/x.npy"); }, "bad magic");
+}
+
+void write_png(const std::string& path, int w, int h, uint8_t r, uint8_t g, uint8_t b) {
+  std::vector<uint8_t> px(static_cast<size_t>(w) * h * 3);
+  for (size_t i = 0; i < px.size(); i += 3) {
+    px[i] = r;
+    px[i + 1] = g;
+    px[i + 2] = b;
+  }
+  png_image img;
+  std::memset(&img, 0, sizeof(img));
+  img.version = PNG_IMAGE_VERSION;
+  img.width = w;
+  img.height = h;
+  img.format = PNG_FORMAT_RGB;
+  ASSERT_TRUE(png_image_write_to_file(&img, path.c_str(), 0, px.data(), 0, nullptr));
+}
+
+void write_jpeg(const std::string& path, int w, int h, uint8_t v) {
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  FILE* f = std::fopen(path.c_str(), "wb");
+  jpeg_stdio_dest(&c, f);
+  c.image_width = w;
+  c.image_height = h;
+  c.input_components = 1;
+  c.in_color_space = JCS_GRAYSCALE;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, 100, TRUE);
+  jpeg_start_compress(&c, TRUE);
+  std::vector<uint8_t> row(w, v);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW r = row.data();
+    jpeg_write_scanlines(&c, &r, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  std::fclose(f);
+}
+
+TEST(ImageFolder, DecodesResizesCropsAndNormalizesWithClassesInSortedOrder) {
+  const std::string d = tmpdir("imgs");
+  ASSERT_EQ(std::system(("mkdir -p '" + d + "/cat' '" + d + "/ant'").c_str()), 0);
+  write_png(d + "/cat/a.png", 40, 30, 255, 0, 128);
+  write_jpeg(d + "/ant/b.JPG", 20, 50, 200);  // grayscale JPEG expands to RGB
+  auto ds = open_dataset("imagefolder:" + d + ":size=16:resize=20");
+  ASSERT_EQ(ds->size(), 2);
+  EXPECT_EQ(ds->sample_shape(), (std::vector<int64_t>{3, 16, 16}));
+  std::vector<float> x(3 * 16 * 16);
+  int64_t y;
+  ds->get(0, x.data(), &y);  // ant/b.JPG
+  EXPECT_EQ(y, 0);
+  EXPECT_NEAR(x[0], (200 / 255.0f - 0.485f) / 0.229f, 0.02);
+  ds->get(1, x.data(), &y);  // cat/a.png
+  EXPECT_EQ(y, 1);
+  EXPECT_NEAR(x[5], (1.0f - 0.485f) / 0.229f, 1e-5);
+  EXPECT_NEAR(x[256 + 5], (0.0f - 0.456f) / 0.224f, 1e-5);
+  EXPECT_NEAR(x[512 + 5], (128 / 255.0f - 0.406f) / 0.225f, 1e-5);
+  // an undecodable image names its file
+  write(d + "/cat/broken.png", {0x89, 'P', 'N', 'G', 1, 2, 3});
+  auto ds2 = open_dataset("imagefolder:" + d + ":size=16:resize=20");
+  expect_error([&] { ds2->get(2, x.data(), &y); }, "broken.png");
+  expect_error([&] { open_dataset("imagefolder:" + d + "/none"); }, "no such directory");
 }
 
 }  // namespace
