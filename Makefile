@@ -21,7 +21,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 demo: build
-	$(BUILD)/anybit demo
+	rm -rf $(BUILD)/demo && $(BUILD)/anybit demo -o $(BUILD)/demo
 
 bench: build
 	bash bench/run_all.sh

@@ -7,7 +7,7 @@ PKGS=(
   libtorch-dev libopenblas0
   python3-torch python3-torchvision python3-numpy python3-yaml python3-pytest
   dataset-fashion-mnist
-  pybind11-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
+  pybind11-dev python3-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 missing=()

@@ -8,9 +8,12 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <sstream>
 #include <unistd.h>
 
 #include "anybit/core/quantize.h"
+#include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
 
 #ifndef ANYBIT_SOURCE_DIR
@@ -188,46 +191,41 @@ int cmd_eval(const Common& c, const std::string& reference) {
 
 std::string default_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
 
-// W{b}A{b} on the shipped model: weights per-channel, activations after every ReLU,
-// residual add and pool, plus the input.
-std::string wa_config(int wb, int ab) {
-  return fmt::format(
-      "weight_calibrator: mse\n"
-      "calibrator: mse\n"
-      "rules:\n"
-      "  - {{kind: [conv, linear], role: weight, spec: 'int{0}:per_channel'}}\n"
-      "  - {{role: input, spec: 'uint{1}'}}\n"
-      "  - {{kind: [relu, pool], role: activation, spec: 'uint{1}'}}\n"
-      "  - {{kind: add, role: activation, spec: 'int{1}'}}\n",
-      wb, ab);
+void print_row(const anybit::SweepRow& r, double float_top1) {
+  const std::string bits = r.method == "float" ? "float" : fmt::format("W{}A{}", r.wbits, r.abits);
+  fmt::print("{:<22} {:<10} {:<8} {:>7.2f}% {:>8} {:>10}\n", r.model, r.method, bits, r.top1,
+             r.method == "float" ? "" : fmt::format("{:+.2f}", r.top1 - float_top1),
+             r.agreement >= 0 ? fmt::format("{:.2f}%", r.agreement) : "");
+}
+
+int run_sweep_cli(anybit::SweepOptions o) {
+  fmt::print("{:<22} {:<10} {:<8} {:>8} {:>8} {:>10}\n", "model", "method", "bits", "top-1", "drop", "agreement");
+  std::map<std::string, double> float_acc;
+  auto rows = anybit::run_sweep(o, [&](const anybit::SweepRow& r) {
+    if (r.method == "float") float_acc[r.model] = r.top1;
+    print_row(r, float_acc[r.model]);
+    std::fflush(stdout);
+  });
+  fmt::print("wrote {0}/results.csv, {0}/results.json, {0}/accuracy.svg\n", o.out_dir);
+  return 0;
 }
 
 int cmd_demo(const Common& c) {
-  const std::string model = c.model.empty() ? default_model() : c.model;
-  const std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  fmt::print("anybit demo: {} on Fashion-MNIST ({}), post-training quantization\n", model, data_dir);
-  fmt::print("weights int-b per channel (MSE clip), activations b bits after ReLU/add/pool and the input\n");
-  fmt::print("calibration: {} training images; evaluation: the 10k test set\n\n", c.calib_batches * c.batch_size);
-  auto test = anybit::open_data("fmnist:" + data_dir + ":test");
-  auto train = anybit::open_data("fmnist:" + data_dir + ":train");
-  torch::jit::Module fm = anybit::load_module(model);
-  anybit::EvalResult f = anybit::evaluate(fm, *test, eval_options(c));
-  fmt::print("{:<8} {:>8} {:>8} {:>10} {:>10}\n", "bits", "top-1", "drop", "agreement", "seconds");
-  fmt::print("{:<8} {:>7.2f}% {:>8} {:>10} {:>10.1f}\n", "float", f.top1, "", "", f.seconds);
-  json rows = json::array();
-  for (int b = 8; b >= 2; --b) {
-    anybit::QuantizeOptions opt;
-    opt.calib_batches = c.calib_batches;
-    opt.batch_size = c.batch_size;
-    opt.progress = progress_on(c);
-    auto q = anybit::quantize(anybit::load_model(model), anybit::parse_config_string(wa_config(b, b), "demo"),
-                              train.get(), opt);
-    anybit::EvalResult r = anybit::evaluate(q.model.module, *test, eval_options(c), &fm);
-    fmt::print("{:<8} {:>7.2f}% {:>+8.2f} {:>9.2f}% {:>10.1f}\n", fmt::format("W{}A{}", b, b), r.top1,
-               r.top1 - f.top1, r.agreement, r.seconds);
-    rows.push_back({{"bits", b}, {"eval", eval_json(r)}});
-  }
-  return 0;
+  anybit::SweepOptions o;
+  o.models = {c.model.empty() ? default_model() : c.model};
+  for (int b = 8; b >= 2; --b) o.pairs.push_back({b, b});
+  o.methods = {"mse"};
+  o.calib_data = "fmnist:/usr/share/datasets/fashion-mnist:train";
+  o.eval_data = "fmnist:/usr/share/datasets/fashion-mnist:test";
+  o.calib_batches = c.calib_batches;
+  o.out_dir = c.out.empty() ? "anybit-demo" : c.out;
+  o.resume = true;  // a demo run again continues or reprints what it has
+  o.progress = progress_on(c);
+  fmt::print("anybit demo: post-training quantization of {} on Fashion-MNIST\n", o.models[0]);
+  fmt::print("BatchNorm folded; weights int-b per channel (MSE clip); activations b bits after ReLU/add/pool "
+             "and the input (MSE calibration on {} training images); the 10k test set\n\n",
+             o.calib_batches * o.batch_size);
+  return run_sweep_cli(o);
 }
 
 }  // namespace
@@ -268,10 +266,30 @@ int main(int argc, char** argv) {
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 
+  anybit::SweepOptions sw;
+  std::vector<std::string> sweep_models;
+  std::string wlist = "8,6,4,3,2", alist = "8,6,4,3,2", pairs, methods = "minmax,mse";
+  bool no_fold = false;
+  auto* sweep = app.add_subcommand("sweep", "post-training quantization at many bit widths and methods: table, CSV, JSON, SVG");
+  sweep->add_option("models", sweep_models, "TorchScript model files")->required();
+  sweep->add_option("-d,--data", sw.calib_data, "calibration data spec");
+  sweep->add_option("--eval", sw.eval_data, "evaluation data spec");
+  sweep->add_option("--weights", wlist, "weight bit widths, e.g. 8,6,4");
+  sweep->add_option("--acts", alist, "activation bit widths");
+  sweep->add_option("--pairs", pairs, "explicit pairs instead of the grid, e.g. W4A4,W2A4");
+  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy (comma-separated)");
+  sweep->add_option("--calib-batches", sw.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
+  sweep->add_flag("--no-fold-bn", no_fold, "keep BatchNorm (default: fold it into the convs first)");
+  sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv, last linear and input at 8 bits");
+  sweep->add_option("-o,--output", sw.out_dir, "output directory")->required();
+  sweep->add_flag("--resume", sw.resume, "continue a sweep that was interrupted");
+  sweep->add_flag("--no-progress", c.no_progress, "no progress bar");
+
   auto* demo = app.add_subcommand("demo", "quantize the shipped Fashion-MNIST model at 8..2 bits and print the accuracy table");
   demo->add_option("--model", c.model, "model (default: the shipped one)");
   demo->add_option("--calib-batches", c.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
   demo->add_flag("--no-progress", c.no_progress, "no progress bar");
+  demo->add_option("-o,--output", c.out, "output directory (default anybit-demo)");
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -280,6 +298,28 @@ int main(int argc, char** argv) {
     if (*quant) return cmd_quantize(c);
     if (*eval) return cmd_eval(c, reference);
     if (*demo) return cmd_demo(c);
+    if (*sweep) {
+      sw.models = sweep_models;
+      sw.fold_bn = !no_fold;
+      sw.progress = progress_on(c);
+      sw.methods.clear();
+      std::stringstream ms(methods);
+      for (std::string m; std::getline(ms, m, ',');) sw.methods.push_back(m);
+      if (!pairs.empty()) {
+        std::stringstream ps(pairs);
+        for (std::string p; std::getline(ps, p, ',');) {
+          int w = 0, a = 0;
+          char tail = 0;
+          if (std::sscanf(p.c_str(), "W%dA%d%c", &w, &a, &tail) != 2 || w < 2 || a < 2 || w > 16 || a > 16)
+            throw anybit::Error("--pairs: '" + p + "' is not of the form W4A4 with widths in 2..16");
+          sw.pairs.push_back({w, a});
+        }
+      } else {
+        for (int w : anybit::parse_bits_list(wlist, "--weights"))
+          for (int a : anybit::parse_bits_list(alist, "--acts")) sw.pairs.push_back({w, a});
+      }
+      return run_sweep_cli(sw);
+    }
   } catch (const std::exception& e) {
     std::string what = e.what();
     std::cerr << "anybit: error: " << what.substr(0, what.find("\nException raised from")) << "\n";

@@ -365,6 +365,7 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
   const bool learn = spec.learn != Learn::kNone;
   auto reg = [&](const std::string& suffix, const at::Tensor& t, bool param) {
     const std::string name = base + "__" + suffix;
+    if (report->first_param.empty()) report->first_param = name;
     if (g.module.hasattr(name))
       throw Error(p.name + ": the model already has a quantizer here (attribute " + name + ")");
     if (param)
@@ -561,6 +562,13 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     }
     install(g, p, a.spec, P, options.portable, &result.points[i]);
   }
+  // which quantizer parameter belongs to which point, saved with the model
+  c10::impl::GenericDict names(c10::StringType::get(), c10::StringType::get());
+  for (const auto& r : result.points)
+    if (!r.first_param.empty()) names.insert(r.first_param, r.point.name);
+  if (!g.module.hasattr("anybit_points"))
+    g.module.register_attribute("anybit_points", c10::DictType::create(c10::StringType::get(), c10::StringType::get()),
+                                names);
   invalidate_plan(g);
   result.model = std::move(g);
   // handles of the old points are stale after the rewrite
@@ -592,6 +600,37 @@ torch::jit::Module frozen_copy(torch::jit::Module& m) {
   }
 }
 }  // namespace
+
+std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const at::Tensor& x) {
+  std::map<std::string, std::string> names;
+  if (model.hasattr("anybit_points"))
+    for (const auto& kv : model.attr("anybit_points").toGenericDict())
+      names[kv.key().toStringRef()] = kv.value().toStringRef();
+  auto graph = jit::toGraphFunction(model.get_method("forward").function()).graph()->copy();
+  std::vector<jit::Value*> outs;
+  std::vector<QuantizerOutput> result;
+  for (jit::Node* n : graph->nodes()) {
+    const std::string k = n->kind().toQualString();
+    if (k.rfind("anybit::fake_quant", 0) != 0 && k.rfind("aten::fake_quantize", 0) != 0) continue;
+    QuantizerOutput q;
+    q.op = k;
+    if (n->inputs().size() > 1 && n->input(1)->node()->kind() == c10::prim::GetAttr) {
+      auto it = names.find(n->input(1)->node()->s(c10::attr::name));
+      if (it != names.end()) q.point = it->second;
+    }
+    outs.push_back(n->output());
+    result.push_back(q);
+  }
+  graph->eraseOutput(0);
+  graph->registerOutput(graph->insertNode(graph->createTuple(outs))->output());
+  jit::GraphFunction fn("anybit_probe", graph, nullptr);
+  jit::Stack stack{model._ivalue(), x};
+  torch::NoGradGuard no_grad;
+  fn.run(stack);
+  auto elems = stack.back().toTuple()->elements();
+  for (size_t i = 0; i < result.size(); ++i) result[i].value = elems[i].toTensor();
+  return result;
+}
 
 EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,
                     torch::jit::Module* reference_in) {
@@ -626,6 +665,8 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
       throw Error("the model's output has shape " + c10::str(out.sizes()) +
                   "; evaluation expects class scores [N, classes]");
     const at::Tensor& y = batch.second;
+    if (y.min().item<int64_t>() < 0)
+      throw Error(data.describe() + ": the data has no labels; evaluation needs them (npy:X.npy:LABELS.npy)");
     if (y.max().item<int64_t>() >= out.size(1))
       throw Error(data.describe() + ": label " + std::to_string(y.max().item<int64_t>()) +
                   " is outside the model's " + std::to_string(out.size(1)) + " classes");

@@ -45,6 +45,7 @@ struct PointReport {
   Assignment assignment;
   std::string params;  // e.g. "scale=0.0123 zp=0" or "per-channel scale 0.001..0.02"
   bool portable = true;
+  std::string first_param;  // name of its first parameter tensor on the root module
 };
 
 struct QuantizeResult {
@@ -63,6 +64,16 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
 
 // Writes through a temporary file and renames, so a failure never leaves a partial file.
 void save_module(torch::jit::Module& module, const std::string& path);
+
+// Runs a quantized model (as saved by anybit) on x and returns what every quantizer
+// node outputs, in graph order, named by its point (the root attribute
+// `anybit_points` maps each quantizer's first parameter tensor to its point).
+struct QuantizerOutput {
+  std::string point;
+  std::string op;
+  at::Tensor value;
+};
+std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const at::Tensor& x);
 
 struct EvalResult {
   int64_t samples = 0;

@@ -17,6 +17,7 @@
 //                                  one subfolder per class (sorted names -> label 0, 1, ...), images
 //                                  .jpg/.jpeg/.png in any case, decoded lazily in get(); the
 //                                  ImageNet evaluation transform (see image_resize.h); shape [3, size, size].
+//                                  resize defaults to 256 for size 224, else to size * 256 / 224.
 //   npy:IMAGES.npy[:LABELS.npy]    float32 (or uint8, divided by 255) images [N, C, H, W] (any rank >= 2:
 //                                  the sample shape is the rest), int64/int32 labels [N]; without a
 //                                  labels file every label is -1 (calibration only).

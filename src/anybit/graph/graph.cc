@@ -2,6 +2,7 @@
 #include "anybit/graph/graph.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
 #include <fstream>
@@ -136,7 +137,8 @@ WeightSlots weight_slots(const jit::Node* n) {
 // Resolves a bool that is fixed for this module instance: a constant, or a chain of
 // GetAttr from self ending in a bool attribute (`self.use_res_connect`), or its negation.
 // `training` is left alone so that train()/eval() keep their meaning.
-bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out) {
+bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out,
+                bool include_training) {
   jit::Node* n = v->node();
   if (n->kind() == c10::prim::Constant) {
     auto iv = jit::toIValue(v);
@@ -148,13 +150,14 @@ bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out
   }
   if (n->kind() == c10::aten::__not__) {
     bool b;
-    if (!fixed_bool(n->input(0), self, m, &b)) return false;
+    if (!fixed_bool(n->input(0), self, m, &b, include_training)) return false;
     *out = !b;
     return true;
   }
   std::string ap;
   if (!attr_path(v, self, &ap)) return false;
-  if (ap == "training" || (ap.size() > 9 && ap.compare(ap.size() - 9, 9, ".training") == 0))
+  if (!include_training &&
+      (ap == "training" || (ap.size() > 9 && ap.compare(ap.size() - 9, 9, ".training") == 0)))
     return false;
   c10::IValue iv = resolve_attr(m, ap);
   if (!iv.isBool()) return false;
@@ -164,7 +167,7 @@ bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out
 
 // Replaces each prim::If on a fixed bool by the branch it always takes, so that the ops
 // of, e.g., MobileNetV2's residual blocks appear in the flat graph and get their points.
-void specialize_fixed_ifs(jit::Graph& graph, const jit::Module& m) {
+void specialize_ifs(jit::Graph& graph, const jit::Module& m, bool include_training) {
   jit::Value* self = graph.inputs().at(0);
   bool changed = true;
   while (changed) {
@@ -173,7 +176,7 @@ void specialize_fixed_ifs(jit::Graph& graph, const jit::Module& m) {
       jit::Node* n = *it;
       if (n->kind() != c10::prim::If) continue;
       bool cond;
-      if (!fixed_bool(n->input(0), self, m, &cond)) continue;
+      if (!fixed_bool(n->input(0), self, m, &cond, include_training)) continue;
       jit::Block* b = n->blocks().at(cond ? 0 : 1);
       while (b->nodes().begin() != b->nodes().end()) (*b->nodes().begin())->moveBefore(n);
       for (size_t i = 0; i < n->outputs().size(); ++i)
@@ -186,6 +189,13 @@ void specialize_fixed_ifs(jit::Graph& graph, const jit::Module& m) {
 }
 
 }  // namespace
+
+void specialize_fixed_ifs(ModelGraph& g, bool include_training) {
+  specialize_ifs(*g.graph, g.module, include_training);
+  jit::ConstantPropagation(g.graph);
+  invalidate_plan(g);
+  find_points(g);
+}
 
 torch::jit::Module load_module(const std::string& path) {
   {
@@ -219,7 +229,7 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
   g.module = module;
   g.graph = jit::toGraphFunction(g.module.get_method("forward").function()).graph();
   jit::Inline(*g.graph);
-  specialize_fixed_ifs(*g.graph, g.module);
+  specialize_ifs(*g.graph, g.module, false);
   invalidate_plan(g);
   find_points(g);
   return g;

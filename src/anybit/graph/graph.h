@@ -40,6 +40,12 @@ torch::jit::Module load_module(const std::string& path);
 // quantization passes do before rewriting).
 ModelGraph analyze_module(torch::jit::Module module, const std::string& path = "");
 ModelGraph load_model(const std::string& path);
+// Replaces prim::If on bools fixed for this module instance by the branch taken (done
+// on load for attributes such as `use_res_connect`); with include_training, also
+// `self.training` (the graph is then specialized to the module's current mode), followed
+// by constant propagation. Re-finds the points.
+void specialize_fixed_ifs(ModelGraph& g, bool include_training);
+
 // Re-scan an already analyzed graph (after a rewrite the handles change).
 void find_points(ModelGraph& g);
 

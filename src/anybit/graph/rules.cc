@@ -82,9 +82,15 @@ Rule parse_rule(const YAML::Node& n, const std::string& where) {
       r.has_spec = true;
     } else if (key == "calibrator") {
       r.calibrator = v.as<std::string>();
+    } else if (key == "optional") {
+      try {
+        r.optional = v.as<bool>();
+      } catch (const YAML::Exception&) {
+        throw Error(where + ": 'optional' must be true or false");
+      }
     } else {
       throw Error(where + ": unknown key '" + key +
-                  "' (expected match, kind, role, position, spec, calibrator)");
+                  "' (expected match, kind, role, position, spec, calibrator, optional)");
     }
   }
   if (!r.has_spec && r.calibrator.empty())
@@ -188,6 +194,7 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
       }
       sel = {sel[idx]};
     }
+    if (sel.empty() && r.optional) continue;
     if (sel.empty()) {
       std::string desc;
       for (const auto& g : r.match) desc += (desc.empty() ? "match '" : ", '") + g + "'";

@@ -13,7 +13,8 @@
 // globs), kind (conv, linear, relu, act, add, mul, cat, pool, bn, mean, input, any; or a
 // list), role (weight, bias, activation, input, any), position (first, last, or an
 // index, negative from the end, among the points the other selectors picked).
-// A rule that matches no point is an error: a typo must never quantize nothing.
+// A rule that matches no point is an error: a typo must never quantize nothing
+// (unless the rule says `optional: true`).
 #pragma once
 
 #include <string>
@@ -33,6 +34,7 @@ struct Rule {
   bool has_spec = false;
   std::string calibrator;          // "" = keep
   std::string where;               // "config.yaml:12: rules[3]" for messages
+  bool optional = false;           // may match nothing (generated configs)
 };
 
 struct Config {

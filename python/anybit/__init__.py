@@ -1,0 +1,166 @@
+"""anybit: quantize any PyTorch model to any bit width, from outside the model.
+
+A thin layer over anybit's C++ core (the same library the `anybit` CLI calls). Models
+cross into C++ as TorchScript: an ``nn.Module`` is scripted (or traced, given
+``example_inputs``) here; everything else happens in C++.
+
+    import anybit
+    qm = anybit.quantize(model, {"rules": [{"kind": "conv", "role": "weight", "spec": "int4"}]},
+                         example_inputs=x, calib_data=loader)
+"""
+import json
+import math
+import os
+import tempfile
+
+import torch
+
+from . import _anybit  # loads libanybit_torch, which registers the anybit:: ops
+
+Error = _anybit.Error
+
+__all__ = ["Error", "points", "plan", "quantize", "evaluate", "load", "quantizer_outputs", "canonical_spec"]
+
+
+def canonical_spec(text):
+    """The canonical form of a quantizer spec such as 'INT4:Per_Channel' (raises Error)."""
+    return _anybit.canonical_spec(text)
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _to_script(model, example_inputs):
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise Error(f"expected an nn.Module or a ScriptModule, got {type(model).__name__}")
+    try:
+        return torch.jit.script(model)
+    except Exception as e:  # noqa: BLE001 - reported with the scripting error's first line
+        if example_inputs is None:
+            raise Error(f"torch.jit.script({type(model).__name__}) failed: {_first_line(e)}; "
+                        "pass example_inputs=... to trace the model instead") from None
+        script_error = _first_line(e)
+    try:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return torch.jit.trace(model, args)
+    except Exception as e:  # noqa: BLE001
+        raise Error(f"{type(model).__name__} can be neither scripted ({script_error}) "
+                    f"nor traced ({_first_line(e)})") from None
+
+
+def _save(model, example_inputs, d, name="model.pt"):
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    path = os.path.join(d, name)
+    was_training = model.training
+    model.eval()
+    try:
+        _to_script(model, example_inputs).save(path)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _config(config):
+    if isinstance(config, dict):
+        return json.dumps(config), "<dict>"
+    if isinstance(config, (str, os.PathLike)):
+        s = os.fspath(config)
+        if "\n" not in s and os.path.exists(s):
+            with open(s) as f:
+                return f.read(), s
+        if "\n" not in s and (s.endswith(".yaml") or s.endswith(".yml") or s.endswith(".json")):
+            raise Error(f"{s}: cannot open config file")
+        return s, "<config>"
+    raise Error(f"config must be a dict, a YAML/JSON string or a file path, got {type(config).__name__}")
+
+
+def _data(data, d, max_batches=None):
+    """A data spec string for the C++ side: strings pass through; tensors, (x, y) pairs,
+    DataLoaders and other iterables of batches are written to .npy files."""
+    import numpy as np
+
+    if data is None:
+        return "", 0, 0
+    if isinstance(data, str):
+        return data, 0, 0
+    if torch.is_tensor(data):
+        batches = [(data, None)]
+    elif isinstance(data, tuple) and len(data) == 2 and torch.is_tensor(data[0]):
+        batches = [data]
+    else:
+        batches = []
+        for b in data:
+            if max_batches is not None and len(batches) >= max_batches:
+                break
+            if isinstance(b, (tuple, list)):
+                batches.append((b[0], b[1] if len(b) > 1 else None))
+            else:
+                batches.append((b, None))
+        if not batches:
+            raise Error("the calibration/evaluation data yielded no batch")
+    xs = torch.cat([x.detach().float().cpu() for x, _ in batches])
+    xp = os.path.join(d, "x.npy")
+    np.save(xp, xs.contiguous().numpy())
+    if all(y is None for _, y in batches):  # calibration only: no labels file
+        return f"npy:{xp}", len(xs), len(batches[0][0])
+    ys = torch.cat([(y if y is not None else torch.zeros(len(x))).detach().long().cpu().reshape(-1)
+                    for x, y in batches])
+    yp = os.path.join(d, "y.npy")
+    np.save(yp, ys.numpy().astype(np.int64))
+    return f"npy:{xp}:{yp}", len(xs), len(batches[0][0])
+
+
+def points(model, example_inputs=None):
+    """The named quantization points of a model, in forward order (like `anybit inspect`)."""
+    with tempfile.TemporaryDirectory() as d:
+        return _anybit.points(_save(model, example_inputs, d))
+
+
+def plan(model, config, example_inputs=None):
+    """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
+    text, source = _config(config)
+    with tempfile.TemporaryDirectory() as d:
+        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "")
+
+
+def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
+             portable=False, return_report=False):
+    """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
+    it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
+    data spec string such as 'fmnist::train'). Returns the quantized ScriptModule."""
+    text, source = _config(config)
+    with tempfile.TemporaryDirectory() as d:
+        src = _save(model, example_inputs, d)
+        spec, n, bs = _data(calib_data, d, max_batches=calib_batches if not isinstance(calib_data, str) else None)
+        if n:  # everything collected from Python is used
+            batch_size = batch_size or bs
+            calib_batches = math.ceil(n / batch_size)
+        out = os.path.join(d, "quantized.pt")
+        report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out)
+        qm = torch.jit.load(out)
+    return (qm, report) if return_report else qm
+
+
+def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None):
+    """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`."""
+    with tempfile.TemporaryDirectory() as d:
+        mp = _save(model, example_inputs, d)
+        rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
+        spec, _, _ = _data(data, d)
+        return _anybit.evaluate(mp, spec, rp, batch_size, freeze)
+
+
+def quantizer_outputs(qmodel, x):
+    """Runs a quantized model on x and returns [(point, op, tensor)] for every quantizer."""
+    with tempfile.TemporaryDirectory() as d:
+        p = _save(qmodel, None, d)
+        return [(name, op, torch.from_numpy(a)) for name, op, a in _anybit.probe(p, x.detach().float().cpu().numpy())]
+
+
+def load(path):
+    """torch.jit.load for anybit models (the anybit ops are registered on import)."""
+    return torch.jit.load(os.fspath(path))

@@ -1,0 +1,141 @@
+// The Python binding: thin wrappers over the C++ API (src/anybit/core/quantize.h).
+// Models cross the boundary as TorchScript files written by the Python side, so the
+// binding needs no LibTorch-Python type casters and works with any torch build that
+// shares this LibTorch.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "anybit/core/quantize.h"
+#include "anybit/data/dataset.h"
+
+#include <cstring>
+
+namespace py = pybind11;
+
+namespace {
+
+py::dict point_dict(const anybit::PointDesc& p) {
+  py::dict d;
+  d["index"] = p.index;
+  d["name"] = p.name;
+  d["role"] = anybit::role_name(p.role);
+  d["kind"] = p.kind;
+  d["op"] = p.op;
+  d["module"] = p.module;
+  d["shape"] = p.shape;
+  d["params"] = p.numel;
+  return d;
+}
+
+py::list points(const std::string& model_path) {
+  anybit::ModelGraph g = anybit::load_model(model_path);
+  py::list out;
+  for (const auto& p : g.points) out.append(point_dict(p));
+  return out;
+}
+
+py::list quantize(const std::string& model_path, const std::string& config_text,
+                  const std::string& config_source, const std::string& data_spec,
+                  int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
+                  const std::string& out_path) {
+  std::vector<anybit::PointReport> pts;
+  {
+    py::gil_scoped_release release;
+    anybit::Config c = anybit::parse_config_string(config_text, config_source);
+    anybit::ModelGraph g = anybit::load_model(model_path);
+    if (dry_run) {
+      pts = anybit::plan(g, c);
+    } else {
+      std::unique_ptr<anybit::DataSource> data;
+      if (!data_spec.empty()) data = anybit::open_data(data_spec);
+      anybit::QuantizeOptions o;
+      o.calib_batches = calib_batches;
+      o.batch_size = batch_size;
+      o.portable = portable;
+      o.progress = true;
+      anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
+      anybit::save_module(q.model.module, out_path);
+      pts = q.points;
+    }
+  }
+  py::list out;
+  for (const auto& r : pts) {
+    py::dict d = point_dict(r.point);
+    d["spec"] = r.assignment.spec.str();
+    d["bits"] = r.assignment.spec.is_float() ? 32 : r.assignment.spec.bits;
+    d["calibrator"] = r.assignment.calibrator;
+    d["rule"] = r.assignment.rule;
+    d["params_chosen"] = r.params;
+    out.append(d);
+  }
+  return out;
+}
+
+py::dict evaluate(const std::string& model_path, const std::string& data_spec,
+                  const std::string& reference_path, int64_t batch_size, bool freeze) {
+  anybit::EvalResult r;
+  {
+    py::gil_scoped_release release;
+    torch::jit::Module m = anybit::load_module(model_path);
+    std::unique_ptr<torch::jit::Module> ref;
+    if (!reference_path.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(reference_path));
+    auto data = anybit::open_data(data_spec);
+    anybit::EvalOptions o;
+    o.batch_size = batch_size;
+    o.freeze = freeze;
+    r = anybit::evaluate(m, *data, o, ref.get());
+  }
+  py::dict d;
+  d["samples"] = r.samples;
+  d["top1"] = r.top1;
+  d["top5"] = r.top5;
+  d["loss"] = r.loss;
+  d["seconds"] = r.seconds;
+  if (r.agreement >= 0) d["agreement"] = r.agreement;
+  return d;
+}
+
+py::list probe(const std::string& model_path, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+  std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+  at::Tensor t = at::from_blob(const_cast<float*>(x.data()), shape, at::kFloat).clone();
+  std::vector<anybit::QuantizerOutput> outs;
+  {
+    py::gil_scoped_release release;
+    torch::jit::Module m = anybit::load_module(model_path);
+    outs = anybit::probe_quantizers(m, t);
+  }
+  py::list result;
+  for (const auto& o : outs) {
+    at::Tensor v = o.value.detach().to(at::kFloat).contiguous();
+    std::vector<py::ssize_t> s(v.sizes().begin(), v.sizes().end());
+    py::array_t<float> a(s);
+    std::memcpy(a.mutable_data(), v.data_ptr<float>(), v.numel() * sizeof(float));
+    result.append(py::make_tuple(o.point, o.op, a));
+  }
+  return result;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_anybit, m) {
+  m.doc() = "anybit C++ core";
+  static py::exception<anybit::Error> error(m, "Error", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const anybit::Error& e) {
+      error(e.what());
+    } catch (const anybit::data::Error& e) {
+      error(e.what());
+    }
+  });
+  m.def("points", &points, py::arg("model_path"));
+  m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
+        py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
+        py::arg("dry_run"), py::arg("out_path"));
+  m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
+        py::arg("batch_size"), py::arg("freeze"));
+  m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
+  m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
+}

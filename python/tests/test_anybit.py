@@ -1,0 +1,153 @@
+"""The Python package on models nobody here wrote (torchvision, random weights) and on
+the shipped Fashion-MNIST model: user stories 1, 4 and 5, CLI parity, and errors."""
+import os
+import subprocess
+import tempfile
+
+import pytest
+import torch
+import torchvision
+
+import anybit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FMNIST = os.path.join(ROOT, "models", "fmnist_resnet.pt")
+
+
+def distinct(t):
+    return torch.unique(t).numel()
+
+
+def calib(shape, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=g) for _ in range(n)]
+
+
+def test_story1_alexnet_gets_exactly_the_requested_bits_per_layer():
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval()
+    qm, report = anybit.quantize(model, os.path.join(ROOT, "examples", "story1_alexnet.yaml"),
+                                 calib_data=calib((2, 3, 224, 224)), return_report=True)
+    bits = {r["name"]: r["bits"] for r in report if r["bits"] < 32}
+    assert bits == {
+        "features.0.weight": 11, "features.3.weight": 11, "features.6.weight": 11,
+        "features.8.weight": 11, "features.10.weight": 11, "classifier.1.weight": 10,
+        "classifier.4.weight": 9, "classifier.6.weight": 9, "features.1:out": 9,
+        "features.4:out": 8, "features.7:out": 5, "features.9:out": 5, "features.11:out": 7}
+    outs = anybit.quantizer_outputs(qm, torch.rand(2, 3, 224, 224))
+    assert len(outs) == 13
+    for name, _, value in outs:
+        assert distinct(value) <= 2 ** bits[name], name
+
+
+def test_story4_resnet18_first_layer_int8_rest_binary():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    qm, report = anybit.quantize(model, os.path.join(ROOT, "examples", "story4_binary.yaml"),
+                                 calib_data=calib((2, 3, 64, 64)), return_report=True)
+    spec = {r["name"]: r["spec"] for r in report}
+    assert spec["conv1.weight"] == "int8" and spec["input.0"] == "uint8"
+    assert spec["layer1.0.conv1.weight"] == "binary:per_channel"
+    assert spec["fc.weight"] == "float"
+    outs = {name: v for name, _, v in anybit.quantizer_outputs(qm, torch.rand(2, 3, 64, 64))}
+    assert distinct(outs["conv1.weight"]) <= 256
+    w = outs["layer2.0.conv2.weight"]
+    assert all(distinct(w[c]) <= 2 for c in range(w.shape[0]))  # +-alpha per output channel
+    assert distinct(outs["layer1.0.relu:out"]) <= 2
+    qm(torch.rand(1, 3, 64, 64)).sum()  # runs
+
+
+def test_story5_binarize_every_relu_output_of_mobilenet_v2():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    cfg = {"rules": [{"kind": "relu", "spec": "binary"}]}
+    qm, report = anybit.quantize(model, cfg, calib_data=calib((2, 3, 96, 96)), return_report=True)
+    relus = [r["name"] for r in report if r["kind"] == "relu"]
+    assert len(relus) == 35 and all(r["spec"] == "binary" for r in report if r["kind"] == "relu")
+    outs = anybit.quantizer_outputs(qm, torch.rand(2, 3, 96, 96))
+    assert len(outs) == 35
+    assert all(distinct(v) <= 2 for _, _, v in outs)
+
+
+def test_quantized_module_trains_with_autograd_and_saves():
+    model = torchvision.models.resnet18(weights=None)
+    cfg = {"rules": [{"kind": "conv", "role": "weight", "spec": "int4:per_channel:lsq"}]}
+    qm = anybit.quantize(model, cfg)
+    qm.train()
+    qm(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert qm.conv1.weight.grad is not None
+    with tempfile.TemporaryDirectory() as d:
+        qm.eval()
+        x = torch.randn(1, 3, 64, 64)
+        qm.save(os.path.join(d, "q.pt"))
+        assert torch.equal(anybit.load(os.path.join(d, "q.pt"))(x), qm(x))
+
+
+def test_python_and_cli_give_identical_outputs():
+    cfg = os.path.join(ROOT, "examples", "w4a4.yaml")
+    exe = os.environ.get("ANYBIT_EXE", os.path.join(ROOT, "build", "anybit"))
+    qm = anybit.quantize(torch.jit.load(FMNIST), cfg, calib_data="fmnist::train", calib_batches=2)
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "cli.pt")
+        subprocess.run([exe, "quantize", FMNIST, "--config", cfg, "--data", "fmnist::train",
+                        "--calib-batches", "2", "-o", out, "--no-progress"], check=True, capture_output=True)
+        cli = anybit.load(out)
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(qm(x), cli(x))
+
+
+def test_dataloader_calibration_and_evaluation_on_fashion_mnist():
+    from torch.utils.data import DataLoader, TensorDataset
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 28, 28, generator=g)
+    loader = DataLoader(TensorDataset(x, torch.zeros(256, dtype=torch.long)), batch_size=64)
+    qm = anybit.quantize(torch.jit.load(FMNIST), os.path.join(ROOT, "examples", "w4a4.yaml"), calib_data=loader)
+    r = anybit.evaluate(qm, "fmnist::test:limit=500", reference=torch.jit.load(FMNIST))
+    assert r["samples"] == 500 and 0 <= r["top1"] <= 100 and "agreement" in r
+
+
+@pytest.mark.parametrize("config,fragment", [
+    ({"rules": [{"kind": "conv", "spc": "int8"}]}, "unknown key 'spc'"),
+    ({"rules": [{"kind": "conv", "spec": "int0"}]}, "outside 1..16"),
+    ({"rules": [{"match": "layer9.*", "spec": "int4"}]}, "matches no point"),
+    ("missing_config.yaml", "missing_config.yaml"),
+])
+def test_bad_input_raises_anybit_error_with_the_cli_message(config, fragment):
+    with pytest.raises(anybit.Error, match=fragment.replace(".", r"\.").replace("*", r"\*")):
+        anybit.quantize(torch.jit.load(FMNIST), config)
+
+
+def test_bad_model_and_data_raise_clear_errors():
+    with pytest.raises(anybit.Error, match="/nonexistent.pt"):
+        anybit.points("/nonexistent.pt")
+    with pytest.raises(anybit.Error, match="/nonexistent/dir"):
+        anybit.quantize(torch.jit.load(FMNIST), {"rules": [{"kind": "relu", "spec": "uint8"}]},
+                        calib_data="fmnist:/nonexistent/dir")
+    with pytest.raises(anybit.Error, match="shape"):
+        anybit.quantize(torch.jit.load(FMNIST), {"rules": [{"kind": "relu", "spec": "uint8"}]},
+                        calib_data=torch.rand(2, 3, 32, 32))
+
+    class Unscriptable(torch.nn.Module):
+        def forward(self, x):
+            return x if isinstance(x, int) else x.numpy()
+
+    with pytest.raises(anybit.Error, match="example_inputs"):
+        anybit.points(Unscriptable())
+
+
+def test_points_lists_named_points_in_forward_order():
+    pts = anybit.points(torch.jit.load(FMNIST))
+    names = [p["name"] for p in pts]
+    assert names[0] == "input.0" and names[1] == "stem.0.weight" and "layer1:add:out" in names
+    assert [p["index"] for p in pts] == list(range(len(pts)))
+    assert anybit.canonical_spec("INT4:Per_Channel") == "int4:per_channel"
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(os.path.join(ROOT, "examples", "python"))
+                                          if f.endswith(".py")))
+def test_every_python_example_runs(script):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "examples", "python", script)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip()

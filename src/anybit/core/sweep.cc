@@ -1,0 +1,264 @@
+// The bit sweep; see sweep.h.
+#include "anybit/core/sweep.h"
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <sys/stat.h>
+
+#include "anybit/core/quantize.h"
+#include "anybit/data/progress.h"
+#include "anybit/ptq/fold_bn.h"
+
+namespace anybit {
+
+using nlohmann::json;
+
+std::vector<int> parse_bits_list(const std::string& text, const std::string& flag) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      int b = std::stoi(item, &used);
+      if (used != item.size() || b < 2 || b > 16) throw std::invalid_argument("x");
+      out.push_back(b);
+    } catch (const std::exception&) {
+      throw Error(flag + ": '" + item + "' is not a bit width in 2..16 (expected a list such as 8,6,4)");
+    }
+  }
+  if (out.empty()) throw Error(flag + ": empty list of bit widths");
+  return out;
+}
+
+std::string sweep_config(const std::string& method, int w, int a, bool first_last_8bit) {
+  std::string act_cal;
+  if (method == "minmax") act_cal = "minmax";
+  else if (method == "mse") act_cal = "mse";
+  else if (method == "percentile") act_cal = "percentile:99.99";
+  else if (method == "entropy") act_cal = "entropy";
+  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy)");
+  const std::string wcal = method == "mse" ? "mse" : "minmax";
+  std::string c = fmt::format(
+      "weight_calibrator: {0}\n"
+      "calibrator: {1}\n"
+      "rules:\n"
+      "  - {{kind: [conv, linear], role: weight, spec: 'int{2}:per_channel'}}\n"
+      "  - {{role: input, spec: 'uint{3}', optional: true}}\n"
+      "  - {{kind: [relu, pool], spec: 'uint{3}', optional: true}}\n"
+      "  - {{kind: add, spec: 'int{3}', optional: true}}\n",
+      wcal, act_cal, w, a);
+  if (first_last_8bit)
+    c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
+         "  - {kind: linear, role: weight, position: last, spec: 'int8:per_channel', optional: true}\n"
+         "  - {role: input, spec: uint8, optional: true}\n";
+  return c;
+}
+
+namespace {
+
+std::string key_of(const std::string& model, const std::string& method, int w, int a) {
+  return model + "|" + method + "|" + std::to_string(w) + "|" + std::to_string(a);
+}
+
+json row_json(const SweepRow& r) {
+  json j = {{"model", r.model}, {"method", r.method}, {"wbits", r.wbits}, {"abits", r.abits},
+            {"top1", r.top1},   {"top5", r.top5},     {"seconds", r.seconds}};
+  if (r.agreement >= 0) j["agreement"] = r.agreement;
+  return j;
+}
+
+SweepRow row_from(const json& j) {
+  SweepRow r;
+  r.model = j.at("model").get<std::string>();
+  r.method = j.at("method").get<std::string>();
+  r.wbits = j.at("wbits").get<int>();
+  r.abits = j.at("abits").get<int>();
+  r.top1 = j.at("top1").get<double>();
+  r.top5 = j.at("top5").get<double>();
+  r.seconds = j.at("seconds").get<double>();
+  r.agreement = j.contains("agreement") ? j.at("agreement").get<double>() : -1;
+  return r;
+}
+
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+void write_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp);
+    f << text;
+    if (!f) throw Error(path + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot write");
+  }
+}
+
+std::string base_name(const std::string& p) {
+  const size_t s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+}  // namespace
+
+std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(const SweepRow&)>& on_row) {
+  if (o.models.empty()) throw Error("sweep: no model given");
+  if (o.out_dir.empty()) throw Error("sweep: no output directory (-o DIR)");
+  for (const auto& m : o.methods) sweep_config(m, 8, 8, false);  // validate before any work
+  ::mkdir(o.out_dir.c_str(), 0755);
+  const std::string log = o.out_dir + "/results.jsonl";
+  std::vector<SweepRow> rows;
+  std::set<std::string> done;
+  if (file_exists(log)) {
+    if (!o.resume)
+      throw Error(log + ": a sweep already wrote here; pass --resume to continue it or choose another -o");
+    std::ifstream f(log);
+    std::string line;
+    while (std::getline(f, line)) {
+      try {
+        SweepRow r = row_from(json::parse(line));
+        done.insert(key_of(r.model, r.method, r.wbits, r.abits));
+        rows.push_back(r);
+      } catch (const std::exception&) {
+        // a line cut by a kill: that run is redone
+      }
+    }
+  }
+  auto append = [&](const SweepRow& r) {
+    std::ofstream f(log, std::ios::app);
+    f << row_json(r).dump() << "\n";
+    f.flush();
+    if (!f) throw Error(log + ": cannot append");
+    rows.push_back(r);
+    done.insert(key_of(r.model, r.method, r.wbits, r.abits));
+    if (on_row) on_row(r);
+  };
+  auto calib = open_data(o.calib_data);
+  auto test = open_data(o.eval_data);
+  const int64_t total = static_cast<int64_t>(o.models.size() * (1 + o.methods.size() * o.pairs.size()));
+  data::ProgressBar bar("sweep", total, o.progress);
+  int64_t step = 0;
+  EvalOptions eo;
+  eo.progress = false;
+  for (const auto& model : o.models) {
+    const std::string name = base_name(model);
+    torch::jit::Module fm = load_module(model);
+    if (!done.count(key_of(name, "float", 32, 32))) {
+      EvalResult f = evaluate(fm, *test, eo);
+      SweepRow r{name, "float", 32, 32, f.top1, f.top5, -1, f.seconds};
+      append(r);
+    } else if (on_row) {
+      for (const auto& r : rows)
+        if (r.model == name && r.method == "float") on_row(r);
+    }
+    bar.update(++step);
+    for (const auto& method : o.methods) {
+      for (const auto& [w, a] : o.pairs) {
+        const std::string k = key_of(name, method, w, a);
+        if (done.count(k)) {
+          if (on_row)
+            for (const auto& r : rows)
+              if (key_of(r.model, r.method, r.wbits, r.abits) == k) on_row(r);
+          bar.update(++step);
+          continue;
+        }
+        ModelGraph g = load_model(model);
+        if (o.fold_bn) fold_batch_norm(g);
+        QuantizeOptions qo;
+        qo.calib_batches = o.calib_batches;
+        qo.batch_size = o.batch_size;
+        qo.progress = false;
+        QuantizeResult q = quantize(std::move(g), parse_config_string(sweep_config(method, w, a, o.first_last_8bit),
+                                                                      "sweep " + method), calib.get(), qo);
+        EvalResult e = evaluate(q.model.module, *test, eo, &fm);
+        append(SweepRow{name, method, w, a, e.top1, e.top5, e.agreement, e.seconds});
+        bar.update(++step);
+      }
+    }
+  }
+  bar.finish();
+  write_sweep_reports(o.out_dir, rows);
+  return rows;
+}
+
+void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& rows) {
+  std::string csv = "model,method,wbits,abits,top1,top5,agreement,seconds\n";
+  json all = json::array();
+  for (const auto& r : rows) {
+    csv += fmt::format("{},{},{},{},{:.2f},{:.2f},{},{:.2f}\n", r.model, r.method, r.wbits, r.abits, r.top1,
+                       r.top5, r.agreement >= 0 ? fmt::format("{:.2f}", r.agreement) : "", r.seconds);
+    all.push_back(row_json(r));
+  }
+  write_atomic(dir + "/results.csv", csv);
+  write_atomic(dir + "/results.json", all.dump(2) + "\n");
+
+  // SVG: accuracy against the bit pair, one line per (model, method), float as a dashed line
+  std::vector<std::pair<int, int>> pairs;
+  for (const auto& r : rows)
+    if (r.method != "float" && std::find(pairs.begin(), pairs.end(), std::make_pair(r.wbits, r.abits)) == pairs.end())
+      pairs.push_back({r.wbits, r.abits});
+  std::sort(pairs.begin(), pairs.end(), [](auto x, auto y) { return x.first + x.second > y.first + y.second; });
+  const int W = 720, H = 440, L = 70, R = 200, T = 40, B = 60;
+  const double pw = W - L - R, ph = H - T - B;
+  auto X = [&](size_t i) { return L + (pairs.size() > 1 ? pw * i / (pairs.size() - 1) : pw / 2); };
+  auto Y = [&](double acc) { return T + ph * (1 - acc / 100.0); };
+  std::string svg = fmt::format(
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>\n"
+      "<rect width='100%' height='100%' fill='white'/>\n"
+      "<text x='{}' y='22' font-size='15'>top-1 accuracy after post-training quantization</text>\n",
+      W, H, L);
+  for (int t = 0; t <= 100; t += 20)
+    svg += fmt::format("<line x1='{}' y1='{:.1f}' x2='{}' y2='{:.1f}' stroke='#ddd'/><text x='{}' y='{:.1f}' "
+                       "text-anchor='end'>{}%</text>\n",
+                       L, Y(t), L + pw, Y(t), L - 6, Y(t) + 4, t);
+  for (size_t i = 0; i < pairs.size(); ++i)
+    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>W{}A{}</text>\n", X(i), T + ph + 20,
+                       pairs[i].first, pairs[i].second);
+  svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>bits (weights, activations)</text>\n",
+                     L + pw / 2, H - 15);
+  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"};
+  std::vector<std::pair<std::string, std::string>> series;
+  for (const auto& r : rows)
+    if (std::find(series.begin(), series.end(), std::make_pair(r.model, r.method)) == series.end())
+      series.push_back({r.model, r.method});
+  int si = 0, legend = 0;
+  for (const auto& [model, method] : series) {
+    const char* col = colors[si++ % 7];
+    std::string pts;
+    for (size_t i = 0; i < pairs.size(); ++i)
+      for (const auto& r : rows)
+        if (r.model == model && r.method == method && r.wbits == pairs[i].first && r.abits == pairs[i].second)
+          pts += fmt::format("{:.1f},{:.1f} ", X(i), Y(r.top1));
+    if (method == "float") {
+      for (const auto& r : rows)
+        if (r.model == model && r.method == "float")
+          svg += fmt::format("<line x1='{}' y1='{:.1f}' x2='{}' y2='{:.1f}' stroke='{}' stroke-dasharray='5,4'/>\n", L,
+                             Y(r.top1), L + pw, Y(r.top1), col);
+    } else {
+      svg += fmt::format("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>\n", col, pts);
+    }
+    svg += fmt::format("<line x1='{}' y1='{}' x2='{}' y2='{}' stroke='{}' stroke-width='2'{}/>"
+                       "<text x='{}' y='{}'>{} {}</text>\n",
+                       L + pw + 15, T + 10 + 18 * legend, L + pw + 35, T + 10 + 18 * legend, col,
+                       method == "float" ? " stroke-dasharray='5,4'" : "", L + pw + 40, T + 14 + 18 * legend, model,
+                       method);
+    ++legend;
+  }
+  svg += "</svg>\n";
+  write_atomic(dir + "/accuracy.svg", svg);
+}
+
+}  // namespace anybit

@@ -1,0 +1,49 @@
+// The bit sweep (user story 2): post-training quantization of one or more models at
+// every (weight bits, activation bits) pair and every method, evaluated on a test set,
+// written as a table, CSV, JSON and an SVG plot. Results are appended to
+// DIR/results.jsonl as each run finishes, so an interrupted sweep resumes where it
+// stopped (--resume) without recomputing finished runs.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace anybit {
+
+struct SweepOptions {
+  std::vector<std::string> models;
+  std::vector<std::pair<int, int>> pairs;  // (weight bits, activation bits)
+  std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy
+  std::string calib_data = "fmnist::train";
+  std::string eval_data = "fmnist::test";
+  int64_t calib_batches = 8;
+  int64_t batch_size = 128;
+  bool fold_bn = true;
+  bool first_last_8bit = false;  // first conv, last linear and the input at 8 bits
+  std::string out_dir;
+  bool resume = false;
+  bool progress = true;
+};
+
+struct SweepRow {
+  std::string model, method;
+  int wbits = 0, abits = 0;  // 32 = float
+  double top1 = 0, top5 = 0, agreement = -1, seconds = 0;
+};
+
+// Runs the sweep; returns every row (including float baselines and resumed rows).
+// `on_row` sees each row as it completes (the CLI prints the table from it).
+std::vector<SweepRow> run_sweep(const SweepOptions& options,
+                                const std::function<void(const SweepRow&)>& on_row = nullptr);
+
+// The config a method and a bit pair stand for (what a user would write by hand).
+std::string sweep_config(const std::string& method, int wbits, int abits, bool first_last_8bit);
+
+// Parses "8,6,4" into {8,6,4}; throws anybit::Error naming the flag.
+std::vector<int> parse_bits_list(const std::string& text, const std::string& flag);
+
+// Writes DIR/results.csv, DIR/results.json and DIR/accuracy.svg from the rows.
+void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& rows);
+
+}  // namespace anybit

@@ -1,0 +1,107 @@
+// The integer-only inference engine: runs an exported integer model (model.h) on a batch
+// of integer inputs with integers only, the way an accelerator would, and reports per
+// layer what its accumulator and its multiply-accumulate unit did.
+//
+//   Model m = load_model("resnet_int8");
+//   Engine e(m, {/*accumulator=*/{16, Overflow::kSaturate}, parse_mac_model("gauss:sigma=2")});
+//   std::vector<Tensor> y = e.run({quantize_tensor(x.data(), {1, 3, 32, 32}, m.inputs[0].q)});
+//   for (const LayerStats& s : e.stats()) ... s.overflows, s.mean_abs_error() ...
+//
+// Per conv2d/linear layer the engine picks one of three kernels (kernels.h):
+//   fast       the MAC is exact and the layer's accumulator provably never leaves its range
+//              (|bias| + max|x - z_x| * sum|w - z_w| fits, checked once per output channel):
+//              int16/int32 operands, int32 accumulation, vectorized. Then wrap and saturate
+//              agree and no overflow can happen, so the result is the reference's exactly.
+//   per dot    otherwise: every dot product through the MacModel, every addition through
+//   product    the declared accumulator (wrap or saturate, overflow events counted).
+//   reference  only on request (KernelPath::kReference): the plain int64 reference loops.
+// Pooling sums always go through the accumulator, one addition at a time.
+//
+// Not thread-safe: one Engine runs one batch at a time (MAC models keep random state).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anybit/intsim/accumulator.h"
+#include "anybit/intsim/mac.h"
+#include "anybit/intsim/model.h"
+
+namespace anybit {
+namespace intsim {
+
+// A batch of integers: shape [N, ...] (the model's shapes with the batch in front), C order.
+struct Tensor {
+  std::vector<int64_t> shape;
+  std::vector<int32_t> data;
+
+  int64_t numel() const;
+  static Tensor from_int8(std::vector<int64_t> shape, const std::vector<int8_t>& values);
+  static Tensor from_int32(std::vector<int64_t> shape, std::vector<int32_t> values);
+};
+
+// q = clamp(round_half_even(x / s) + z, qmin, qmax) element-wise (requantize.h).
+Tensor quantize_tensor(const float* x, std::vector<int64_t> shape, const QuantParams& q);
+// x^ = (q - z) * s
+std::vector<float> dequantize_tensor(const Tensor& t, const QuantParams& q);
+
+enum class KernelPath {
+  kAuto,          // fast where provably exact, per dot product elsewhere
+  kPerDotProduct, // every conv2d/linear dot product through the MacModel
+  kReference,     // the *_reference kernels (the MacModel is not used)
+};
+
+struct EngineOptions {
+  AccumulatorSpec accumulator;       // width 8..32 (default 32) and overflow mode
+  std::shared_ptr<MacModel> mac;     // null: exact
+  KernelPath path = KernelPath::kAuto;
+};
+
+// What one op did, summed over every run since construction or reset_stats().
+struct LayerStats {
+  std::string name;  // the op's name
+  std::string op;    // its kind, "conv2d"
+  bool fast_path = false;     // conv2d/linear: the fast kernel is used
+  int64_t dot_products = 0;   // conv2d/linear output elements computed
+  int64_t overflows = 0;      // accumulator additions that left the declared range
+  double sum_abs_error = 0;   // sum |mac - exact| (non-exact MAC only)
+  int64_t max_abs_error = 0;
+  double mean_abs_error() const {
+    return dot_products ? sum_abs_error / static_cast<double>(dot_products) : 0.0;
+  }
+};
+
+class Engine {
+ public:
+  // Validates the model (throws Error) and prepares every layer's weights.
+  explicit Engine(Model model, EngineOptions options = {});
+  ~Engine();
+  Engine(Engine&&) noexcept;
+  Engine& operator=(Engine&&) noexcept;
+
+  // Inputs in the order of model().inputs, each [N, ...shape] with values in the input's
+  // [qmin, qmax]; returns the outputs in the order of model().outputs. Throws Error for a
+  // wrong count, shape or value. With `tensors`, every tensor of the run is also returned
+  // by name (for comparing layer by layer with the fake-quantized model).
+  std::vector<Tensor> run(const std::vector<Tensor>& inputs,
+                          std::map<std::string, Tensor>* tensors = nullptr);
+
+  const Model& model() const;
+  const EngineOptions& options() const;
+  // One entry per op, in model order.
+  const std::vector<LayerStats>& stats() const;
+  void reset_stats();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A short table of the statistics, one line per op that accumulates.
+std::string format_stats(const std::vector<LayerStats>& stats);
+
+}  // namespace intsim
+}  // namespace anybit

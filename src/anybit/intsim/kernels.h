@@ -1,0 +1,132 @@
+// Integer kernels of the engine, in the layout of PyTorch (NCHW activations, OIHW weights),
+// each op in up to three variants that the tests hold together:
+//
+//   *_acc32          fast: int16 or int32 operands (zero points already subtracted), int32
+//                    accumulation, inner loops over contiguous memory in fixed-size blocks so
+//                    GCC vectorizes them even at -O2. Only valid when the caller has proven
+//                    that no partial sum leaves int32 (the engine checks a bound per layer).
+//   *_reference      the specification: plain loops in int64, every addition through the
+//                    declared accumulator (wrap or saturate), bias added last.
+//   *_mac            one MacModel::dot call per output element (the plug-in path).
+//
+// The accumulator of a conv2d/linear output element (shared/DESIGN.md):
+//   acc = sum_k (x_k - z_x) * (w_ok - z_w[o])  (+ bias[o]),  k = (c, ky, kx) row-major
+// with padding contributing x = z_x (a real zero). Requantization is separate
+// (requantize.h), so every variant can be compared on raw accumulators.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "anybit/intsim/accumulator.h"
+#include "anybit/intsim/mac.h"
+#include "anybit/intsim/requantize.h"
+
+namespace anybit {
+namespace intsim {
+
+struct Conv2dGeometry {
+  int64_t batch = 1, in_channels = 1, in_h = 1, in_w = 1;
+  int64_t out_channels = 1, kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+
+  int64_t out_h() const { return (in_h + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1; }
+  int64_t out_w() const { return (in_w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1; }
+  // K: length of one dot product (input channels of a group times the kernel window).
+  int64_t patch_size() const { return in_channels / groups * kernel_h * kernel_w; }
+};
+
+struct Pool2dGeometry {
+  int64_t batch = 1, channels = 1, in_h = 1, in_w = 1;
+  int64_t kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t out_h = 1, out_w = 1;  // given: ceil_mode is decided by the caller
+};
+
+// --- conv2d ------------------------------------------------------------------------------
+
+// acc[n][o][oy][ox] = bias[o] + sum_k (x - x_zero_point) * w[o][k]; w = q_w - z_w, [O][K].
+// bias may be null. Precondition: |bias[o]| + max|x - z_x| * sum_k |w[o][k]| < 2^31.
+void conv2d_int16_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                        const int16_t* w, const int32_t* bias, int32_t* acc);
+void conv2d_int32_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                        const int32_t* w, const int32_t* bias, int32_t* acc);
+
+// The specification, from raw weights and per-tensor (1) or per-channel (O) zero points.
+// acc values lie in the accumulator range; *overflows (if not null) gains one per
+// addition that left it.
+void conv2d_int_reference(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                          const int32_t* w, const std::vector<int32_t>& w_zero_point,
+                          const int32_t* bias, const AccumulatorSpec& spec, int64_t* acc,
+                          int64_t* overflows);
+
+// What the plug-in path reports besides the accumulators.
+struct MacStats {
+  int64_t dot_products = 0;
+  double sum_abs_error = 0;   // sum |mac - exact| over dot products (non-exact MACs only)
+  int64_t max_abs_error = 0;
+};
+
+// One mac.dot() per output element, in the order n, o, oy, ox; w = q_w - z_w, [O][K].
+// The result is brought into `acc`'s range, then the bias is added through it. For a
+// non-exact MAC the exact dot product is computed too, for the error statistics.
+void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                    const int32_t* w, const int32_t* bias, MacModel& mac, std::string_view layer,
+                    Accumulator& acc, int64_t* out, MacStats* stats);
+
+// --- linear: x [N][I], w [O][I], acc [N][O] ----------------------------------------------
+
+void linear_int16_acc32(int64_t batch, int64_t in_features, int64_t out_features,
+                        const int32_t* x, int32_t x_zero_point, const int16_t* w,
+                        const int32_t* bias, int32_t* acc);
+void linear_int32_acc32(int64_t batch, int64_t in_features, int64_t out_features,
+                        const int32_t* x, int32_t x_zero_point, const int32_t* w,
+                        const int32_t* bias, int32_t* acc);
+void linear_int_reference(int64_t batch, int64_t in_features, int64_t out_features,
+                          const int32_t* x, int32_t x_zero_point, const int32_t* w,
+                          const std::vector<int32_t>& w_zero_point, const int32_t* bias,
+                          const AccumulatorSpec& spec, int64_t* acc, int64_t* overflows);
+void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
+                    int32_t x_zero_point, const int32_t* w, const int32_t* bias, MacModel& mac,
+                    std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats);
+
+// --- pooling -----------------------------------------------------------------------------
+
+// Max over each window; padding never wins (PyTorch pads with -inf). qmin: the input's
+// lowest integer, the result of a window holding padding only.
+void maxpool2d_int(const Pool2dGeometry& g, const int32_t* x, int32_t qmin, int32_t* y);
+
+// sum[n][c][oy][ox] = sum over the window of (x - x_zero_point), each addition through
+// `acc`; padding adds nothing (it is x = z_x, PyTorch's count_include_pad=True). The
+// divisor is folded into the requantization multiplier. Global average pooling is the
+// window H x W.
+void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                       Accumulator& acc, int64_t* sum);
+
+// --- add (TFLite's quantized ADD) --------------------------------------------------------
+
+// Both inputs are moved into a common high-precision domain, summed, and requantized:
+//   a' = multiply_by_dyadic((q_a - z_a) * 2^left_shift, M_a)
+//   b' = multiply_by_dyadic((q_b - z_b) * 2^left_shift, M_b)
+//   y  = requantize_dyadic(a' + b', M_out, z_out, qmin, qmax)
+// with M_a = s_a / (2 max(s_a, s_b)), M_b likewise, M_out = 2 max(s_a, s_b) /
+// (2^left_shift s_out) (TFLite's PrepareGeneralSubOp; left_shift 20 for 8-bit inputs).
+struct AddParams {
+  int32_t a_zero_point = 0, b_zero_point = 0;
+  DyadicMultiplier a_multiplier, b_multiplier;
+  int left_shift = 20;
+  DyadicMultiplier out_multiplier;
+  int32_t out_zero_point = 0, qmin = -128, qmax = 127;
+};
+void add_int(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y);
+// The same value from the reference requantization functions and exact arithmetic.
+int32_t add_int_reference(const AddParams& p, int32_t a, int32_t b);
+
+}  // namespace intsim
+}  // namespace anybit

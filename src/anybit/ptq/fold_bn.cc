@@ -1,0 +1,131 @@
+// BatchNorm folding (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018):
+//   y = gamma * (conv(x, W) + b - mean) / sqrt(var + eps) + beta
+//     = conv(x, W * k) + (b - mean) * k + beta,   k = gamma / sqrt(var + eps)
+// applied to every eval-mode aten::batch_norm whose input is a conv/linear output used
+// nowhere else. The folded weight replaces the conv's weight attribute; the folded bias
+// becomes a buffer on the root module (a conv without bias has no tensor to overwrite).
+#include "anybit/ptq/fold_bn.h"
+
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <cmath>
+
+namespace anybit {
+namespace jit = torch::jit;
+
+namespace {
+
+c10::IValue resolve(const jit::Module& m, const std::string& path) {
+  c10::IValue cur = m._ivalue();
+  for (size_t start = 0;;) {
+    const size_t dot = path.find('.', start);
+    cur = cur.toObject()->getAttr(path.substr(start, dot == std::string::npos ? dot : dot - start));
+    if (dot == std::string::npos) return cur;
+    start = dot + 1;
+  }
+}
+
+void assign(jit::Module& m, const std::string& path, const at::Tensor& t) {
+  const size_t dot = path.rfind('.');
+  c10::IValue owner = dot == std::string::npos ? m._ivalue() : resolve(m, path.substr(0, dot));
+  owner.toObject()->setAttr(path.substr(dot == std::string::npos ? 0 : dot + 1), t);
+}
+
+bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
+  std::vector<std::string> names;
+  while (v != self) {
+    jit::Node* n = v->node();
+    if (n->kind() != c10::prim::GetAttr) return false;
+    names.push_back(n->s(c10::attr::name));
+    v = n->input(0);
+  }
+  std::string p;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
+  *out = p;
+  return true;
+}
+
+bool is_none(jit::Value* v) { return v->type()->kind() == c10::TypeKind::NoneType; }
+
+}  // namespace
+
+int fold_batch_norm(ModelGraph& g) {
+  // BatchNorm in eval mode only: settle `self.training` branches first
+  g.module.eval();
+  specialize_fixed_ifs(g, true);
+  jit::Graph& graph = *g.graph;
+  jit::Value* self = graph.inputs().at(0);
+  int folded = 0;
+  std::vector<jit::Node*> to_destroy;
+  for (jit::Node* bn : graph.nodes()) {
+    if (bn->kind() != c10::aten::batch_norm) continue;
+    jit::Node* conv = bn->input(0)->node();
+    const std::string ck = conv->kind().toQualString();
+    const bool is_conv = ck == "aten::conv1d" || ck == "aten::conv2d" || ck == "aten::conv3d" ||
+                         ck == "aten::_convolution";
+    const bool is_linear = ck == "aten::linear";
+    if (!is_conv && !is_linear) continue;
+    if (conv->output()->uses().size() != 1) continue;
+    if (ck == "aten::_convolution") {
+      auto tr = jit::toIValue(conv->input(6));
+      if (!tr || !tr->isBool() || tr->toBool()) continue;  // transposed convs keep their BN
+    }
+    // batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+    // `training` is a constant (traced) or self.<bn>.training (scripted): fold only in eval
+    bool training = true;
+    if (auto tr = jit::toIValue(bn->input(5)); tr && tr->isBool()) {
+      training = tr->toBool();
+    } else if (std::string tp; attr_path(bn->input(5), self, &tp)) {
+      c10::IValue v = resolve(g.module, tp);
+      training = !v.isBool() || v.toBool();
+    }
+    if (training) continue;
+    auto eps = jit::toIValue(bn->input(7));
+    if (!eps || !eps->isDouble()) continue;
+    std::string wpath, bpath, gpath, betapath, mpath, vpath;
+    if (!attr_path(conv->input(1), self, &wpath)) continue;
+    if (!attr_path(bn->input(3), self, &mpath) || !attr_path(bn->input(4), self, &vpath)) continue;
+    const bool has_gamma = !is_none(bn->input(1)), has_beta = !is_none(bn->input(2));
+    if (has_gamma && !attr_path(bn->input(1), self, &gpath)) continue;
+    if (has_beta && !attr_path(bn->input(2), self, &betapath)) continue;
+    bool has_bias = !is_none(conv->input(2));
+    if (has_bias && !attr_path(conv->input(2), self, &bpath)) continue;
+    if (has_bias && resolve(g.module, bpath).isNone()) has_bias = false;  // Optional[Tensor] = None
+
+    torch::NoGradGuard no_grad;
+    at::Tensor W = resolve(g.module, wpath).toTensor();
+    at::Tensor mean = resolve(g.module, mpath).toTensor().to(at::kDouble);
+    at::Tensor var = resolve(g.module, vpath).toTensor().to(at::kDouble);
+    const int64_t C = W.size(0);
+    at::Tensor gamma = has_gamma ? resolve(g.module, gpath).toTensor().to(at::kDouble) : at::ones({C}, at::kDouble);
+    at::Tensor beta = has_beta ? resolve(g.module, betapath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
+    at::Tensor b = has_bias ? resolve(g.module, bpath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
+    at::Tensor k = gamma / (var + eps->toDouble()).sqrt();
+    std::vector<int64_t> kshape(W.dim(), 1);
+    kshape[0] = C;
+    at::Tensor W2 = (W.to(at::kDouble) * k.reshape(kshape)).to(W.scalar_type());
+    at::Tensor b2 = ((b - mean) * k + beta).to(W.scalar_type());
+    assign(g.module, wpath, W2.detach().requires_grad_(W.requires_grad()));
+    std::string bias_name = "anybit_folded__";
+    for (char c : wpath) bias_name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+    bias_name += "__bias";
+    if (g.module.hasattr(bias_name)) continue;
+    g.module.register_parameter(bias_name, b2.detach(), false);
+    {
+      jit::WithInsertPoint guard(conv);
+      jit::Value* nb = graph.insertGetAttr(self, bias_name);
+      conv->replaceInput(2, nb);
+    }
+    bn->output()->replaceAllUsesWith(conv->output());
+    to_destroy.push_back(bn);
+    ++folded;
+  }
+  for (jit::Node* n : to_destroy) n->destroy();
+  if (folded) {
+    invalidate_plan(g);
+    find_points(g);
+  }
+  return folded;
+}
+
+}  // namespace anybit
