@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "anybit/core/quantize.h"
+#include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
 
 #include <cstring>
@@ -116,6 +117,42 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
   return result;
 }
 
+py::list sweep(const std::vector<std::string>& models, const std::vector<std::pair<int, int>>& pairs,
+               const std::vector<std::string>& methods, const std::string& calib_data,
+               const std::string& eval_data, int64_t calib_batches, bool fold_bn, bool first_last_8bit,
+               const std::string& out_dir, bool resume) {
+  anybit::SweepOptions o;
+  o.models = models;
+  o.pairs = pairs;
+  o.methods = methods;
+  o.calib_data = calib_data;
+  o.eval_data = eval_data;
+  o.calib_batches = calib_batches;
+  o.fold_bn = fold_bn;
+  o.first_last_8bit = first_last_8bit;
+  o.out_dir = out_dir;
+  o.resume = resume;
+  std::vector<anybit::SweepRow> rows;
+  {
+    py::gil_scoped_release release;
+    rows = anybit::run_sweep(o);
+  }
+  py::list out;
+  for (const auto& r : rows) {
+    py::dict d;
+    d["model"] = r.model;
+    d["method"] = r.method;
+    d["wbits"] = r.wbits;
+    d["abits"] = r.abits;
+    d["top1"] = r.top1;
+    d["top5"] = r.top5;
+    d["seconds"] = r.seconds;
+    if (r.agreement >= 0) d["agreement"] = r.agreement;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_anybit, m) {
@@ -136,6 +173,9 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("dry_run"), py::arg("out_path"));
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"));
+  m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
+        py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
+        py::arg("out_dir"), py::arg("resume"));
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

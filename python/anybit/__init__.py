@@ -19,7 +19,8 @@ from . import _anybit  # loads libanybit_torch, which registers the anybit:: ops
 
 Error = _anybit.Error
 
-__all__ = ["Error", "points", "plan", "quantize", "evaluate", "load", "quantizer_outputs", "canonical_spec"]
+__all__ = ["Error", "points", "plan", "quantize", "evaluate", "sweep", "load", "quantizer_outputs",
+           "canonical_spec"]
 
 
 def canonical_spec(text):
@@ -152,6 +153,25 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
         return _anybit.evaluate(mp, spec, rp, batch_size, freeze)
+
+
+def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
+          calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
+          first_last_8bit=False, resume=False):
+    """Post-training quantization at every (weight, activation) bit pair and method, like
+    `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
+    `models` are TorchScript files or modules (saved into out_dir)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i, m in enumerate(models if isinstance(models, (list, tuple)) else [models]):
+        if isinstance(m, (str, os.PathLike)):
+            paths.append(os.fspath(m))
+        else:
+            name = getattr(m, "original_name", type(m).__name__)
+            paths.append(_save(m, None, out_dir, f"{name}_{i}.pt"))
+    pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
+    return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
+                         fold_bn, first_last_8bit, os.fspath(out_dir), resume)
 
 
 def quantizer_outputs(qmodel, x):

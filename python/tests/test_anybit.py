@@ -151,3 +151,35 @@ def test_every_python_example_runs(script):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip()
+
+
+def test_sweep_mirrors_the_cli_and_resumes():
+    with tempfile.TemporaryDirectory() as d:
+        rows = anybit.sweep([FMNIST], d, pairs=[(8, 8), (4, 4)], methods=["mse"],
+                            calib_data="fmnist::train:limit=256", eval_data="fmnist::test:limit=300", calib_batches=2)
+        assert [(r["method"], r["wbits"]) for r in rows] == [("float", 32), ("mse", 8), ("mse", 4)]
+        assert rows[1]["top1"] > 80
+        for f in ("results.csv", "results.json", "accuracy.svg"):
+            assert os.path.getsize(os.path.join(d, f)) > 0
+        with pytest.raises(anybit.Error, match="--resume"):
+            anybit.sweep([FMNIST], d, pairs=[(8, 8)], methods=["mse"])
+        again = anybit.sweep([FMNIST], d, pairs=[(8, 8), (4, 4)], methods=["mse"], calib_data="fmnist::train:limit=256",
+                             eval_data="fmnist::test:limit=300", calib_batches=2, resume=True)
+        assert again == rows
+
+
+def test_pip_install_into_a_virtualenv_without_network():
+    with tempfile.TemporaryDirectory() as d:
+        venv = os.path.join(d, "venv")
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-build-isolation", "--no-index",
+                        os.path.join(ROOT, "python")], check=True, capture_output=True)
+        r = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                            "import anybit, torch; print(len(anybit.points(torch.jit.load(%r))))" % FMNIST],
+                           cwd=d, capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                        if k != "PYTHONPATH"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip() == "42"
+        assert "site-packages" in subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                                                  "import anybit; print(anybit.__file__)"], cwd=d,
+                                                 capture_output=True, text=True).stdout

@@ -1,1 +1,392 @@
+// The engine end to end: random models through the fast, per-dot-product and reference
+// paths give the same integers; narrow accumulators overflow where the reference says;
+// MAC plug-ins see every dot product; the numbers follow the formulas of DESIGN.md.
+#include "anybit/intsim/engine.h"
+
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "anybit/intsim/kernels.h"
+#include "anybit/intsim/test_util.h"
+
+namespace anybit {
+namespace intsim {
+namespace {
+
+using testing::ModelBuilder;
+using testing::TempDir;
+using testing::uniform_int;
+
+// input -> conv (fused relu?) -> depthwise conv -> add (residual) -> max/avg pools ->
+// concat -> global average pool -> flatten -> linear, with random sizes and quantization.
+ModelBuilder random_model(uint64_t seed) {
+  ModelBuilder b(seed);
+  std::mt19937_64& rng = b.rng;
+  const int64_t C = uniform_int(rng, 1, 4), H = uniform_int(rng, 8, 11), W = uniform_int(rng, 8, 11);
+  const std::string x = b.input("x", {C, H, W}, testing::random_quant(rng));
+  const int64_t O = uniform_int(rng, 2, 6);
+  const std::string c1 = b.conv2d(x, O, uniform_int(rng, 1, 3), uniform_int(rng, 1, 2), uniform_int(rng, 0, 1),
+                                  uniform_int(rng, 1, 2), 1, /*relu=*/uniform_int(rng, 0, 1) == 1,
+                                  /*per_channel=*/uniform_int(rng, 0, 1) == 1);
+  const std::string dw = b.conv2d(c1, O, 3, 1, 1, 1, /*groups=*/O);
+  const std::string sum = b.add(c1, dw);
+  const std::string r = b.relu(sum);
+  const std::string mp = b.maxpool(r, 2, 2);
+  const std::string ap = b.avgpool(sum, 2, 2);
+  const std::string cat = b.concat({mp, ap});
+  const std::string gap = b.global_avgpool(cat);
+  const std::string fc = b.linear(b.flatten(gap), uniform_int(rng, 3, 7), false, true);
+  b.output(fc);
+  b.output(r);
+  return b;
+}
+
+std::vector<Tensor> random_inputs(ModelBuilder& b, int64_t batch) {
+  std::vector<Tensor> in;
+  for (size_t i = 0; i < b.model.inputs.size(); ++i) {
+    std::vector<int64_t> shape = b.model.inputs[i].shape;
+    shape.insert(shape.begin(), batch);
+    in.push_back(Tensor::from_int32(shape, b.random_input(i, batch)));
+  }
+  return in;
+}
+
+std::map<std::string, Tensor> run_all(const Model& m, const EngineOptions& o, const std::vector<Tensor>& in,
+                                      std::vector<LayerStats>* stats = nullptr) {
+  Engine e(m, o);
+  std::map<std::string, Tensor> all;
+  e.run(in, &all);
+  if (stats) *stats = e.stats();
+  return all;
+}
+
+void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) {
+    EXPECT_EQ(t.shape, b.at(name).shape) << name;
+    EXPECT_EQ(t.data, b.at(name).data) << name;
+  }
+}
+
+class EngineSeed : public ::testing::TestWithParam<int> {};
+
+TEST_P(EngineSeed, FastPathMatchesTheReferencePathTensorByTensor) {
+  ModelBuilder b = random_model(static_cast<uint64_t>(GetParam()));
+  const auto in = random_inputs(b, 2);
+  std::vector<LayerStats> stats;
+  const auto fast = run_all(b.model, {}, in, &stats);
+  EngineOptions ref;
+  ref.path = KernelPath::kReference;
+  expect_same_tensors(fast, run_all(b.model, ref, in));
+  for (const LayerStats& s : stats)
+    if (s.op == "conv2d" || s.op == "linear") EXPECT_TRUE(s.fast_path) << s.name;
+}
+
+TEST_P(EngineSeed, PerDotProductPathWithTheExactMacMatchesTheFastPath) {
+  ModelBuilder b = random_model(static_cast<uint64_t>(GetParam()) + 100);
+  const auto in = random_inputs(b, 2);
+  EngineOptions slow;
+  slow.path = KernelPath::kPerDotProduct;
+  slow.mac = parse_mac_model("exact");
+  std::vector<LayerStats> stats;
+  expect_same_tensors(run_all(b.model, {}, in), run_all(b.model, slow, in, &stats));
+  for (const LayerStats& s : stats) EXPECT_FALSE(s.fast_path) << s.name;
+}
+
+TEST_P(EngineSeed, NarrowAccumulatorsOverflowExactlyWhereTheReferenceSays) {
+  ModelBuilder b = random_model(static_cast<uint64_t>(GetParam()) + 200);
+  const auto in = random_inputs(b, 1);
+  for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+    EngineOptions narrow;
+    narrow.accumulator = {12, mode};
+    EngineOptions ref = narrow;
+    ref.path = KernelPath::kReference;
+    std::vector<LayerStats> s_narrow, s_ref;
+    expect_same_tensors(run_all(b.model, narrow, in, &s_narrow), run_all(b.model, ref, in, &s_ref));
+    int64_t total = 0;
+    for (size_t k = 0; k < s_narrow.size(); ++k) {
+      EXPECT_EQ(s_narrow[k].overflows, s_ref[k].overflows) << s_narrow[k].name;
+      total += s_narrow[k].overflows;
+    }
+    EXPECT_GT(total, 0) << "a 12-bit accumulator should overflow somewhere";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, EngineSeed, ::testing::Range(0, 25));
+
+// One linear layer: y = clamp(z + M * (sum (x - zx)(w - zw) + b)).
+Model one_linear(const std::vector<int32_t>& w, int64_t in_features, int32_t bias, QuantParams xq, QuantParams yq,
+                 double m, DType wdtype = DType::kInt8, int32_t wqmin = -128, int32_t wqmax = 127) {
+  Model model;
+  model.inputs.push_back({"x", {in_features}, xq});
+  Op op;
+  op.kind = OpKind::kLinear;
+  op.name = "fc";
+  op.inputs = {"x"};
+  op.output = "y";
+  op.out_channels = static_cast<int64_t>(w.size()) / in_features;
+  op.weight = {"", wdtype, {op.out_channels, in_features}, w};
+  op.weight_qmin = wqmin;
+  op.weight_qmax = wqmax;
+  op.weight_scale = {1.0};
+  op.weight_zero_point = {0};
+  op.bias = {"", DType::kInt32, {op.out_channels}, std::vector<int32_t>(op.out_channels, bias)};
+  op.multiplier = {quantize_multiplier(m)};
+  op.out = yq;
+  model.ops.push_back(op);
+  model.outputs.push_back({"y", {}, {}});
+  return model;
+}
+
+QuantParams qp(double scale, int32_t z, int32_t lo, int32_t hi) {
+  QuantParams q;
+  q.scale = scale, q.zero_point = z, q.qmin = lo, q.qmax = hi;
+  return q;
+}
+
+TEST(Engine, HandComputedLinearFollowsTheIntegerFormula) {
+  // acc = (10-2)*3 + (20-2)*(-1) + (2-2)*5 + 7 = 24 - 18 + 0 + 7 = 13;  y = 5 + round(13 * 0.25) = 8
+  const Model m = one_linear({3, -1, 5}, 3, 7, qp(0.1, 2, 0, 255), qp(0.2, 5, -128, 127), 0.25);
+  Engine e(m);
+  const auto y = e.run({Tensor::from_int32({1, 3}, {10, 20, 2})});
+  EXPECT_EQ(y[0].data, std::vector<int32_t>{8});
+  EXPECT_EQ(y[0].shape, (std::vector<int64_t>{1, 1}));
+  EXPECT_TRUE(e.stats()[0].fast_path);
+  EXPECT_EQ(e.stats()[0].dot_products, 1);
+}
+
+// 127 * 127 * 3 = 48387 does not fit a 16-bit accumulator.
+TEST(Engine, PlantedOverflowWrapsOrSaturatesAsDeclaredAndIsCounted) {
+  const Model m = one_linear({127, 127, 127}, 3, 0, qp(1, 0, -128, 127), qp(1, 0, -(1 << 30), 1 << 30), 1.0);
+  const auto in = std::vector<Tensor>{Tensor::from_int8({1, 3}, {127, 127, 127})};
+  Engine wide(m);
+  EXPECT_EQ(wide.run(in)[0].data, std::vector<int32_t>{48387});
+  EXPECT_EQ(wide.stats()[0].overflows, 0);
+  Engine wrap(m, {{16, Overflow::kWrap}, nullptr, KernelPath::kAuto});
+  EXPECT_EQ(wrap.run(in)[0].data, std::vector<int32_t>{48387 - 65536});
+  EXPECT_EQ(wrap.stats()[0].overflows, 1);
+  EXPECT_FALSE(wrap.stats()[0].fast_path);
+  Engine sat(m, {{16, Overflow::kSaturate}, nullptr, KernelPath::kAuto});
+  EXPECT_EQ(sat.run(in)[0].data, std::vector<int32_t>{32767});
+  EXPECT_EQ(sat.run(in)[0].data, std::vector<int32_t>{32767});
+  EXPECT_EQ(sat.stats()[0].overflows, 2);  // summed over runs
+  sat.reset_stats();
+  EXPECT_EQ(sat.stats()[0].overflows, 0);
+}
+
+TEST(Engine, ThirtyTwoBitLayerThatCouldOverflowLeavesTheFastPathAndStaysExact) {
+  // int32 weights up to 2^20 on 16-bit activations: the bound exceeds int32, the data do not.
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> w(4 * 64);
+  for (auto& v : w) v = static_cast<int32_t>(uniform_int(rng, -(1 << 20), 1 << 20));
+  const Model m = one_linear(w, 64, 0, qp(1, 0, -32768, 32767), qp(1, 0, -(1 << 30), 1 << 30), 1e-6,
+                             DType::kInt32, -(1 << 20), 1 << 20);
+  std::vector<int32_t> x(64);
+  for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, -3, 3));
+  const std::vector<Tensor> in = {Tensor::from_int32({1, 64}, x)};
+  Engine e(m);
+  EXPECT_FALSE(e.stats()[0].fast_path);
+  EngineOptions ref;
+  ref.path = KernelPath::kReference;
+  EXPECT_EQ(e.run(in)[0].data, Engine(m, ref).run(in)[0].data);
+  EXPECT_EQ(e.stats()[0].overflows, 0);
+}
+
+TEST(Engine, SixteenBitActivationsRunTheFastKernelWithInt32Operands) {
+  std::mt19937_64 rng(6);
+  std::vector<int32_t> w(5 * 7);
+  for (auto& v : w) v = static_cast<int32_t>(uniform_int(rng, -128, 127));
+  const Model m = one_linear(w, 7, 1000, qp(1, -30000, -32768, 32767), qp(1, 0, -(1 << 30), 1 << 30), 0.01);
+  std::vector<int32_t> x(3 * 7);
+  for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, -32768, 32767));
+  const std::vector<Tensor> in = {Tensor::from_int32({3, 7}, x)};
+  Engine e(m);
+  EXPECT_TRUE(e.stats()[0].fast_path);
+  EngineOptions ref;
+  ref.path = KernelPath::kReference;
+  EXPECT_EQ(e.run(in)[0].data, Engine(m, ref).run(in)[0].data);
+}
+
+TEST(Engine, ConvOutputIsTheFloatConvolutionToWithinOneStep) {
+  // Dequantize inputs and weights, convolve in double, quantize with the output's
+  // parameters: the integer result may differ only by the rounding of M.
+  ModelBuilder b(21);
+  const std::string x = b.input("x", {3, 7, 7}, testing::random_quant(b.rng));
+  const std::string y = b.conv2d(x, 4, 3, 2, 1, 1, 1, false, true);
+  b.output(y);
+  const auto in = random_inputs(b, 1);
+  Engine e(b.model);
+  const Tensor out = e.run(in)[0];
+  const Op& op = e.model().ops[0];
+  const QuantParams xq = e.model().inputs[0].q;
+  Conv2dGeometry g;
+  g.in_channels = 3, g.in_h = g.in_w = 7, g.out_channels = 4, g.kernel_h = g.kernel_w = 3;
+  g.stride_h = g.stride_w = 2, g.pad_h = g.pad_w = 1;
+  std::vector<int64_t> acc(static_cast<size_t>(out.numel()));
+  conv2d_int_reference(g, in[0].data.data(), xq.zero_point, op.weight.data.data(), op.weight_zero_point,
+                       op.bias.data.data(), {}, acc.data(), nullptr);
+  const int64_t P = g.out_h() * g.out_w();
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    const int64_t o = i / P;
+    const double real = static_cast<double>(acc[i]) * xq.scale * op.weight_scale[o];  // bias scale s_x * s_w
+    const double q = std::min<double>(op.out.qmax, std::max<double>(op.out.qmin, std::round(real / op.out.scale) + op.out.zero_point));
+    ASSERT_LE(std::fabs(out.data[i] - q), 1.0) << i;
+  }
+}
+
+TEST(Engine, GaussWithSigmaZeroMatchesExactAndReportsZeroError) {
+  ModelBuilder b = random_model(31);
+  const auto in = random_inputs(b, 1);
+  EngineOptions g;
+  g.mac = parse_mac_model("gauss:sigma=0,seed=4");
+  std::vector<LayerStats> stats;
+  expect_same_tensors(run_all(b.model, {}, in), run_all(b.model, g, in, &stats));
+  for (const LayerStats& s : stats) {
+    EXPECT_EQ(s.sum_abs_error, 0.0) << s.name;
+    EXPECT_FALSE(s.fast_path) << s.name;
+  }
+}
+
+TEST(Engine, GaussianMacIsReproducibleUnderASeedAndReportsItsError) {
+  ModelBuilder b = random_model(32);
+  const auto in = random_inputs(b, 2);
+  auto noisy = [&](const std::string& spec, std::vector<LayerStats>* stats) {
+    EngineOptions o;
+    o.mac = parse_mac_model(spec);
+    return run_all(b.model, o, in, stats);
+  };
+  std::vector<LayerStats> stats;
+  const auto a = noisy("gauss:sigma=300,seed=1", &stats);
+  expect_same_tensors(a, noisy("gauss:sigma=300,seed=1", nullptr));
+  const auto exact = run_all(b.model, {}, in);
+  EXPECT_NE(a.at(b.model.outputs[0].name).data, exact.at(b.model.outputs[0].name).data);
+  EXPECT_NE(a.at(b.model.outputs[0].name).data, noisy("gauss:sigma=300,seed=2", nullptr).at(b.model.outputs[0].name).data);
+  for (const LayerStats& s : stats) {
+    if (s.op != "conv2d" && s.op != "linear") continue;
+    EXPECT_GT(s.dot_products, 0);
+    if (s.dot_products < 100) continue;  // too few samples for the statistics below
+    EXPECT_NEAR(s.mean_abs_error(), 300 * std::sqrt(2 / std::acos(-1.0)), 60) << s.name;  // E|N(0, 300^2)|
+    EXPECT_GT(s.max_abs_error, 300);
+  }
+}
+
+class CountingMac : public MacModel {
+ public:
+  int64_t dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) override {
+    ++calls[std::string(ctx.layer)];
+    last_op = std::string(ctx.op);
+    return dot_exact(x, w, n, *ctx.acc);
+  }
+  std::string describe() const override { return "counting"; }
+  std::map<std::string, int64_t> calls;
+  std::string last_op;
+};
+
+TEST(Engine, MacPluginSeesEveryDotProductWithItsLayerName) {
+  ModelBuilder b = random_model(33);
+  const auto in = random_inputs(b, 3);
+  auto counting = std::make_shared<CountingMac>();
+  EngineOptions o;
+  o.mac = counting;
+  Engine e(b.model, o);
+  std::map<std::string, Tensor> all;
+  e.run(in, &all);
+  expect_same_tensors(all, run_all(b.model, {}, in));
+  for (const Op& op : e.model().ops) {
+    if (op.kind != OpKind::kConv2d && op.kind != OpKind::kLinear) continue;
+    EXPECT_EQ(counting->calls[op.name], all.at(op.output).numel()) << op.name;
+  }
+  EXPECT_EQ(counting->last_op, "linear");
+}
+
+TEST(Engine, SavedAndReloadedModelRunsBitIdentically) {
+  ModelBuilder b = random_model(34);
+  TempDir dir("engine_roundtrip");
+  save_model(b.model, dir.path());
+  const auto in = random_inputs(b, 2);
+  expect_same_tensors(run_all(b.model, {}, in), run_all(load_model(dir.path()), {}, in));
+}
+
+TEST(Engine, RunRejectsWrongCountsShapesAndOutOfRangeValues) {
+  const Model m = one_linear({1, 2, 3}, 3, 0, qp(1, 0, 0, 15), qp(1, 0, -128, 127), 1.0);
+  Engine e(m);
+  auto error = [&](const std::vector<Tensor>& in) -> std::string {
+    try {
+      e.run(in);
+    } catch (const Error& err) {
+      return err.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(error({}).find("the model takes 1 inputs, got 0"), std::string::npos);
+  EXPECT_NE(error({Tensor::from_int32({1, 4}, {0, 0, 0, 0})}).find("input 'x': expected shape [N,3], got [1,4]"),
+            std::string::npos)
+      << error({Tensor::from_int32({1, 4}, {0, 0, 0, 0})});
+  EXPECT_NE(error({Tensor::from_int32({1, 3}, {0, 0})}).find("2 values for shape [1,3]"), std::string::npos);
+  EXPECT_NE(error({Tensor::from_int32({1, 3}, {0, 16, 0})}).find("value 16 at index 1 is outside [qmin, qmax] = [0, 15]"),
+            std::string::npos);
+  EXPECT_EQ(error({Tensor::from_int32({2, 3}, {0, 1, 2, 3, 4, 5})}), "(no error)");
+}
+
+TEST(Engine, RejectsAnInvalidModelAndAnUnsupportedAccumulatorWidth) {
+  Model m = one_linear({1, 2, 3}, 3, 0, qp(1, 0, 0, 15), qp(1, 0, -128, 127), 1.0);
+  EXPECT_THROW(Engine(m, {{7, Overflow::kWrap}, nullptr, KernelPath::kAuto}), Error);
+  EXPECT_THROW(Engine(m, {{33, Overflow::kWrap}, nullptr, KernelPath::kAuto}), Error);
+  m.ops[0].inputs = {"nope"};
+  EXPECT_THROW(Engine{m}, Error);
+}
+
+TEST(Engine, ReluClampAndConcatWorkInTheIntegerDomain) {
+  Model m;
+  m.inputs.push_back({"a", {2}, qp(0.5, 3, 0, 15)});
+  m.inputs.push_back({"b", {1}, qp(0.25, 0, -8, 7)});
+  Op relu;
+  relu.kind = OpKind::kRelu, relu.name = "relu", relu.inputs = {"a"}, relu.output = "r";
+  Op clamp;
+  clamp.kind = OpKind::kClamp, clamp.name = "clamp", clamp.inputs = {"r"}, clamp.output = "c";
+  clamp.out.qmin = 0, clamp.out.qmax = 10;
+  Op cat;
+  cat.kind = OpKind::kConcat, cat.name = "cat", cat.inputs = {"c", "b"}, cat.output = "y";
+  cat.out = qp(0.5, 0, -128, 127);
+  cat.input_multipliers = {quantize_multiplier(1.0), quantize_multiplier(0.5)};
+  m.ops = {relu, clamp, cat};
+  m.outputs.push_back({"y", {}, {}});
+  Engine e(m);
+  std::map<std::string, Tensor> all;
+  const auto y = e.run({Tensor::from_int32({2, 2}, {1, 14, 9, 2}), Tensor::from_int32({2, 1}, {-5, 6})}, &all);
+  EXPECT_EQ(all.at("r").data, (std::vector<int32_t>{3, 14, 9, 3}));  // max(q, z = 3)
+  EXPECT_EQ(all.at("c").data, (std::vector<int32_t>{3, 10, 9, 3}));
+  // concat: (q - z) * M + z_out. For b, M = 0.5 is m0 = 2^30 with no shift, so -5 * 0.5 = -2.5
+  // is rounded by SaturatingRoundingDoublingHighMul alone: ties towards +infinity, -2.
+  EXPECT_EQ(y[0].data, (std::vector<int32_t>{0, 7, -2, 6, 0, 3}));
+  EXPECT_EQ(y[0].shape, (std::vector<int64_t>{2, 3}));
+}
+
+TEST(Engine, QuantizeAndDequantizeTensorFollowTheDesignFormula) {
+  const QuantParams q = qp(0.1, 5, 0, 255);
+  const std::vector<float> x = {0.0f, 0.2f, 0.36f, -1.0f, 100.0f};
+  const Tensor t = quantize_tensor(x.data(), {1, 5}, q);
+  EXPECT_EQ(t.data, (std::vector<int32_t>{5, 7, 9, 0, 255}));
+  const std::vector<float> back = dequantize_tensor(t, q);
+  EXPECT_FLOAT_EQ(back[0], 0.0f);
+  EXPECT_FLOAT_EQ(back[4], 25.0f);
+}
+
+TEST(Engine, StatsTableListsEveryAccumulatingLayer) {
+  ModelBuilder b = random_model(35);
+  Engine e(b.model, {{16, Overflow::kSaturate}, nullptr, KernelPath::kAuto});
+  e.run(random_inputs(b, 1));
+  const std::string table = format_stats(e.stats());
+  for (const Op& op : b.model.ops) {
+    const bool listed = table.find(op.name) != std::string::npos;
+    const bool accumulates = op.kind == OpKind::kConv2d || op.kind == OpKind::kLinear ||
+                             op.kind == OpKind::kAvgPool2d || op.kind == OpKind::kGlobalAvgPool;
+    EXPECT_EQ(listed, accumulates) << op.name << "\n" << table;
+  }
+}
+
+}  // namespace
+}  // namespace intsim
+}  // namespace anybit
