@@ -15,6 +15,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
+#include "anybit/ptq/fold_bn.h"
 
 #ifndef ANYBIT_SOURCE_DIR
 #define ANYBIT_SOURCE_DIR "."
@@ -107,6 +108,8 @@ struct Common {
   int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
   std::string eval_data;
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
+  bool fold_bn = false;
+  int adaround = 0;
   int threads = 0;
 };
 
@@ -123,6 +126,7 @@ anybit::EvalOptions eval_options(const Common& c) {
 int cmd_quantize(const Common& c) {
   anybit::Config cfg = load_config(c.config, c.rules);
   anybit::ModelGraph g = anybit::load_model(c.model);
+  if (c.fold_bn) anybit::fold_batch_norm(g);
   if (c.dry_run) {
     auto pts = anybit::plan(g, cfg);
     if (c.json) {
@@ -145,6 +149,7 @@ int cmd_quantize(const Common& c) {
   opt.batch_size = c.batch_size;
   opt.portable = c.portable;
   opt.progress = progress_on(c);
+  opt.adaround_iterations = c.adaround;
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
@@ -250,6 +255,9 @@ int main(int argc, char** argv) {
   quant->add_option("-b,--batch-size", c.batch_size, "batch size")->check(CLI::PositiveNumber);
   quant->add_option("-o,--output", c.out, "output TorchScript file");
   quant->add_flag("--dry-run", c.dry_run, "print which spec each point gets and stop");
+  quant->add_flag("--fold-bn", c.fold_bn, "fold BatchNorm into the preceding convs before quantizing");
+  quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
+      ->check(CLI::NonNegativeNumber);
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
@@ -277,7 +285,8 @@ int main(int argc, char** argv) {
   sweep->add_option("--weights", wlist, "weight bit widths, e.g. 8,6,4");
   sweep->add_option("--acts", alist, "activation bit widths");
   sweep->add_option("--pairs", pairs, "explicit pairs instead of the grid, e.g. W4A4,W2A4");
-  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy (comma-separated)");
+  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround (comma-separated)");
+  sweep->add_option("--adaround-iters", sw.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
   sweep->add_option("--calib-batches", sw.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
   sweep->add_flag("--no-fold-bn", no_fold, "keep BatchNorm (default: fold it into the convs first)");
   sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv, last linear and input at 8 bits");

@@ -27,6 +27,7 @@
 #include "anybit/calib/calibrator.h"
 #include "anybit/data/dataset.h"
 #include "anybit/data/progress.h"
+#include "anybit/ptq/adaround.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -484,6 +485,13 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   QuantizeResult result;
   result.points = plan(g, config);
   jit::Graph& graph = *g.graph;
+  // the float model AdaRound reconstructs, taken before any rewrite
+  std::unique_ptr<ModelGraph> reference;
+  if (options.adaround_iterations > 0) {
+    if (!calib) throw Error("AdaRound needs calibration data (--data)");
+    reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
+  }
+  std::vector<AdaRoundLayer> ada_layers;
 
   // --- 2. observe activations on calibration data
   SlotScope slots;
@@ -561,6 +569,30 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       P = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), p.name);
     }
     install(g, p, a.spec, P, options.portable, &result.points[i]);
+    if (reference && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
+        a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
+      const Point* fp = reference->find(p.name);
+      if (fp && fp->node) {
+        AdaRoundLayer L;
+        L.name = p.name;
+        L.qnode = p.node;
+        L.fnode = fp->node;
+        L.weight_path = p.attr_path;
+        L.scale = P.scale;
+        L.qmin = a.spec.qmin();
+        L.qmax = a.spec.qmax();
+        L.channel_axis = a.spec.axis >= 0 ? a.spec.axis : p.channel_axis;
+        ada_layers.push_back(L);
+      }
+    }
+  }
+  if (reference && !ada_layers.empty()) {
+    AdaRoundOptions ao;
+    ao.iterations = options.adaround_iterations;
+    ao.samples = options.adaround_samples;
+    ao.progress = options.progress;
+    for (const auto& r : adaround(g, *reference, ada_layers, *calib, ao))
+      result.adaround.emplace_back(r.name, r.mse_nearest, r.mse_adaround);
   }
   // which quantizer parameter belongs to which point, saved with the model
   c10::impl::GenericDict names(c10::StringType::get(), c10::StringType::get());

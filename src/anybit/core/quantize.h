@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <tuple>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +38,10 @@ struct QuantizeOptions {
   int64_t batch_size = 128;
   bool portable = false;  // only stock aten::fake_quantize_* ops: loads without anybit
   bool progress = true;
+  // AdaRound the symmetric int weights after calibration (0 = round to nearest);
+  // see ptq/adaround.h. Needs calibration data.
+  int adaround_iterations = 0;
+  int64_t adaround_samples = 512;
 };
 
 // What one point got: spec, calibrator and the quantizer parameters chosen.
@@ -51,6 +56,8 @@ struct PointReport {
 struct QuantizeResult {
   ModelGraph model;
   std::vector<PointReport> points;
+  // per AdaRounded layer: reconstruction MSE with nearest rounding and with AdaRound
+  std::vector<std::tuple<std::string, double, double>> adaround;
 };
 
 // Resolves the rules on the model's points (same as the first step of quantize).

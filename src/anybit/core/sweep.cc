@@ -42,11 +42,11 @@ std::vector<int> parse_bits_list(const std::string& text, const std::string& fla
 std::string sweep_config(const std::string& method, int w, int a, bool first_last_8bit) {
   std::string act_cal;
   if (method == "minmax") act_cal = "minmax";
-  else if (method == "mse") act_cal = "mse";
+  else if (method == "mse" || method == "adaround") act_cal = "mse";
   else if (method == "percentile") act_cal = "percentile:99.99";
   else if (method == "entropy") act_cal = "entropy";
-  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy)");
-  const std::string wcal = method == "mse" ? "mse" : "minmax";
+  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy, adaround)");
+  const std::string wcal = method == "mse" || method == "adaround" ? "mse" : "minmax";
   std::string c = fmt::format(
       "weight_calibrator: {0}\n"
       "calibrator: {1}\n"
@@ -181,6 +181,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
         qo.calib_batches = o.calib_batches;
         qo.batch_size = o.batch_size;
         qo.progress = false;
+        if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
         QuantizeResult q = quantize(std::move(g), parse_config_string(sweep_config(method, w, a, o.first_last_8bit),
                                                                       "sweep " + method), calib.get(), qo);
         EvalResult e = evaluate(q.model.module, *test, eo, &fm);

@@ -278,7 +278,7 @@ void find_points(ModelGraph& g) {
       if (slot < 0 || slot >= static_cast<int>(n->inputs().size())) continue;
       jit::Value* v = n->input(slot);
       std::string ap;
-      if (!is_tensor(v) || !attr_path(v, self, &ap)) continue;
+      if (!attr_path(v, self, &ap)) continue;  // Optional[Tensor] biases too
       c10::IValue t = resolve_attr(g.module, ap);
       if (!t.isTensor()) continue;
       Point p;

@@ -415,8 +415,9 @@ std::string format_stats(const std::vector<LayerStats>& stats) {
   for (const LayerStats& s : stats) {
     if (s.op != "conv2d" && s.op != "linear" && s.op != "avgpool2d" && s.op != "global_avgpool")
       continue;
+    const bool dot = s.op == "conv2d" || s.op == "linear";
     std::snprintf(line, sizeof line, "%-32s %-15s %5s %14lld %10lld %12.4g %10lld\n",
-                  s.name.c_str(), s.op.c_str(), s.fast_path ? "yes" : "no",
+                  s.name.c_str(), s.op.c_str(), !dot ? "-" : s.fast_path ? "yes" : "no",
                   static_cast<long long>(s.dot_products), static_cast<long long>(s.overflows),
                   s.mean_abs_error(), static_cast<long long>(s.max_abs_error));
     os << line;

@@ -80,8 +80,11 @@ TEST_P(EngineSeed, FastPathMatchesTheReferencePathTensorByTensor) {
   EngineOptions ref;
   ref.path = KernelPath::kReference;
   expect_same_tensors(fast, run_all(b.model, ref, in));
-  for (const LayerStats& s : stats)
-    if (s.op == "conv2d" || s.op == "linear") EXPECT_TRUE(s.fast_path) << s.name;
+  for (const LayerStats& s : stats) {
+    if (s.op == "conv2d" || s.op == "linear") {
+      EXPECT_TRUE(s.fast_path) << s.name;
+    }
+  }
 }
 
 TEST_P(EngineSeed, PerDotProductPathWithTheExactMacMatchesTheFastPath) {
@@ -147,8 +150,8 @@ QuantParams qp(double scale, int32_t z, int32_t lo, int32_t hi) {
 }
 
 TEST(Engine, HandComputedLinearFollowsTheIntegerFormula) {
-  // acc = (10-2)*3 + (20-2)*(-1) + (2-2)*5 + 7 = 24 - 18 + 0 + 7 = 13;  y = 5 + round(13 * 0.25) = 8
-  const Model m = one_linear({3, -1, 5}, 3, 7, qp(0.1, 2, 0, 255), qp(0.2, 5, -128, 127), 0.25);
+  // acc = (10-2)*3 + (20-2)*(-1) + (2-2)*5 + 6 = 24 - 18 + 0 + 6 = 12;  y = 5 + 12 * 0.25 = 8
+  const Model m = one_linear({3, -1, 5}, 3, 6, qp(0.1, 2, 0, 255), qp(0.2, 5, -128, 127), 0.25);
   Engine e(m);
   const auto y = e.run({Tensor::from_int32({1, 3}, {10, 20, 2})});
   EXPECT_EQ(y[0].data, std::vector<int32_t>{8});

@@ -23,6 +23,28 @@ inline void axpy_acc32(int32_t* __restrict out, const T* __restrict col, int32_t
   for (; p < n; ++p) out[p] += wk * static_cast<int32_t>(col[p]);
 }
 
+// The same for four output rows at once: each block of col is loaded once for four
+// weights, which halves the memory traffic of the inner loop.
+template <typename T>
+inline void axpy4_acc32(int32_t* __restrict o0, int32_t* __restrict o1, int32_t* __restrict o2,
+                        int32_t* __restrict o3, const T* __restrict col, int32_t w0, int32_t w1,
+                        int32_t w2, int32_t w3, int64_t n) {
+  int64_t p = 0;
+  for (; p + kBlock <= n; p += kBlock) {
+    for (int64_t j = 0; j < kBlock; ++j) {
+      const int32_t c = col[p + j];
+      o0[p + j] += w0 * c;
+      o1[p + j] += w1 * c;
+      o2[p + j] += w2 * c;
+      o3[p + j] += w3 * c;
+    }
+  }
+  for (; p < n; ++p) {
+    const int32_t c = col[p];
+    o0[p] += w0 * c, o1[p] += w1 * c, o2[p] += w2 * c, o3[p] += w3 * c;
+  }
+}
+
 // sum a[i] * b[i] in kBlock partial sums. Reordering is exact: every partial sum is bounded
 // by sum |a[i] b[i]|, which the caller's bound keeps inside int32.
 template <typename T>
@@ -83,6 +105,19 @@ void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_poin
         const int64_t oc = grp * Og + o;
         int32_t* out = acc + (n * g.out_channels + oc) * P;
         std::fill(out, out + P, bias ? bias[oc] : 0);
+      }
+      int64_t o = 0;
+      for (; o + 4 <= Og; o += 4) {
+        const int64_t oc = grp * Og + o;
+        int32_t* out = acc + (n * g.out_channels + oc) * P;
+        const T* wr = w + oc * K;
+        for (int64_t k = 0; k < K; ++k)
+          axpy4_acc32(out, out + P, out + 2 * P, out + 3 * P, col.data() + k * P, wr[k],
+                      wr[K + k], wr[2 * K + k], wr[3 * K + k], P);
+      }
+      for (; o < Og; ++o) {
+        const int64_t oc = grp * Og + o;
+        int32_t* out = acc + (n * g.out_channels + oc) * P;
         const T* wr = w + oc * K;
         for (int64_t k = 0; k < K; ++k) axpy_acc32(out, col.data() + k * P, wr[k], P);
       }

@@ -37,7 +37,7 @@ ConvCase random_conv(uint64_t seed) {
   } else {
     g.groups = kind == 0 ? 1 : uniform_int(rng, 2, 3);
     g.in_channels = g.groups * uniform_int(rng, 1, 4);
-    g.out_channels = g.groups * uniform_int(rng, 1, 4);
+    g.out_channels = g.groups * uniform_int(rng, 1, 6);
   }
   g.batch = uniform_int(rng, 1, 2);
   do {

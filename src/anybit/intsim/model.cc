@@ -190,18 +190,25 @@ class Obj {
   const std::string& origin_;
 };
 
-// Array file names are relative to the model directory and may not leave it.
-void check_array_file_name(const Obj& o, const char* key, const std::string& file) {
-  if (file.empty()) o.bad(key, "empty file name");
+// Array file names are relative to the model directory and may not leave it. Returns
+// what is wrong with `file`, or "" if nothing.
+std::string array_file_name_problem(const std::string& file) {
+  if (file.empty()) return "empty file name";
   if (file[0] == '/' || file.find('\\') != std::string::npos)
-    o.bad(key, "'" + file + "' must be a relative path inside the model directory");
+    return "'" + file + "' must be a relative path inside the model directory";
   size_t start = 0;
   while (start <= file.size()) {
     const size_t end = std::min(file.find('/', start), file.size());
-    if (file.compare(start, end - start, "..") == 0 && end - start == 2)
-      o.bad(key, "'" + file + "' must not leave the model directory");
+    if (end - start == 2 && file.compare(start, 2, "..") == 0)
+      return "'" + file + "' must not leave the model directory";
     start = end + 1;
   }
+  return "";
+}
+
+void check_array_file_name(const Obj& o, const char* key, const std::string& file) {
+  const std::string problem = array_file_name_problem(file);
+  if (!problem.empty()) o.bad(key, problem);
 }
 
 IntArray load_int_array(const Obj& o, const char* key,
@@ -995,7 +1002,24 @@ std::string manifest_json(const Model& model_in) {
     outputs.push_back(j);
   }
   root["outputs"] = outputs;
-  return root.dump(2) + "\n";
+  // One line per input, op and output: readable in an editor and in a diff, where
+  // nlohmann's indented form would put every per-channel value on a line of its own.
+  std::string text = "{\n";
+  bool first = true;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    text += first ? "" : ",\n";
+    first = false;
+    text += "  " + ojson(it.key()).dump() + ": ";
+    if (it.value().is_array()) {
+      text += "[";
+      for (size_t i = 0; i < it.value().size(); ++i)
+        text += (i ? ",\n    " : "\n    ") + it.value()[i].dump();
+      text += it.value().empty() ? "]" : "\n  ]";
+    } else {
+      text += it.value().dump();
+    }
+  }
+  return text + "\n}\n";
 }
 
 void save_model(const Model& model, const std::string& dir) {
@@ -1006,6 +1030,8 @@ void save_model(const Model& model, const std::string& dir) {
   if (ec) throw Error(dir + ": cannot create directory: " + ec.message());
   std::set<std::string> written;
   auto write_array = [&](const IntArray& a, const std::string& what) {
+    const std::string problem = array_file_name_problem(a.file);
+    if (!problem.empty()) throw Error(dir + ": " + what + ": " + problem);
     if (!written.insert(a.file).second)
       throw Error(dir + ": two arrays would be saved as '" + a.file + "'");
     const std::string path = dir + "/" + a.file;

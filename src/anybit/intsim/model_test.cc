@@ -86,8 +86,8 @@ TEST(ModelFormat, ManifestIsPlainJsonWithTheDocumentedKeys) {
     EXPECT_TRUE(conv.contains(key)) << key;
   EXPECT_EQ(j["ops"][2]["op"], "add");
   EXPECT_EQ(j["ops"][2]["input_m0"].size(), 2u);
-  EXPECT_TRUE(std::filesystem::exists(dir.file("layer11.fc.weight.npy")));
-  EXPECT_EQ(read_npy(dir.file("layer11.fc.weight.npy")).dtype, DType::kInt16);
+  EXPECT_TRUE(std::filesystem::exists(dir.file("layer10.fc.weight.npy")));
+  EXPECT_EQ(read_npy(dir.file("layer10.fc.weight.npy")).dtype, DType::kInt16);
 }
 
 // A small hand-written model (conv2d -> relu -> flatten -> linear) that each test below
@@ -358,6 +358,14 @@ TEST(ModelFormat, SaveRefusesAnInvalidModel) {
   m.ops[0].weight.data[0] = 1000;  // outside its int8 range
   EXPECT_THROW(save_model(m, dir.path()), Error);
   EXPECT_FALSE(std::filesystem::exists(dir.file("manifest.json")));
+}
+
+TEST(ModelFormat, SaveRefusesArrayFileNamesOutsideTheDirectory) {
+  TempDir dir("model_escape");
+  Model m = model_with_every_op(5);
+  m.ops[0].weight.file = "../escaped.npy";
+  EXPECT_THROW(save_model(m, dir.path()), Error);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/../escaped.npy"));
 }
 
 TEST(ModelFormat, ArrayFileNamesComeFromOpNamesAndStayUnique) {

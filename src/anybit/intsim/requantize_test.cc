@@ -144,6 +144,18 @@ TEST(RequantizeDyadic, IsWithinOneOfTheExactlyRoundedRealProduct) {
   }
 }
 
+// gemmlowp rounds twice: 13 * 0.25 = 3.25 becomes round_half_up(6.5) = 7 after the high
+// multiply, then round_half_away(7 / 2) = 4, where a single rounding gives 3. Bit-exact
+// simulators must reproduce this, which is why there is one requantize_dyadic for all.
+TEST(RequantizeDyadic, RoundsTwiceLikeGemmlowpSoAQuarterCanRoundUp) {
+  const DyadicMultiplier quarter = quantize_multiplier(0.25);
+  EXPECT_EQ(requantize_dyadic(13, quarter, 0, kMin, kMax), 4);
+  EXPECT_EQ(requantize_dyadic_reference(13, quarter, 0, kMin, kMax), 4);
+  EXPECT_EQ(requantize_dyadic(12, quarter, 0, kMin, kMax), 3);
+  EXPECT_EQ(requantize_dyadic(-13, quarter, 0, kMin, kMax), -3);  // -6.5 -> -6, -3 -> -3
+  EXPECT_EQ(requantize_dyadic(-14, quarter, 0, kMin, kMax), -4);  // -3.5 away from zero
+}
+
 TEST(RequantizeDyadic, UnitMultiplierIsTheIdentityAndClampsToTheRange) {
   const DyadicMultiplier one = quantize_multiplier(1.0);
   for (int64_t acc = -100000; acc <= 100000; acc += 7) EXPECT_EQ(requantize_dyadic(acc, one, 0, kMin, kMax), acc);

@@ -106,15 +106,41 @@ int fold_batch_norm(ModelGraph& g) {
     at::Tensor W2 = (W.to(at::kDouble) * k.reshape(kshape)).to(W.scalar_type());
     at::Tensor b2 = ((b - mean) * k + beta).to(W.scalar_type());
     assign(g.module, wpath, W2.detach().requires_grad_(W.requires_grad()));
-    std::string bias_name = "anybit_folded__";
-    for (char c : wpath) bias_name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-    bias_name += "__bias";
-    if (g.module.hasattr(bias_name)) continue;
-    g.module.register_parameter(bias_name, b2.detach(), false);
-    {
+    // The folded bias goes into the conv's own `bias` slot when its type allows a tensor
+    // (nn.Conv2d(bias=False) in a scripted model: Optional[Tensor]), so the point keeps
+    // the user's name `stem.0.bias`; otherwise it becomes a new parameter of the root.
+    const size_t wdot = wpath.rfind('.');
+    const std::string owner_path = wdot == std::string::npos ? "" : wpath.substr(0, wdot);
+    c10::IValue owner = owner_path.empty() ? g.module._ivalue() : resolve(g.module, owner_path);
+    auto owner_type = owner.toObject()->type();
+    std::string bias_path;
+    if (has_bias) {
+      bias_path = bpath;
+    } else if (owner_type->hasAttribute("bias") &&
+               (owner_type->getAttribute("bias")->kind() == c10::TypeKind::OptionalType ||
+                owner_type->getAttribute("bias")->kind() == c10::TypeKind::TensorType)) {
+      bias_path = (owner_path.empty() ? "" : owner_path + ".") + "bias";
+    }
+    if (!bias_path.empty()) {
+      assign(g.module, bias_path, b2.detach());
       jit::WithInsertPoint guard(conv);
-      jit::Value* nb = graph.insertGetAttr(self, bias_name);
-      conv->replaceInput(2, nb);
+      jit::Value* v = self;
+      size_t start = 0;
+      for (;;) {
+        const size_t dot = bias_path.find('.', start);
+        v = graph.insertGetAttr(v, bias_path.substr(start, dot == std::string::npos ? dot : dot - start));
+        if (dot == std::string::npos) break;
+        start = dot + 1;
+      }
+      conv->replaceInput(2, v);
+    } else {
+      std::string bias_name = "anybit_folded__";
+      for (char c : wpath) bias_name += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      bias_name += "__bias";
+      if (g.module.hasattr(bias_name)) continue;
+      g.module.register_parameter(bias_name, b2.detach(), false);
+      jit::WithInsertPoint guard(conv);
+      conv->replaceInput(2, graph.insertGetAttr(self, bias_name));
     }
     bn->output()->replaceAllUsesWith(conv->output());
     to_destroy.push_back(bn);

@@ -1,0 +1,215 @@
+// AdaRound; see adaround.h for the objective and its source.
+#include "anybit/ptq/adaround.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/optim/adam.h>
+
+#include <cmath>
+
+#include "anybit/core/quantize.h"
+#include "anybit/data/progress.h"
+
+namespace anybit {
+namespace jit = torch::jit;
+
+namespace {
+
+constexpr double kZeta = 1.1, kGamma = -0.1;
+
+c10::IValue resolve(const jit::Module& m, const std::string& path) {
+  c10::IValue cur = m._ivalue();
+  for (size_t start = 0;;) {
+    const size_t dot = path.find('.', start);
+    cur = cur.toObject()->getAttr(path.substr(start, dot == std::string::npos ? dot : dot - start));
+    if (dot == std::string::npos) return cur;
+    start = dot + 1;
+  }
+}
+
+void assign(jit::Module& m, const std::string& path, const at::Tensor& t) {
+  const size_t dot = path.rfind('.');
+  c10::IValue owner = dot == std::string::npos ? m._ivalue() : resolve(m, path.substr(0, dot));
+  owner.toObject()->setAttr(path.substr(dot == std::string::npos ? 0 : dot + 1), t);
+}
+
+bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
+  std::vector<std::string> names;
+  while (v != self) {
+    jit::Node* n = v->node();
+    if (n->kind() != c10::prim::GetAttr) return false;
+    names.push_back(n->s(c10::attr::name));
+    v = n->input(0);
+  }
+  std::string p;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
+  *out = p;
+  return true;
+}
+
+// Runs the graph on the first `samples` calibration inputs and returns the values `vals`
+// took, concatenated over batches. The graph's output is swapped for a tuple while the
+// capture function is built (it copies the graph), then restored.
+std::vector<at::Tensor> capture(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
+                                int64_t samples, int64_t batch) {
+  jit::Graph& graph = *g.graph;
+  jit::Value* orig = graph.outputs().at(0);
+  std::vector<jit::Value*> all = {orig};
+  all.insert(all.end(), vals.begin(), vals.end());
+  jit::Node* tup;
+  {
+    jit::WithInsertPoint guard(graph.return_node());
+    tup = graph.insertNode(graph.createTuple(all));
+  }
+  graph.eraseOutput(0);
+  graph.registerOutput(tup->output());
+  std::vector<std::vector<at::Tensor>> parts(vals.size());
+  std::exception_ptr err;
+  try {
+    jit::GraphFunction fn("anybit_capture", g.graph, nullptr);
+    torch::NoGradGuard no_grad;
+    const int64_t n = std::min(samples, data.size());
+    for (int64_t b = 0; b < n; b += batch) {
+      auto bt = data.batch(b, std::min(batch, n - b));
+      jit::Stack stack{g.module._ivalue(), bt.first};
+      fn.run(stack);
+      auto elems = stack.back().toTuple()->elements();
+      for (size_t i = 0; i < vals.size(); ++i) parts[i].push_back(elems[1 + i].toTensor());
+    }
+  } catch (...) {
+    err = std::current_exception();
+  }
+  graph.eraseOutput(0);
+  graph.registerOutput(orig);
+  tup->destroy();
+  if (err) std::rethrow_exception(err);
+  std::vector<at::Tensor> out;
+  for (auto& p : parts) out.push_back(at::cat(p));
+  return out;
+}
+
+// The layer's own op, re-run with another weight. Returns false for ops whose
+// hyper-parameters are not constants.
+struct LayerOp {
+  std::string kind;
+  std::vector<c10::IValue> args;  // constant arguments after (input, weight, bias)
+  at::Tensor bias;
+
+  bool init(jit::Node* n, const jit::Module& ref, jit::Value* ref_self, jit::Node* fnode) {
+    kind = n->kind().toQualString();
+    size_t nargs;
+    if (kind == "aten::linear") nargs = 0;
+    else if (kind == "aten::conv1d" || kind == "aten::conv2d" || kind == "aten::conv3d") nargs = 4;
+    else if (kind == "aten::_convolution") nargs = 10;
+    else return false;
+    for (size_t i = 3; i < 3 + nargs; ++i) {
+      auto iv = jit::toIValue(n->input(i));
+      if (!iv) return false;
+      args.push_back(*iv);
+    }
+    if (kind != "aten::linear" && kind != "aten::_convolution" && !args[1].isIntList()) return false;  // padding='same'
+    jit::Value* bv = fnode->input(2);
+    std::string bp;
+    if (bv->type()->kind() != c10::TypeKind::NoneType && attr_path(bv, ref_self, &bp)) {
+      c10::IValue b = resolve(ref, bp);
+      if (b.isTensor()) bias = b.toTensor().detach();
+    }
+    return true;
+  }
+
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& w) const {
+    const c10::optional<at::Tensor> b = bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
+    if (kind == "aten::linear") return at::linear(x, w, b);
+    if (kind == "aten::_convolution")
+      return at::convolution(x, w, b, args[0].toIntVector(), args[1].toIntVector(), args[2].toIntVector(),
+                             args[3].toBool(), args[4].toIntVector(), args[5].toInt());
+    auto st = args[0].toIntVector(), pd = args[1].toIntVector(), dl = args[2].toIntVector();
+    const int64_t groups = args[3].toInt();
+    if (kind == "aten::conv1d") return at::conv1d(x, w, b, st, pd, dl, groups);
+    if (kind == "aten::conv3d") return at::conv3d(x, w, b, st, pd, dl, groups);
+    return at::conv2d(x, w, b, st, pd, dl, groups);
+  }
+};
+
+at::Tensor recon_mse(const LayerOp& op, const at::Tensor& xq, const at::Tensor& yfp, const at::Tensor& w) {
+  torch::NoGradGuard no_grad;
+  double total = 0;
+  const int64_t n = xq.size(0);
+  for (int64_t b = 0; b < n; b += 128) {
+    const int64_t k = std::min<int64_t>(128, n - b);
+    total += (op(xq.narrow(0, b, k), w) - yfp.narrow(0, b, k)).pow(2).sum().item<double>();
+  }
+  return at::full({}, total / n);
+}
+
+}  // namespace
+
+std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector<AdaRoundLayer> layers,
+                                     const DataSource& calib, const AdaRoundOptions& o) {
+  std::vector<AdaRoundReport> reports;
+  jit::Value* qself = q.graph->inputs().at(0);
+  jit::Value* rself = ref.graph->inputs().at(0);
+  (void)qself;
+  // float targets for every layer at once
+  std::vector<jit::Value*> fouts;
+  for (const auto& l : layers) fouts.push_back(l.fnode->output());
+  std::vector<at::Tensor> targets = capture(ref, fouts, calib, o.samples, 128);
+  data::ProgressBar bar("adaround", static_cast<int64_t>(layers.size()) * o.iterations, o.progress);
+  at::Generator gen = at::detail::createCPUGenerator(0);
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const AdaRoundLayer& L = layers[li];
+    LayerOp op;
+    if (!op.init(L.qnode, ref.module, rself, L.fnode)) continue;
+    // the layer's input in the quantized model, earlier layers already rounded
+    at::Tensor xq = capture(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
+    const at::Tensor& yfp = targets[li];
+    at::Tensor W = resolve(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
+    std::vector<int64_t> sshape(W.dim(), 1);
+    if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
+    at::Tensor s = L.scale.detach().to(at::kFloat).reshape(sshape);
+    at::Tensor Wf = W / s;
+    at::Tensor Wfloor = Wf.floor();
+    at::Tensor rest = Wf - Wfloor;
+    // h(V) = rest at the start: V = -log((zeta - gamma) / (rest - gamma) - 1)
+    at::Tensor V = (-(((kZeta - kGamma) / (rest - kGamma)) - 1).log()).detach().requires_grad_(true);
+    torch::optim::Adam adam({V}, torch::optim::AdamOptions(o.learning_rate));
+    const int64_t n = xq.size(0);
+    const int warmup = o.iterations / 5;
+    for (int it = 0; it < o.iterations; ++it) {
+      at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
+      at::Tensor h = (at::sigmoid(V) * (kZeta - kGamma) + kGamma).clamp(0, 1);
+      at::Tensor Ws = s * (Wfloor + h).clamp(static_cast<double>(L.qmin), static_cast<double>(L.qmax));
+      at::Tensor out = op(xq.index_select(0, idx), Ws);
+      at::Tensor loss = (out - yfp.index_select(0, idx)).pow(2).flatten(1).sum(1).mean();
+      if (it >= warmup) {
+        // beta anneals from 20 to 2 over the rest of the run (AdaRound, section 4)
+        const double t = static_cast<double>(it - warmup) / std::max(1, o.iterations - warmup);
+        const double beta = 2 + 0.5 * (20 - 2) * (1 + std::cos(t * M_PI));
+        loss = loss + o.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum();
+      }
+      adam.zero_grad();
+      loss.backward();
+      adam.step();
+      bar.update(static_cast<int64_t>(li) * o.iterations + it + 1);
+    }
+    torch::NoGradGuard no_grad;
+    at::Tensor Whard = s * (Wfloor + (V >= 0).to(at::kFloat)).clamp(static_cast<double>(L.qmin),
+                                                                     static_cast<double>(L.qmax));
+    at::Tensor Wnear = s * Wf.round().clamp(static_cast<double>(L.qmin), static_cast<double>(L.qmax));
+    AdaRoundReport r;
+    r.name = L.name;
+    r.mse_nearest = recon_mse(op, xq, yfp, Wnear).item<double>();
+    r.mse_adaround = recon_mse(op, xq, yfp, Whard).item<double>();
+    // never worse than round-to-nearest on the objective: keep the better rounding
+    if (r.mse_adaround <= r.mse_nearest) {
+      assign(q.module, L.weight_path, Whard.to(W.scalar_type()));
+    } else {
+      r.mse_adaround = r.mse_nearest;
+    }
+    reports.push_back(r);
+  }
+  bar.finish();
+  return reports;
+}
+
+}  // namespace anybit
