@@ -551,14 +551,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     if (a.spec.is_float()) continue;
     Params P;
     if (p.role == Role::kWeight || p.role == Role::kBias) {
-      c10::IValue cur = g.module._ivalue();
-      for (size_t start = 0;;) {
-        const size_t dot = p.attr_path.find('.', start);
-        cur = cur.toObject()->getAttr(p.attr_path.substr(start, dot == std::string::npos ? dot : dot - start));
-        if (dot == std::string::npos) break;
-        start = dot + 1;
-      }
-      P = weight_params(a.spec, a.calibrator, cur.toTensor(), p.channel_axis, p.name);
+      P = weight_params(a.spec, a.calibrator, resolve_attr(g.module, p.attr_path).toTensor(), p.channel_axis,
+                        p.name);
     } else if (a.spec.scheme == Scheme::kFixed || a.spec.scheme == Scheme::kUFixed) {
       float s, z;
       uniform_from_range(a.spec, 0, 0, &s, &z);

@@ -23,6 +23,40 @@ const char* role_name(Role r) {
   return "?";
 }
 
+// The attribute path of a value produced by a chain of prim::GetAttr from `self`.
+bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
+  std::vector<std::string> names;
+  while (v != self) {
+    jit::Node* n = v->node();
+    if (n->kind() != c10::prim::GetAttr) return false;
+    names.push_back(n->s(c10::attr::name));
+    v = n->input(0);
+  }
+  std::string p;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
+  *out = p;
+  return true;
+}
+
+c10::IValue resolve_attr(const jit::Module& m, const std::string& path) {
+  c10::IValue cur = m._ivalue();
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t dot = path.find('.', start);
+    std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    cur = cur.toObject()->getAttr(name);
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return cur;
+}
+
+void assign_attr(jit::Module& m, const std::string& path, const at::Tensor& t) {
+  const size_t dot = path.rfind('.');
+  c10::IValue owner = dot == std::string::npos ? m._ivalue() : resolve_attr(m, path.substr(0, dot));
+  owner.toObject()->setAttr(path.substr(dot == std::string::npos ? 0 : dot + 1), t);
+}
+
 const Point* ModelGraph::find(const std::string& name) const {
   for (const auto& p : points)
     if (p.name == name) return &p;
@@ -59,34 +93,6 @@ const std::unordered_map<std::string, std::string>& op_kinds() {
 }
 
 bool is_tensor(const jit::Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
-
-// The attribute path of a value produced by a chain of prim::GetAttr from `self`.
-bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
-  std::vector<std::string> names;
-  while (v != self) {
-    jit::Node* n = v->node();
-    if (n->kind() != c10::prim::GetAttr) return false;
-    names.push_back(n->s(c10::attr::name));
-    v = n->input(0);
-  }
-  std::string p;
-  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
-  *out = p;
-  return true;
-}
-
-c10::IValue resolve_attr(const jit::Module& m, const std::string& path) {
-  c10::IValue cur = m._ivalue();
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t dot = path.find('.', start);
-    std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    cur = cur.toObject()->getAttr(name);
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  return cur;
-}
 
 struct ModuleInfo {
   std::string path;

@@ -49,6 +49,13 @@ void specialize_fixed_ifs(ModelGraph& g, bool include_training);
 // Re-scan an already analyzed graph (after a rewrite the handles change).
 void find_points(ModelGraph& g);
 
+// Attribute paths: the chain of prim::GetAttr from `self` that produces v
+// ("layer1.conv1.weight"); false if v is not such a chain.
+bool attr_path(torch::jit::Value* v, torch::jit::Value* self, std::string* out);
+// The value at an attribute path of the module, and assignment to it.
+c10::IValue resolve_attr(const torch::jit::Module& m, const std::string& path);
+void assign_attr(torch::jit::Module& m, const std::string& path, const at::Tensor& t);
+
 // Drops forward's cached optimized graphs after an edit. An executor already built by
 // running forward keeps its plan in LibTorch 1.13, so anybit edits graphs before any run.
 void invalidate_plan(ModelGraph& g);

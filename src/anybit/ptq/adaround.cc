@@ -17,35 +17,8 @@ namespace {
 
 constexpr double kZeta = 1.1, kGamma = -0.1;
 
-c10::IValue resolve(const jit::Module& m, const std::string& path) {
-  c10::IValue cur = m._ivalue();
-  for (size_t start = 0;;) {
-    const size_t dot = path.find('.', start);
-    cur = cur.toObject()->getAttr(path.substr(start, dot == std::string::npos ? dot : dot - start));
-    if (dot == std::string::npos) return cur;
-    start = dot + 1;
-  }
-}
 
-void assign(jit::Module& m, const std::string& path, const at::Tensor& t) {
-  const size_t dot = path.rfind('.');
-  c10::IValue owner = dot == std::string::npos ? m._ivalue() : resolve(m, path.substr(0, dot));
-  owner.toObject()->setAttr(path.substr(dot == std::string::npos ? 0 : dot + 1), t);
-}
 
-bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
-  std::vector<std::string> names;
-  while (v != self) {
-    jit::Node* n = v->node();
-    if (n->kind() != c10::prim::GetAttr) return false;
-    names.push_back(n->s(c10::attr::name));
-    v = n->input(0);
-  }
-  std::string p;
-  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
-  *out = p;
-  return true;
-}
 
 // Runs the graph on the first `samples` calibration inputs and returns the values `vals`
 // took, concatenated over batches. The graph's output is swapped for a tuple while the
@@ -111,7 +84,7 @@ struct LayerOp {
     jit::Value* bv = fnode->input(2);
     std::string bp;
     if (bv->type()->kind() != c10::TypeKind::NoneType && attr_path(bv, ref_self, &bp)) {
-      c10::IValue b = resolve(ref, bp);
+      c10::IValue b = resolve_attr(ref, bp);
       if (b.isTensor()) bias = b.toTensor().detach();
     }
     return true;
@@ -163,7 +136,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     // the layer's input in the quantized model, earlier layers already rounded
     at::Tensor xq = capture(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
     const at::Tensor& yfp = targets[li];
-    at::Tensor W = resolve(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
+    at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
     std::vector<int64_t> sshape(W.dim(), 1);
     if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
     at::Tensor s = L.scale.detach().to(at::kFloat).reshape(sshape);
@@ -202,7 +175,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     r.mse_adaround = recon_mse(op, xq, yfp, Whard).item<double>();
     // never worse than round-to-nearest on the objective: keep the better rounding
     if (r.mse_adaround <= r.mse_nearest) {
-      assign(q.module, L.weight_path, Whard.to(W.scalar_type()));
+      assign_attr(q.module, L.weight_path, Whard.to(W.scalar_type()));
     } else {
       r.mse_adaround = r.mse_nearest;
     }

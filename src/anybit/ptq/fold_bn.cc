@@ -15,35 +15,8 @@ namespace jit = torch::jit;
 
 namespace {
 
-c10::IValue resolve(const jit::Module& m, const std::string& path) {
-  c10::IValue cur = m._ivalue();
-  for (size_t start = 0;;) {
-    const size_t dot = path.find('.', start);
-    cur = cur.toObject()->getAttr(path.substr(start, dot == std::string::npos ? dot : dot - start));
-    if (dot == std::string::npos) return cur;
-    start = dot + 1;
-  }
-}
 
-void assign(jit::Module& m, const std::string& path, const at::Tensor& t) {
-  const size_t dot = path.rfind('.');
-  c10::IValue owner = dot == std::string::npos ? m._ivalue() : resolve(m, path.substr(0, dot));
-  owner.toObject()->setAttr(path.substr(dot == std::string::npos ? 0 : dot + 1), t);
-}
 
-bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
-  std::vector<std::string> names;
-  while (v != self) {
-    jit::Node* n = v->node();
-    if (n->kind() != c10::prim::GetAttr) return false;
-    names.push_back(n->s(c10::attr::name));
-    v = n->input(0);
-  }
-  std::string p;
-  for (auto it = names.rbegin(); it != names.rend(); ++it) p += (p.empty() ? "" : ".") + *it;
-  *out = p;
-  return true;
-}
 
 bool is_none(jit::Value* v) { return v->type()->kind() == c10::TypeKind::NoneType; }
 
@@ -76,7 +49,7 @@ int fold_batch_norm(ModelGraph& g) {
     if (auto tr = jit::toIValue(bn->input(5)); tr && tr->isBool()) {
       training = tr->toBool();
     } else if (std::string tp; attr_path(bn->input(5), self, &tp)) {
-      c10::IValue v = resolve(g.module, tp);
+      c10::IValue v = resolve_attr(g.module, tp);
       training = !v.isBool() || v.toBool();
     }
     if (training) continue;
@@ -90,28 +63,28 @@ int fold_batch_norm(ModelGraph& g) {
     if (has_beta && !attr_path(bn->input(2), self, &betapath)) continue;
     bool has_bias = !is_none(conv->input(2));
     if (has_bias && !attr_path(conv->input(2), self, &bpath)) continue;
-    if (has_bias && resolve(g.module, bpath).isNone()) has_bias = false;  // Optional[Tensor] = None
+    if (has_bias && resolve_attr(g.module, bpath).isNone()) has_bias = false;  // Optional[Tensor] = None
 
     torch::NoGradGuard no_grad;
-    at::Tensor W = resolve(g.module, wpath).toTensor();
-    at::Tensor mean = resolve(g.module, mpath).toTensor().to(at::kDouble);
-    at::Tensor var = resolve(g.module, vpath).toTensor().to(at::kDouble);
+    at::Tensor W = resolve_attr(g.module, wpath).toTensor();
+    at::Tensor mean = resolve_attr(g.module, mpath).toTensor().to(at::kDouble);
+    at::Tensor var = resolve_attr(g.module, vpath).toTensor().to(at::kDouble);
     const int64_t C = W.size(0);
-    at::Tensor gamma = has_gamma ? resolve(g.module, gpath).toTensor().to(at::kDouble) : at::ones({C}, at::kDouble);
-    at::Tensor beta = has_beta ? resolve(g.module, betapath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
-    at::Tensor b = has_bias ? resolve(g.module, bpath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
+    at::Tensor gamma = has_gamma ? resolve_attr(g.module, gpath).toTensor().to(at::kDouble) : at::ones({C}, at::kDouble);
+    at::Tensor beta = has_beta ? resolve_attr(g.module, betapath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
+    at::Tensor b = has_bias ? resolve_attr(g.module, bpath).toTensor().to(at::kDouble) : at::zeros({C}, at::kDouble);
     at::Tensor k = gamma / (var + eps->toDouble()).sqrt();
     std::vector<int64_t> kshape(W.dim(), 1);
     kshape[0] = C;
     at::Tensor W2 = (W.to(at::kDouble) * k.reshape(kshape)).to(W.scalar_type());
     at::Tensor b2 = ((b - mean) * k + beta).to(W.scalar_type());
-    assign(g.module, wpath, W2.detach().requires_grad_(W.requires_grad()));
+    assign_attr(g.module, wpath, W2.detach().requires_grad_(W.requires_grad()));
     // The folded bias goes into the conv's own `bias` slot when its type allows a tensor
     // (nn.Conv2d(bias=False) in a scripted model: Optional[Tensor]), so the point keeps
     // the user's name `stem.0.bias`; otherwise it becomes a new parameter of the root.
     const size_t wdot = wpath.rfind('.');
     const std::string owner_path = wdot == std::string::npos ? "" : wpath.substr(0, wdot);
-    c10::IValue owner = owner_path.empty() ? g.module._ivalue() : resolve(g.module, owner_path);
+    c10::IValue owner = owner_path.empty() ? g.module._ivalue() : resolve_attr(g.module, owner_path);
     auto owner_type = owner.toObject()->type();
     std::string bias_path;
     if (has_bias) {
@@ -122,7 +95,7 @@ int fold_batch_norm(ModelGraph& g) {
       bias_path = (owner_path.empty() ? "" : owner_path + ".") + "bias";
     }
     if (!bias_path.empty()) {
-      assign(g.module, bias_path, b2.detach());
+      assign_attr(g.module, bias_path, b2.detach());
       jit::WithInsertPoint guard(conv);
       jit::Value* v = self;
       size_t start = 0;
