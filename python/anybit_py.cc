@@ -9,6 +9,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
+#include "anybit/ptq/fold_bn.h"
 
 #include <cstring>
 
@@ -39,12 +40,13 @@ py::list points(const std::string& model_path) {
 py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
-                  const std::string& out_path) {
+                  const std::string& out_path, bool fold_bn, int adaround) {
   std::vector<anybit::PointReport> pts;
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
     anybit::ModelGraph g = anybit::load_model(model_path);
+    if (fold_bn) anybit::fold_batch_norm(g);
     if (dry_run) {
       pts = anybit::plan(g, c);
     } else {
@@ -55,6 +57,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
       o.batch_size = batch_size;
       o.portable = portable;
       o.progress = true;
+      o.adaround_iterations = adaround;
       anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
       anybit::save_module(q.model.module, out_path);
       pts = q.points;
@@ -120,8 +123,9 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
 py::list sweep(const std::vector<std::string>& models, const std::vector<std::pair<int, int>>& pairs,
                const std::vector<std::string>& methods, const std::string& calib_data,
                const std::string& eval_data, int64_t calib_batches, bool fold_bn, bool first_last_8bit,
-               const std::string& out_dir, bool resume) {
+               const std::string& out_dir, bool resume, int adaround_iterations) {
   anybit::SweepOptions o;
+  o.adaround_iterations = adaround_iterations;
   o.models = models;
   o.pairs = pairs;
   o.methods = methods;
@@ -170,12 +174,12 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("points", &points, py::arg("model_path"));
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
-        py::arg("dry_run"), py::arg("out_path"));
+        py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"));
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"));
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
         py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
-        py::arg("out_dir"), py::arg("resume"));
+        py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"));
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

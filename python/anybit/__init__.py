@@ -121,18 +121,20 @@ def points(model, example_inputs=None):
         return _anybit.points(_save(model, example_inputs, d))
 
 
-def plan(model, config, example_inputs=None):
+def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
-        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "")
+        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "", fold_bn, 0)
 
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
-             portable=False, return_report=False):
+             portable=False, return_report=False, fold_bn=False, adaround=0):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
-    data spec string such as 'fmnist::train'). Returns the quantized ScriptModule."""
+    data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
+    adaround=N learns the rounding of int weights for N iterations per layer (docs/ptq.md).
+    Returns the quantized ScriptModule."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
         src = _save(model, example_inputs, d)
@@ -141,7 +143,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             batch_size = batch_size or bs
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
-        report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out)
+        report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
+                                  fold_bn, adaround)
         qm = torch.jit.load(out)
     return (qm, report) if return_report else qm
 
@@ -157,8 +160,9 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
-          first_last_8bit=False, resume=False):
-    """Post-training quantization at every (weight, activation) bit pair and method, like
+          first_last_8bit=False, resume=False, adaround_iterations=3000):
+    """Post-training quantization at every (weight, activation) bit pair and method
+    (minmax, mse, percentile, entropy, adaround), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
     `models` are TorchScript files or modules (saved into out_dir)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -171,7 +175,7 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
             paths.append(_save(m, None, out_dir, f"{name}_{i}.pt"))
     pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
     return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
-                         fold_bn, first_last_8bit, os.fspath(out_dir), resume)
+                         fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations)
 
 
 def quantizer_outputs(qmodel, x):

@@ -182,3 +182,13 @@ def test_pip_install_into_a_virtualenv_without_network():
         assert r.returncode == 0, r.stderr[-2000:]
         where, count = r.stdout.split()
         assert "site-packages" in where and count == "42"
+
+
+def test_fold_bn_and_adaround_from_python():
+    cfg = {"weight_calibrator": "mse", "rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int3:per_channel"}]}
+    plan = anybit.plan(torch.jit.load(FMNIST), cfg, fold_bn=True)
+    assert not any(p["kind"] == "bn" for p in plan)
+    qm = anybit.quantize(torch.jit.load(FMNIST), cfg, calib_data="fmnist::train:limit=128", calib_batches=1,
+                         batch_size=128, fold_bn=True, adaround=50)
+    x = torch.rand(4, 1, 28, 28)
+    assert qm(x).shape == (4, 10)

@@ -15,7 +15,7 @@ struct SweepOptions {
   std::vector<std::string> models;
   std::vector<std::pair<int, int>> pairs;  // (weight bits, activation bits)
   std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround
-  int adaround_iterations = 500;
+  int adaround_iterations = 3000;
   std::string calib_data = "fmnist::train";
   std::string eval_data = "fmnist::test";
   int64_t calib_batches = 8;

@@ -23,7 +23,7 @@ namespace anybit {
 class DataSource;
 
 struct AdaRoundOptions {
-  int iterations = 500;
+  int iterations = 3000;
   int64_t batch_size = 32;    // samples per optimization step
   int64_t samples = 512;      // calibration samples whose activations are kept
   double learning_rate = 1e-3;
