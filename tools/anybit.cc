@@ -108,7 +108,7 @@ struct Common {
   int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
   std::string eval_data;
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
-  bool fold_bn = false;
+  bool fold_bn = false, bias_correction = false;
   int adaround = 0;
   int threads = 0;
 };
@@ -150,6 +150,7 @@ int cmd_quantize(const Common& c) {
   opt.portable = c.portable;
   opt.progress = progress_on(c);
   opt.adaround_iterations = c.adaround;
+  opt.bias_correction = c.bias_correction;
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
@@ -258,6 +259,7 @@ int main(int argc, char** argv) {
   quant->add_flag("--fold-bn", c.fold_bn, "fold BatchNorm into the preceding convs before quantizing");
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
+  quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");

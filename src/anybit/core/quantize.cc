@@ -28,6 +28,7 @@
 #include "anybit/data/dataset.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/adaround.h"
+#include "anybit/ptq/bias_correction.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -487,8 +488,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   jit::Graph& graph = *g.graph;
   // the float model AdaRound reconstructs, taken before any rewrite
   std::unique_ptr<ModelGraph> reference;
-  if (options.adaround_iterations > 0) {
-    if (!calib) throw Error("AdaRound needs calibration data (--data)");
+  if (options.adaround_iterations > 0 || options.bias_correction) {
+    if (!calib) throw Error("AdaRound and bias correction need calibration data (--data)");
     reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
   }
   std::vector<AdaRoundLayer> ada_layers;
@@ -563,7 +564,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       P = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), p.name);
     }
     install(g, p, a.spec, P, options.portable, &result.points[i]);
-    if (reference && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
+    if (reference && options.adaround_iterations > 0 && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
       const Point* fp = reference->find(p.name);
       if (fp && fp->node) {
@@ -588,6 +589,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     for (const auto& r : adaround(g, *reference, ada_layers, *calib, ao))
       result.adaround.emplace_back(r.name, r.mse_nearest, r.mse_adaround);
   }
+  if (reference && options.bias_correction) correct_bias(g, *reference, *calib, options.adaround_samples);
   // which quantizer parameter belongs to which point, saved with the model
   c10::impl::GenericDict names(c10::StringType::get(), c10::StringType::get());
   for (const auto& r : result.points)

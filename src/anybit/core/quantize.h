@@ -42,6 +42,8 @@ struct QuantizeOptions {
   // see ptq/adaround.h. Needs calibration data.
   int adaround_iterations = 0;
   int64_t adaround_samples = 512;
+  // empirical bias correction after weight quantization (ptq/bias_correction.h)
+  bool bias_correction = false;
 };
 
 // What one point got: spec, calibrator and the quantizer parameters chosen.

@@ -9,6 +9,7 @@
 
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
+#include "anybit/ptq/capture.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -19,47 +20,6 @@ constexpr double kZeta = 1.1, kGamma = -0.1;
 
 
 
-
-// Runs the graph on the first `samples` calibration inputs and returns the values `vals`
-// took, concatenated over batches. The graph's output is swapped for a tuple while the
-// capture function is built (it copies the graph), then restored.
-std::vector<at::Tensor> capture(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
-                                int64_t samples, int64_t batch) {
-  jit::Graph& graph = *g.graph;
-  jit::Value* orig = graph.outputs().at(0);
-  std::vector<jit::Value*> all = {orig};
-  all.insert(all.end(), vals.begin(), vals.end());
-  jit::Node* tup;
-  {
-    jit::WithInsertPoint guard(graph.return_node());
-    tup = graph.insertNode(graph.createTuple(all));
-  }
-  graph.eraseOutput(0);
-  graph.registerOutput(tup->output());
-  std::vector<std::vector<at::Tensor>> parts(vals.size());
-  std::exception_ptr err;
-  try {
-    jit::GraphFunction fn("anybit_capture", g.graph, nullptr);
-    torch::NoGradGuard no_grad;
-    const int64_t n = std::min(samples, data.size());
-    for (int64_t b = 0; b < n; b += batch) {
-      auto bt = data.batch(b, std::min(batch, n - b));
-      jit::Stack stack{g.module._ivalue(), bt.first};
-      fn.run(stack);
-      auto elems = stack.back().toTuple()->elements();
-      for (size_t i = 0; i < vals.size(); ++i) parts[i].push_back(elems[1 + i].toTensor());
-    }
-  } catch (...) {
-    err = std::current_exception();
-  }
-  graph.eraseOutput(0);
-  graph.registerOutput(orig);
-  tup->destroy();
-  if (err) std::rethrow_exception(err);
-  std::vector<at::Tensor> out;
-  for (auto& p : parts) out.push_back(at::cat(p));
-  return out;
-}
 
 // The layer's own op, re-run with another weight. Returns false for ops whose
 // hyper-parameters are not constants.
@@ -126,7 +86,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
   // float targets for every layer at once
   std::vector<jit::Value*> fouts;
   for (const auto& l : layers) fouts.push_back(l.fnode->output());
-  std::vector<at::Tensor> targets = capture(ref, fouts, calib, o.samples, 128);
+  std::vector<at::Tensor> targets = capture_values(ref, fouts, calib, o.samples, 128);
   data::ProgressBar bar("adaround", static_cast<int64_t>(layers.size()) * o.iterations, o.progress);
   at::Generator gen = at::detail::createCPUGenerator(0);
   for (size_t li = 0; li < layers.size(); ++li) {
@@ -134,7 +94,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     LayerOp op;
     if (!op.init(L.qnode, ref.module, rself, L.fnode)) continue;
     // the layer's input in the quantized model, earlier layers already rounded
-    at::Tensor xq = capture(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
+    at::Tensor xq = capture_values(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
     const at::Tensor& yfp = targets[li];
     at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
     std::vector<int64_t> sshape(W.dim(), 1);

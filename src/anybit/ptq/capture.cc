@@ -1,0 +1,52 @@
+// Capturing intermediate values of a model graph on calibration data.
+#include "anybit/ptq/capture.h"
+
+#include <torch/csrc/jit/api/function_impl.h>
+
+#include "anybit/core/quantize.h"
+
+namespace anybit {
+namespace jit = torch::jit;
+
+// Runs the graph on the first `samples` calibration inputs and returns the values `vals`
+// took, concatenated over batches. The graph's output is swapped for a tuple while the
+// capture function is built (it copies the graph), then restored.
+std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
+                                int64_t samples, int64_t batch) {
+  jit::Graph& graph = *g.graph;
+  jit::Value* orig = graph.outputs().at(0);
+  std::vector<jit::Value*> all = {orig};
+  all.insert(all.end(), vals.begin(), vals.end());
+  jit::Node* tup;
+  {
+    jit::WithInsertPoint guard(graph.return_node());
+    tup = graph.insertNode(graph.createTuple(all));
+  }
+  graph.eraseOutput(0);
+  graph.registerOutput(tup->output());
+  std::vector<std::vector<at::Tensor>> parts(vals.size());
+  std::exception_ptr err;
+  try {
+    jit::GraphFunction fn("anybit_capture", g.graph, nullptr);
+    torch::NoGradGuard no_grad;
+    const int64_t n = std::min(samples, data.size());
+    for (int64_t b = 0; b < n; b += batch) {
+      auto bt = data.batch(b, std::min(batch, n - b));
+      jit::Stack stack{g.module._ivalue(), bt.first};
+      fn.run(stack);
+      auto elems = stack.back().toTuple()->elements();
+      for (size_t i = 0; i < vals.size(); ++i) parts[i].push_back(elems[1 + i].toTensor());
+    }
+  } catch (...) {
+    err = std::current_exception();
+  }
+  graph.eraseOutput(0);
+  graph.registerOutput(orig);
+  tup->destroy();
+  if (err) std::rethrow_exception(err);
+  std::vector<at::Tensor> out;
+  for (auto& p : parts) out.push_back(at::cat(p));
+  return out;
+}
+
+}  // namespace anybit
