@@ -12,6 +12,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
@@ -276,6 +277,24 @@ int main(int argc, char** argv) {
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 
+  anybit::FinetuneOptions ft;
+  auto* fine = app.add_subcommand("finetune", "quantization-aware fine-tuning of a model anybit quantized");
+  fine->add_option("model", c.model, "quantized TorchScript model (from anybit quantize)")->required();
+  fine->add_option("-d,--data", c.data, "training data spec, e.g. fmnist::train")->required();
+  fine->add_option("--eval", c.eval_data, "evaluate on this data spec after training");
+  fine->add_option("--epochs", ft.epochs, "epochs")->check(CLI::PositiveNumber);
+  fine->add_option("--lr", ft.lr, "peak learning rate (cosine schedule)");
+  fine->add_option("--optimizer", ft.optimizer, "sgd or adam");
+  fine->add_option("--weight-decay", ft.weight_decay, "weight decay (not on quantizer parameters or biases)");
+  fine->add_option("--label-smoothing", ft.label_smoothing, "label smoothing");
+  fine->add_option("-b,--batch-size", ft.batch_size, "batch size")->check(CLI::PositiveNumber);
+  fine->add_option("--max-steps", ft.max_steps, "stop after this many steps");
+  fine->add_option("--seed", ft.seed, "shuffling seed");
+  fine->add_option("--checkpoint-dir", ft.checkpoint_dir, "write a checkpoint after every epoch here");
+  fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
+  fine->add_option("-o,--output", c.out, "output TorchScript file")->required();
+  fine->add_flag("--no-progress", c.no_progress, "no progress bar");
+
   anybit::SweepOptions sw;
   std::vector<std::string> sweep_models;
   std::string wlist = "8,6,4,3,2", alist = "8,6,4,3,2", pairs, methods = "minmax,mse";
@@ -309,6 +328,20 @@ int main(int argc, char** argv) {
     if (*quant) return cmd_quantize(c);
     if (*eval) return cmd_eval(c, reference);
     if (*demo) return cmd_demo(c);
+    if (*fine) {
+      torch::jit::Module m = anybit::load_module(c.model);
+      auto train = anybit::open_data(c.data);
+      std::unique_ptr<anybit::DataSource> test;
+      if (!c.eval_data.empty()) test = anybit::open_data(c.eval_data);
+      ft.progress = progress_on(c);
+      for (const auto& r : anybit::finetune(m, *train, ft))
+        fmt::print("epoch {}: loss {:.4f}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
+                   r.train_top1, r.steps, r.seconds);
+      anybit::save_module(m, c.out);
+      if (test) print_eval(c.out, anybit::evaluate(m, *test, eval_options(c)));
+      fmt::print("wrote {}\n", c.out);
+      return 0;
+    }
     if (*sweep) {
       sw.models = sweep_models;
       sw.fold_bn = !no_fold;

@@ -1,0 +1,135 @@
+// The fine-tuning loop; see finetune.h.
+#include "anybit/core/finetune.h"
+
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <sys/stat.h>
+
+#include "anybit/core/quantize.h"
+#include "anybit/data/progress.h"
+
+namespace anybit {
+
+namespace {
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+double cosine_lr(double base, int64_t step, int64_t total) {
+  if (total <= 0) return base;
+  return 0.5 * base * (1 + std::cos(M_PI * static_cast<double>(step) / total));
+}
+
+}  // namespace
+
+std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train, const FinetuneOptions& o) {
+  if (o.epochs < 1) throw Error("finetune: epochs must be at least 1");
+  if (o.optimizer != "sgd" && o.optimizer != "adam")
+    throw Error("finetune: unknown optimizer '" + o.optimizer + "' (expected sgd or adam)");
+  const std::string ckpt_model = o.checkpoint_dir + "/checkpoint.pt";
+  const std::string ckpt_opt = o.checkpoint_dir + "/optimizer.pt";
+  const std::string ckpt_state = o.checkpoint_dir + "/epoch.txt";
+  int start_epoch = 0;
+  if (o.resume) {
+    if (o.checkpoint_dir.empty() || !exists(ckpt_state))
+      throw Error("finetune: --resume needs a checkpoint directory with a finished epoch (" + ckpt_state + ")");
+    model = load_module(ckpt_model);
+    std::ifstream f(ckpt_state);
+    f >> start_epoch;
+  }
+  // weight decay for weights only: quantizer steps/clips and biases are not decayed
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : model.named_parameters(true)) {
+    if (!p.value.requires_grad()) continue;
+    const bool quantizer = p.name.find("anybit__") != std::string::npos;
+    const bool bias = p.name.size() >= 4 && p.name.compare(p.name.size() - 4, 4, "bias") == 0;
+    (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);
+  }
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  if (o.optimizer == "sgd") {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
+                                   torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)
+                                       .weight_decay(o.weight_decay)));
+    groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
+                                      torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)));
+    opt = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(o.lr));
+  } else {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, std::make_unique<torch::optim::AdamOptions>(
+                                   torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay)));
+    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(o.lr)));
+    opt = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(o.lr));
+  }
+  if (o.resume) torch::load(*opt, ckpt_opt);
+
+  const int64_t n = train.size();
+  const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
+  // the schedule always spans all epochs; max_steps only stops early, like a kill would
+  const int64_t schedule_steps = steps_per_epoch * o.epochs;
+  const int64_t total_steps = o.max_steps > 0 ? std::min<int64_t>(o.max_steps, schedule_steps) : schedule_steps;
+  int64_t step = static_cast<int64_t>(start_epoch) * steps_per_epoch;
+  std::vector<EpochReport> reports;
+  for (int epoch = start_epoch; epoch < o.epochs && step < total_steps; ++epoch) {
+    model.train();
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Generator gen = at::detail::createCPUGenerator(o.seed + static_cast<uint64_t>(epoch));
+    at::Tensor perm = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
+    data::ProgressBar bar("epoch " + std::to_string(epoch + 1), steps_per_epoch, o.progress);
+    EpochReport r;
+    r.epoch = epoch + 1;
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t b = 0; b < steps_per_epoch && step < total_steps; ++b, ++step) {
+      const int64_t begin = b * o.batch_size, count = std::min(o.batch_size, n - begin);
+      at::Tensor idx = perm.narrow(0, begin, count);
+      // gather the shuffled batch sample by sample (DataSource serves ranges)
+      std::vector<at::Tensor> xs, ys;
+      for (int64_t i = 0; i < count; ++i) {
+        auto one = train.batch(idx[i].item<int64_t>(), 1);
+        xs.push_back(one.first);
+        ys.push_back(one.second);
+      }
+      at::Tensor x = at::cat(xs), y = at::cat(ys);
+      const double lr = cosine_lr(o.lr, step, schedule_steps);
+      for (auto& g : opt->param_groups()) g.options().set_lr(lr);
+      at::Tensor out = model.forward({x}).toTensor();
+      at::Tensor loss = torch::nn::functional::cross_entropy(
+          out, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
+      opt->zero_grad();
+      loss.backward();
+      opt->step();
+      loss_sum += loss.item<double>() * count;
+      correct += (out.argmax(1) == y).sum().item<int64_t>();
+      seen += count;
+      r.steps++;
+      bar.update(b + 1);
+    }
+    bar.finish();
+    r.train_loss = seen ? loss_sum / seen : 0;
+    r.train_top1 = seen ? 100.0 * correct / seen : 0;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    reports.push_back(r);
+    if (!o.checkpoint_dir.empty() && r.steps == steps_per_epoch) {  // only whole epochs
+      ::mkdir(o.checkpoint_dir.c_str(), 0755);
+      save_module(model, ckpt_model);
+      torch::save(*opt, ckpt_opt + ".tmp");
+      std::rename((ckpt_opt + ".tmp").c_str(), ckpt_opt.c_str());
+      std::ofstream(ckpt_state + ".tmp") << epoch + 1 << "\n";
+      std::rename((ckpt_state + ".tmp").c_str(), ckpt_state.c_str());
+    }
+  }
+  model.eval();
+  return reports;
+}
+
+}  // namespace anybit
