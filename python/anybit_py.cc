@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
@@ -157,6 +158,42 @@ py::list sweep(const std::vector<std::string>& models, const std::vector<std::pa
   return out;
 }
 
+py::list finetune(const std::string& model_path, const std::string& data_spec, const std::string& out_path,
+                  int epochs, double lr, const std::string& optimizer, double weight_decay, double label_smoothing,
+                  int64_t batch_size, int64_t max_steps, uint64_t seed, const std::string& checkpoint_dir,
+                  bool resume) {
+  std::vector<anybit::EpochReport> reports;
+  {
+    py::gil_scoped_release release;
+    torch::jit::Module m = anybit::load_module(model_path);
+    auto data = anybit::open_data(data_spec);
+    anybit::FinetuneOptions o;
+    o.epochs = epochs;
+    o.lr = lr;
+    o.optimizer = optimizer;
+    o.weight_decay = weight_decay;
+    o.label_smoothing = label_smoothing;
+    o.batch_size = batch_size;
+    o.max_steps = max_steps;
+    o.seed = seed;
+    o.checkpoint_dir = checkpoint_dir;
+    o.resume = resume;
+    reports = anybit::finetune(m, *data, o);
+    anybit::save_module(m, out_path);
+  }
+  py::list out;
+  for (const auto& r : reports) {
+    py::dict d;
+    d["epoch"] = r.epoch;
+    d["train_loss"] = r.train_loss;
+    d["train_top1"] = r.train_top1;
+    d["steps"] = r.steps;
+    d["seconds"] = r.seconds;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_anybit, m) {
@@ -180,6 +217,9 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
         py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
         py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"));
+  m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
+        py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
+        py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"));
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

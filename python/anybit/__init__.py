@@ -19,7 +19,7 @@ from . import _anybit  # loads libanybit_torch, which registers the anybit:: ops
 
 Error = _anybit.Error
 
-__all__ = ["Error", "points", "plan", "quantize", "evaluate", "sweep", "load", "quantizer_outputs",
+__all__ = ["Error", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load", "quantizer_outputs",
            "canonical_spec"]
 
 
@@ -176,6 +176,21 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
     pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
     return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
                          fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations)
+
+
+def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
+             batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False):
+    """Quantization-aware fine-tuning of a model anybit quantized, like `anybit finetune`
+    (docs/qat.md). `data` is a data spec string or anything `quantize` accepts as
+    calibration data (with labels). Returns the trained ScriptModule."""
+    with tempfile.TemporaryDirectory() as d:
+        src = _save(qmodel, None, d, "in.pt")
+        spec, _, _ = _data(data, d)
+        out = os.path.join(d, "out.pt")
+        report = _anybit.finetune(src, spec, out, epochs, lr, optimizer, weight_decay, label_smoothing, batch_size,
+                                  max_steps, seed, os.fspath(checkpoint_dir), resume)
+        m = torch.jit.load(out)
+    return (m, report) if return_report else m
 
 
 def quantizer_outputs(qmodel, x):

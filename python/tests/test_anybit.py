@@ -192,3 +192,13 @@ def test_fold_bn_and_adaround_from_python():
                          batch_size=128, fold_bn=True, adaround=50)
     x = torch.rand(4, 1, 28, 28)
     assert qm(x).shape == (4, 10)
+
+
+def test_finetune_from_python_lowers_the_loss():
+    cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int2:per_channel:lsq"}]}
+    qm = anybit.quantize(torch.jit.load(FMNIST), cfg, fold_bn=True)
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    before = torch.nn.functional.cross_entropy(qm(x), y).item()
+    trained, report = anybit.finetune(qm, (x, y), epochs=3, batch_size=64, lr=0.01, return_report=True)
+    assert [r["epoch"] for r in report] == [1, 2, 3]
+    assert torch.nn.functional.cross_entropy(trained(x), y).item() < before
