@@ -7,7 +7,8 @@ import torchvision
 import anybit
 
 mnv2 = torchvision.models.mobilenet_v2(weights=None).eval()
-q = anybit.quantize(mnv2, {"rules": [{"kind": "relu", "spec": "binary"}]}, calib_data=[torch.rand(2, 3, 96, 96)])
+# ReLU6 outputs are >= 0: their binary quantizer is uint1, levels {0, s}
+q = anybit.quantize(mnv2, {"rules": [{"kind": "relu", "spec": "uint1"}]}, calib_data=[torch.rand(2, 3, 96, 96)])
 levels = [torch.unique(v).numel() for _, _, v in anybit.quantizer_outputs(q, torch.rand(2, 3, 96, 96))]
 print(f"{len(levels)} ReLU outputs binarized; levels per output: {sorted(set(levels))}")
 

@@ -53,20 +53,22 @@ def test_story4_resnet18_first_layer_int8_rest_binary():
     assert distinct(outs["conv1.weight"]) <= 256
     w = outs["layer2.0.conv2.weight"]
     assert all(distinct(w[c]) <= 2 for c in range(w.shape[0]))  # +-alpha per output channel
-    assert distinct(outs["layer1.0.relu:out"]) <= 2
+    assert distinct(outs["layer1.0.relu:out"]) == 2
     qm(torch.rand(1, 3, 64, 64)).sum()  # runs
 
 
 def test_story5_binarize_every_relu_output_of_mobilenet_v2():
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2(weights=None).eval()
-    cfg = {"rules": [{"kind": "relu", "spec": "binary"}]}
+    # ReLU6 outputs are >= 0, so their binary quantizer is uint1: levels {0, s}
+    cfg = {"rules": [{"kind": "relu", "spec": "uint1"}]}
     qm, report = anybit.quantize(model, cfg, calib_data=calib((2, 3, 96, 96)), return_report=True)
     relus = [r["name"] for r in report if r["kind"] == "relu"]
-    assert len(relus) == 35 and all(r["spec"] == "binary" for r in report if r["kind"] == "relu")
+    assert len(relus) == 35 and all(r["spec"] == "uint1" for r in report if r["kind"] == "relu")
     outs = anybit.quantizer_outputs(qm, torch.rand(2, 3, 96, 96))
     assert len(outs) == 35
     assert all(distinct(v) <= 2 for _, _, v in outs)
+    assert sum(distinct(v) == 2 for _, _, v in outs) >= 30  # binary, not constant
 
 
 def test_quantized_module_trains_with_autograd_and_saves():
