@@ -48,6 +48,8 @@ expect_error missing-config "nope.yaml" -- "$EXE" quantize "$MODEL" --config "$T
 expect_error missing-data "/nonexistent/dir" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data fmnist:/nonexistent/dir -o "$T/q.pt"
 expect_error truncated-data "t10k-images-idx3-ubyte.gz" -- "$EXE" eval "$MODEL" --data "fmnist:$T/trunc:test"
 expect_error wrong-shape "shape" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "npy:$T/wrong.npy:$T/wrong_y.npy" -o "$T/q.pt"
+printf 'rules:\n  - {kind: relu, spec: binary}\n' >"$T/binary_relu.yaml"
+expect_error binary-relu "use uint1" -- "$EXE" quantize "$MODEL" --config "$T/binary_relu.yaml" --data "fmnist:$DATA:train" --calib-batches 1 -o "$T/q.pt"
 expect_error no-calib-data "calibration data" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" -o "$T/q.pt"
 
 # good input: quantize, save, evaluate

@@ -349,6 +349,9 @@ Params activation_params(const QuantSpec& spec, const std::string& calibrator, c
     P.hi = at::full({1}, static_cast<float>(std::nearbyint(std::log2(std::max(amax, 1e-30)))));
     P.summary = "2^" + c10::str(P.hi.item<float>() - (spec.log_exponents() - 1)) + "..2^" + c10::str(P.hi.item<float>());
   } else if (spec.scheme == Scheme::kBinary || spec.scheme == Scheme::kTernary) {
+    if (spec.scheme == Scheme::kBinary && obs.min() >= 0)
+      throw Error(where + ": binary (alpha * sign(x)) of an output that is never negative is a constant; "
+                  "use uint1 for the two levels {0, s}");
     const double mean_abs = obs.mean_abs();
     P.alpha = at::full({1}, static_cast<float>(mean_abs));
     P.delta = at::full({1}, static_cast<float>(spec.threshold * mean_abs));
