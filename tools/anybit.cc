@@ -6,7 +6,6 @@
 #include <torch/script.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -32,22 +31,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s;
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp);
-    if (!f) throw anybit::Error(path + ": cannot write");
-    f << text;
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw anybit::Error(path + ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw anybit::Error(path + ": cannot write");
-  }
-}
 
 int cmd_inspect(const std::string& model, bool as_json) {
   anybit::ModelGraph g = anybit::load_model(model);

@@ -92,14 +92,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     for (int64_t b = 0; b < steps_per_epoch && step < total_steps; ++b, ++step) {
       const int64_t begin = b * o.batch_size, count = std::min(o.batch_size, n - begin);
       at::Tensor idx = perm.narrow(0, begin, count);
-      // gather the shuffled batch sample by sample (DataSource serves ranges)
-      std::vector<at::Tensor> xs, ys;
-      for (int64_t i = 0; i < count; ++i) {
-        auto one = train.batch(idx[i].item<int64_t>(), 1);
-        xs.push_back(one.first);
-        ys.push_back(one.second);
-      }
-      at::Tensor x = at::cat(xs), y = at::cat(ys);
+      auto [x, y] = train.gather(idx);
       const double lr = cosine_lr(o.lr, step, schedule_steps);
       for (auto& g : opt->param_groups()) g.options().set_lr(lr);
       at::Tensor out = model.forward({x}).toTensor();
@@ -124,8 +117,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       save_module(model, ckpt_model);
       torch::save(*opt, ckpt_opt + ".tmp");
       std::rename((ckpt_opt + ".tmp").c_str(), ckpt_opt.c_str());
-      std::ofstream(ckpt_state + ".tmp") << epoch + 1 << "\n";
-      std::rename((ckpt_state + ".tmp").c_str(), ckpt_state.c_str());
+      write_text_atomic(ckpt_state, std::to_string(epoch + 1) + "\n");
     }
   }
   model.eval();

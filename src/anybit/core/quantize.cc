@@ -27,6 +27,7 @@
 #include "anybit/calib/calibrator.h"
 #include "anybit/data/dataset.h"
 #include "anybit/data/progress.h"
+#include "anybit/intsim/npy.h"
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/bias_correction.h"
 
@@ -49,6 +50,9 @@ class TensorData : public DataSource {
     n = std::min(n, size() - b);
     return {x_.narrow(0, b, n), y_.narrow(0, b, n)};
   }
+  std::pair<at::Tensor, at::Tensor> gather(const at::Tensor& indices) const override {
+    return {x_.index_select(0, indices), y_.index_select(0, indices)};
+  }
   std::string describe() const override { return name_; }
 
  private:
@@ -62,14 +66,19 @@ class DatasetData : public DataSource {
   int64_t size() const override { return d_->size(); }
   std::pair<at::Tensor, at::Tensor> batch(int64_t b, int64_t n) const override {
     n = std::min(n, size() - b);
+    return gather(at::arange(b, b + n, at::kLong));
+  }
+  std::pair<at::Tensor, at::Tensor> gather(const at::Tensor& indices) const override {
+    const int64_t n = indices.numel();
     std::vector<int64_t> shape = d_->sample_shape();
     int64_t per = 1;
     for (int64_t s : shape) per *= s;
     shape.insert(shape.begin(), n);
     at::Tensor x = at::empty(shape, at::kFloat);
     at::Tensor y = at::empty({n}, at::kLong);
-    for (int64_t i = 0; i < n; ++i)
-      d_->get(b + i, x.data_ptr<float>() + i * per, y.data_ptr<int64_t>() + i);
+    const at::Tensor idx = indices.to(at::kLong).contiguous();
+    const int64_t* pi = idx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) d_->get(pi[i], x.data_ptr<float>() + i * per, y.data_ptr<int64_t>() + i);
     return {x, y};
   }
   std::string describe() const override { return spec_; }
@@ -661,6 +670,14 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
   auto elems = stack.back().toTuple()->elements();
   for (size_t i = 0; i < result.size(); ++i) result[i].value = elems[i].toTensor();
   return result;
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  try {
+    intsim::write_file_atomic(path, text.data(), text.size());
+  } catch (const intsim::Error& e) {
+    throw Error(e.what());
+  }
 }
 
 EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,

@@ -27,6 +27,8 @@ class DataSource {
   virtual ~DataSource() = default;
   virtual int64_t size() const = 0;
   virtual std::pair<at::Tensor, at::Tensor> batch(int64_t begin, int64_t count) const = 0;
+  // The samples at `indices` (int64, [K]), in that order: shuffled training batches.
+  virtual std::pair<at::Tensor, at::Tensor> gather(const at::Tensor& indices) const = 0;
   virtual std::string describe() const = 0;
 };
 // Opens a data spec (fmnist:DIR[:train|test], cifar10:DIR, imagefolder:DIR, npy:X.npy[:Y.npy]).
@@ -73,6 +75,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
 
 // Writes through a temporary file and renames, so a failure never leaves a partial file.
 void save_module(torch::jit::Module& module, const std::string& path);
+void write_text_atomic(const std::string& path, const std::string& text);
 
 // Runs a quantized model (as saved by anybit) on x and returns what every quantizer
 // node outputs, in graph order, named by its point (the root attribute

@@ -3,7 +3,6 @@
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -94,18 +93,6 @@ bool file_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
-void write_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp);
-    f << text;
-    if (!f) throw Error(path + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot write");
-  }
-}
 
 std::string base_name(const std::string& p) {
   const size_t s = p.find_last_of('/');
@@ -203,8 +190,8 @@ void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& ro
                        r.top5, r.agreement >= 0 ? fmt::format("{:.2f}", r.agreement) : "", r.seconds);
     all.push_back(row_json(r));
   }
-  write_atomic(dir + "/results.csv", csv);
-  write_atomic(dir + "/results.json", all.dump(2) + "\n");
+  write_text_atomic(dir + "/results.csv", csv);
+  write_text_atomic(dir + "/results.json", all.dump(2) + "\n");
 
   // SVG: accuracy against the bit pair, one line per (model, method), float as a dashed line
   std::vector<std::pair<int, int>> pairs;
@@ -259,7 +246,7 @@ void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& ro
     ++legend;
   }
   svg += "</svg>\n";
-  write_atomic(dir + "/accuracy.svg", svg);
+  write_text_atomic(dir + "/accuracy.svg", svg);
 }
 
 }  // namespace anybit

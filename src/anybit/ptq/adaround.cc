@@ -80,9 +80,7 @@ at::Tensor recon_mse(const LayerOp& op, const at::Tensor& xq, const at::Tensor& 
 std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector<AdaRoundLayer> layers,
                                      const DataSource& calib, const AdaRoundOptions& o) {
   std::vector<AdaRoundReport> reports;
-  jit::Value* qself = q.graph->inputs().at(0);
   jit::Value* rself = ref.graph->inputs().at(0);
-  (void)qself;
   // float targets for every layer at once
   std::vector<jit::Value*> fouts;
   for (const auto& l : layers) fouts.push_back(l.fnode->output());
