@@ -50,6 +50,10 @@ expect_error truncated-data "t10k-images-idx3-ubyte.gz" -- "$EXE" eval "$MODEL" 
 expect_error wrong-shape "shape" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "npy:$T/wrong.npy:$T/wrong_y.npy" -o "$T/q.pt"
 printf 'rules:\n  - {kind: relu, spec: binary}\n' >"$T/binary_relu.yaml"
 expect_error binary-relu "use uint1" -- "$EXE" quantize "$MODEL" --config "$T/binary_relu.yaml" --data "fmnist:$DATA:train" --calib-batches 1 -o "$T/q.pt"
+expect_error finetune-optimizer "unknown optimizer 'adagrad'" -- "$EXE" finetune "$MODEL" --data "fmnist:$DATA:train:limit=64" --optimizer adagrad -o "$T/q.pt"
+expect_error finetune-resume "epoch.txt" -- "$EXE" finetune "$MODEL" --data "fmnist:$DATA:train:limit=64" --resume --checkpoint-dir "$T/none" -o "$T/q.pt"
+expect_error sweep-pairs "W4X4" -- "$EXE" sweep "$MODEL" --pairs W4X4 -o "$T/sweep"
+expect_error sweep-method "unknown method 'adaroundd'" -- "$EXE" sweep "$MODEL" --method adaroundd -o "$T/sweep"
 expect_error no-calib-data "calibration data" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" -o "$T/q.pt"
 
 # good input: quantize, save, evaluate
