@@ -6,11 +6,13 @@
 #include <torch/script.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <sstream>
 #include <unistd.h>
 
+#include "anybit/core/export.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
@@ -179,6 +181,138 @@ int cmd_eval(const Common& c, const std::string& reference) {
   return 0;
 }
 
+std::vector<int64_t> parse_shape(const std::string& text) {
+  std::vector<int64_t> shape;
+  std::stringstream ss(text);
+  for (std::string part; std::getline(ss, part, ',');) {
+    char* end = nullptr;
+    const long long v = std::strtoll(part.c_str(), &end, 10);
+    if (part.empty() || *end || v <= 0)
+      throw anybit::Error("--input-shape: '" + text + "' is not a list of positive sizes such as 1,28,28");
+    shape.push_back(v);
+  }
+  if (shape.empty()) throw anybit::Error("--input-shape: empty");
+  return shape;
+}
+
+// Writes the export to DIR through a temporary sibling directory and a rename, so an
+// interrupted export never leaves a half-written model; an existing export is replaced.
+void save_export_atomic(const anybit::intsim::Model& m, const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path target(dir);
+  if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
+    throw anybit::Error(dir + ": exists and is not an anybit integer export; not overwriting it");
+  const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  try {
+    anybit::intsim::save_model(m, tmp.string());
+  } catch (const anybit::intsim::Error& e) {
+    fs::remove_all(tmp);
+    throw anybit::Error(e.what());
+  }
+  std::error_code ec;
+  fs::remove_all(target, ec);
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove_all(tmp);
+    throw anybit::Error(dir + ": cannot write (" + ec.message() + ")");
+  }
+}
+
+int cmd_export(const Common& c, const std::string& input_shape) {
+  if (c.out.empty()) throw anybit::Error("export needs -o DIR");
+  torch::jit::Module m = anybit::load_module(c.model);
+  anybit::ExportOptions o;
+  if (!input_shape.empty()) o.input_shape = parse_shape(input_shape);
+  o.source = c.model;
+  anybit::ExportResult r = anybit::export_integer_model(m, o);
+  save_export_atomic(r.model, c.out);
+  std::map<std::string, int> kinds;
+  for (const auto& op : r.model.ops) kinds[anybit::intsim::op_kind_name(op.kind)]++;
+  if (c.json) {
+    json j;
+    j["model"] = c.model;
+    j["output"] = c.out;
+    j["ops"] = kinds;
+    j["notes"] = r.notes;
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::string summary;
+  for (const auto& [k, n] : kinds) summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + k;
+  const auto& in = r.model.inputs[0];
+  fmt::print("wrote {}: {} ops ({}); input {} [{}] scale {:.6g} zero point {}\n", c.out, r.model.ops.size(), summary,
+             in.name, shape_str(in.shape), in.q.scale, in.q.zero_point);
+  for (const auto& n : r.notes) fmt::print("note: {}\n", n);
+  return 0;
+}
+
+struct IntsimFlags {
+  int acc_bits = 32;
+  std::string overflow = "wrap", mac = "exact", reference;
+  bool reference_kernels = false;
+};
+
+int cmd_intsim(const Common& c, const IntsimFlags& f) {
+  if (c.data.empty()) throw anybit::Error("intsim needs --data SPEC");
+  anybit::intsim::Model m;
+  anybit::IntegerEvalOptions o;
+  try {
+    m = anybit::intsim::load_model(c.model);
+    if (f.overflow != "wrap" && f.overflow != "saturate")
+      throw anybit::Error("--overflow: '" + f.overflow + "' is not wrap or saturate");
+    o.engine.accumulator.bits = f.acc_bits;
+    o.engine.accumulator.overflow =
+        f.overflow == "wrap" ? anybit::intsim::Overflow::kWrap : anybit::intsim::Overflow::kSaturate;
+    anybit::intsim::check_accumulator_spec(o.engine.accumulator);
+    o.engine.mac = anybit::intsim::parse_mac_model(f.mac);
+  } catch (const anybit::intsim::Error& e) {
+    throw anybit::Error(e.what());
+  }
+  if (f.reference_kernels) o.engine.path = anybit::intsim::KernelPath::kReference;
+  o.batch_size = c.eval_batch_size;
+  o.progress = progress_on(c);
+  std::unique_ptr<torch::jit::Module> ref;
+  if (!f.reference.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(f.reference));
+  auto data = anybit::open_data(c.data);
+  anybit::IntegerEvalResult r = anybit::evaluate_integer(m, *data, o, ref.get());
+  if (c.json) {
+    json j;
+    j["model"] = c.model;
+    j["data"] = c.data;
+    j["accumulator"] = {{"bits", f.acc_bits}, {"overflow", f.overflow}};
+    j["mac"] = o.engine.mac ? o.engine.mac->describe() : "exact";
+    j["samples"] = r.samples;
+    j["top1"] = r.top1;
+    j["top5"] = r.top5;
+    j["seconds"] = r.seconds;
+    if (ref) {
+      j["reference"] = f.reference;
+      j["agreement"] = r.agreement;
+      j["outputs_equal"] = r.equal;
+      j["outputs_one_step"] = r.one_step;
+      j["outputs_more"] = r.more;
+      j["max_steps"] = r.max_steps;
+    }
+    json layers = json::array();
+    for (const auto& l : r.layers)
+      layers.push_back({{"name", l.name}, {"op", l.op}, {"fast_path", l.fast_path}, {"dot_products", l.dot_products},
+                        {"overflows", l.overflows}, {"mean_abs_error", l.mean_abs_error()},
+                        {"max_abs_error", l.max_abs_error}});
+    j["layers"] = layers;
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  ({} samples, {:.1f} s; {}-bit {} accumulator, MAC {})\n", c.model,
+             r.top1, r.top5, r.samples, r.seconds, f.acc_bits, f.overflow, o.engine.mac ? o.engine.mac->describe() : "exact");
+  if (ref)
+    fmt::print("against {}: argmax agreement {:.2f}%; output integers equal {:.2f}%, one step apart {:.2f}%, "
+               "further {:.2f}% (max {} steps)\n",
+               f.reference, r.agreement, r.equal, r.one_step, r.more, r.max_steps);
+  std::cout << anybit::intsim::format_stats(r.layers);
+  return 0;
+}
+
 std::string default_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
 
 void print_row(const anybit::SweepRow& r, double float_top1) {
@@ -304,6 +438,26 @@ int main(int argc, char** argv) {
   demo->add_flag("--no-progress", c.no_progress, "no progress bar");
   demo->add_option("-o,--output", c.out, "output directory (default anybit-demo)");
 
+  std::string input_shape;
+  auto* exp = app.add_subcommand("export", "write the integer model (manifest.json + .npy) of a quantized model");
+  exp->add_option("model", c.model, "quantized TorchScript model (from anybit quantize or finetune)")->required();
+  exp->add_option("-o,--output", c.out, "output directory")->required();
+  exp->add_option("--input-shape", input_shape, "input shape without the batch, e.g. 1,28,28 (default: recorded at calibration)");
+  exp->add_flag("--json", c.json, "print JSON");
+
+  IntsimFlags isf;
+  auto* isim = app.add_subcommand("intsim", "run an integer export with the integer-only engine on labelled data");
+  isim->add_option("model", c.model, "integer model directory (from anybit export)")->required();
+  isim->add_option("-d,--data", c.data, "data spec, e.g. fmnist:/usr/share/datasets/fashion-mnist:test")->required();
+  isim->add_option("--acc-bits", isf.acc_bits, "accumulator width in bits (8..32)");
+  isim->add_option("--overflow", isf.overflow, "accumulator overflow: wrap or saturate");
+  isim->add_option("--mac", isf.mac, "multiply-accumulate model: exact, gauss:sigma=S[,rel=R][,seed=K], adc:bits=B,range=F, bitflip:rate=P[,seed=K]");
+  isim->add_option("--reference", isf.reference, "the quantized TorchScript model to compare outputs with");
+  isim->add_flag("--reference-kernels", isf.reference_kernels, "use the plain int64 reference kernels (slow)");
+  isim->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);
+  isim->add_flag("--json", c.json, "print JSON");
+  isim->add_flag("--no-progress", c.no_progress, "no progress bar");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (c.threads > 0) at::set_num_threads(c.threads);
@@ -311,6 +465,8 @@ int main(int argc, char** argv) {
     if (*quant) return cmd_quantize(c);
     if (*eval) return cmd_eval(c, reference);
     if (*demo) return cmd_demo(c);
+    if (*exp) return cmd_export(c, input_shape);
+    if (*isim) return cmd_intsim(c, isf);
     if (*fine) {
       torch::jit::Module m = anybit::load_module(c.model);
       auto train = anybit::open_data(c.data);

@@ -606,6 +606,11 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   c10::impl::GenericDict names(c10::StringType::get(), c10::StringType::get());
   for (const auto& r : result.points)
     if (!r.first_param.empty()) names.insert(r.first_param, r.point.name);
+  // the input shape, for the integer export (core/export.h)
+  if (calib && calib->size() > 0 && !g.module.hasattr("anybit_input_shape")) {
+    const std::vector<int64_t> shape = calib->batch(0, 1).first.sizes().slice(1).vec();
+    g.module.register_attribute("anybit_input_shape", c10::ListType::ofInts(), c10::List<int64_t>(shape));
+  }
   if (!g.module.hasattr("anybit_points"))
     g.module.register_attribute("anybit_points", c10::DictType::create(c10::StringType::get(), c10::StringType::get()),
                                 names);

@@ -1,0 +1,91 @@
+// From a quantized TorchScript model to the integers hardware computes.
+//
+//   torch::jit::Module q = anybit::load_module("model_w8a8.pt");   // as anybit saved it
+//   anybit::ExportResult r = anybit::export_integer_model(q, {});
+//   anybit::intsim::save_model(r.model, "model_int");             // manifest.json + .npy
+//
+// The exporter walks the model's inlined forward graph and turns every quantized conv,
+// linear, residual add, pooling, ReLU/ReLU6, flatten and concat into an op of the integer
+// format (docs/integer-format.md): integer weights read off the weight quantizer, int32
+// biases at s_in * s_w, one dyadic multiplier per output channel from s_in * s_w / s_out,
+// the quantizer after an op (or after its ReLU) as the op's output quantization.
+// BatchNorm left in the graph is folded into the multiplier and the bias.
+//
+// What the integer model computes equals the fake-quantized model up to the roundings
+// integer hardware makes (the int32 bias, the two roundings of the dyadic multiplier):
+// `run_integer_reference` runs the exported model with LibTorch ops (exact integer
+// convolutions in double precision, vectorized dyadic requantization) as an independent
+// twin of the integer engine (src/anybit/intsim), which must agree with it bit for bit.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+#include "anybit/intsim/engine.h"
+#include "anybit/intsim/model.h"
+
+namespace torch {
+namespace jit {
+struct Module;
+}
+}  // namespace torch
+
+namespace anybit {
+
+struct ExportOptions {
+  // Shape of the model input without the batch ([C, H, W]); empty: the shape anybit
+  // recorded when it calibrated the model (attribute `anybit_input_shape`).
+  std::vector<int64_t> input_shape;
+  std::string source;  // written to the manifest's metadata ("model.pt")
+};
+
+struct ExportResult {
+  intsim::Model model;
+  // Notes for the user, e.g. "fc:out is not quantized: exported as int32 at s_in * s_w".
+  std::vector<std::string> notes;
+};
+
+// Throws anybit::Error naming the point or op that has no integer form (a float tensor
+// feeding a conv, a log or binary activation quantizer, an unsupported op).
+ExportResult export_integer_model(const torch::jit::Module& quantized, const ExportOptions& options);
+
+// The exported model run with LibTorch ops on integer inputs ([N, ...] int tensors, one
+// per model input); returns the integer outputs (int32). Assumes a 32-bit accumulator
+// that never overflows and throws Error if one would.
+std::vector<at::Tensor> run_integer_reference(const intsim::Model& model,
+                                              const std::vector<at::Tensor>& inputs);
+
+// The input quantizer applied to float inputs: q = clamp(round(x / s) + z, qmin, qmax),
+// computed as x * (1/s) in float32 like the fake-quantized model.
+at::Tensor quantize_input(const at::Tensor& x, const intsim::QuantParams& q);
+
+class DataSource;
+
+struct IntegerEvalOptions {
+  int64_t batch_size = 100;
+  bool progress = true;
+  intsim::EngineOptions engine;  // accumulator, MAC model, kernel path
+};
+
+struct IntegerEvalResult {
+  int64_t samples = 0;
+  double top1 = 0, top5 = 0;
+  double seconds = 0;  // the engine only (quantizing the input included)
+  // Against the fake-quantized model (when given): share of equal argmax, and of output
+  // values whose integer (the reference's output quantized with the output's parameters)
+  // is equal / one step away / further from the engine's.
+  double agreement = -1;
+  double equal = -1, one_step = -1, more = -1;
+  int64_t max_steps = 0;
+  std::vector<intsim::LayerStats> layers;
+};
+
+// Runs the integer engine over a labelled data set (inputs quantized with the model's
+// input quantizer). Throws Error for a model with other than one input and one output.
+IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource& data,
+                                   const IntegerEvalOptions& options,
+                                   torch::jit::Module* fake_quant_reference = nullptr);
+
+}  // namespace anybit

@@ -1,0 +1,241 @@
+// The integer export, end to end: quantize a real model, export it, run the export with
+// the integer engine (src/anybit/intsim) and with its LibTorch twin, and compare.
+//   - engine == LibTorch twin, bit for bit (two independent implementations of the
+//     integer format: loops over int16/int32 vs double-precision ATen convolutions and
+//     vectorized int64 requantization), on the shipped model and on torchvision's
+//     ResNet-18 and MobileNetV2 (scripted and traced) at W8A8, W4A4 and mixed widths,
+//     per-tensor and per-channel;
+//   - engine vs the fake-quantized TorchScript model: the same predictions up to the
+//     roundings integer hardware makes.
+#include "anybit/core/export.h"
+
+#include <gtest/gtest.h>
+#include <torch/script.h>
+
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "anybit/core/quantize.h"
+#include "anybit/intsim/engine.h"
+#include "anybit/ptq/fold_bn.h"
+
+namespace anybit {
+namespace {
+
+std::string shipped_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
+std::string fixture(const std::string& name) {
+  const char* dir = std::getenv("ANYBIT_FIXTURES");
+  return std::string(dir ? dir : "fixtures") + "/" + name;
+}
+const char* kFmnist = "fmnist:/usr/share/datasets/fashion-mnist";
+
+// Every tensor the integer model holds is quantized: weights, the input, every conv and
+// linear output (signed: before ReLU), ReLU/pool outputs, residual adds.
+std::string int_config(const std::string& w, const std::string& a, const std::string& extra = "") {
+  return "rules:\n"
+         "  - {kind: [conv, linear], role: weight, spec: '" + w + "'}\n"
+         "  - {role: input, spec: uint8}\n"
+         "  - {kind: [conv, linear], role: activation, spec: int" + a + "}\n"
+         "  - {kind: [relu, pool], spec: uint" + a + ", optional: true}\n"
+         "  - {kind: add, spec: int" + a + ", optional: true}\n" + extra;
+}
+
+QuantizeResult quantize_model(const std::string& path, const std::string& config, const DataSource& calib,
+                              bool fold = true) {
+  ModelGraph g = load_model(path);
+  if (fold) fold_batch_norm(g);
+  QuantizeOptions o;
+  o.progress = false;
+  o.calib_batches = 2;
+  o.batch_size = 16;
+  return quantize(std::move(g), parse_config_string(config), &calib, o);
+}
+
+intsim::Tensor to_engine(const at::Tensor& q) {
+  at::Tensor c = q.to(at::kInt).contiguous();
+  intsim::Tensor t;
+  t.shape = c.sizes().vec();
+  t.data.assign(c.data_ptr<int32_t>(), c.data_ptr<int32_t>() + c.numel());
+  return t;
+}
+
+at::Tensor from_engine(const intsim::Tensor& t) { return at::tensor(t.data, at::kInt).reshape(t.shape); }
+
+// Runs the export through the engine and the LibTorch twin; they must agree exactly.
+at::Tensor expect_engine_equals_twin(const intsim::Model& m, const at::Tensor& x) {
+  const at::Tensor q = quantize_input(x, m.inputs.at(0).q);
+  intsim::Engine engine(m);
+  const at::Tensor e = from_engine(engine.run({to_engine(q)}).at(0));
+  const at::Tensor r = run_integer_reference(m, {q}).at(0);
+  EXPECT_TRUE(at::equal(e, r)) << "max |engine - twin| = " << (e - r).abs().max().item<int>();
+  return e;
+}
+
+// --- the shipped Fashion-MNIST model ---------------------------------------------------
+
+TEST(Export, ShippedModelW8A8EngineIsBitExactAndPredictsLikeTheFakeQuantModel) {
+  auto train = open_data(std::string(kFmnist) + ":train");
+  auto test = open_data(std::string(kFmnist) + ":test:limit=1000");
+  QuantizeResult q = quantize_model(shipped_model(), int_config("int8:per_channel", "8"), *train);
+  ExportResult ex = export_integer_model(q.model.module, {});
+  const intsim::Model& m = ex.model;
+  EXPECT_EQ(m.inputs.at(0).shape, (std::vector<int64_t>{1, 28, 28}));  // recorded at calibration
+  int convs = 0, adds = 0;
+  for (const auto& op : m.ops) {
+    convs += op.kind == intsim::OpKind::kConv2d;
+    adds += op.kind == intsim::OpKind::kAdd;
+    if (op.kind == intsim::OpKind::kConv2d) {
+      EXPECT_EQ(op.weight.dtype, intsim::DType::kInt8) << op.name;
+      EXPECT_EQ(op.weight_scale.size(), static_cast<size_t>(op.out_channels)) << op.name;  // per channel
+      EXPECT_EQ(op.bias.dtype, intsim::DType::kInt32) << op.name;  // the folded BatchNorm
+    }
+  }
+  EXPECT_EQ(convs, 9);
+  EXPECT_EQ(adds, 3);
+  auto [x, y] = test->batch(0, 200);
+  const at::Tensor e = expect_engine_equals_twin(m, x);
+
+  IntegerEvalOptions o;
+  o.progress = false;
+  IntegerEvalResult r = evaluate_integer(m, *test, o, &q.model.module);
+  EvalOptions eo;
+  eo.progress = false;
+  eo.freeze = false;
+  EvalResult f = evaluate(q.model.module, *test, eo);
+  EXPECT_EQ(r.samples, 1000);
+  EXPECT_NEAR(r.top1, f.top1, 0.5);
+  EXPECT_GE(r.agreement, 99.0);
+  EXPECT_GE(r.equal + r.one_step, 99.0);  // output integers at most one step apart, nearly all
+  std::printf("W8A8 shipped model, 1000 test images: engine top-1 %.2f%%, fake-quant %.2f%%, agreement %.2f%%, "
+              "outputs equal %.2f%% / one step %.2f%% / more %.3f%%\n",
+              r.top1, f.top1, r.agreement, r.equal, r.one_step, r.more);
+}
+
+TEST(Export, EachLayerOfTheEngineStaysCloseToTheFakeQuantModel) {
+  auto train = open_data(std::string(kFmnist) + ":train");
+  auto test = open_data(std::string(kFmnist) + ":test:limit=64");
+  QuantizeResult q = quantize_model(shipped_model(), int_config("int8:per_channel", "8"), *train);
+  ExportResult ex = export_integer_model(q.model.module, {});
+  auto [x, y] = test->batch(0, 64);
+  intsim::Engine engine(ex.model);
+  std::map<std::string, intsim::Tensor> tensors;
+  engine.run({to_engine(quantize_input(x, ex.model.inputs[0].q))}, &tensors);
+  int compared = 0;
+  for (const QuantizerOutput& p : probe_quantizers(q.model.module, x)) {
+    auto it = tensors.find(p.point);
+    if (it == tensors.end() || p.point.find("weight") != std::string::npos) continue;
+    const intsim::Op* op = nullptr;
+    for (const auto& o : ex.model.ops)
+      if (o.output == p.point) op = &o;
+    const intsim::QuantParams qp = op ? op->out : ex.model.inputs[0].q;
+    const at::Tensor fq = quantize_input(p.value, qp).reshape({-1});
+    const at::Tensor e = from_engine(it->second).to(at::kLong).reshape({-1});
+    const at::Tensor d = (fq - e).abs();
+    const double equal = d.eq(0).to(at::kDouble).mean().item<double>();
+    // The input and the first conv see the same integers in both models: only the
+    // hardware roundings differ (int32 bias, dyadic multiplier). Later layers also see
+    // the few one-step differences of the layers before, which spread.
+    if (p.point == "input.0" || p.point == "stem.0:out") {
+      EXPECT_GE(equal, 0.999) << p.point;
+      EXPECT_LE(d.max().item<int64_t>(), 1) << p.point;
+    }
+    EXPECT_GE(equal, 0.7) << p.point;
+    EXPECT_LE(d.max().item<int64_t>(), 8) << p.point;
+    std::printf("%-28s integers equal %6.2f%%, max %lld steps apart\n", p.point.c_str(), 100 * equal,
+                static_cast<long long>(d.max().item<int64_t>()));
+    ++compared;
+  }
+  EXPECT_GE(compared, 15);
+}
+
+// --- torchvision models nobody here wrote ----------------------------------------------
+
+struct Case {
+  std::string model, weights, acts, extra;
+};
+
+class TorchvisionExport : public ::testing::TestWithParam<Case> {};
+
+TEST_P(TorchvisionExport, EngineIsBitExactWithItsLibTorchTwin) {
+  const Case& c = GetParam();
+  torch::manual_seed(0);
+  auto calib = tensor_data(at::rand({32, 3, 64, 64}), at::zeros({32}, at::kLong), "random images");
+  QuantizeResult q = quantize_model(fixture(c.model), int_config(c.weights, c.acts, c.extra), *calib);
+  ExportResult ex = export_integer_model(q.model.module, {});
+  EXPECT_EQ(ex.model.inputs.at(0).shape, (std::vector<int64_t>{3, 64, 64}));
+  const at::Tensor e = expect_engine_equals_twin(ex.model, at::rand({2, 3, 64, 64}));
+  EXPECT_EQ(e.sizes(), (std::vector<int64_t>{2, 1000}));
+  // the integer outputs do vary (a model of constants would agree trivially)
+  const int64_t levels = int64_t{1} << std::stoi(c.acts);
+  EXPECT_GT(std::get<0>(at::_unique(e)).numel(), std::min<int64_t>(100, levels / 2));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, TorchvisionExport,
+    ::testing::Values(Case{"resnet18_script.pt", "int8:per_channel", "8", ""},
+                      Case{"resnet18_trace.pt", "int8", "8", ""},
+                      Case{"resnet18_script.pt", "int4:per_channel", "4", ""},
+                      Case{"mobilenet_v2_script.pt", "int8", "8", ""},
+                      Case{"mobilenet_v2_trace.pt", "int4:per_channel", "4", ""},
+                      // mixed: 6-bit weights, 2-bit first block, 16-bit classifier
+                      Case{"resnet18_script.pt", "int6:per_channel", "8",
+                           "  - {match: 'layer1.*', role: weight, spec: int2}\n"
+                           "  - {match: fc.weight, spec: 'int16'}\n"},
+                      Case{"mobilenet_v2_script.pt", "int5:per_channel", "6",
+                           "  - {match: 'features.1.*', role: weight, spec: int3}\n"}),
+    [](const ::testing::TestParamInfo<Case>& i) { return "case" + std::to_string(i.index); });
+
+// --- what has no integer form is one clear error -----------------------------------------
+
+std::string export_error(const std::string& config, bool fold = true) {
+  auto train = open_data(std::string(kFmnist) + ":train:limit=64");
+  QuantizeResult q = quantize_model(shipped_model(), config, *train, fold);
+  try {
+    export_integer_model(q.model.module, {});
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Export, AConvOutputFeedingAnAddWithoutAQuantizerIsNamed) {
+  const std::string m = export_error(
+      "rules:\n  - {kind: [conv, linear], role: weight, spec: int8}\n  - {role: input, spec: uint8}\n"
+      "  - {kind: [relu, pool, add], spec: uint8}\n");
+  EXPECT_NE(m.find("layer1.conv2"), std::string::npos) << m;
+  EXPECT_NE(m.find("is not quantized"), std::string::npos) << m;
+}
+
+TEST(Export, FloatWeightsAreNamed) {
+  const std::string m = export_error(
+      "rules:\n  - {role: input, spec: uint8}\n  - {kind: [conv, linear, relu, pool, add], role: activation, spec: int8}\n");
+  EXPECT_NE(m.find("stem.0: its weight is not quantized"), std::string::npos) << m;
+}
+
+TEST(Export, LogarithmicActivationsHaveNoIntegerForm) {
+  const std::string m = export_error(int_config("int8", "8", "  - {match: layer1.relu1:out, spec: log4}\n"));
+  EXPECT_NE(m.find("layer1.relu1:out"), std::string::npos) << m;
+  EXPECT_NE(m.find("logarithmic"), std::string::npos) << m;
+}
+
+TEST(Export, UnfoldedBatchNormIsFoldedIntoMultiplierAndBias) {
+  // BatchNorm left in the graph: the export folds it (negative factors flip the row)
+  auto train = open_data(std::string(kFmnist) + ":train");
+  auto test = open_data(std::string(kFmnist) + ":test:limit=300");
+  const std::string cfg =
+      "rules:\n  - {kind: [conv, linear], role: weight, spec: 'int8:per_channel'}\n  - {role: input, spec: uint8}\n"
+      "  - {kind: [bn, linear], role: activation, spec: int8}\n  - {kind: [relu, pool], spec: uint8}\n"
+      "  - {kind: add, spec: int8}\n";
+  QuantizeResult q = quantize_model(shipped_model(), cfg, *train, /*fold=*/false);
+  ExportResult ex = export_integer_model(q.model.module, {});
+  auto [x, y] = test->batch(0, 100);
+  expect_engine_equals_twin(ex.model, x);
+  IntegerEvalOptions o;
+  o.progress = false;
+  IntegerEvalResult r = evaluate_integer(ex.model, *test, o, &q.model.module);
+  EXPECT_GE(r.agreement, 98.0);
+}
+
+}  // namespace
+}  // namespace anybit
