@@ -94,7 +94,7 @@ struct Common {
   int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
   std::string eval_data;
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
-  bool fold_bn = false, bias_correction = false;
+  bool fold_bn = false, bias_correction = false, int32_bias = false;
   int adaround = 0;
   int threads = 0;
 };
@@ -137,6 +137,7 @@ int cmd_quantize(const Common& c) {
   opt.progress = progress_on(c);
   opt.adaround_iterations = c.adaround;
   opt.bias_correction = c.bias_correction;
+  opt.int32_bias = c.int32_bias;
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
@@ -378,6 +379,7 @@ int main(int argc, char** argv) {
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
+  quant->add_flag("--int32-bias", c.int32_bias, "quantize conv/linear biases as integer hardware adds them: int32 at s_in * s_w");
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");

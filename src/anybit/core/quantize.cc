@@ -469,6 +469,48 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
   report->params = P.summary;
 }
 
+// The scale of a uniform quantizer node as a tensor value ([1] or [C]); null if the node
+// is not a uniform quantizer.
+jit::Value* quantizer_scale(jit::Graph& graph, jit::Node* n) {
+  const std::string k = n->kind().toQualString();
+  if (k == "anybit::fake_quant_affine" || k == "aten::fake_quantize_per_channel_affine") return n->input(1);
+  if (k == "aten::fake_quantize_per_tensor_affine") {
+    if (n->input(1)->type()->cast<c10::TensorType>()) return n->input(1);
+    auto s = jit::toIValue(n->input(1));
+    if (!s) return nullptr;
+    jit::WithInsertPoint guard(n);
+    return graph.insertConstant(at::full({1}, static_cast<float>(s->toDouble())));
+  }
+  return nullptr;
+}
+
+// int32 biases at s_in * s_w (QuantizeOptions::int32_bias): b + detach(round(b / s) * s - b).
+int quantize_biases_int32(ModelGraph& g) {
+  jit::Graph& graph = *g.graph;
+  int count = 0;
+  for (jit::Node* n : graph.nodes()) {
+    const std::string k = n->kind().toQualString();
+    if (k != "aten::_convolution" && k != "aten::conv2d" && k != "aten::conv1d" && k != "aten::linear") continue;
+    jit::Value* bias = n->input(2);
+    if (bias->type()->kind() == c10::TypeKind::NoneType || jit::toIValue(bias)) continue;
+    jit::Value* sx = quantizer_scale(graph, n->input(0)->node());
+    jit::Value* sw = quantizer_scale(graph, n->input(1)->node());
+    if (!sx || !sw) continue;
+    if (n->input(0)->node()->kind() == c10::Symbol::fromQualString("aten::fake_quantize_per_channel_affine")) continue;
+    jit::WithInsertPoint guard(n);
+    auto op = [&](const char* name, std::vector<jit::Value*> in) { return insert_op(graph, name, std::move(in)); };
+    jit::Value* one = graph.insertConstant(int64_t{1});
+    jit::Value* b = bias;
+    if (!bias->type()->cast<c10::TensorType>()) b = graph.insertUncheckedCast(bias, c10::TensorType::get());
+    jit::Value* s = op("aten::mul", {sx, sw});
+    jit::Value* y = op("aten::mul", {op("aten::round", {op("aten::div", {b, s})}), s});
+    jit::Value* ste = op("aten::add", {b, op("aten::detach", {op("aten::sub", {y, b, one})}), one});
+    n->replaceInputWith(bias, ste);
+    ++count;
+  }
+  return count;
+}
+
 }  // namespace
 
 std::string fmt_scale(double s, double z) {
@@ -602,6 +644,13 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       result.adaround.emplace_back(r.name, r.mse_nearest, r.mse_adaround);
   }
   if (reference && options.bias_correction) correct_bias(g, *reference, *calib, options.adaround_samples);
+  if (options.int32_bias) {
+    for (const auto& r : result.points)
+      if (r.point.role == Role::kBias && !r.assignment.spec.is_float())
+        throw Error(r.point.name + ": has its own quantizer; int32 biases (--int32-bias) replace it: "
+                    "leave biases float in the rules");
+    quantize_biases_int32(g);
+  }
   // which quantizer parameter belongs to which point, saved with the model
   c10::impl::GenericDict names(c10::StringType::get(), c10::StringType::get());
   for (const auto& r : result.points)

@@ -46,6 +46,11 @@ struct QuantizeOptions {
   int64_t adaround_samples = 512;
   // empirical bias correction after weight quantization (ptq/bias_correction.h)
   bool bias_correction = false;
+  // Quantize every conv/linear bias whose input and weight are uniformly quantized the
+  // way integer hardware adds it: int32 at s_in * s_w (round(b / (s_in * s_w)) * s_in * s_w,
+  // straight-through gradient; Brevitas's Int32Bias). The fake-quantized model then
+  // differs from the integer export (core/export.h) only by the dyadic rounding.
+  bool int32_bias = false;
 };
 
 // What one point got: spec, calibrator and the quantizer parameters chosen.
