@@ -1,10 +1,14 @@
-// The integer engine: per-layer preparation (weight offsets, the overflow bound that
-// decides the fast path) and the op-by-op run over a batch. See engine.h.
+// The integer engine: per-layer preparation (weight offsets and packing, the overflow bound
+// that picks the kernel) and the op-by-op run over a batch, cut into chunks that threads
+// take in turn. See engine.h.
 #include "anybit/intsim/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <exception>
 #include <sstream>
+#include <thread>
 
 #include "anybit/intsim/kernels.h"
 
@@ -12,18 +16,25 @@ namespace anybit {
 namespace intsim {
 namespace {
 
+// How a conv2d or linear layer computes its accumulators (engine.h).
+enum class LayerKernel { kFast, kStepwise, kMac, kReference };
+
 // A conv2d or linear layer ready to run.
 struct PreparedLayer {
-  bool fast = false;             // exact in int32 (bound proven) and exact MAC
-  bool int16_operands = false;   // x - z_x and w - z_w both fit int16
-  std::vector<int32_t> w_offset;  // w - z_w, [O][K]
-  std::vector<int16_t> w_offset16;
+  LayerKernel kernel = LayerKernel::kMac;
+  bool int16_operands = false;      // x - z_x and w - z_w both fit int16
+  std::vector<int32_t> w_offset;    // w - z_w, [O][K]
+  std::vector<int16_t> w_offset16;  // the same in int16: stepwise with int16 operands
+  PackedWeights<int16_t> packed16;  // fast, int16 operands
+  PackedWeights<int32_t> packed32;  // fast, int32 operands
   int64_t out_channels = 0, patch = 0;
 };
 
 struct PreparedOp {
   std::vector<int> inputs;  // tensor ids
   int output = -1;
+  std::vector<const TensorInfo*> input_info;
+  const TensorInfo* output_info = nullptr;
   PreparedLayer layer;
 };
 
@@ -36,6 +47,21 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 // Largest |q - z| over a tensor's integer range.
 int64_t max_abs_offset(const QuantParams& q) {
   return std::max(int64_t{q.qmax} - q.zero_point, int64_t{q.zero_point} - q.qmin);
+}
+
+Conv2dGeometry conv_geometry(const Op& op, const std::vector<int64_t>& in_shape_nchw) {
+  Conv2dGeometry g;
+  g.batch = in_shape_nchw[0];
+  g.in_channels = in_shape_nchw[1];
+  g.in_h = in_shape_nchw[2];
+  g.in_w = in_shape_nchw[3];
+  g.out_channels = op.out_channels;
+  g.kernel_h = op.kernel[0], g.kernel_w = op.kernel[1];
+  g.stride_h = op.stride[0], g.stride_w = op.stride[1];
+  g.pad_h = op.padding[0], g.pad_w = op.padding[1];
+  g.dilation_h = op.dilation[0], g.dilation_w = op.dilation[1];
+  g.groups = op.groups;
+  return g;
 }
 
 PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOptions& options,
@@ -71,16 +97,47 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
   }
   const int64_t x_lo = int64_t{in.q.qmin} - in.q.zero_point;
   const int64_t x_hi = int64_t{in.q.qmax} - in.q.zero_point;
-  p.fast = options.path == KernelPath::kAuto && mac_exact && bounded;
   p.int16_operands = w_fits_int16 && x_lo >= -32768 && x_hi <= 32767;
-  if (p.fast && p.int16_operands)
+  if (options.path == KernelPath::kReference)
+    p.kernel = LayerKernel::kReference;
+  else if (options.path == KernelPath::kPerDotProduct || !mac_exact)
+    p.kernel = LayerKernel::kMac;
+  else
+    p.kernel = bounded ? LayerKernel::kFast : LayerKernel::kStepwise;
+
+  if (p.kernel == LayerKernel::kStepwise && p.int16_operands)
     p.w_offset16.assign(p.w_offset.begin(), p.w_offset.end());
+  if (p.kernel == LayerKernel::kFast) {
+    const bool conv = op.kind == OpKind::kConv2d;
+    // The geometry of one image: packing needs only the channels and the kernel.
+    const Conv2dGeometry g =
+        conv ? conv_geometry(op, {1, in.shape[0], in.shape[1], in.shape[2]}) : Conv2dGeometry{};
+    if (p.int16_operands) {
+      const std::vector<int16_t> w16(p.w_offset.begin(), p.w_offset.end());
+      p.packed16 = conv ? pack_conv2d_weights(g, w16.data())
+                        : pack_linear_weights(p.out_channels, p.patch, w16.data());
+    } else {
+      p.packed32 = conv ? pack_conv2d_weights(g, p.w_offset.data())
+                        : pack_linear_weights(p.out_channels, p.patch, p.w_offset.data());
+    }
+  }
   return p;
 }
 
 // y = requantize_dyadic(acc, M[channel], ...) over [batch][channels][inner].
-template <typename A>
-void requantize_channels(const A* acc, int64_t batch, int64_t channels, int64_t inner,
+void requantize_channels(const int32_t* acc, int64_t batch, int64_t channels, int64_t inner,
+                         const std::vector<DyadicMultiplier>& m, const QuantParams& q,
+                         int32_t* y) {
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const DyadicMultiplier mc = m.size() == 1 ? m[0] : m[static_cast<size_t>(c)];
+      const int64_t base = (n * channels + c) * inner;
+      requantize_int32(acc + base, inner, 0, mc, q.zero_point, q.qmin, q.qmax, y + base);
+    }
+  }
+}
+
+void requantize_channels(const int64_t* acc, int64_t batch, int64_t channels, int64_t inner,
                          const std::vector<DyadicMultiplier>& m, const QuantParams& q,
                          int32_t* y) {
   for (int64_t n = 0; n < batch; ++n) {
@@ -91,21 +148,6 @@ void requantize_channels(const A* acc, int64_t batch, int64_t channels, int64_t 
         y[base + i] = requantize_dyadic(acc[base + i], mc, q.zero_point, q.qmin, q.qmax);
     }
   }
-}
-
-Conv2dGeometry conv_geometry(const Op& op, const std::vector<int64_t>& in_shape_nchw) {
-  Conv2dGeometry g;
-  g.batch = in_shape_nchw[0];
-  g.in_channels = in_shape_nchw[1];
-  g.in_h = in_shape_nchw[2];
-  g.in_w = in_shape_nchw[3];
-  g.out_channels = op.out_channels;
-  g.kernel_h = op.kernel[0], g.kernel_w = op.kernel[1];
-  g.stride_h = op.stride[0], g.stride_w = op.stride[1];
-  g.pad_h = op.padding[0], g.pad_w = op.padding[1];
-  g.dilation_h = op.dilation[0], g.dilation_w = op.dilation[1];
-  g.groups = op.groups;
-  return g;
 }
 
 Pool2dGeometry pool_geometry(const Op& op, const std::vector<int64_t>& in_nchw,
@@ -127,6 +169,38 @@ Pool2dGeometry pool_geometry(const Op& op, const std::vector<int64_t>& in_nchw,
   g.dilation_h = op.dilation[0], g.dilation_w = op.dilation[1];
   return g;
 }
+
+// What one thread needs to run the ops on a chunk of the batch.
+struct Worker {
+  std::vector<Tensor> env;                  // the chunk's tensors, by id
+  std::vector<std::vector<int32_t>> spare;  // storage of tensors no longer needed, for reuse
+  KernelScratch scratch;
+  std::vector<int32_t> acc32;
+  std::vector<int64_t> acc64;
+  std::vector<LayerStats> stats;  // by op: counts since they were last added to the engine's
+
+  // Gives t the shape [batch, ...shape] and storage for it: its own, or the most recently
+  // released (still in cache). Nothing is allocated once the buffers have grown.
+  void shape_tensor(Tensor& t, int64_t batch, const std::vector<int64_t>& shape) {
+    if (t.data.capacity() == 0 && !spare.empty()) {
+      t.data = std::move(spare.back());
+      spare.pop_back();
+    }
+    t.shape = shape;
+    t.shape.insert(t.shape.begin(), batch);
+    t.data.resize(static_cast<size_t>(t.numel()));
+  }
+
+  void release(Tensor& t) {
+    if (t.data.capacity() > 0) spare.push_back(std::move(t.data));
+    t = Tensor{};
+  }
+};
+
+// A chunk's largest activation is kept to about this size (the order of an L2 cache), and
+// a chunk to at most kMaxChunkImages images.
+constexpr int64_t kChunkBytes = 256 * 1024;
+constexpr int64_t kMaxChunkImages = 16;
 
 }  // namespace
 
@@ -168,12 +242,19 @@ struct Engine::Impl {
   EngineOptions options;
   std::map<std::string, TensorInfo> tensors;
   std::map<std::string, int> ids;
-  std::vector<std::string> names;  // by id
-  std::vector<int> last_use;       // by id: index of the last op reading it (-1: none)
-  std::vector<bool> is_output;     // by id
+  std::vector<std::string> names;       // by id
+  std::vector<const TensorInfo*> info;  // by id
+  std::vector<int> last_use;            // by id: index of the last op reading it (-1: none)
+  std::vector<bool> is_output;          // by id
   std::vector<PreparedOp> ops;
   std::vector<LayerStats> stats;
   std::shared_ptr<MacModel> mac;
+  // True unless a layer calls the MAC model: the batch may then be cut into chunks that
+  // run independently, in any order, on any thread.
+  bool chunked = true;
+  int64_t chunk_images = 1;
+  int threads = 1;
+  std::vector<Worker> workers;  // kept between runs, with their buffers
 
   int id_of(const std::string& name) {
     auto it = ids.find(name);
@@ -184,12 +265,17 @@ struct Engine::Impl {
     return id;
   }
 
-  void run_op(size_t k, std::vector<Tensor>& env);
+  void run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64_t begin, int64_t end,
+                 bool keep_all, std::vector<Tensor>& results);
+  void run_op(size_t k, Worker& w, int64_t batch);
 };
 
 Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   check_accumulator_spec(options.accumulator);
+  if (options.threads < 0)
+    throw Error("threads must be >= 0 (0: one per hardware thread), got " +
+                std::to_string(options.threads));
   m.tensors = validate_model(model, "model");
   m.model = std::move(model);
   m.options = std::move(options);
@@ -197,18 +283,32 @@ Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl
   for (const TensorSpec& in : m.model.inputs) m.id_of(in.name);
   for (const Op& op : m.model.ops) {
     PreparedOp p;
-    for (const std::string& name : op.inputs) p.inputs.push_back(m.id_of(name));
+    for (const std::string& name : op.inputs) {
+      p.inputs.push_back(m.id_of(name));
+      p.input_info.push_back(&m.tensors.at(name));
+    }
     p.output = m.id_of(op.output);
+    p.output_info = &m.tensors.at(op.output);
     LayerStats s;
     s.name = op.name;
     s.op = op_kind_name(op.kind);
     if (op.kind == OpKind::kConv2d || op.kind == OpKind::kLinear) {
       p.layer = prepare_layer(op, m.tensors.at(op.inputs[0]), m.options, m.mac->is_exact());
-      s.fast_path = p.layer.fast;
+      s.fast_path = p.layer.kernel == LayerKernel::kFast;
+      m.chunked = m.chunked && p.layer.kernel != LayerKernel::kMac;
     }
     m.ops.push_back(std::move(p));
     m.stats.push_back(s);
   }
+  m.info.resize(m.names.size());
+  int64_t image_bytes = 1;
+  for (size_t id = 0; id < m.names.size(); ++id) {
+    m.info[id] = &m.tensors.at(m.names[id]);
+    image_bytes = std::max<int64_t>(image_bytes, numel_of(m.info[id]->shape) * 4);
+  }
+  m.chunk_images = std::clamp<int64_t>(kChunkBytes / image_bytes, 1, kMaxChunkImages);
+  const unsigned hardware = std::thread::hardware_concurrency();
+  m.threads = m.options.threads > 0 ? m.options.threads : static_cast<int>(std::max(hardware, 1u));
   m.last_use.assign(m.names.size(), -1);
   m.is_output.assign(m.names.size(), false);
   for (size_t k = 0; k < m.ops.size(); ++k)
@@ -238,7 +338,6 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& inputs,
   if (inputs.size() != specs.size())
     throw Error("run: the model takes " + std::to_string(specs.size()) + " inputs, got " +
                 std::to_string(inputs.size()));
-  std::vector<Tensor> env(m.names.size());
   int64_t batch = -1;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
@@ -260,33 +359,101 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& inputs,
         throw Error("input '" + s.name + "': value " + std::to_string(t.data[j]) + " at index " +
                     std::to_string(j) + " is outside [qmin, qmax] = [" + std::to_string(s.q.qmin) +
                     ", " + std::to_string(s.q.qmax) + "]");
-    env[m.ids.at(s.name)] = t;
   }
-  for (size_t k = 0; k < m.ops.size(); ++k) {
-    m.run_op(k, env);
-    if (!tensors)
-      for (int id : m.ops[k].inputs)
-        if (m.last_use[id] == static_cast<int>(k) && !m.is_output[id]) env[id] = Tensor{};
+
+  // The tensors that leave the run, at full batch size; chunks fill their slices.
+  const bool keep_all = tensors != nullptr;
+  std::vector<Tensor> results(m.names.size());
+  for (size_t id = 0; id < m.names.size(); ++id) {
+    if (!keep_all && !m.is_output[id]) continue;
+    results[id].shape = m.info[id]->shape;
+    results[id].shape.insert(results[id].shape.begin(), batch);
+    results[id].data.resize(static_cast<size_t>(results[id].numel()));
   }
+
+  // Without chunks, the whole batch on this thread; with them, every thread (this one
+  // included) takes the next chunk until none is left. Results do not depend on which
+  // thread ran which chunk.
+  const int64_t per_thread = (batch + m.threads - 1) / m.threads;
+  const int64_t chunk = m.chunked ? std::min(m.chunk_images, per_thread) : batch;
+  const int64_t chunks = (batch + chunk - 1) / chunk;
+  const int n_workers = static_cast<int>(std::min<int64_t>(m.threads, chunks));
+  if (static_cast<int>(m.workers.size()) < n_workers) m.workers.resize(static_cast<size_t>(n_workers));
+  std::atomic<int64_t> next_chunk{0};
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n_workers));
+  auto work = [&](int i) {
+    Worker& w = m.workers[static_cast<size_t>(i)];
+    w.stats.resize(m.ops.size());
+    try {
+      for (int64_t c = next_chunk++; c < chunks; c = next_chunk++)
+        m.run_chunk(w, inputs, c * chunk, std::min(batch, (c + 1) * chunk), keep_all, results);
+    } catch (...) {
+      errors[static_cast<size_t>(i)] = std::current_exception();
+      next_chunk = chunks;  // the others stop after their current chunk
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < n_workers; ++i) pool.emplace_back(work, i);
+  work(0);
+  for (std::thread& t : pool) t.join();
+
+  for (int i = 0; i < n_workers; ++i) {
+    for (size_t k = 0; k < m.ops.size(); ++k) {
+      LayerStats& d = m.workers[static_cast<size_t>(i)].stats[k];
+      LayerStats& s = m.stats[k];
+      s.dot_products += d.dot_products;
+      s.overflows += d.overflows;
+      s.sum_abs_error += d.sum_abs_error;
+      s.max_abs_error = std::max(s.max_abs_error, d.max_abs_error);
+      d = LayerStats{};
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+
   std::vector<Tensor> outputs;
-  for (const TensorSpec& out : m.model.outputs) outputs.push_back(env[m.ids.at(out.name)]);
+  for (const TensorSpec& out : m.model.outputs) outputs.push_back(results[m.ids.at(out.name)]);
   if (tensors)
-    for (size_t id = 0; id < env.size(); ++id) (*tensors)[m.names[id]] = env[id];
+    for (size_t id = 0; id < results.size(); ++id) (*tensors)[m.names[id]] = std::move(results[id]);
   return outputs;
 }
 
-void Engine::Impl::run_op(size_t k, std::vector<Tensor>& env) {
+void Engine::Impl::run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64_t begin,
+                             int64_t end, bool keep_all, std::vector<Tensor>& results) {
+  const int64_t n = end - begin;
+  w.env.resize(names.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& in = inputs[i];
+    const int64_t per_image = in.numel() / in.shape[0];
+    const int id = ids.at(model.inputs[i].name);
+    w.shape_tensor(w.env[id], n, info[id]->shape);
+    std::copy(in.data.begin() + begin * per_image, in.data.begin() + end * per_image,
+              w.env[id].data.begin());
+  }
+  for (size_t k = 0; k < ops.size(); ++k) {
+    run_op(k, w, n);
+    if (keep_all) continue;
+    // Inputs read for the last time give their storage to later tensors.
+    for (int id : ops[k].inputs)
+      if (last_use[id] == static_cast<int>(k) && !is_output[id]) w.release(w.env[id]);
+  }
+  for (size_t id = 0; id < results.size(); ++id) {
+    if (results[id].shape.empty()) continue;  // not wanted
+    const std::vector<int32_t>& src = w.env[id].data;
+    const int64_t per_image = static_cast<int64_t>(src.size()) / n;
+    std::copy(src.begin(), src.end(), results[id].data.begin() + begin * per_image);
+  }
+}
+
+void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
   const Op& op = model.ops[k];
-  PreparedOp& p = ops[k];
-  LayerStats& st = stats[k];
-  const Tensor& x = env[p.inputs[0]];
-  const TensorInfo& xi = tensors.at(op.inputs[0]);
-  const TensorInfo& yi = tensors.at(op.output);
-  const int64_t batch = x.shape[0];
-  Tensor y;
-  y.shape = yi.shape;
-  y.shape.insert(y.shape.begin(), batch);
-  y.data.resize(static_cast<size_t>(y.numel()));
+  const PreparedOp& p = ops[k];
+  LayerStats& st = w.stats[k];
+  const Tensor& x = w.env[p.inputs[0]];
+  const TensorInfo& xi = *p.input_info[0];
+  const TensorInfo& yi = *p.output_info;
+  Tensor& y = w.env[p.output];
+  w.shape_tensor(y, batch, yi.shape);
   const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
 
   switch (op.kind) {
@@ -298,49 +465,60 @@ void Engine::Impl::run_op(size_t k, std::vector<Tensor>& env) {
       const int64_t in_features = conv ? 0 : xi.shape[0];
       const Conv2dGeometry g = conv ? conv_geometry(op, x.shape) : Conv2dGeometry{};
       const int32_t zx = xi.q.zero_point;
+      const int32_t* xd = x.data.data();
       st.dot_products += batch * L.out_channels * inner;
-      if (L.fast) {
-        std::vector<int32_t> acc(y.data.size());
-        if (conv && L.int16_operands)
-          conv2d_int16_acc32(g, x.data.data(), zx, L.w_offset16.data(), bias, acc.data());
+      if (L.kernel == LayerKernel::kFast || L.kernel == LayerKernel::kStepwise) {
+        w.acc32.resize(y.data.size());
+        int32_t* acc = w.acc32.data();
+        if (L.kernel == LayerKernel::kFast && conv && L.int16_operands)
+          conv2d_acc32(g, xd, zx, L.packed16, bias, acc, w.scratch);
+        else if (L.kernel == LayerKernel::kFast && conv)
+          conv2d_acc32(g, xd, zx, L.packed32, bias, acc, w.scratch);
+        else if (L.kernel == LayerKernel::kFast && L.int16_operands)
+          linear_acc32(batch, xd, zx, L.packed16, bias, acc, w.scratch);
+        else if (L.kernel == LayerKernel::kFast)
+          linear_acc32(batch, xd, zx, L.packed32, bias, acc, w.scratch);
+        else if (conv && L.int16_operands)
+          conv2d_int16_stepwise(g, xd, zx, L.w_offset16.data(), bias, options.accumulator, acc,
+                                &st.overflows, w.scratch);
         else if (conv)
-          conv2d_int32_acc32(g, x.data.data(), zx, L.w_offset.data(), bias, acc.data());
+          conv2d_int32_stepwise(g, xd, zx, L.w_offset.data(), bias, options.accumulator, acc,
+                                &st.overflows, w.scratch);
         else if (L.int16_operands)
-          linear_int16_acc32(batch, in_features, L.out_channels, x.data.data(), zx,
-                             L.w_offset16.data(), bias, acc.data());
+          linear_int16_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset16.data(),
+                                bias, options.accumulator, acc, &st.overflows, w.scratch);
         else
-          linear_int32_acc32(batch, in_features, L.out_channels, x.data.data(), zx,
-                             L.w_offset.data(), bias, acc.data());
-        requantize_channels(acc.data(), batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
+          linear_int32_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(),
+                                bias, options.accumulator, acc, &st.overflows, w.scratch);
+        requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
         break;
       }
-      std::vector<int64_t> acc(y.data.size());
-      if (options.path == KernelPath::kReference) {
+      w.acc64.resize(y.data.size());
+      int64_t* acc = w.acc64.data();
+      if (L.kernel == LayerKernel::kReference) {
         if (conv)
-          conv2d_int_reference(g, x.data.data(), zx, op.weight.data.data(), op.weight_zero_point,
-                               bias, options.accumulator, acc.data(), &st.overflows);
+          conv2d_int_reference(g, xd, zx, op.weight.data.data(), op.weight_zero_point, bias,
+                               options.accumulator, acc, &st.overflows);
         else
-          linear_int_reference(batch, in_features, L.out_channels, x.data.data(), zx,
-                               op.weight.data.data(), op.weight_zero_point, bias,
-                               options.accumulator, acc.data(), &st.overflows);
+          linear_int_reference(batch, in_features, L.out_channels, xd, zx, op.weight.data.data(),
+                               op.weight_zero_point, bias, options.accumulator, acc, &st.overflows);
       } else {
         Accumulator reg(options.accumulator);
         MacStats ms;
         if (conv)
-          conv2d_int_mac(g, x.data.data(), zx, L.w_offset.data(), bias, *mac, op.name, reg,
-                         acc.data(), &ms);
+          conv2d_int_mac(g, xd, zx, L.w_offset.data(), bias, *mac, op.name, reg, acc, &ms);
         else
-          linear_int_mac(batch, in_features, L.out_channels, x.data.data(), zx, L.w_offset.data(),
-                         bias, *mac, op.name, reg, acc.data(), &ms);
+          linear_int_mac(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(), bias, *mac,
+                         op.name, reg, acc, &ms);
         st.overflows += reg.overflows();
         st.sum_abs_error += ms.sum_abs_error;
         st.max_abs_error = std::max(st.max_abs_error, ms.max_abs_error);
       }
-      requantize_channels(acc.data(), batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
+      requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
       break;
     }
     case OpKind::kAdd: {
-      const TensorInfo& bi = tensors.at(op.inputs[1]);
+      const TensorInfo& bi = *p.input_info[1];
       AddParams a;
       a.a_zero_point = xi.q.zero_point;
       a.b_zero_point = bi.q.zero_point;
@@ -351,7 +529,7 @@ void Engine::Impl::run_op(size_t k, std::vector<Tensor>& env) {
       a.out_zero_point = yi.q.zero_point;
       a.qmin = yi.q.qmin;
       a.qmax = yi.q.qmax;
-      add_int(a, x.data.data(), env[p.inputs[1]].data.data(), y.numel(), y.data.data());
+      add_int(a, x.data.data(), w.env[p.inputs[1]].data.data(), y.numel(), y.data.data());
       break;
     }
     case OpKind::kRelu:
@@ -363,19 +541,19 @@ void Engine::Impl::run_op(size_t k, std::vector<Tensor>& env) {
         y.data[i] = std::min(std::max(x.data[i], yi.q.qmin), yi.q.qmax);
       break;
     case OpKind::kFlatten:
-      y.data = x.data;
+      std::copy(x.data.begin(), x.data.end(), y.data.begin());
       break;
     case OpKind::kMaxPool2d:
       maxpool2d_int(pool_geometry(op, x.shape, yi.shape), x.data.data(), xi.q.qmin, y.data.data());
       break;
     case OpKind::kAvgPool2d:
     case OpKind::kGlobalAvgPool: {
-      std::vector<int64_t> sum(y.data.size());
+      w.acc64.resize(y.data.size());
       Accumulator reg(options.accumulator);
       avgpool2d_sum_int(pool_geometry(op, x.shape, yi.shape), x.data.data(), xi.q.zero_point, reg,
-                        sum.data());
+                        w.acc64.data());
       st.overflows += reg.overflows();
-      requantize_channels(sum.data(), 1, 1, y.numel(), op.multiplier, yi.q, y.data.data());
+      requantize_channels(w.acc64.data(), 1, 1, y.numel(), op.multiplier, yi.q, y.data.data());
       break;
     }
     case OpKind::kConcat: {
@@ -387,23 +565,18 @@ void Engine::Impl::run_op(size_t k, std::vector<Tensor>& env) {
       const int64_t out_block = yi.shape[axis] * inner;
       int64_t offset = 0;
       for (size_t j = 0; j < p.inputs.size(); ++j) {
-        const Tensor& xj = env[p.inputs[j]];
-        const QuantParams& qj = tensors.at(op.inputs[j]).q;
-        const DyadicMultiplier mj = op.input_multipliers[j];
-        const int64_t block = tensors.at(op.inputs[j]).shape[axis] * inner;
-        for (int64_t o = 0; o < outer; ++o) {
-          const int32_t* src = xj.data.data() + o * block;
-          int32_t* dst = y.data.data() + o * out_block + offset;
-          for (int64_t i = 0; i < block; ++i)
-            dst[i] = requantize_dyadic(static_cast<int64_t>(src[i]) - qj.zero_point, mj,
-                                       yi.q.zero_point, yi.q.qmin, yi.q.qmax);
-        }
+        const Tensor& xj = w.env[p.inputs[j]];
+        const QuantParams& qj = p.input_info[j]->q;
+        const int64_t block = p.input_info[j]->shape[axis] * inner;
+        for (int64_t o = 0; o < outer; ++o)
+          requantize_int32(xj.data.data() + o * block, block, qj.zero_point,
+                           op.input_multipliers[j], yi.q.zero_point, yi.q.qmin, yi.q.qmax,
+                           y.data.data() + o * out_block + offset);
         offset += block;
       }
       break;
     }
   }
-  env[p.output] = std::move(y);
 }
 
 std::string format_stats(const std::vector<LayerStats>& stats) {

@@ -7,15 +7,27 @@
 //   std::vector<Tensor> y = e.run({quantize_tensor(x.data(), {1, 3, 32, 32}, m.inputs[0].q)});
 //   for (const LayerStats& s : e.stats()) ... s.overflows, s.mean_abs_error() ...
 //
-// Per conv2d/linear layer the engine picks one of three kernels (kernels.h):
+// Per conv2d/linear layer the engine picks one of four kernels (kernels.h):
 //   fast       the MAC is exact and the layer's accumulator provably never leaves its range
 //              (|bias| + max|x - z_x| * sum|w - z_w| fits, checked once per output channel):
-//              int16/int32 operands, int32 accumulation, vectorized. Then wrap and saturate
-//              agree and no overflow can happen, so the result is the reference's exactly.
-//   per dot    otherwise: every dot product through the MacModel, every addition through
-//   product    the declared accumulator (wrap or saturate, overflow events counted).
+//              int16/int32 operands, int32 accumulation, a vectorized GEMM. Then wrap and
+//              saturate agree and no overflow can happen, so the result is the reference's
+//              exactly.
+//   stepwise   the MAC is exact but the bound does not hold: every addition through the
+//              declared accumulator (wrap or saturate, overflow events counted), in the
+//              reference's order, vectorized across output positions; the engine computes
+//              the exact dot products itself and does not call the MAC model.
+//   per dot    otherwise (a non-exact MAC, or KernelPath::kPerDotProduct): every dot
+//   product    product through the MacModel, every addition through the accumulator.
 //   reference  only on request (KernelPath::kReference): the plain int64 reference loops.
 // Pooling sums always go through the accumulator, one addition at a time.
+//
+// Threads (EngineOptions::threads): unless a layer calls the MAC model, the batch is cut
+// into chunks of a few images, which threads take in turn through the whole network;
+// every image is computed the same way whatever the chunking, so the results and the
+// statistics do not depend on the thread count. With a MAC model in use the run stays on
+// the calling thread, layer by layer over the whole batch, so that the model sees its dot
+// products in the documented order (mac.h) and a seed reproduces a run.
 //
 // Not thread-safe: one Engine runs one batch at a time (MAC models keep random state).
 #pragma once
@@ -49,7 +61,7 @@ Tensor quantize_tensor(const float* x, std::vector<int64_t> shape, const QuantPa
 std::vector<float> dequantize_tensor(const Tensor& t, const QuantParams& q);
 
 enum class KernelPath {
-  kAuto,          // fast where provably exact, per dot product elsewhere
+  kAuto,          // fast where provably exact; stepwise (exact MAC) or per dot product elsewhere
   kPerDotProduct, // every conv2d/linear dot product through the MacModel
   kReference,     // the *_reference kernels (the MacModel is not used)
 };
@@ -58,13 +70,16 @@ struct EngineOptions {
   AccumulatorSpec accumulator;       // width 8..32 (default 32) and overflow mode
   std::shared_ptr<MacModel> mac;     // null: exact
   KernelPath path = KernelPath::kAuto;
+  // Threads a run may use: 0 one per hardware thread (std::thread::hardware_concurrency()),
+  // 1 the calling thread only. Results do not depend on it.
+  int threads = 0;
 };
 
 // What one op did, summed over every run since construction or reset_stats().
 struct LayerStats {
   std::string name;  // the op's name
   std::string op;    // its kind, "conv2d"
-  bool fast_path = false;     // conv2d/linear: the fast kernel is used
+  bool fast_path = false;     // conv2d/linear: the fast kernel is used (no overflow possible)
   int64_t dot_products = 0;   // conv2d/linear output elements computed
   int64_t overflows = 0;      // accumulator additions that left the declared range
   double sum_abs_error = 0;   // sum |mac - exact| (non-exact MAC only)

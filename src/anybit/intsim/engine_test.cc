@@ -1,6 +1,7 @@
-// The engine end to end: random models through the fast, per-dot-product and reference
-// paths give the same integers; narrow accumulators overflow where the reference says;
-// MAC plug-ins see every dot product; the numbers follow the formulas of DESIGN.md.
+// The engine end to end: random models through the fast, stepwise, per-dot-product and
+// reference paths give the same integers on any number of threads; narrow accumulators
+// overflow where the reference says; MAC plug-ins see every dot product, in order; the
+// numbers follow the formulas of DESIGN.md.
 #include "anybit/intsim/engine.h"
 
 #include <gtest/gtest.h>
@@ -114,6 +115,34 @@ TEST_P(EngineSeed, NarrowAccumulatorsOverflowExactlyWhereTheReferenceSays) {
       total += s_narrow[k].overflows;
     }
     EXPECT_GT(total, 0) << "a 12-bit accumulator should overflow somewhere";
+  }
+}
+
+// Chunks of an odd batch over 1, 2, 3 and 7 threads: the same tensors and the same
+// statistics on the fast, stepwise (narrow accumulators) and reference kernels.
+TEST_P(EngineSeed, ResultsAndStatisticsDoNotDependOnTheThreadCount) {
+  ModelBuilder b = random_model(static_cast<uint64_t>(GetParam()) + 300);
+  const auto in = random_inputs(b, 9);
+  EngineOptions fast, wrap, saturate, reference;
+  wrap.accumulator = {12, Overflow::kWrap};
+  saturate.accumulator = {14, Overflow::kSaturate};
+  reference.accumulator = {12, Overflow::kWrap};
+  reference.path = KernelPath::kReference;
+  for (EngineOptions o : {fast, wrap, saturate, reference}) {
+    o.threads = 1;
+    std::vector<LayerStats> one;
+    const auto expected = run_all(b.model, o, in, &one);
+    for (int threads : {2, 3, 7}) {
+      o.threads = threads;
+      std::vector<LayerStats> many;
+      expect_same_tensors(expected, run_all(b.model, o, in, &many));
+      ASSERT_EQ(many.size(), one.size());
+      for (size_t k = 0; k < one.size(); ++k) {
+        EXPECT_EQ(many[k].dot_products, one[k].dot_products) << one[k].name << ", " << threads << " threads";
+        EXPECT_EQ(many[k].overflows, one[k].overflows) << one[k].name << ", " << threads << " threads";
+        EXPECT_EQ(many[k].fast_path, one[k].fast_path) << one[k].name;
+      }
+    }
   }
 }
 
@@ -287,6 +316,89 @@ class CountingMac : public MacModel {
   std::string last_op;
 };
 
+// Records where every dot product was asked for.
+class OrderMac : public MacModel {
+ public:
+  struct Call {
+    std::string layer;
+    int64_t batch, channel, y, x;
+  };
+  int64_t dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) override {
+    calls.push_back({std::string(ctx.layer), ctx.batch, ctx.channel, ctx.y, ctx.x});
+    return dot_exact(x, w, n, *ctx.acc);
+  }
+  std::string describe() const override { return "order"; }
+  std::vector<Call> calls;
+};
+
+TEST(Engine, MacPluginIsCalledInTheDocumentedOrderWhateverTheThreadCount) {
+  ModelBuilder b = random_model(36);
+  const auto in = random_inputs(b, 3);
+  auto order = std::make_shared<OrderMac>();
+  EngineOptions o;
+  o.mac = order;
+  o.threads = 4;
+  Engine e(b.model, o);
+  std::map<std::string, Tensor> all;
+  e.run(in, &all);
+  // Layer after layer in model order; within a layer image, output channel, row, column.
+  size_t i = 0;
+  for (const Op& op : e.model().ops) {
+    if (op.kind != OpKind::kConv2d && op.kind != OpKind::kLinear) continue;
+    const std::vector<int64_t>& shape = all.at(op.output).shape;  // [N, O] or [N, O, H, W]
+    const int64_t H = shape.size() == 4 ? shape[2] : 1, W = shape.size() == 4 ? shape[3] : 1;
+    for (int64_t n = 0; n < shape[0]; ++n)
+      for (int64_t c = 0; c < shape[1]; ++c)
+        for (int64_t y = 0; y < H; ++y)
+          for (int64_t x = 0; x < W; ++x, ++i) {
+            ASSERT_LT(i, order->calls.size());
+            const OrderMac::Call& call = order->calls[i];
+            ASSERT_EQ(call.layer, op.name);
+            ASSERT_EQ(call.batch, n);
+            ASSERT_EQ(call.channel, c);
+            ASSERT_EQ(call.y, y);
+            ASSERT_EQ(call.x, x);
+          }
+  }
+  EXPECT_EQ(i, order->calls.size());
+}
+
+TEST(Engine, SeededNoisyMacGivesTheSameRunOnAnyThreadCount) {
+  ModelBuilder b = random_model(37);
+  const auto in = random_inputs(b, 5);
+  auto noisy = [&](int threads) {
+    EngineOptions o;
+    o.mac = parse_mac_model("bitflip:rate=0.01,seed=9");
+    o.threads = threads;
+    return run_all(b.model, o, in);
+  };
+  expect_same_tensors(noisy(1), noisy(4));
+}
+
+TEST(Engine, OneEngineRunsBatchesOfAnySizeInTurn) {
+  ModelBuilder b = random_model(38);
+  EngineOptions o;
+  o.accumulator = {13, Overflow::kSaturate};
+  o.threads = 3;
+  Engine e(b.model, o);
+  EngineOptions ref = o;
+  ref.path = KernelPath::kReference;
+  ref.threads = 1;
+  std::vector<int64_t> overflows(b.model.ops.size(), 0);
+  for (int64_t batch : {5, 1, 11, 2}) {
+    const auto in = random_inputs(b, batch);
+    std::map<std::string, Tensor> all;
+    e.run(in, &all);
+    std::vector<LayerStats> s;
+    expect_same_tensors(all, run_all(b.model, ref, in, &s));
+    for (size_t k = 0; k < s.size(); ++k) overflows[k] += s[k].overflows;
+    // Without the tensor map, intermediate tensors hand their storage on; the outputs agree.
+    const std::vector<Tensor> outputs = e.run(in);
+    for (size_t j = 0; j < outputs.size(); ++j) EXPECT_EQ(outputs[j].data, all.at(b.model.outputs[j].name).data);
+  }
+  for (size_t k = 0; k < overflows.size(); ++k) EXPECT_EQ(e.stats()[k].overflows, 2 * overflows[k]) << k;
+}
+
 TEST(Engine, MacPluginSeesEveryDotProductWithItsLayerName) {
   ModelBuilder b = random_model(33);
   const auto in = random_inputs(b, 3);
@@ -333,10 +445,11 @@ TEST(Engine, RunRejectsWrongCountsShapesAndOutOfRangeValues) {
   EXPECT_EQ(error({Tensor::from_int32({2, 3}, {0, 1, 2, 3, 4, 5})}), "(no error)");
 }
 
-TEST(Engine, RejectsAnInvalidModelAndAnUnsupportedAccumulatorWidth) {
+TEST(Engine, RejectsAnInvalidModelAnUnsupportedAccumulatorWidthAndANegativeThreadCount) {
   Model m = one_linear({1, 2, 3}, 3, 0, qp(1, 0, 0, 15), qp(1, 0, -128, 127), 1.0);
   EXPECT_THROW(Engine(m, {{7, Overflow::kWrap}, nullptr, KernelPath::kAuto}), Error);
   EXPECT_THROW(Engine(m, {{33, Overflow::kWrap}, nullptr, KernelPath::kAuto}), Error);
+  EXPECT_THROW(Engine(m, {{32, Overflow::kWrap}, nullptr, KernelPath::kAuto, -1}), Error);
   m.ops[0].inputs = {"nope"};
   EXPECT_THROW(Engine{m}, Error);
 }

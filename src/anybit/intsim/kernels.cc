@@ -1,77 +1,216 @@
-// The fast and the plug-in (MAC) variants of the integer kernels, pooling and add. The
-// reference twins live in kernels_reference.cc; see kernels.h for the contract.
+// The fast, stepwise and plug-in (MAC) variants of the integer kernels, pooling, add and
+// requantization. The reference twins live in kernels_reference.cc; see kernels.h for the
+// contract.
 #include "anybit/intsim/kernels.h"
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+// ANYBIT_CLONES compiles a function for AVX2 and for the baseline, chosen at load time
+// (kernels.h). Clang cannot clone templates, so every cloned function is a thin wrapper
+// around an always-inlined template body, which is compiled into each clone. Not under
+// ThreadSanitizer: it instruments the ifunc resolvers, which the dynamic loader runs
+// before the sanitizer's runtime is up.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ANYBIT_INTSIM_TSAN
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define ANYBIT_INTSIM_TSAN
+#endif
+#if !defined(ANYBIT_INTSIM_NO_CLONES) && !defined(ANYBIT_INTSIM_TSAN) && defined(__x86_64__) && \
+    defined(__GLIBC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define ANYBIT_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef ANYBIT_CLONES
+#define ANYBIT_CLONES
+#endif
+#define ANYBIT_INLINE inline __attribute__((always_inline))
 
 namespace anybit {
 namespace intsim {
 namespace {
 
-// Inner loops run over blocks of this many elements with a constant trip count: GCC's
-// -O2 cost model ("very cheap") only vectorizes loops whose vector code replaces the
-// scalar code entirely, which a constant multiple of the vector width guarantees.
+int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
+
+// Elementwise loops run over blocks of this many elements with a constant trip count, then
+// a scalar tail: GCC's -O2 cost model ("very cheap") only vectorizes loops whose vector
+// code replaces the scalar code entirely, which a constant multiple of the vector width
+// guarantees.
 constexpr int64_t kBlock = 16;
 
-// out[p] += wk * col[p]. No overflow by the caller's bound, so int32 arithmetic is exact.
-template <typename T>
-inline void axpy_acc32(int32_t* __restrict out, const T* __restrict col, int32_t wk, int64_t n) {
-  int64_t p = 0;
-  for (; p + kBlock <= n; p += kBlock)
-    for (int64_t j = 0; j < kBlock; ++j) out[p + j] += wk * static_cast<int32_t>(col[p + j]);
-  for (; p < n; ++p) out[p] += wk * static_cast<int32_t>(col[p]);
-}
+// --- the int32 GEMM of the fast path ---------------------------------------------------
 
-// The same for four output rows at once: each block of col is loaded once for four
-// weights, which halves the memory traffic of the inner loop.
+// The micro-kernel computes kRows output channels x kCols patches at once: its 12 sums stay
+// in vector registers while the depth loop streams through kRows + kCols rows.
+constexpr int64_t kRows = 4, kCols = 3;
+// The depth (K) is zero-padded to whole AVX2 vectors of int16. The depth loop then runs a
+// visible multiple of the vector width, which the -O2 cost model needs.
+constexpr int64_t kDepthAlign = 16;
+
+// out[r * row_stride + c * col_stride] = bias[r] + sum_k w[r][k] * x[c][k] for r < rows,
+// c < cols. w holds round_up(rows, kRows) rows and x round_up(cols, kCols), each
+// depth_blocks * kDepthAlign long and zero-padded. The depth loop is a dot product per
+// (r, c), which GCC vectorizes as pmaddwd (int16 pairs into int32 lanes) plus one
+// horizontal sum at the end. Any order of the additions is exact: every partial sum is
+// bounded by |bias| + sum |w x|, which the caller keeps inside int32.
 template <typename T>
-inline void axpy4_acc32(int32_t* __restrict o0, int32_t* __restrict o1, int32_t* __restrict o2,
-                        int32_t* __restrict o3, const T* __restrict col, int32_t w0, int32_t w1,
-                        int32_t w2, int32_t w3, int64_t n) {
-  int64_t p = 0;
-  for (; p + kBlock <= n; p += kBlock) {
-    for (int64_t j = 0; j < kBlock; ++j) {
-      const int32_t c = col[p + j];
-      o0[p + j] += w0 * c;
-      o1[p + j] += w1 * c;
-      o2[p + j] += w2 * c;
-      o3[p + j] += w3 * c;
+ANYBIT_INLINE void gemm_acc32(const T* w, int64_t rows, const T* x, int64_t cols,
+                              int64_t depth_blocks, const int32_t* bias, int32_t* out,
+                              int64_t row_stride, int64_t col_stride) {
+  const int64_t depth = depth_blocks * kDepthAlign;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const T* wb = w + r0 * depth;
+    const int64_t nr = std::min(kRows, rows - r0);
+    for (int64_t c0 = 0; c0 < cols; c0 += kCols) {
+      const T* xb = x + c0 * depth;
+      int32_t s[kRows][kCols] = {};
+      for (int64_t k = 0; k < depth; ++k) {
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kRows; ++r)
+#pragma GCC unroll 3
+          for (int64_t c = 0; c < kCols; ++c)
+            s[r][c] += static_cast<int32_t>(wb[r * depth + k]) * static_cast<int32_t>(xb[c * depth + k]);
+      }
+      const int64_t nc = std::min(kCols, cols - c0);
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t c = 0; c < nc; ++c)
+          out[(r0 + r) * row_stride + (c0 + c) * col_stride] = (bias ? bias[r0 + r] : 0) + s[r][c];
     }
   }
-  for (; p < n; ++p) {
-    const int32_t c = col[p];
-    o0[p] += w0 * c, o1[p] += w1 * c, o2[p] += w2 * c, o3[p] += w3 * c;
+}
+
+ANYBIT_CLONES void gemm_int16_acc32(const int16_t* w, int64_t rows, const int16_t* x, int64_t cols,
+                                    int64_t depth_blocks, const int32_t* bias, int32_t* out,
+                                    int64_t row_stride, int64_t col_stride) {
+  gemm_acc32(w, rows, x, cols, depth_blocks, bias, out, row_stride, col_stride);
+}
+
+ANYBIT_CLONES void gemm_int32_acc32(const int32_t* w, int64_t rows, const int32_t* x, int64_t cols,
+                                    int64_t depth_blocks, const int32_t* bias, int32_t* out,
+                                    int64_t row_stride, int64_t col_stride) {
+  gemm_acc32(w, rows, x, cols, depth_blocks, bias, out, row_stride, col_stride);
+}
+
+// The GEMM of one group of a packed layer: rows [group * rows, (group + 1) * rows).
+template <typename T>
+void gemm_group(const PackedWeights<T>& w, int64_t group, const T* x, int64_t cols,
+                const int32_t* bias, int32_t* out, int64_t row_stride, int64_t col_stride) {
+  const T* wg = w.data.data() + group * w.rows_padded * w.depth_padded;
+  const int32_t* bg = bias ? bias + group * w.rows : nullptr;
+  const int64_t blocks = w.depth_padded / kDepthAlign;
+  if constexpr (std::is_same_v<T, int16_t>)
+    gemm_int16_acc32(wg, w.rows, x, cols, blocks, bg, out, row_stride, col_stride);
+  else
+    gemm_int32_acc32(wg, w.rows, x, cols, blocks, bg, out, row_stride, col_stride);
+}
+
+// x - z_x of one image as a zero-padded channels-last image:
+// hwc[(iy * Wp + ix) * C + c], iy and ix counted in the padded image. Padding is z_x - z_x.
+template <typename T>
+void image_to_hwc(const Conv2dGeometry& g, const int32_t* image, int32_t x_zero_point, T* hwc) {
+  const int64_t C = g.in_channels, Wp = g.in_w + 2 * g.pad_w;
+  std::fill(hwc, hwc + (g.in_h + 2 * g.pad_h) * Wp * C, T{0});
+  for (int64_t iy = 0; iy < g.in_h; ++iy) {
+    T* row = hwc + ((iy + g.pad_h) * Wp + g.pad_w) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const int32_t* src = image + (c * g.in_h + iy) * g.in_w;
+      for (int64_t ix = 0; ix < g.in_w; ++ix) row[ix * C + c] = static_cast<T>(src[ix] - x_zero_point);
+    }
   }
 }
 
-// sum a[i] * b[i] in kBlock partial sums. Reordering is exact: every partial sum is bounded
-// by sum |a[i] b[i]|, which the caller's bound keeps inside int32.
+// dst[0, n) = src[0, n) for the short runs of a patch: whole 16-byte moves inline, where
+// std::copy_n would call memmove for every run.
 template <typename T>
-inline int32_t dot_acc32(const T* __restrict a, const T* __restrict b, int64_t n) {
-  int32_t part[kBlock] = {};
+ANYBIT_INLINE T* copy_run(const T* src, int64_t n, T* dst) {
+  constexpr int64_t kChunk = 16 / sizeof(T);
   int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock)
-    for (int64_t j = 0; j < kBlock; ++j)
-      part[j] += static_cast<int32_t>(a[i + j]) * static_cast<int32_t>(b[i + j]);
-  int32_t s = 0;
-  for (int64_t j = 0; j < kBlock; ++j) s += part[j];
-  for (; i < n; ++i) s += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
-  return s;
+  for (; i + kChunk <= n; i += kChunk) std::memcpy(dst + i, src + i, 16);
+  for (; i < n; ++i) dst[i] = src[i];
+  return dst + n;
 }
 
-// im2col of one group of one image: col[k][p] = x - z_x (0 for padding), k = (c, ky, kx),
-// p = (oy, ox). Rows over p are what the conv inner loop streams through.
+// The GEMM's patch matrix of one group: patches[p][(ky, kx, c)], p = (oy, ox), the window of
+// output position p, depth zero-padded to depth_padded and rows to a multiple of kCols.
+// Each kernel row is one contiguous run of the channels-last image (kW runs with groups or
+// horizontal dilation).
 template <typename T>
-void im2col_offset(const Conv2dGeometry& g, const int32_t* x_group, int32_t x_zero_point,
-                   T* col) {
+void hwc_to_patches(const Conv2dGeometry& g, const T* hwc, int64_t group, int64_t depth_padded,
+                    T* patches) {
+  const int64_t OH = g.out_h(), OW = g.out_w(), C = g.in_channels, Cg = C / g.groups;
+  const int64_t Wp = g.in_w + 2 * g.pad_w;
+  const bool row_is_one_run = g.groups == 1 && g.dilation_w == 1;
+  T* dst = patches;
+  for (int64_t oy = 0; oy < OH; ++oy) {
+    for (int64_t ox = 0; ox < OW; ++ox, dst += depth_padded) {
+      T* d = dst;
+      for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+        const T* src =
+            hwc + ((oy * g.stride_h + ky * g.dilation_h) * Wp + ox * g.stride_w) * C + group * Cg;
+        if (row_is_one_run) {
+          d = copy_run(src, g.kernel_w * C, d);
+          continue;
+        }
+        for (int64_t kx = 0; kx < g.kernel_w; ++kx) d = copy_run(src + kx * g.dilation_w * C, Cg, d);
+      }
+      std::fill(d, dst + depth_padded, T{0});
+    }
+  }
+  std::fill(dst, patches + round_up(OH * OW, kCols) * depth_padded, T{0});
+}
+
+template <typename T>
+void conv2d_acc32_impl(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                       const PackedWeights<T>& w, const int32_t* bias, int32_t* acc,
+                       std::vector<T>& image, std::vector<T>& patches) {
+  const int64_t P = g.out_h() * g.out_w(), Og = g.out_channels / g.groups;
+  image.resize(static_cast<size_t>((g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels));
+  patches.resize(static_cast<size_t>(round_up(P, kCols) * w.depth_padded));
+  for (int64_t n = 0; n < g.batch; ++n) {
+    image_to_hwc(g, x + n * g.in_channels * g.in_h * g.in_w, x_zero_point, image.data());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      hwc_to_patches(g, image.data(), grp, w.depth_padded, patches.data());
+      gemm_group(w, grp, patches.data(), P, bias, acc + (n * g.out_channels + grp * Og) * P, P, 1);
+    }
+  }
+}
+
+template <typename T>
+void linear_acc32_impl(int64_t batch, const int32_t* x, int32_t x_zero_point,
+                       const PackedWeights<T>& w, const int32_t* bias, int32_t* acc,
+                       std::vector<T>& rows) {
+  rows.assign(static_cast<size_t>(round_up(batch, kCols) * w.depth_padded), T{0});
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t i = 0; i < w.depth; ++i)
+      rows[n * w.depth_padded + i] = static_cast<T>(x[n * w.depth + i] - x_zero_point);
+  // acc[n][o]: output channels are the GEMM's rows, images its columns.
+  gemm_group(w, 0, rows.data(), batch, bias, acc, 1, w.rows);
+}
+
+// --- stepwise accumulation -------------------------------------------------------------
+
+// Output elements computed side by side, one per vector lane.
+constexpr int64_t kLanes = 16;
+
+// im2col of one group of one image: col[k][p] = x - z_x (0 for padding), k = (c, ky, kx)
+// (the reference's order), p = (oy, ox); rows are ld long, zero beyond P.
+template <typename T>
+void im2col_offset(const Conv2dGeometry& g, const int32_t* x_group, int32_t x_zero_point, T* col,
+                   int64_t ld) {
   const int64_t OH = g.out_h(), OW = g.out_w(), P = OH * OW;
   const int64_t Cg = g.in_channels / g.groups;
   T* dst = col;
   for (int64_t c = 0; c < Cg; ++c) {
     const int32_t* xc = x_group + c * g.in_h * g.in_w;
     for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
-      for (int64_t kx = 0; kx < g.kernel_w; ++kx, dst += P) {
+      for (int64_t kx = 0; kx < g.kernel_w; ++kx, dst += ld) {
         for (int64_t oy = 0; oy < OH; ++oy) {
           T* row = dst + oy * OW;
           const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
@@ -85,58 +224,152 @@ void im2col_offset(const Conv2dGeometry& g, const int32_t* x_group, int32_t x_ze
             row[ox] = (ix >= 0 && ix < g.in_w) ? static_cast<T>(xr[ix] - x_zero_point) : T{0};
           }
         }
+        std::fill(dst + P, dst + ld, T{0});
       }
     }
   }
 }
 
+// v brought into the accumulator, in a lane of type A: wrapped (the low `bits` bits,
+// sign-extended: shift = width of A - bits) or saturated to [lo, hi].
+template <Overflow kMode, typename A>
+ANYBIT_INLINE A fit_lane(A v, int shift, A lo, A hi) {
+  if constexpr (kMode == Overflow::kWrap) {
+    using U = std::make_unsigned_t<A>;
+    return static_cast<A>(static_cast<U>(v) << shift) >> shift;
+  } else {
+    return v < lo ? lo : (v > hi ? hi : v);
+  }
+}
+
+// out[r * row_stride + c * col_stride] for r < rows, c < cols, exactly as
+// conv2d_int_reference adds: acc = 0, acc = fit(acc + w[r][k] * col[k][c]) for k in order,
+// then acc = fit(acc + bias[r]). Returns the additions that overflowed. col is [depth][ld]
+// with ld = lane_blocks * kLanes; lanes beyond cols hold zeros, which never overflow (only
+// their bias additions could, and those are not made). A: the lane type, which must hold
+// any accumulator value plus any product (int32 for int16 operands and at most 31 bits,
+// int64 otherwise). sums: ld lanes of scratch, one row of accumulators; the loop over them
+// is what vectorizes, while k runs in order outside it.
+template <typename T, typename A, Overflow kMode>
+ANYBIT_INLINE int64_t stepwise(const T* __restrict w, int64_t rows, const T* __restrict col,
+                               int64_t cols, int64_t depth, int64_t lane_blocks,
+                               const int32_t* bias, const AccumulatorSpec& spec,
+                               A* __restrict sums, int32_t* out, int64_t row_stride,
+                               int64_t col_stride) {
+  const int64_t ld = lane_blocks * kLanes;  // a visible multiple of the vector width
+  const int shift = static_cast<int>(8 * sizeof(A)) - spec.bits;
+  const A hi = static_cast<A>((int64_t{1} << (spec.bits - 1)) - 1), lo = -hi - 1;
+  int64_t overflows = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* wr = w + r * depth;
+    for (int64_t p = 0; p < ld; ++p) sums[p] = 0;
+    for (int64_t k = 0; k < depth; ++k) {
+      const T wk = wr[k];
+      const T* __restrict ck = col + k * ld;
+      A count = 0;
+      for (int64_t p = 0; p < ld; ++p) {
+        const A t = sums[p] + static_cast<A>(wk) * static_cast<A>(ck[p]);
+        const A f = fit_lane<kMode>(t, shift, lo, hi);
+        count += f != t;
+        sums[p] = f;
+      }
+      overflows += count;
+    }
+    // The bias, once per output: in 64 bits, as it may not fit a lane next to the sum.
+    for (int64_t c = 0; c < cols; ++c) {
+      bool overflowed = false;
+      const int64_t v = fit_accumulator(int64_t{sums[c]} + (bias ? bias[r] : 0), spec, &overflowed);
+      overflows += overflowed ? 1 : 0;
+      out[r * row_stride + c * col_stride] = static_cast<int32_t>(v);
+    }
+  }
+  return overflows;
+}
+
+// One clone per operand type, lane type and overflow mode. (With both modes inlined into
+// one function GCC no longer sees that ld is a multiple of the vector width.)
+#define ANYBIT_STEPWISE(name, T, A, mode)                                                    \
+  ANYBIT_CLONES int64_t name(const T* w, int64_t rows, const T* col, int64_t cols,           \
+                             int64_t depth, int64_t lane_blocks, const int32_t* bias,        \
+                             const AccumulatorSpec& spec, A* sums, int32_t* out,             \
+                             int64_t row_stride, int64_t col_stride) {                       \
+    return stepwise<T, A, mode>(w, rows, col, cols, depth, lane_blocks, bias, spec, sums,    \
+                                out, row_stride, col_stride);                                \
+  }
+ANYBIT_STEPWISE(stepwise_int16_lanes32_wrap, int16_t, int32_t, Overflow::kWrap)
+ANYBIT_STEPWISE(stepwise_int16_lanes32_saturate, int16_t, int32_t, Overflow::kSaturate)
+ANYBIT_STEPWISE(stepwise_int16_lanes64_wrap, int16_t, int64_t, Overflow::kWrap)
+ANYBIT_STEPWISE(stepwise_int16_lanes64_saturate, int16_t, int64_t, Overflow::kSaturate)
+ANYBIT_STEPWISE(stepwise_int32_lanes64_wrap, int32_t, int64_t, Overflow::kWrap)
+ANYBIT_STEPWISE(stepwise_int32_lanes64_saturate, int32_t, int64_t, Overflow::kSaturate)
+#undef ANYBIT_STEPWISE
+
 template <typename T>
-void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point, const T* w,
-                  const int32_t* bias, int32_t* acc) {
-  const int64_t P = g.out_h() * g.out_w();
+int64_t stepwise_dispatch(const T* w, int64_t rows, const T* col, int64_t cols, int64_t depth,
+                          int64_t ld, const int32_t* bias, const AccumulatorSpec& spec,
+                          int32_t* out, int64_t row_stride, int64_t col_stride) {
+  check_accumulator_spec(spec);
+  const bool wrap = spec.overflow == Overflow::kWrap;
+  const int64_t blocks = ld / kLanes;
+  std::vector<int64_t> sums64;
+  if constexpr (std::is_same_v<T, int16_t>) {
+    // |product| <= 2^30 and |acc| <= 2^30 at 31 bits: every sum fits an int32 lane.
+    if (spec.bits <= 31) {
+      std::vector<int32_t> sums32(static_cast<size_t>(ld));
+      return (wrap ? stepwise_int16_lanes32_wrap : stepwise_int16_lanes32_saturate)(
+          w, rows, col, cols, depth, blocks, bias, spec, sums32.data(), out, row_stride,
+          col_stride);
+    }
+    sums64.resize(static_cast<size_t>(ld));
+    return (wrap ? stepwise_int16_lanes64_wrap : stepwise_int16_lanes64_saturate)(
+        w, rows, col, cols, depth, blocks, bias, spec, sums64.data(), out, row_stride,
+        col_stride);
+  } else {
+    sums64.resize(static_cast<size_t>(ld));
+    return (wrap ? stepwise_int32_lanes64_wrap : stepwise_int32_lanes64_saturate)(
+        w, rows, col, cols, depth, blocks, bias, spec, sums64.data(), out, row_stride,
+        col_stride);
+  }
+}
+
+template <typename T>
+void conv2d_stepwise_impl(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                          const T* w, const int32_t* bias, const AccumulatorSpec& spec,
+                          int32_t* acc, int64_t* overflows, std::vector<T>& col) {
+  const int64_t P = g.out_h() * g.out_w(), ld = round_up(P, kLanes);
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t K = g.patch_size();
-  std::vector<T> col(static_cast<size_t>(K * P));
+  col.resize(static_cast<size_t>(K * ld));
+  int64_t count = 0;
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
-      im2col_offset(g, xg, x_zero_point, col.data());
-      for (int64_t o = 0; o < Og; ++o) {
-        const int64_t oc = grp * Og + o;
-        int32_t* out = acc + (n * g.out_channels + oc) * P;
-        std::fill(out, out + P, bias ? bias[oc] : 0);
-      }
-      int64_t o = 0;
-      for (; o + 4 <= Og; o += 4) {
-        const int64_t oc = grp * Og + o;
-        int32_t* out = acc + (n * g.out_channels + oc) * P;
-        const T* wr = w + oc * K;
-        for (int64_t k = 0; k < K; ++k)
-          axpy4_acc32(out, out + P, out + 2 * P, out + 3 * P, col.data() + k * P, wr[k],
-                      wr[K + k], wr[2 * K + k], wr[3 * K + k], P);
-      }
-      for (; o < Og; ++o) {
-        const int64_t oc = grp * Og + o;
-        int32_t* out = acc + (n * g.out_channels + oc) * P;
-        const T* wr = w + oc * K;
-        for (int64_t k = 0; k < K; ++k) axpy_acc32(out, col.data() + k * P, wr[k], P);
-      }
+      im2col_offset(g, xg, x_zero_point, col.data(), ld);
+      count += stepwise_dispatch(w + grp * Og * K, Og, col.data(), P, K, ld,
+                                 bias ? bias + grp * Og : nullptr, spec,
+                                 acc + (n * g.out_channels + grp * Og) * P, P, 1);
     }
   }
+  if (overflows) *overflows += count;
 }
 
 template <typename T>
-void linear_acc32(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
-                  int32_t x_zero_point, const T* w, const int32_t* bias, int32_t* acc) {
-  std::vector<T> row(static_cast<size_t>(in_features));
-  for (int64_t n = 0; n < batch; ++n) {
-    const int32_t* xn = x + n * in_features;
-    for (int64_t i = 0; i < in_features; ++i) row[i] = static_cast<T>(xn[i] - x_zero_point);
-    for (int64_t o = 0; o < out_features; ++o)
-      acc[n * out_features + o] =
-          (bias ? bias[o] : 0) + dot_acc32(w + o * in_features, row.data(), in_features);
-  }
+void linear_stepwise_impl(int64_t batch, int64_t in_features, int64_t out_features,
+                          const int32_t* x, int32_t x_zero_point, const T* w, const int32_t* bias,
+                          const AccumulatorSpec& spec, int32_t* acc, int64_t* overflows,
+                          std::vector<T>& col) {
+  // The images are the lanes: col[i][n] = x[n][i] - z_x.
+  const int64_t ld = round_up(batch, kLanes);
+  col.assign(static_cast<size_t>(in_features * ld), T{0});
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t i = 0; i < in_features; ++i)
+      col[i * ld + n] = static_cast<T>(x[n * in_features + i] - x_zero_point);
+  const int64_t count = stepwise_dispatch(w, out_features, col.data(), batch, in_features, ld,
+                                          bias, spec, acc, 1, out_features);
+  if (overflows) *overflows += count;
 }
+
+// --- the plug-in path ------------------------------------------------------------------
 
 // One dot product through the MAC, with the bookkeeping both layer kinds share.
 struct MacDriver {
@@ -169,28 +402,251 @@ struct MacDriver {
   }
 };
 
+// --- requantization in 32-bit lanes ----------------------------------------------------
+//
+// requantize.h's functions restated without 64-bit lanes except one unsigned 32 x 32 -> 64
+// product (SSE2 pmuludq), so that loops over them vectorize. Bit-identical; kernels_test
+// holds them to requantize.h.
+
+constexpr int32_t kInt32Max = std::numeric_limits<int32_t>::max();
+constexpr int32_t kInt32Min = std::numeric_limits<int32_t>::min();
+
+// The int32 bound on v's side of zero: kInt32Min for a negative v, kInt32Max otherwise.
+ANYBIT_INLINE int32_t bound_of_sign(int32_t v) { return (v >> 31) ^ kInt32Max; }
+
+// saturate_int32(int64{a} - b): the wrapped difference, or the bound on a's side when the
+// signs show that it wrapped.
+ANYBIT_INLINE int32_t saturating_sub(int32_t a, int32_t b) {
+  const int32_t d = static_cast<int32_t>(static_cast<uint32_t>(a) - static_cast<uint32_t>(b));
+  return ((a ^ b) & (a ^ d)) < 0 ? bound_of_sign(a) : d;
+}
+
+// saturate_int32(int64{a} + b)
+ANYBIT_INLINE int32_t saturating_add(int32_t a, int32_t b) {
+  const int32_t s = static_cast<int32_t>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b));
+  return ((a ^ s) & (b ^ s)) < 0 ? bound_of_sign(a) : s;
+}
+
+// saturate_int32(int64{v} * 2^shift), shift in [0, 31].
+struct SaturatingShift {
+  int shift;
+  int32_t max_in, min_in;  // the inputs whose product still fits
+
+  explicit SaturatingShift(int s) : shift(s), max_in(kInt32Max >> s), min_in(kInt32Min >> s) {}
+  ANYBIT_INLINE int32_t operator()(int32_t v) const {
+    const int32_t shifted = static_cast<int32_t>(static_cast<uint32_t>(v) << shift);
+    return (v > max_in || v < min_in) ? bound_of_sign(v) : shifted;
+  }
+};
+
+// multiply_by_dyadic(v, m) for m.m0 >= 0 (validate_model guarantees it).
+struct LaneMultiplier {
+  SaturatingShift left;
+  uint32_t m0;
+  int right;
+  int32_t mask, half;  // rounding_divide_by_pot's mask and threshold
+
+  explicit LaneMultiplier(DyadicMultiplier m)
+      : left(m.shift < 0 ? -m.shift : 0),
+        m0(static_cast<uint32_t>(m.m0)),
+        right(m.shift > 0 ? m.shift : 0),
+        mask(static_cast<int32_t>((int64_t{1} << right) - 1)),
+        half(mask >> 1) {}
+  ANYBIT_INLINE int32_t operator()(int32_t v) const {
+    const int32_t x = left(v);
+    // SaturatingRoundingDoublingHighMul(x, m0) = x m0 / 2^31 rounded half up, on |x|:
+    // (|x| m0 + 2^30) >> 31 for x >= 0 and -((|x| m0 + 2^30 - 1) >> 31) below. With
+    // m0 >= 0 the one saturating case (both -2^31) cannot occur. Negations are written
+    // as (v ^ sign) - sign, sign = 0 or -1, which vectorizes where selects may not.
+    const int32_t sign = x >> 31;
+    const uint32_t usign = static_cast<uint32_t>(sign);
+    const uint32_t magnitude = (static_cast<uint32_t>(x) ^ usign) - usign;
+    const uint64_t nudged =
+        uint64_t{magnitude} * m0 + (uint64_t{1} << 30) + static_cast<uint64_t>(int64_t{sign});
+    const uint32_t t = static_cast<uint32_t>(nudged >> 31);
+    const int32_t high = static_cast<int32_t>((t ^ usign) - usign);
+    // RoundingDivideByPOT(high, right): ties away from zero
+    const int32_t remainder = high & mask;
+    const int32_t threshold = half - (high >> 31);
+    return (high >> right) + (remainder > threshold ? 1 : 0);
+  }
+};
+
+// requantize_dyadic(v, m, zero_point, qmin, qmax) for an int32 v. The zero point is added
+// after clamping to [qmin - z, qmax - z] (taken in 64 bits, then clamped to int32), which
+// is the same clamp without a 64-bit sum.
+struct LaneRequantizer {
+  LaneMultiplier multiplier;
+  int32_t zero_point, lo, hi;
+
+  LaneRequantizer(DyadicMultiplier m, int32_t z, int32_t qmin, int32_t qmax)
+      : multiplier(m),
+        zero_point(z),
+        lo(saturate_int32(int64_t{qmin} - z)),
+        hi(saturate_int32(int64_t{qmax} - z)) {}
+  ANYBIT_INLINE int32_t operator()(int32_t v) const {
+    const int32_t q = multiplier(v);
+    return (q < lo ? lo : (q > hi ? hi : q)) + zero_point;
+  }
+};
+
+ANYBIT_CLONES void requantize_lanes(const int32_t* __restrict x, int64_t n, int32_t x_offset,
+                                    const LaneRequantizer& rq, int32_t* __restrict y) {
+  const LaneRequantizer r = rq;
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock)
+    for (int64_t j = 0; j < kBlock; ++j) y[i + j] = r(saturating_sub(x[i + j], x_offset));
+  for (; i < n; ++i) y[i] = r(saturating_sub(x[i], x_offset));
+}
+
+// add_int's arithmetic for one element.
+struct LaneAdder {
+  SaturatingShift up;
+  LaneMultiplier a_multiplier, b_multiplier;
+  LaneRequantizer out;
+  int32_t a_zero_point, b_zero_point;
+
+  explicit LaneAdder(const AddParams& p)
+      : up(p.left_shift),
+        a_multiplier(p.a_multiplier),
+        b_multiplier(p.b_multiplier),
+        out(p.out_multiplier, p.out_zero_point, p.qmin, p.qmax),
+        a_zero_point(p.a_zero_point),
+        b_zero_point(p.b_zero_point) {}
+  ANYBIT_INLINE int32_t operator()(int32_t a, int32_t b) const {
+    const int32_t a_scaled = a_multiplier(up(saturating_sub(a, a_zero_point)));
+    const int32_t b_scaled = b_multiplier(up(saturating_sub(b, b_zero_point)));
+    return out(saturating_add(a_scaled, b_scaled));
+  }
+};
+
+ANYBIT_CLONES void add_lanes(const LaneAdder& adder, const int32_t* __restrict a,
+                             const int32_t* __restrict b, int64_t n, int32_t* __restrict y) {
+  const LaneAdder f = adder;
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock)
+    for (int64_t j = 0; j < kBlock; ++j) y[i + j] = f(a[i + j], b[i + j]);
+  for (; i < n; ++i) y[i] = f(a[i], b[i]);
+}
+
 }  // namespace
+
+template <typename T>
+PackedWeights<T> pack_conv2d_weights(const Conv2dGeometry& g, const T* w) {
+  PackedWeights<T> p;
+  const int64_t Cg = g.in_channels / g.groups;
+  p.groups = g.groups;
+  p.rows = g.out_channels / g.groups;
+  p.rows_padded = round_up(p.rows, kRows);
+  p.depth = g.patch_size();
+  p.depth_padded = round_up(p.depth, kDepthAlign);
+  p.data.assign(static_cast<size_t>(p.groups * p.rows_padded * p.depth_padded), T{0});
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    T* dst = p.data.data() + ((o / p.rows) * p.rows_padded + o % p.rows) * p.depth_padded;
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t ky = 0; ky < g.kernel_h; ++ky)
+        for (int64_t kx = 0; kx < g.kernel_w; ++kx)
+          dst[(ky * g.kernel_w + kx) * Cg + c] = w[((o * Cg + c) * g.kernel_h + ky) * g.kernel_w + kx];
+  }
+  return p;
+}
+
+template <typename T>
+PackedWeights<T> pack_linear_weights(int64_t out_features, int64_t in_features, const T* w) {
+  PackedWeights<T> p;
+  p.rows = out_features;
+  p.rows_padded = round_up(out_features, kRows);
+  p.depth = in_features;
+  p.depth_padded = round_up(in_features, kDepthAlign);
+  p.data.assign(static_cast<size_t>(p.rows_padded * p.depth_padded), T{0});
+  for (int64_t o = 0; o < out_features; ++o)
+    std::copy_n(w + o * in_features, in_features, p.data.data() + o * p.depth_padded);
+  return p;
+}
+
+template PackedWeights<int16_t> pack_conv2d_weights(const Conv2dGeometry&, const int16_t*);
+template PackedWeights<int32_t> pack_conv2d_weights(const Conv2dGeometry&, const int32_t*);
+template PackedWeights<int16_t> pack_linear_weights(int64_t, int64_t, const int16_t*);
+template PackedWeights<int32_t> pack_linear_weights(int64_t, int64_t, const int32_t*);
+
+void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int16_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch) {
+  conv2d_acc32_impl(g, x, x_zero_point, w, bias, acc, scratch.image16, scratch.patches16);
+}
+
+void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int32_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch) {
+  conv2d_acc32_impl(g, x, x_zero_point, w, bias, acc, scratch.image32, scratch.patches32);
+}
 
 void conv2d_int16_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int16_t* w, const int32_t* bias, int32_t* acc) {
-  conv2d_acc32<int16_t>(g, x, x_zero_point, w, bias, acc);
+  KernelScratch scratch;
+  conv2d_acc32(g, x, x_zero_point, pack_conv2d_weights(g, w), bias, acc, scratch);
 }
 
 void conv2d_int32_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int32_t* w, const int32_t* bias, int32_t* acc) {
-  conv2d_acc32<int32_t>(g, x, x_zero_point, w, bias, acc);
+  KernelScratch scratch;
+  conv2d_acc32(g, x, x_zero_point, pack_conv2d_weights(g, w), bias, acc, scratch);
+}
+
+void conv2d_int16_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                           const int16_t* w, const int32_t* bias, const AccumulatorSpec& spec,
+                           int32_t* acc, int64_t* overflows, KernelScratch& scratch) {
+  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches16);
+}
+
+void conv2d_int32_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                           const int32_t* w, const int32_t* bias, const AccumulatorSpec& spec,
+                           int32_t* acc, int64_t* overflows, KernelScratch& scratch) {
+  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches32);
+}
+
+void linear_acc32(int64_t batch, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int16_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch) {
+  linear_acc32_impl(batch, x, x_zero_point, w, bias, acc, scratch.patches16);
+}
+
+void linear_acc32(int64_t batch, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int32_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch) {
+  linear_acc32_impl(batch, x, x_zero_point, w, bias, acc, scratch.patches32);
 }
 
 void linear_int16_acc32(int64_t batch, int64_t in_features, int64_t out_features,
                         const int32_t* x, int32_t x_zero_point, const int16_t* w,
                         const int32_t* bias, int32_t* acc) {
-  linear_acc32<int16_t>(batch, in_features, out_features, x, x_zero_point, w, bias, acc);
+  KernelScratch scratch;
+  linear_acc32(batch, x, x_zero_point, pack_linear_weights(out_features, in_features, w), bias,
+               acc, scratch);
 }
 
 void linear_int32_acc32(int64_t batch, int64_t in_features, int64_t out_features,
                         const int32_t* x, int32_t x_zero_point, const int32_t* w,
                         const int32_t* bias, int32_t* acc) {
-  linear_acc32<int32_t>(batch, in_features, out_features, x, x_zero_point, w, bias, acc);
+  KernelScratch scratch;
+  linear_acc32(batch, x, x_zero_point, pack_linear_weights(out_features, in_features, w), bias,
+               acc, scratch);
+}
+
+void linear_int16_stepwise(int64_t batch, int64_t in_features, int64_t out_features,
+                           const int32_t* x, int32_t x_zero_point, const int16_t* w,
+                           const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
+                           int64_t* overflows, KernelScratch& scratch) {
+  linear_stepwise_impl(batch, in_features, out_features, x, x_zero_point, w, bias, spec, acc,
+                       overflows, scratch.patches16);
+}
+
+void linear_int32_stepwise(int64_t batch, int64_t in_features, int64_t out_features,
+                           const int32_t* x, int32_t x_zero_point, const int32_t* w,
+                           const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
+                           int64_t* overflows, KernelScratch& scratch) {
+  linear_stepwise_impl(batch, in_features, out_features, x, x_zero_point, w, bias, spec, acc,
+                       overflows, scratch.patches32);
 }
 
 void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
@@ -206,7 +662,7 @@ void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_po
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
-      im2col_offset(g, xg, x_zero_point, col.data());
+      im2col_offset(g, xg, x_zero_point, col.data(), P);
       for (int64_t k = 0; k < K; ++k)
         for (int64_t p = 0; p < P; ++p) patches[p * K + k] = col[k * P + p];
       for (int64_t o = 0; o < Og; ++o) {
@@ -239,6 +695,16 @@ void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, co
           driver.run(row.data(), w + o * in_features, static_cast<size_t>(in_features), bias, o);
     }
   }
+}
+
+void requantize_int32(const int32_t* x, int64_t n, int32_t x_offset, DyadicMultiplier m,
+                      int32_t zero_point, int32_t qmin, int32_t qmax, int32_t* y) {
+  if (m.m0 < 0) {  // outside the model format: the scalar definition
+    for (int64_t i = 0; i < n; ++i)
+      y[i] = requantize_dyadic(int64_t{x[i]} - x_offset, m, zero_point, qmin, qmax);
+    return;
+  }
+  requantize_lanes(x, n, x_offset, LaneRequantizer(m, zero_point, qmin, qmax), y);
 }
 
 void maxpool2d_int(const Pool2dGeometry& g, const int32_t* x, int32_t qmin, int32_t* y) {
@@ -288,17 +754,13 @@ void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero
 }
 
 void add_int(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y) {
-  const int64_t scale_up = int64_t{1} << p.left_shift;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t a_shifted = saturate_int32((static_cast<int64_t>(a[i]) - p.a_zero_point) * scale_up);
-    const int32_t b_shifted = saturate_int32((static_cast<int64_t>(b[i]) - p.b_zero_point) * scale_up);
-    const int32_t a_scaled = multiply_by_dyadic(a_shifted, p.a_multiplier);
-    const int32_t b_scaled = multiply_by_dyadic(b_shifted, p.b_multiplier);
-    // Each scaled input is at most half the int32 range when M_a, M_b <= 1/2 (TFLite's
-    // choice); saturating keeps other multipliers defined.
-    const int32_t raw_sum = saturate_int32(static_cast<int64_t>(a_scaled) + b_scaled);
-    y[i] = requantize_dyadic(raw_sum, p.out_multiplier, p.out_zero_point, p.qmin, p.qmax);
+  const bool in_format = p.a_multiplier.m0 >= 0 && p.b_multiplier.m0 >= 0 &&
+                         p.out_multiplier.m0 >= 0 && p.left_shift >= 0 && p.left_shift <= 31;
+  if (!in_format) {  // parameters validate_model rejects: the scalar definition
+    for (int64_t i = 0; i < n; ++i) y[i] = add_int_reference(p, a[i], b[i]);
+    return;
   }
+  add_lanes(LaneAdder(p), a, b, n, y);
 }
 
 }  // namespace intsim

@@ -1,10 +1,15 @@
 // Integer kernels of the engine, in the layout of PyTorch (NCHW activations, OIHW weights),
-// each op in up to three variants that the tests hold together:
+// each op in up to four variants that the tests hold together:
 //
 //   *_acc32          fast: int16 or int32 operands (zero points already subtracted), int32
-//                    accumulation, inner loops over contiguous memory in fixed-size blocks so
-//                    GCC vectorizes them even at -O2. Only valid when the caller has proven
-//                    that no partial sum leaves int32 (the engine checks a bound per layer).
+//                    accumulation, a blocked GEMM whose inner loop GCC vectorizes (int16
+//                    pairs: SSE2 pmaddwd) even at -O2. Only valid when the caller has proven
+//                    that no partial sum leaves int32 (the engine checks a bound per layer):
+//                    then the order of the additions does not matter.
+//   *_stepwise       the exact dot product with every addition through the declared
+//                    accumulator, in the reference's order, vectorized across output
+//                    positions: what the plug-in path computes with the exact MAC, without
+//                    a call per dot product.
 //   *_reference      the specification: plain loops in int64, every addition through the
 //                    declared accumulator (wrap or saturate), bias added last.
 //   *_mac            one MacModel::dot call per output element (the plug-in path).
@@ -12,7 +17,12 @@
 // The accumulator of a conv2d/linear output element (shared/DESIGN.md):
 //   acc = sum_k (x_k - z_x) * (w_ok - z_w[o])  (+ bias[o]),  k = (c, ky, kx) row-major
 // with padding contributing x = z_x (a real zero). Requantization is separate
-// (requantize.h), so every variant can be compared on raw accumulators.
+// (requantize.h; requantize_int32 below is its vectorized form), so every variant can be
+// compared on raw accumulators.
+//
+// On x86-64 with glibc the hot loops are compiled twice, for AVX2 and for the x86-64
+// baseline (SSE2), and the dynamic loader picks one per machine (GNU ifunc); defining
+// ANYBIT_INTSIM_NO_CLONES builds the baseline only. Both give the same integers.
 #pragma once
 
 #include <cstdint>
@@ -49,14 +59,59 @@ struct Pool2dGeometry {
   int64_t out_h = 1, out_w = 1;  // given: ceil_mode is decided by the caller
 };
 
+// --- reusable memory and packed weights ----------------------------------------------
+
+// Scratch memory of the kernels (padded images, patch matrices). Kernels that take one keep
+// its buffers between calls instead of allocating; one per thread.
+struct KernelScratch {
+  std::vector<int16_t> image16, patches16;
+  std::vector<int32_t> image32, patches32;
+};
+
+// w - z_w of a conv2d or linear layer laid out for the *_acc32 GEMM: per group, one row per
+// output channel, the dot-product axis in the order the patches use it ((ky, kx, c) for
+// conv2d: a patch is then a few contiguous runs of a channels-last image; (i) for linear),
+// zero-padded to whole vectors (depth_padded) and the rows to whole micro-kernel blocks.
+template <typename T>
+struct PackedWeights {
+  int64_t groups = 1, rows = 0, rows_padded = 0;  // rows: output channels per group
+  int64_t depth = 0, depth_padded = 0;            // K and K rounded up
+  std::vector<T> data;                            // [groups][rows_padded][depth_padded]
+};
+
+// From w - z_w in PyTorch's layout, [O][C/groups][kH][kW] or [O][I]. T: int16_t or int32_t.
+template <typename T>
+PackedWeights<T> pack_conv2d_weights(const Conv2dGeometry& g, const T* w);
+template <typename T>
+PackedWeights<T> pack_linear_weights(int64_t out_features, int64_t in_features, const T* w);
+
 // --- conv2d ------------------------------------------------------------------------------
 
-// acc[n][o][oy][ox] = bias[o] + sum_k (x - x_zero_point) * w[o][k]; w = q_w - z_w, [O][K].
-// bias may be null. Precondition: |bias[o]| + max|x - z_x| * sum_k |w[o][k]| < 2^31.
+// acc[n][o][oy][ox] = bias[o] + sum_k (x - x_zero_point) * w[o][k]; w = q_w - z_w packed as
+// above. bias may be null. Precondition: |bias[o]| + max|x - z_x| * sum_k |w[o][k]| < 2^31,
+// and for int16 weights x - z_x fits int16.
+void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int16_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch);
+void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int32_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch);
+// The same from w - z_w in [O][K] (packed on every call).
 void conv2d_int16_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int16_t* w, const int32_t* bias, int32_t* acc);
 void conv2d_int32_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int32_t* w, const int32_t* bias, int32_t* acc);
+
+// The exact dot products of conv2d_int_reference, from w = q_w - z_w in [O][K]: every
+// addition through an accumulator of spec.bits (wrap or saturate), k in order, then the
+// bias. acc values lie in the accumulator range; *overflows gains one per addition that
+// left it. For int16 weights x - z_x must fit int16.
+void conv2d_int16_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                           const int16_t* w, const int32_t* bias, const AccumulatorSpec& spec,
+                           int32_t* acc, int64_t* overflows, KernelScratch& scratch);
+void conv2d_int32_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                           const int32_t* w, const int32_t* bias, const AccumulatorSpec& spec,
+                           int32_t* acc, int64_t* overflows, KernelScratch& scratch);
 
 // The specification, from raw weights and per-tensor (1) or per-channel (O) zero points.
 // acc values lie in the accumulator range; *overflows (if not null) gains one per
@@ -82,12 +137,26 @@ void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_po
 
 // --- linear: x [N][I], w [O][I], acc [N][O] ----------------------------------------------
 
+void linear_acc32(int64_t batch, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int16_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch);
+void linear_acc32(int64_t batch, const int32_t* x, int32_t x_zero_point,
+                  const PackedWeights<int32_t>& w, const int32_t* bias, int32_t* acc,
+                  KernelScratch& scratch);
 void linear_int16_acc32(int64_t batch, int64_t in_features, int64_t out_features,
                         const int32_t* x, int32_t x_zero_point, const int16_t* w,
                         const int32_t* bias, int32_t* acc);
 void linear_int32_acc32(int64_t batch, int64_t in_features, int64_t out_features,
                         const int32_t* x, int32_t x_zero_point, const int32_t* w,
                         const int32_t* bias, int32_t* acc);
+void linear_int16_stepwise(int64_t batch, int64_t in_features, int64_t out_features,
+                           const int32_t* x, int32_t x_zero_point, const int16_t* w,
+                           const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
+                           int64_t* overflows, KernelScratch& scratch);
+void linear_int32_stepwise(int64_t batch, int64_t in_features, int64_t out_features,
+                           const int32_t* x, int32_t x_zero_point, const int32_t* w,
+                           const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
+                           int64_t* overflows, KernelScratch& scratch);
 void linear_int_reference(int64_t batch, int64_t in_features, int64_t out_features,
                           const int32_t* x, int32_t x_zero_point, const int32_t* w,
                           const std::vector<int32_t>& w_zero_point, const int32_t* bias,
@@ -95,6 +164,13 @@ void linear_int_reference(int64_t batch, int64_t in_features, int64_t out_featur
 void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
                     int32_t x_zero_point, const int32_t* w, const int32_t* bias, MacModel& mac,
                     std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats);
+
+// --- requantization ----------------------------------------------------------------------
+
+// y[i] = requantize_dyadic(x[i] - x_offset, m, zero_point, qmin, qmax) (requantize.h; the
+// difference is taken in 64 bits), in 32-bit lanes so that it vectorizes.
+void requantize_int32(const int32_t* x, int64_t n, int32_t x_offset, DyadicMultiplier m,
+                      int32_t zero_point, int32_t qmin, int32_t qmax, int32_t* y);
 
 // --- pooling -----------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
-// The fast and plug-in kernels against their reference twins, over random shapes,
-// strides, paddings, dilations, groups (depthwise included), zero points and seeds; the
-// accumulator model on planted overflows; pooling and add on hand-checked and exhaustive
-// cases.
+// The fast, stepwise and plug-in kernels against their reference twins, over random
+// shapes, strides, paddings, dilations, groups (depthwise included), zero points and seeds;
+// the accumulator model on planted overflows; pooling, add and requantization on
+// hand-checked, exhaustive and extreme cases.
 #include "anybit/intsim/kernels.h"
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -114,9 +115,64 @@ TEST_P(KernelSeed, Conv2dMacPathWithExactMacMatchesTheReferenceAtEveryWidthAndMo
   }
 }
 
+TEST_P(KernelSeed, Conv2dStepwiseKernelsMatchTheReferenceAtEveryWidthAndMode) {
+  const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) + 3000);
+  const int32_t* bias = c.has_bias ? c.bias.data() : nullptr;
+  const int64_t n = conv_out_size(c.g);
+  const std::vector<int16_t> w16(c.w_offset.begin(), c.w_offset.end());
+  KernelScratch scratch;
+  // 8..31 bits run in int32 lanes with int16 operands, 32 bits and int32 operands in int64.
+  for (int bits : {8, 12, 16, 20, 31, 32}) {
+    for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+      const AccumulatorSpec spec{bits, mode};
+      std::vector<int64_t> ref(static_cast<size_t>(n));
+      int64_t ref_overflows = 0;
+      conv2d_int_reference(c.g, c.x.data(), c.x_zero_point, c.w.data(), c.w_zero_point, bias, spec,
+                           ref.data(), &ref_overflows);
+      std::vector<int32_t> s16(static_cast<size_t>(n)), s32(static_cast<size_t>(n));
+      int64_t overflows16 = 0, overflows32 = 0;
+      conv2d_int16_stepwise(c.g, c.x.data(), c.x_zero_point, w16.data(), bias, spec, s16.data(),
+                            &overflows16, scratch);
+      conv2d_int32_stepwise(c.g, c.x.data(), c.x_zero_point, c.w_offset.data(), bias, spec,
+                            s32.data(), &overflows32, scratch);
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(s16[i], ref[i]) << bits << " bits, " << overflow_name(mode) << ", int16, " << i;
+        ASSERT_EQ(s32[i], ref[i]) << bits << " bits, " << overflow_name(mode) << ", int32, " << i;
+      }
+      EXPECT_EQ(overflows16, ref_overflows) << bits << " bits, " << overflow_name(mode);
+      EXPECT_EQ(overflows32, ref_overflows) << bits << " bits, " << overflow_name(mode);
+    }
+  }
+}
+
+TEST_P(KernelSeed, PackedFastKernelsReuseOneScratchAcrossShapes) {
+  KernelScratch scratch;
+  for (uint64_t i = 0; i < 3; ++i) {
+    const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) * 3 + i + 4000);
+    const int32_t* bias = c.has_bias ? c.bias.data() : nullptr;
+    const int64_t n = conv_out_size(c.g);
+    std::vector<int64_t> ref(static_cast<size_t>(n));
+    conv2d_int_reference(c.g, c.x.data(), c.x_zero_point, c.w.data(), c.w_zero_point, bias, {},
+                         ref.data(), nullptr);
+    const std::vector<int16_t> w16(c.w_offset.begin(), c.w_offset.end());
+    const PackedWeights<int16_t> p16 = pack_conv2d_weights(c.g, w16.data());
+    const PackedWeights<int32_t> p32 = pack_conv2d_weights(c.g, c.w_offset.data());
+    EXPECT_EQ(p16.depth, c.g.patch_size());
+    EXPECT_EQ(p16.depth_padded % 16, 0);
+    EXPECT_EQ(p16.rows * p16.groups, c.g.out_channels);
+    std::vector<int32_t> f16(static_cast<size_t>(n)), f32(static_cast<size_t>(n));
+    conv2d_acc32(c.g, c.x.data(), c.x_zero_point, p16, bias, f16.data(), scratch);
+    conv2d_acc32(c.g, c.x.data(), c.x_zero_point, p32, bias, f32.data(), scratch);
+    for (int64_t j = 0; j < n; ++j) {
+      ASSERT_EQ(f16[j], ref[j]) << "case " << i << ", int16, element " << j;
+      ASSERT_EQ(f32[j], ref[j]) << "case " << i << ", int32, element " << j;
+    }
+  }
+}
+
 TEST_P(KernelSeed, LinearFastAndMacKernelsMatchTheReference) {
   std::mt19937_64 rng(static_cast<uint64_t>(GetParam()) + 2000);
-  const int64_t batch = uniform_int(rng, 1, 3), I = uniform_int(rng, 1, 70), O = uniform_int(rng, 1, 9);
+  const int64_t batch = uniform_int(rng, 1, 20), I = uniform_int(rng, 1, 70), O = uniform_int(rng, 1, 9);
   const int32_t zx = static_cast<int32_t>(uniform_int(rng, 0, 255));
   std::vector<int32_t> x(static_cast<size_t>(batch * I)), w(static_cast<size_t>(O * I)), bias, zw, w_offset;
   for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, 0, 255));
@@ -134,7 +190,8 @@ TEST_P(KernelSeed, LinearFastAndMacKernelsMatchTheReference) {
   const std::vector<int16_t> w16(w_offset.begin(), w_offset.end());
   linear_int16_acc32(batch, I, O, x.data(), zx, w16.data(), bias.data(), f16.data());
   ExactMac exact;
-  for (int bits : {8, 16, 32}) {
+  KernelScratch scratch;
+  for (int bits : {8, 16, 31, 32}) {
     for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
       std::vector<int64_t> r(ref.size()), m(ref.size());
       int64_t ro = 0;
@@ -143,6 +200,17 @@ TEST_P(KernelSeed, LinearFastAndMacKernelsMatchTheReference) {
       linear_int_mac(batch, I, O, x.data(), zx, w_offset.data(), bias.data(), exact, "fc", acc, m.data(), nullptr);
       ASSERT_EQ(m, r) << bits << " " << overflow_name(mode);
       EXPECT_EQ(acc.overflows(), ro);
+      std::vector<int32_t> s16(ref.size()), s32(ref.size());
+      int64_t o16 = 0, o32 = 0;
+      linear_int16_stepwise(batch, I, O, x.data(), zx, w16.data(), bias.data(), {bits, mode}, s16.data(), &o16, scratch);
+      linear_int32_stepwise(batch, I, O, x.data(), zx, w_offset.data(), bias.data(), {bits, mode}, s32.data(), &o32,
+                            scratch);
+      for (size_t i = 0; i < r.size(); ++i) {
+        ASSERT_EQ(s16[i], r[i]) << bits << " " << overflow_name(mode) << " int16 " << i;
+        ASSERT_EQ(s32[i], r[i]) << bits << " " << overflow_name(mode) << " int32 " << i;
+      }
+      EXPECT_EQ(o16, ro);
+      EXPECT_EQ(o32, ro);
     }
   }
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -165,6 +233,42 @@ TEST(Kernels, DepthwiseConvWithPaddingGivesTheHandComputedSums) {
   std::vector<int32_t> acc(8);
   conv2d_int32_acc32(g, x.data(), 0, w.data(), nullptr, acc.data());
   EXPECT_EQ(acc, (std::vector<int32_t>{10, 10, 10, 10, 20, 40, 60, 80}));
+}
+
+// int16 operands at their extremes, with the bound just inside int32: every pmaddwd pair
+// and every partial sum of the GEMM must stay exact.
+TEST(Kernels, FastKernelsAreExactAtTheEdgeOfTheBound) {
+  std::mt19937_64 rng(8);
+  const int64_t K = 1000, O = 6, batch = 5;
+  std::vector<int32_t> x(static_cast<size_t>(batch * K)), w(static_cast<size_t>(O * K)), bias(O);
+  for (auto& v : x) v = uniform_int(rng, 0, 1) ? -32768 : 32767;
+  for (int64_t o = 0; o < O; ++o) {
+    // One pmaddwd pair near 2^30 + 2^29 and small weights after it: max|x| * sum|w| is
+    // about 1.6e9, and the bias fills the rest of the range.
+    int64_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t v = static_cast<int32_t>(uniform_int(rng, -1, 1));
+      if (k == 0) v = o % 2 ? -32768 : 32767;
+      if (k == 1) v = o % 2 ? -16384 : 16384;
+      w[o * K + k] = v;
+      sum += std::abs(int64_t{v});
+    }
+    const int64_t room = (int64_t{1} << 31) - 1 - 32768 * sum;
+    ASSERT_GT(room, 0);
+    bias[o] = static_cast<int32_t>(o % 2 ? -room : room);
+  }
+  std::vector<int64_t> ref(static_cast<size_t>(batch * O));
+  int64_t overflows = 0;
+  linear_int_reference(batch, K, O, x.data(), 0, w.data(), {0}, bias.data(), {}, ref.data(), &overflows);
+  EXPECT_EQ(overflows, 0);
+  const std::vector<int16_t> w16(w.begin(), w.end());
+  std::vector<int32_t> f16(ref.size()), f32(ref.size());
+  linear_int16_acc32(batch, K, O, x.data(), 0, w16.data(), bias.data(), f16.data());
+  linear_int32_acc32(batch, K, O, x.data(), 0, w.data(), bias.data(), f32.data());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_EQ(f16[i], ref[i]) << i;
+    ASSERT_EQ(f32[i], ref[i]) << i;
+  }
 }
 
 TEST(Accumulator, WrapKeepsTheLowBitsLikeATwosComplementRegister) {
@@ -294,6 +398,61 @@ TEST(Add, ResultIsTheSumOfTheRealValuesToWithinOneStep) {
     const double real = (a - 3) * sa + (b + 4) * sb;
     const double expect = std::min(127.0, std::max(-128.0, std::round(real / so) + 1));
     ASSERT_LE(std::fabs(y - expect), 1.0) << a << " " << b;
+  }
+}
+
+// Values where the lane arithmetic could go wrong: the int32 extremes, ties of both
+// roundings, and the saturation of the offset and of the multiplier's left shift.
+std::vector<int32_t> requantize_test_values(std::mt19937_64& rng) {
+  const int32_t lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  std::vector<int32_t> v = {lo, lo + 1, hi, hi - 1, 0, 1, -1, 2, -2};
+  for (int e = 0; e < 31; ++e)
+    for (int32_t d : {-1, 0, 1}) {
+      v.push_back(static_cast<int32_t>((int64_t{1} << e) + d));
+      v.push_back(static_cast<int32_t>(-(int64_t{1} << e) + d));
+    }
+  for (int i = 0; i < 2000; ++i) v.push_back(static_cast<int32_t>(uniform_int(rng, lo, hi) >> uniform_int(rng, 0, 31)));
+  return v;
+}
+
+TEST(Requantize, TheVectorizedFormMatchesRequantizeDyadic) {
+  std::mt19937_64 rng(13);
+  const std::vector<int32_t> x = requantize_test_values(rng);
+  std::vector<int32_t> y(x.size());
+  for (int shift = -31; shift <= 31; ++shift) {
+    for (int trial = 0; trial < 4; ++trial) {
+      DyadicMultiplier m;
+      m.shift = shift;
+      m.m0 = trial == 0 ? 0 : (trial == 1 ? std::numeric_limits<int32_t>::max()
+                                          : static_cast<int32_t>(uniform_int(rng, 1 << 30, (int64_t{1} << 31) - 1)));
+      const int32_t offset = trial == 3 ? std::numeric_limits<int32_t>::min() : static_cast<int32_t>(uniform_int(rng, -300, 300));
+      const int32_t zero_point = static_cast<int32_t>(uniform_int(rng, -200, 200));
+      const bool wide = uniform_int(rng, 0, 1);
+      const int32_t qmin = wide ? std::numeric_limits<int32_t>::min() : -128, qmax = wide ? std::numeric_limits<int32_t>::max() : 127;
+      requantize_int32(x.data(), static_cast<int64_t>(x.size()), offset, m, zero_point, qmin, qmax, y.data());
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(y[i], requantize_dyadic(int64_t{x[i]} - offset, m, zero_point, qmin, qmax))
+            << "x " << x[i] << " - " << offset << ", m0 " << m.m0 << ", shift " << shift;
+    }
+  }
+}
+
+TEST(Add, MatchesTheReferenceAtExtremeInputsAndParameters) {
+  std::mt19937_64 rng(14);
+  const std::vector<int32_t> v = requantize_test_values(rng);
+  std::vector<int32_t> a(v.size()), b(v.size()), y(v.size());
+  for (int trial = 0; trial < 40; ++trial) {
+    AddParams p = random_add_params(rng);
+    p.left_shift = static_cast<int>(uniform_int(rng, 0, 31));
+    p.a_zero_point = static_cast<int32_t>(uniform_int(rng, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
+    p.b_multiplier.shift = static_cast<int>(uniform_int(rng, -31, 31));
+    p.out_multiplier.shift = static_cast<int>(uniform_int(rng, -31, 31));
+    p.qmin = std::numeric_limits<int32_t>::min() + static_cast<int32_t>(uniform_int(rng, 0, 1));
+    p.qmax = std::numeric_limits<int32_t>::max();
+    for (size_t i = 0; i < v.size(); ++i) a[i] = v[i], b[i] = v[(i * 7 + trial) % v.size()];
+    add_int(p, a.data(), b.data(), static_cast<int64_t>(v.size()), y.data());
+    for (size_t i = 0; i < v.size(); ++i)
+      ASSERT_EQ(y[i], add_int_reference(p, a[i], b[i])) << a[i] << " + " << b[i] << ", trial " << trial;
   }
 }
 
