@@ -9,14 +9,28 @@ PKGS=(
   dataset-fashion-mnist
   pybind11-dev python3-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  python3-onnx clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "anybit: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "anybit: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+# onnxruntime-node from the npm registry, pinned by tools/onnxrt/package-lock.json, runs the
+# exported ONNX files in the tests. Its install script would fetch extra GPU libraries from
+# outside the registry: skip it (the CPU runtime ships in the package).
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$ROOT/tools/onnxrt/node_modules/onnxruntime-node" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "anybit: installing onnxruntime-node into tools/onnxrt"
+    ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix "$ROOT/tools/onnxrt" --no-audit --no-fund --loglevel=error
+  else
+    echo "anybit: npm not found; the ONNX Runtime tests will be skipped"
+  fi
+fi

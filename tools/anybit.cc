@@ -271,6 +271,7 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     throw anybit::Error(e.what());
   }
   if (f.reference_kernels) o.engine.path = anybit::intsim::KernelPath::kReference;
+  o.engine.threads = c.threads;  // 0: one per hardware thread
   o.batch_size = c.eval_batch_size;
   o.progress = progress_on(c);
   std::unique_ptr<torch::jit::Module> ref;
@@ -360,7 +361,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   Common c;
   std::string reference;
-  app.add_option("--threads", c.threads, "intra-op threads (default: LibTorch's)");
+  app.add_option("--threads", c.threads, "threads for LibTorch and the integer engine (default: LibTorch's; intsim: one per core)")->check(CLI::NonNegativeNumber);
 
   auto* inspect = app.add_subcommand("inspect", "list the quantization points of a model in forward order");
   inspect->add_option("model", c.model, "TorchScript model file (.pt)")->required();
