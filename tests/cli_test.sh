@@ -70,5 +70,44 @@ if "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --dry-run | grep -q "layer1.
 else
   fail=$((fail + 1)); echo "FAIL: dry-run"
 fi
+# integer export and the integer engine
+if "$EXE" quantize "$MODEL" --fold-bn --int32-bias --config "$SRC/examples/export_w8a8.yaml" --data "fmnist:$DATA:train" \
+     --calib-batches 2 -o "$T/w8.pt" --no-progress >/dev/null &&
+   "$EXE" export "$T/w8.pt" -o "$T/w8_int" >"$T/export.txt" && grep -q "15 ops" "$T/export.txt" &&
+   [ -f "$T/w8_int/manifest.json" ] && [ -z "$(ls "$T" | grep '\.tmp')" ] &&
+   "$EXE" --threads 2 intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=200" --reference "$T/w8.pt" --json --no-progress >"$T/intsim.json" &&
+   /usr/bin/python3 -c "
+import json, sys
+r = json.load(open('$T/intsim.json'))
+a = {l['point']: l for l in r['layer_agreement']}
+assert r['samples'] == 200 and r['top1'] > 80 and r['agreement'] > 95, r
+assert a['input.0']['equal'] == 100 and a['stem.2:out']['max_steps'] <= 1, a
+assert all(l['overflows'] == 0 for l in r['layers'])
+"; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: export + intsim"; cat "$T/export.txt"
+fi
+# a narrow accumulator overflows and says where
+if "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=20" --acc-bits 12 --overflow saturate --no-progress >"$T/narrow.txt" &&
+   grep -q "12-bit saturate accumulator" "$T/narrow.txt" && grep -E "^layer3.conv2 +conv2d +no +[0-9]+ +[1-9]" -q "$T/narrow.txt"; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: narrow accumulator"; cat "$T/narrow.txt"
+fi
+mkdir -p "$T/notexport" && echo keep >"$T/notexport/file.txt"
+expect_error export-float "quantize it first" -- "$EXE" export "$MODEL" -o "$T/q.pt"
+expect_error export-unquantized-input "add a rule for role input" -- "$EXE" export "$T/good.pt" -o "$T/q.pt"
+expect_error export-overwrite "not an anybit integer export" -- "$EXE" export "$T/w8.pt" -o "$T/notexport"
+[ "$(cat "$T/notexport/file.txt")" = keep ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: export overwrote a directory"; }
+expect_error export-shape "input-shape" -- "$EXE" export "$T/w8.pt" --input-shape 1,x,28 -o "$T/q.pt"
+expect_error intsim-missing "manifest.json" -- "$EXE" intsim "$T/nope_int" --data "fmnist:$DATA:test"
+expect_error intsim-mac "gauss" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:x
+expect_error intsim-acc "accumulator" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --acc-bits 40
+expect_error intsim-overflow "wrap or saturate" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --overflow clip
+cp -r "$T/w8_int" "$T/broken_int"
+w=$(ls "$T/broken_int" | grep weight | head -1)
+head -c 100 "$T/w8_int/$w" >"$T/broken_int/$w"
+expect_error intsim-truncated "$w" -- "$EXE" intsim "$T/broken_int" --data "fmnist:$DATA:test"
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

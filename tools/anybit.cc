@@ -295,6 +295,10 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
       j["outputs_one_step"] = r.one_step;
       j["outputs_more"] = r.more;
       j["max_steps"] = r.max_steps;
+      json agreement = json::array();
+      for (const auto& a : r.layer_agreement)
+        agreement.push_back({{"point", a.point}, {"equal", a.equal}, {"one_step", a.one_step}, {"max_steps", a.max_steps}});
+      j["layer_agreement"] = agreement;
     }
     json layers = json::array();
     for (const auto& l : r.layers)
@@ -311,6 +315,12 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     fmt::print("against {}: argmax agreement {:.2f}%; output integers equal {:.2f}%, one step apart {:.2f}%, "
                "further {:.2f}% (max {} steps)\n",
                f.reference, r.agreement, r.equal, r.one_step, r.more, r.max_steps);
+  if (ref && !r.layer_agreement.empty()) {
+    fmt::print("quantized tensors against the reference's, first batch:\n{:<32} {:>8} {:>9} {:>10}\n", "point", "equal",
+               "one step", "max steps");
+    for (const auto& a : r.layer_agreement)
+      fmt::print("{:<32} {:>7.2f}% {:>8.2f}% {:>10}\n", a.point, a.equal, a.one_step, a.max_steps);
+  }
   std::cout << anybit::intsim::format_stats(r.layers);
   return 0;
 }
@@ -398,18 +408,26 @@ int main(int argc, char** argv) {
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 
   anybit::FinetuneOptions ft;
+  std::string teacher;
   auto* fine = app.add_subcommand("finetune", "quantization-aware fine-tuning of a model anybit quantized");
   fine->add_option("model", c.model, "quantized TorchScript model (from anybit quantize)")->required();
   fine->add_option("-d,--data", c.data, "training data spec, e.g. fmnist::train")->required();
   fine->add_option("--eval", c.eval_data, "evaluate on this data spec after training");
   fine->add_option("--epochs", ft.epochs, "epochs")->check(CLI::PositiveNumber);
-  fine->add_option("--lr", ft.lr, "peak learning rate (cosine schedule)");
+  fine->add_option("--lr", ft.lr, "peak learning rate of the schedule");
+  fine->add_option("--schedule", ft.schedule, "learning-rate schedule: cosine, onecycle (as torch OneCycleLR) or constant");
   fine->add_option("--optimizer", ft.optimizer, "sgd or adam");
   fine->add_option("--weight-decay", ft.weight_decay, "weight decay (not on quantizer parameters or biases)");
   fine->add_option("--label-smoothing", ft.label_smoothing, "label smoothing");
   fine->add_option("-b,--batch-size", ft.batch_size, "batch size")->check(CLI::PositiveNumber);
   fine->add_option("--max-steps", ft.max_steps, "stop after this many steps");
   fine->add_option("--seed", ft.seed, "shuffling seed");
+  auto* teacher_opt =
+      fine->add_option("--teacher", teacher, "distil from this model (typically the float one) on the same batches");
+  fine->add_option("--kd-weight", ft.kd_weight, "weight of the distillation loss; 1 - it weighs the label loss")
+      ->check(CLI::Range(0.0, 1.0))->needs(teacher_opt);
+  fine->add_option("--kd-temperature", ft.kd_temperature, "softmax temperature of the distillation loss")
+      ->check(CLI::PositiveNumber)->needs(teacher_opt);
   fine->add_option("--checkpoint-dir", ft.checkpoint_dir, "write a checkpoint after every epoch here");
   fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
   fine->add_option("-o,--output", c.out, "output TorchScript file")->required();
@@ -476,9 +494,10 @@ int main(int argc, char** argv) {
       std::unique_ptr<anybit::DataSource> test;
       if (!c.eval_data.empty()) test = anybit::open_data(c.eval_data);
       ft.progress = progress_on(c);
+      if (!teacher.empty()) ft.teacher = anybit::load_module(teacher);
       for (const auto& r : anybit::finetune(m, *train, ft))
-        fmt::print("epoch {}: loss {:.4f}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
-                   r.train_top1, r.steps, r.seconds);
+        fmt::print("epoch {}: loss {:.4f}{}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
+                   ft.teacher ? fmt::format(" (kd {:.4f})", r.train_kd_loss) : "", r.train_top1, r.steps, r.seconds);
       anybit::save_module(m, c.out);
       if (test) print_eval(c.out, anybit::evaluate(m, *test, eval_options(c)));
       fmt::print("wrote {}\n", c.out);

@@ -985,6 +985,51 @@ std::vector<at::Tensor> run_integer_reference(const intsim::Model& model, const 
   return out;
 }
 
+namespace {
+
+// Every quantized tensor of the engine (the model input and each op output that a quantizer
+// of the reference produced) against the reference's value on the same batch. Runs its own
+// engine (statistics stay those of the evaluation) with the batch's tensors kept.
+std::vector<LayerAgreement> compare_layers(const intsim::Model& model, const intsim::EngineOptions& options,
+                                           torch::jit::Module& reference, const at::Tensor& x,
+                                           const at::Tensor& qx) {
+  intsim::Engine engine(model, options);
+  intsim::Tensor in;
+  in.shape = qx.sizes().vec();
+  in.data.assign(qx.data_ptr<int32_t>(), qx.data_ptr<int32_t>() + qx.numel());
+  std::map<std::string, intsim::Tensor> tensors;
+  engine.run({in}, &tensors);
+  std::map<std::string, QuantParams> params;
+  for (const auto& i : model.inputs) params[i.name] = i.q;
+  for (const auto& op : model.ops)
+    if (op.kind != OpKind::kRelu && op.kind != OpKind::kMaxPool2d && op.kind != OpKind::kFlatten)
+      params[op.output] = op.out;
+  std::map<std::string, LayerAgreement> found;
+  for (const QuantizerOutput& p : probe_quantizers(reference, x)) {
+    auto t = tensors.find(p.point);
+    auto q = params.find(p.point);
+    if (t == tensors.end() || q == params.end() || found.count(p.point)) continue;
+    const at::Tensor e = at::tensor(t->second.data, at::kInt).to(at::kLong);
+    const at::Tensor f = quantize_input(p.value, q->second).reshape({-1});
+    if (f.numel() != e.numel()) continue;
+    const at::Tensor d = (f - e).abs();
+    LayerAgreement a;
+    a.point = p.point;
+    a.equal = 100.0 * d.eq(0).to(at::kDouble).mean().item<double>();
+    a.one_step = 100.0 * d.eq(1).to(at::kDouble).mean().item<double>();
+    a.max_steps = d.max().item<int64_t>();
+    found[p.point] = a;
+  }
+  std::vector<LayerAgreement> out;
+  for (const auto& i : model.inputs)
+    if (found.count(i.name)) out.push_back(found[i.name]);
+  for (const auto& op : model.ops)
+    if (found.count(op.output)) out.push_back(found[op.output]), found.erase(op.output);
+  return out;
+}
+
+}  // namespace
+
 IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource& data,
                                    const IntegerEvalOptions& options, torch::jit::Module* reference) {
   if (model.inputs.size() != 1 || model.outputs.size() != 1)
@@ -1039,6 +1084,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
       n_values += d.numel();
       r.max_steps = std::max(r.max_steps, d.max().item<int64_t>());
     }
+    if (ref && b == 0) r.layer_agreement = compare_layers(model, options.engine, *ref, x, qx);
     r.samples += x.size(0);
     bar.update(r.samples);
   }

@@ -69,6 +69,15 @@ struct IntegerEvalOptions {
   intsim::EngineOptions engine;  // accumulator, MAC model, kernel path
 };
 
+// How close one quantized tensor of the engine is to the fake-quantized model's: the share
+// of its integers equal to, and one step away from, the reference's value quantized with the
+// tensor's parameters, and the largest distance in steps.
+struct LayerAgreement {
+  std::string point;  // the quantization point, e.g. "layer1.conv2:out"
+  double equal = 0, one_step = 0;
+  int64_t max_steps = 0;
+};
+
 struct IntegerEvalResult {
   int64_t samples = 0;
   double top1 = 0, top5 = 0;
@@ -79,6 +88,8 @@ struct IntegerEvalResult {
   double agreement = -1;
   double equal = -1, one_step = -1, more = -1;
   int64_t max_steps = 0;
+  // Per quantized tensor, in the engine's order, on the first batch (with a reference).
+  std::vector<LayerAgreement> layer_agreement;
   std::vector<intsim::LayerStats> layers;
 };
 
