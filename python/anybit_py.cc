@@ -6,13 +6,21 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "anybit/core/export.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
 #include "anybit/ptq/fold_bn.h"
 
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <memory>
+#include <type_traits>
 
 namespace py = pybind11;
 
@@ -41,7 +49,8 @@ py::list points(const std::string& model_path) {
 py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
-                  const std::string& out_path, bool fold_bn, int adaround) {
+                  const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
+                  bool int32_bias) {
   std::vector<anybit::PointReport> pts;
   {
     py::gil_scoped_release release;
@@ -59,6 +68,8 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
       o.portable = portable;
       o.progress = true;
       o.adaround_iterations = adaround;
+      o.bias_correction = bias_correction;
+      o.int32_bias = int32_bias;
       anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
       anybit::save_module(q.model.module, out_path);
       pts = q.points;
@@ -194,6 +205,264 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
   return out;
 }
 
+// --- integer export and the integer engine ------------------------------------------------
+
+namespace intsim = anybit::intsim;
+
+// The CLI's atomic write: the export goes to a temporary sibling directory that is renamed
+// over DIR, so an interrupted export never leaves a half-written model; DIR is replaced
+// only when it is empty or holds an earlier export (manifest.json).
+void save_export_atomic(const intsim::Model& m, const std::string& dir) {
+  namespace fs = std::filesystem;
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "out/": the temporary is "out.tmpPID"
+  std::error_code ec;
+  if (fs::exists(target) && !fs::is_directory(target))
+    throw anybit::Error(dir + ": exists and is not a directory; not overwriting it");
+  if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
+    throw anybit::Error(dir + ": exists and is not an anybit integer export; not overwriting it");
+  const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  try {
+    intsim::save_model(m, tmp.string());
+  } catch (const intsim::Error& e) {
+    fs::remove_all(tmp, ec);
+    throw anybit::Error(e.what());
+  }
+  fs::remove_all(target, ec);
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove_all(tmp, ec);
+    throw anybit::Error(dir + ": cannot write (" + ec.message() + ")");
+  }
+}
+
+py::dict quant_dict(const intsim::TensorSpec& t) {
+  py::dict d;
+  d["name"] = t.name;
+  d["shape"] = t.shape;
+  d["scale"] = t.q.scale;
+  d["zero_point"] = t.q.zero_point;
+  d["qmin"] = t.q.qmin;
+  d["qmax"] = t.q.qmax;
+  return d;
+}
+
+py::dict export_model(const std::string& model_path, const std::string& out_dir,
+                      const std::vector<int64_t>& input_shape, const std::string& source) {
+  anybit::ExportResult r;
+  {
+    py::gil_scoped_release release;
+    torch::jit::Module m = anybit::load_module(model_path);
+    anybit::ExportOptions o;
+    o.input_shape = input_shape;
+    o.source = source;
+    r = anybit::export_integer_model(m, o);
+    save_export_atomic(r.model, out_dir);
+  }
+  std::map<std::string, int> kinds;
+  for (const auto& op : r.model.ops) kinds[intsim::op_kind_name(op.kind)]++;
+  py::dict d;
+  d["output"] = out_dir;
+  d["op_count"] = r.model.ops.size();
+  d["ops"] = kinds;
+  d["notes"] = r.notes;
+  py::list ins, outs;
+  for (const auto& t : r.model.inputs) ins.append(quant_dict(t));
+  for (const auto& t : r.model.outputs) outs.append(quant_dict(t));
+  d["inputs"] = ins;
+  d["outputs"] = outs;
+  return d;
+}
+
+intsim::EngineOptions engine_options(int acc_bits, const std::string& overflow, const std::string& mac, int threads,
+                                     bool reference_kernels) {
+  intsim::EngineOptions o;
+  if (overflow != "wrap" && overflow != "saturate")
+    throw anybit::Error("overflow: '" + overflow + "' is not wrap or saturate");
+  if (threads < 0) throw anybit::Error("threads: must be >= 0 (0: one per hardware thread), got " + std::to_string(threads));
+  o.accumulator.bits = acc_bits;
+  o.accumulator.overflow = overflow == "wrap" ? intsim::Overflow::kWrap : intsim::Overflow::kSaturate;
+  intsim::check_accumulator_spec(o.accumulator);
+  o.mac = intsim::parse_mac_model(mac);
+  o.threads = threads;
+  if (reference_kernels) o.path = intsim::KernelPath::kReference;
+  return o;
+}
+
+py::list layer_stats(const std::vector<intsim::LayerStats>& stats) {
+  py::list layers;
+  for (const auto& l : stats) {
+    py::dict d;
+    d["name"] = l.name;
+    d["op"] = l.op;
+    d["fast_path"] = l.fast_path;
+    d["dot_products"] = l.dot_products;
+    d["overflows"] = l.overflows;
+    d["mean_abs_error"] = l.mean_abs_error();
+    d["max_abs_error"] = l.max_abs_error;
+    layers.append(d);
+  }
+  return layers;
+}
+
+// Integer values of any NumPy integer array, checked to fit int32 (never wrapped).
+template <typename T>
+void copy_integers(const py::array& a, std::vector<int32_t>& out, const std::string& what) {
+  auto v = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!v) throw anybit::Error(what + ": cannot read the array");
+  const T* p = v.data();
+  out.resize(static_cast<size_t>(v.size()));
+  for (py::ssize_t i = 0; i < v.size(); ++i) {
+    const T x = p[i];
+    if constexpr (std::is_signed_v<T>) {
+      if (x < std::numeric_limits<int32_t>::min() || x > std::numeric_limits<int32_t>::max())
+        throw anybit::Error(what + ": value " + std::to_string(x) + " at flat index " + std::to_string(i) +
+                            " does not fit int32");
+    } else {
+      if (x > static_cast<T>(std::numeric_limits<int32_t>::max()))
+        throw anybit::Error(what + ": value " + std::to_string(x) + " at flat index " + std::to_string(i) +
+                            " does not fit int32");
+    }
+    out[i] = static_cast<int32_t>(x);
+  }
+}
+
+// An input array for the engine: integer arrays are the integers themselves; floating
+// arrays are quantized with the model input's parameters (intsim::quantize_tensor:
+// x * (1/s) in float32, round half to even, + z, clamp), as the fake-quantized model does.
+intsim::Tensor engine_input(const py::array& a, const intsim::TensorSpec& spec, size_t index) {
+  const std::string what = "inputs[" + std::to_string(index) + "] (" + spec.name + ")";
+  std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+  const char kind = a.dtype().kind();
+  if (kind == 'f') {
+    auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+    if (!f) throw anybit::Error(what + ": cannot read the array as float32");
+    return intsim::quantize_tensor(f.data(), shape, spec.q);
+  }
+  intsim::Tensor t;
+  t.shape = shape;
+  if (kind == 'i') {
+    copy_integers<int64_t>(a, t.data, what);
+  } else if (kind == 'u') {
+    copy_integers<uint64_t>(a, t.data, what);
+  } else {
+    throw anybit::Error(what + ": expected an integer or floating-point array, got dtype " +
+                        py::str(a.dtype()).cast<std::string>());
+  }
+  return t;
+}
+
+py::tuple intsim_run(const std::string& model_dir, const std::vector<py::array>& inputs, int acc_bits,
+                     const std::string& overflow, const std::string& mac, int threads, bool reference_kernels) {
+  std::unique_ptr<intsim::Engine> engine;
+  {
+    py::gil_scoped_release release;
+    intsim::EngineOptions o = engine_options(acc_bits, overflow, mac, threads, reference_kernels);
+    engine = std::make_unique<intsim::Engine>(intsim::load_model(model_dir), o);
+  }
+  const auto& specs = engine->model().inputs;
+  if (inputs.size() != specs.size())
+    throw anybit::Error(model_dir + ": the model has " + std::to_string(specs.size()) + " input(s), got " +
+                        std::to_string(inputs.size()));
+  std::vector<intsim::Tensor> in;
+  for (size_t i = 0; i < inputs.size(); ++i) in.push_back(engine_input(inputs[i], specs[i], i));
+  std::vector<intsim::Tensor> out;
+  {
+    py::gil_scoped_release release;
+    try {
+      out = engine->run(in);
+    } catch (const intsim::Error& e) {
+      throw anybit::Error(model_dir + ": " + e.what());
+    }
+  }
+  py::list arrays;
+  for (const auto& t : out) {
+    std::vector<py::ssize_t> s(t.shape.begin(), t.shape.end());
+    py::array_t<int32_t> a(s);
+    if (!t.data.empty()) std::memcpy(a.mutable_data(), t.data.data(), t.data.size() * sizeof(int32_t));
+    arrays.append(a);
+  }
+  return py::make_tuple(arrays, layer_stats(engine->stats()));
+}
+
+// The exported model run by anybit::run_integer_reference, the LibTorch twin of the engine
+// (exact integer convolutions in double precision): for tests that hold the engine to it.
+py::list integer_reference(const std::string& model_dir, const std::vector<py::array>& inputs) {
+  intsim::Model m = intsim::load_model(model_dir);
+  if (inputs.size() != m.inputs.size())
+    throw anybit::Error(model_dir + ": the model has " + std::to_string(m.inputs.size()) + " input(s), got " +
+                        std::to_string(inputs.size()));
+  std::vector<at::Tensor> in;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    intsim::Tensor t = engine_input(inputs[i], m.inputs[i], i);
+    in.push_back(at::tensor(t.data, at::kInt).reshape(t.shape));
+  }
+  std::vector<at::Tensor> out;
+  {
+    py::gil_scoped_release release;
+    out = anybit::run_integer_reference(m, in);
+  }
+  py::list arrays;
+  for (const auto& o : out) {
+    at::Tensor v = o.to(at::kInt).contiguous();
+    std::vector<py::ssize_t> s(v.sizes().begin(), v.sizes().end());
+    py::array_t<int32_t> a(s);
+    if (v.numel()) std::memcpy(a.mutable_data(), v.data_ptr<int32_t>(), v.numel() * sizeof(int32_t));
+    arrays.append(a);
+  }
+  return arrays;
+}
+
+py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_spec, const std::string& reference_path,
+                         int64_t batch_size, int acc_bits, const std::string& overflow, const std::string& mac,
+                         int threads, bool reference_kernels, bool progress) {
+  anybit::IntegerEvalResult r;
+  std::string mac_name;
+  {
+    py::gil_scoped_release release;
+    anybit::IntegerEvalOptions o;
+    o.engine = engine_options(acc_bits, overflow, mac, threads, reference_kernels);
+    o.batch_size = batch_size;
+    o.progress = progress;
+    mac_name = o.engine.mac ? o.engine.mac->describe() : "exact";
+    intsim::Model m = intsim::load_model(model_dir);
+    std::unique_ptr<torch::jit::Module> ref;
+    if (!reference_path.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(reference_path));
+    auto data = anybit::open_data(data_spec);
+    r = anybit::evaluate_integer(m, *data, o, ref.get());
+  }
+  py::dict d;
+  py::dict acc;
+  acc["bits"] = acc_bits;
+  acc["overflow"] = overflow;
+  d["accumulator"] = acc;
+  d["mac"] = mac_name;
+  d["samples"] = r.samples;
+  d["top1"] = r.top1;
+  d["top5"] = r.top5;
+  d["seconds"] = r.seconds;
+  if (!reference_path.empty()) {
+    d["agreement"] = r.agreement;
+    d["outputs_equal"] = r.equal;
+    d["outputs_one_step"] = r.one_step;
+    d["outputs_more"] = r.more;
+    d["max_steps"] = r.max_steps;
+    py::list agreement;
+    for (const auto& a : r.layer_agreement) {
+      py::dict e;
+      e["point"] = a.point;
+      e["equal"] = a.equal;
+      e["one_step"] = a.one_step;
+      e["max_steps"] = a.max_steps;
+      agreement.append(e);
+    }
+    d["layer_agreement"] = agreement;
+  }
+  d["layers"] = layer_stats(r.layers);
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_anybit, m) {
@@ -206,12 +475,15 @@ PYBIND11_MODULE(_anybit, m) {
       error(e.what());
     } catch (const anybit::data::Error& e) {
       error(e.what());
+    } catch (const anybit::intsim::Error& e) {
+      error(e.what());
     }
   });
   m.def("points", &points, py::arg("model_path"));
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
-        py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"));
+        py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),
+        py::arg("bias_correction") = false, py::arg("int32_bias") = false);
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"));
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
@@ -221,5 +493,13 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"));
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
+  m.def("export_model", &export_model, py::arg("model_path"), py::arg("out_dir"), py::arg("input_shape"),
+        py::arg("source"));
+  m.def("intsim_run", &intsim_run, py::arg("model_dir"), py::arg("inputs"), py::arg("acc_bits"), py::arg("overflow"),
+        py::arg("mac"), py::arg("threads"), py::arg("reference_kernels"));
+  m.def("integer_reference", &integer_reference, py::arg("model_dir"), py::arg("inputs"));
+  m.def("intsim_evaluate", &intsim_evaluate, py::arg("model_dir"), py::arg("data_spec"), py::arg("reference_path"),
+        py::arg("batch_size"), py::arg("acc_bits"), py::arg("overflow"), py::arg("mac"), py::arg("threads"),
+        py::arg("reference_kernels"), py::arg("progress"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

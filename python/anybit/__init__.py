@@ -7,6 +7,11 @@ cross into C++ as TorchScript: an ``nn.Module`` is scripted (or traced, given
     import anybit
     qm = anybit.quantize(model, {"rules": [{"kind": "conv", "role": "weight", "spec": "int4"}]},
                          example_inputs=x, calib_data=loader)
+    anybit.export(qm, "model_int")                   # the integer model (docs/integer-format.md)
+    logits_q = anybit.intsim_run("model_int", [x])   # integer-only inference on it
+
+Without the C++ extension (not built yet) the package still imports, so that
+``python3 -m anybit.onnx_export`` (numpy and onnx only) works; the rest raises ImportError.
 """
 import json
 import math
@@ -15,12 +20,36 @@ import tempfile
 
 import torch
 
-from . import _anybit  # loads libanybit_torch, which registers the anybit:: ops
 
-Error = _anybit.Error
+class _MissingExtension:
+    """Stands in for the C++ extension when it cannot be loaded (not built yet, or built
+    against another LibTorch), so that the pure-Python parts of the package
+    (``anybit.onnx_export``: numpy and onnx only) still import; every use of the core
+    raises the original ImportError."""
+
+    def __init__(self, error):
+        self._error = error
+
+    def __getattr__(self, name):
+        raise ImportError(f"anybit's C++ extension could not be loaded ({self._error}); build it "
+                          "(make build, or cmake --build BUILD --target _anybit) or pip install ./python") from None
+
+
+try:
+    from . import _anybit  # loads libanybit_torch, which registers the anybit:: ops
+except ImportError as _e:
+    import importlib.util
+
+    _anybit = _MissingExtension(_e if importlib.util.find_spec(__name__ + "._anybit") else
+                                f"no _anybit extension in {os.path.dirname(os.path.abspath(__file__))}")
+
+    class Error(ValueError):
+        """anybit's error (the C++ extension is not loaded: only anybit.onnx_export works)."""
+else:
+    Error = _anybit.Error
 
 __all__ = ["Error", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load", "quantizer_outputs",
-           "canonical_spec"]
+           "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
 
 
 def canonical_spec(text):
@@ -125,15 +154,20 @@ def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
-        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "", fold_bn, 0)
+        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "", fold_bn, 0,
+                                False, False)
 
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
-             portable=False, return_report=False, fold_bn=False, adaround=0):
+             portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
+             int32_bias=False):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
-    adaround=N learns the rounding of int weights for N iterations per layer (docs/ptq.md).
+    adaround=N learns the rounding of int weights for N iterations per layer (docs/ptq.md);
+    bias_correction corrects the per-channel output mean shift of quantized weights;
+    int32_bias quantizes conv/linear biases as integer hardware adds them (int32 at
+    s_in * s_w), as an integer export (`export`) needs them to match the model.
     Returns the quantized ScriptModule."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
@@ -144,7 +178,7 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
-                                  fold_bn, adaround)
+                                  fold_bn, adaround, bias_correction, int32_bias)
         qm = torch.jit.load(out)
     return (qm, report) if return_report else qm
 
@@ -203,3 +237,80 @@ def quantizer_outputs(qmodel, x):
 def load(path):
     """torch.jit.load for anybit models (the anybit ops are registered on import)."""
     return torch.jit.load(os.fspath(path))
+
+
+# --- integer export and the integer engine (docs/integer-format.md) --------------------
+
+
+def export(qmodel, out_dir, input_shape=None):
+    """Writes the integer model of a quantized model (a path or a ScriptModule from
+    `quantize`/`finetune`) to `out_dir` (manifest.json + .npy), like `anybit export`.
+    input_shape is the input shape without the batch ([1, 28, 28]; default: the shape
+    recorded at calibration). The directory is replaced atomically if it holds an earlier
+    export; any other non-empty directory is refused. Returns a dict: output, op_count,
+    ops (count per op kind), notes (what the export could not keep exactly, e.g. an
+    unquantized output written as int32), inputs and outputs (name, shape, scale,
+    zero_point, qmin, qmax)."""
+    if input_shape is not None:
+        input_shape = [int(v) for v in input_shape]
+        if not input_shape or any(v <= 0 for v in input_shape):
+            raise Error(f"input_shape: {input_shape} is not a list of positive sizes such as [1, 28, 28]")
+    source = os.fspath(qmodel) if isinstance(qmodel, (str, os.PathLike)) else \
+        f"<{getattr(qmodel, 'original_name', type(qmodel).__name__)}>"
+    with tempfile.TemporaryDirectory() as d:
+        return _anybit.export_model(_save(qmodel, None, d), os.fspath(out_dir), input_shape or [], source)
+
+
+def _engine_array(x):
+    import numpy as np
+
+    if torch.is_tensor(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def intsim_run(model_dir, inputs, acc_bits=32, overflow="wrap", mac=None, threads=0, reference_kernels=False,
+               return_stats=False):
+    """Runs an integer export (`export`, `anybit export`) on the integer-only engine.
+
+    `inputs`: one array per model input (a list; a single array for a one-input model),
+    each [N, ...shape] (NumPy arrays or tensors). Integer arrays are the input integers
+    themselves and must lie in the input's [qmin, qmax]; floating-point arrays are real
+    values, quantized with the model input's scale and zero point exactly as the
+    fake-quantized model quantizes them (x * (1/s) in float32, round half to even, + z,
+    clamp). acc_bits (8..32) and overflow ("wrap" or "saturate") declare the accumulator;
+    mac is a multiply-accumulate model string ("gauss:sigma=2,seed=1", "adc:bits=8,range=F",
+    "bitflip:rate=P"; None: exact); threads=0 uses one per hardware thread (results do not
+    depend on it); reference_kernels runs the plain int64 reference loops.
+
+    Returns the outputs as int32 arrays [N, ...] in the order of the manifest's outputs
+    (dequantize with (q - zero_point) * scale); with return_stats, (outputs, layers) where
+    layers has, per op, dot_products, overflows, mean_abs_error and max_abs_error."""
+    seq = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    outs, stats = _anybit.intsim_run(os.fspath(model_dir), [_engine_array(x) for x in seq], int(acc_bits), overflow,
+                                     mac or "exact", int(threads), bool(reference_kernels))
+    return (outs, stats) if return_stats else outs
+
+
+def intsim_evaluate(model_dir, data, reference=None, acc_bits=32, overflow="wrap", mac=None, threads=0,
+                    batch_size=100, reference_kernels=False, progress=True):
+    """Top-1/top-5 accuracy of an integer export on the integer engine over labelled data
+    (a data spec string such as 'fmnist::test', tensors (x, y), or a DataLoader), like
+    `anybit intsim --json`, with the same fields: model, data, accumulator, mac, samples,
+    top1, top5, seconds, layers, and with `reference` (the quantized model, a path or a
+    ScriptModule) the argmax agreement with it and the share of output integers equal /
+    one step apart / further (outputs_equal, outputs_one_step, outputs_more, max_steps) and,
+    per quantized tensor on the first batch, the same against the reference's tensors
+    (layer_agreement: point, equal, one_step, max_steps).
+    Inputs are quantized with the model input's parameters, as in intsim_run."""
+    with tempfile.TemporaryDirectory() as d:
+        rp = _save(reference, None, d, "reference.pt") if reference is not None else ""
+        spec, _, _ = _data(data, d)
+        r = _anybit.intsim_evaluate(os.fspath(model_dir), spec, rp, int(batch_size), int(acc_bits), overflow,
+                                    mac or "exact", int(threads), bool(reference_kernels), bool(progress))
+    out = {"model": os.fspath(model_dir), "data": data if isinstance(data, str) else "<python data>"}
+    out.update(r)
+    if reference is not None:
+        out["reference"] = os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else \
+            f"<{getattr(reference, 'original_name', type(reference).__name__)}>"
+    return out
