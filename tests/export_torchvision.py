@@ -7,9 +7,31 @@ import torch
 import torchvision
 
 
+class RootBn(torch.nn.Module):
+    """Conv + BatchNorm directly on the root module (not nested), with and without conv bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 10)
+        for bn in (self.bn1, self.bn2):  # statistics that make folding visible
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(-1.5, 1.5)
+            bn.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def main():
     out = sys.argv[1]
-    names = sys.argv[2:] or ["alexnet", "resnet18", "mobilenet_v2"]
+    names = sys.argv[2:] or ["alexnet", "resnet18", "mobilenet_v2", "root_bn"]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     for name in names:
@@ -17,7 +39,10 @@ def main():
             path = os.path.join(out, f"{name}_{mode}.pt")
             if os.path.exists(path):
                 continue
-            model = getattr(torchvision.models, name)(weights=None).eval()
+            if name == "root_bn":
+                model = RootBn().eval()
+            else:
+                model = getattr(torchvision.models, name)(weights=None).eval()
             if mode == "script":
                 m = torch.jit.script(model)
             else:

@@ -200,7 +200,9 @@ std::vector<int64_t> parse_shape(const std::string& text) {
 // interrupted export never leaves a half-written model; an existing export is replaced.
 void save_export_atomic(const anybit::intsim::Model& m, const std::string& dir) {
   namespace fs = std::filesystem;
-  const fs::path target(dir);
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "out/" is "out"
+  if (target.empty()) throw anybit::Error("export: -o '" + dir + "' names no directory");
   if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
     throw anybit::Error(dir + ": exists and is not an anybit integer export; not overwriting it");
   const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());

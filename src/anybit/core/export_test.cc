@@ -254,5 +254,21 @@ TEST(Export, UnfoldedBatchNormIsFoldedIntoMultiplierAndBias) {
   EXPECT_GE(r.agreement, 98.0);
 }
 
+TEST(Export, Int32BiasLeavesBiasFreeConvolutionsAlone) {
+  // torchvision's convs have bias=False (an Optional[Tensor] attribute holding None); left
+  // unfolded, --int32-bias must skip them rather than divide None
+  torch::manual_seed(0);
+  auto calib = tensor_data(at::rand({32, 3, 64, 64}), at::zeros({32}, at::kLong), "random images");
+  const std::string cfg =
+      "rules:\n  - {kind: [conv, linear], role: weight, spec: 'int8:per_channel'}\n  - {role: input, spec: uint8}\n"
+      "  - {kind: [bn, linear], role: activation, spec: int8}\n  - {kind: [relu, pool], spec: uint8}\n"
+      "  - {kind: add, spec: int8}\n";
+  QuantizeResult q = quantize_model(fixture("resnet18_script.pt"), cfg, *calib, /*fold=*/false, /*int32_bias=*/true);
+  const at::Tensor x = at::rand({2, 3, 64, 64});
+  EXPECT_EQ(q.model.module.forward({x}).toTensor().sizes(), (std::vector<int64_t>{2, 1000}));
+  ExportResult ex = export_integer_model(q.model.module, {});
+  expect_engine_equals_twin(ex.model, x);
+}
+
 }  // namespace
 }  // namespace anybit

@@ -19,22 +19,54 @@ namespace anybit {
 
 namespace {
 
+std::string shape_string(at::IntArrayRef sizes) {
+  std::string s;
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? "x" : "") + std::to_string(sizes[i]);
+  return s;
+}
+
 bool exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
 }
 
-double cosine_lr(double base, int64_t step, int64_t total) {
-  if (total <= 0) return base;
-  return 0.5 * base * (1 + std::cos(M_PI * static_cast<double>(step) / total));
+// Hinton et al. 2015, eq. 2 with the T^2 gradient scale: T^2 * KL(softmax(t/T) || softmax(s/T)),
+// summed over classes and averaged over the batch (F.kl_div(..., reduction='batchmean')).
+at::Tensor distillation_loss(const at::Tensor& student, const at::Tensor& teacher, double T) {
+  at::Tensor log_s = at::log_softmax(student / T, 1);
+  at::Tensor log_t = at::log_softmax(teacher / T, 1);
+  return (log_t.exp() * (log_t - log_s)).sum(1).mean() * (T * T);
 }
 
 }  // namespace
+
+double scheduled_learning_rate(const std::string& schedule, double peak, int64_t step, int64_t total) {
+  if (schedule == "constant" || total <= 0) return peak;
+  if (schedule == "cosine") return 0.5 * peak * (1 + std::cos(M_PI * static_cast<double>(step) / total));
+  if (schedule == "onecycle") {
+    // OneCycleLR (torch/optim/lr_scheduler.py): phase ends at pct_start * total - 1 and
+    // total - 1; _annealing_cos(start, end, pct) = end + (start - end) / 2 * (cos(pi pct) + 1)
+    const double initial = peak / 25.0, min_lr = initial / 1e4;
+    const double warm_end = 0.3 * static_cast<double>(total) - 1, last = static_cast<double>(total) - 1;
+    auto anneal = [](double from, double to, double pct) { return to + (from - to) / 2 * (std::cos(M_PI * pct) + 1); };
+    const double s = static_cast<double>(step);
+    if (s <= warm_end) return anneal(initial, peak, s / warm_end);
+    return anneal(peak, min_lr, (s - warm_end) / (last - warm_end));
+  }
+  throw Error("finetune: unknown schedule '" + schedule + "' (expected cosine, onecycle or constant)");
+}
 
 std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train, const FinetuneOptions& o) {
   if (o.epochs < 1) throw Error("finetune: epochs must be at least 1");
   if (o.optimizer != "sgd" && o.optimizer != "adam")
     throw Error("finetune: unknown optimizer '" + o.optimizer + "' (expected sgd or adam)");
+  scheduled_learning_rate(o.schedule, o.lr, 0, 1);  // throws on an unknown schedule name
+  if (o.kd_weight < 0 || o.kd_weight > 1)
+    throw Error("finetune: kd weight " + std::to_string(o.kd_weight) + " is not in [0, 1]");
+  if (!(o.kd_temperature > 0))
+    throw Error("finetune: kd temperature " + std::to_string(o.kd_temperature) + " must be positive");
+  std::optional<torch::jit::Module> teacher = o.teacher;
+  if (teacher) teacher->eval();
   const std::string ckpt_model = o.checkpoint_dir + "/checkpoint.pt";
   const std::string ckpt_opt = o.checkpoint_dir + "/optimizer.pt";
   const std::string ckpt_state = o.checkpoint_dir + "/epoch.txt";
@@ -87,17 +119,30 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     data::ProgressBar bar("epoch " + std::to_string(epoch + 1), steps_per_epoch, o.progress);
     EpochReport r;
     r.epoch = epoch + 1;
-    double loss_sum = 0;
+    double loss_sum = 0, kd_sum = 0;
     int64_t correct = 0, seen = 0;
     for (int64_t b = 0; b < steps_per_epoch && step < total_steps; ++b, ++step) {
       const int64_t begin = b * o.batch_size, count = std::min(o.batch_size, n - begin);
       at::Tensor idx = perm.narrow(0, begin, count);
       auto [x, y] = train.gather(idx);
-      const double lr = cosine_lr(o.lr, step, schedule_steps);
+      const double lr = scheduled_learning_rate(o.schedule, o.lr, step, schedule_steps);
       for (auto& g : opt->param_groups()) g.options().set_lr(lr);
       at::Tensor out = model.forward({x}).toTensor();
       at::Tensor loss = torch::nn::functional::cross_entropy(
           out, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
+      if (teacher) {
+        at::Tensor t;
+        {
+          torch::NoGradGuard no_grad;
+          t = teacher->forward({x}).toTensor();
+        }
+        if (t.sizes() != out.sizes())
+          throw Error("finetune: the teacher's output " + shape_string(t.sizes()) + " differs from the model's " +
+                      shape_string(out.sizes()));
+        at::Tensor kd = distillation_loss(out, t, o.kd_temperature);
+        kd_sum += kd.item<double>() * count;
+        loss = (1 - o.kd_weight) * loss + o.kd_weight * kd;
+      }
       opt->zero_grad();
       loss.backward();
       opt->step();
@@ -109,6 +154,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     }
     bar.finish();
     r.train_loss = seen ? loss_sum / seen : 0;
+    r.train_kd_loss = seen ? kd_sum / seen : 0;
     r.train_top1 = seen ? 100.0 * correct / seen : 0;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     reports.push_back(r);

@@ -2,12 +2,14 @@
 // quantizers stay in the graph (straight-through gradients, LSQ steps and PACT clips are
 // parameters and learn), the float weights behind them are updated.
 //
-// SGD (momentum, Nesterov) or Adam, cosine learning-rate schedule, weight decay that
-// skips quantizer parameters (anybit__*) and biases, optional label smoothing. Each epoch
-// shuffles with seed + epoch, so a run resumed from its checkpoint (written after every
-// epoch: model, optimizer state, epoch) continues exactly as an uninterrupted run would.
+// SGD (momentum, Nesterov) or Adam, a cosine, one-cycle or constant learning-rate
+// schedule, weight decay that skips quantizer parameters (anybit__*) and biases, optional
+// label smoothing, optional knowledge distillation from a teacher (the float model). Each
+// epoch shuffles with seed + epoch, so a run resumed from its checkpoint (written after
+// every epoch: model, optimizer state, epoch) continues exactly as an uninterrupted run would.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,13 +23,21 @@ struct FinetuneOptions {
   int epochs = 1;
   int64_t batch_size = 128;
   std::string optimizer = "sgd";  // sgd | adam
-  double lr = 0.01;
+  double lr = 0.01;                // peak learning rate of the schedule
+  std::string schedule = "cosine";  // cosine | onecycle | constant (see scheduled_learning_rate)
   double momentum = 0.9;
   double weight_decay = 5e-4;
   double label_smoothing = 0.0;
   int64_t max_steps = -1;          // stop after this many steps in total; the learning-rate
                                    // schedule is still the one of `epochs`
   uint64_t seed = 0;
+  // Knowledge distillation (Hinton et al. 2015): with a teacher the loss is
+  //   (1 - kd_weight) * CE(student, labels) + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T)),
+  // the KL averaged over the batch, T = kd_temperature. The teacher runs in eval mode
+  // without gradients on the same batches; it is typically the float model.
+  std::optional<torch::jit::Module> teacher;
+  double kd_weight = 1.0;
+  double kd_temperature = 1.0;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;
@@ -36,8 +46,18 @@ struct FinetuneOptions {
 struct EpochReport {
   int epoch = 0;
   double train_loss = 0, train_top1 = 0, seconds = 0;
+  double train_kd_loss = 0;  // mean T^2 * KL(teacher || student) term; 0 without a teacher
   int64_t steps = 0;
 };
+
+// The learning rate of step `step` (0-based) of a run of `total_steps` steps:
+//   cosine:   peak/2 * (1 + cos(pi * step / total))
+//   onecycle: torch.optim.lr_scheduler.OneCycleLR with its defaults (pct_start 0.3,
+//             anneal_strategy 'cos', div_factor 25, final_div_factor 1e4, two phases):
+//             cosine from peak/25 up to peak over the first 0.3 * total - 1 steps, then
+//             cosine down to peak/25/1e4 at step total - 1 (momentum is not cycled)
+//   constant: peak
+double scheduled_learning_rate(const std::string& schedule, double peak, int64_t step, int64_t total_steps);
 
 std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train,
                                   const FinetuneOptions& options);

@@ -493,6 +493,11 @@ int quantize_biases_int32(ModelGraph& g) {
     if (k != "aten::_convolution" && k != "aten::conv2d" && k != "aten::conv1d" && k != "aten::linear") continue;
     jit::Value* bias = n->input(2);
     if (bias->type()->kind() == c10::TypeKind::NoneType || jit::toIValue(bias)) continue;
+    // An Optional[Tensor] attribute (nn.Conv2d's bias) that holds None: no bias to quantize.
+    std::string bias_path;
+    if (!bias->type()->cast<c10::TensorType>() && attr_path(bias, graph.inputs().at(0), &bias_path) &&
+        resolve_attr(g.module, bias_path).isNone())
+      continue;
     jit::Value* sx = quantizer_scale(graph, n->input(0)->node());
     jit::Value* sw = quantizer_scale(graph, n->input(1)->node());
     if (!sx || !sw) continue;

@@ -42,7 +42,7 @@ TEST_P(FoldBn, FoldedModelEqualsTheOriginalInFloat) {
 
 INSTANTIATE_TEST_SUITE_P(Models, FoldBn,
                          ::testing::Values("fmnist", "resnet18_script", "resnet18_trace",
-                                           "mobilenet_v2_script"));
+                                           "mobilenet_v2_script", "root_bn_script", "root_bn_trace"));
 
 }  // namespace
 }  // namespace anybit
