@@ -11,6 +11,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
+#include "anybit/ptq/cle.h"
 #include "anybit/ptq/fold_bn.h"
 
 #include <unistd.h>
@@ -50,13 +51,19 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
                   const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
-                  bool int32_bias) {
+                  bool int32_bias, int cle) {
   std::vector<anybit::PointReport> pts;
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
     anybit::ModelGraph g = anybit::load_model(model_path);
     if (fold_bn) anybit::fold_batch_norm(g);
+    if (cle) {
+      if (!fold_bn) throw anybit::Error("cle needs fold_bn=True (a BatchNorm between two layers stops equalization)");
+      anybit::CleOptions co;
+      co.relu6_to_relu = cle == 2;
+      anybit::equalize_cross_layer(g, co);
+    }
     if (dry_run) {
       pts = anybit::plan(g, c);
     } else {
@@ -483,7 +490,7 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
         py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),
-        py::arg("bias_correction") = false, py::arg("int32_bias") = false);
+        py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0);
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"));
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),

@@ -17,6 +17,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
+#include "anybit/ptq/cle.h"
 #include "anybit/ptq/fold_bn.h"
 
 #ifndef ANYBIT_SOURCE_DIR
@@ -94,7 +95,7 @@ struct Common {
   int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
   std::string eval_data;
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
-  bool fold_bn = false, bias_correction = false, int32_bias = false;
+  bool fold_bn = false, bias_correction = false, int32_bias = false, cle = false, cle_relu6 = false;
   int adaround = 0;
   int threads = 0;
 };
@@ -113,6 +114,15 @@ int cmd_quantize(const Common& c) {
   anybit::Config cfg = load_config(c.config, c.rules);
   anybit::ModelGraph g = anybit::load_model(c.model);
   if (c.fold_bn) anybit::fold_batch_norm(g);
+  if (c.cle || c.cle_relu6) {
+    if (!c.fold_bn) throw anybit::Error("--cle needs --fold-bn (a BatchNorm between two layers stops equalization)");
+    anybit::CleOptions co;
+    co.relu6_to_relu = c.cle_relu6;
+    const anybit::CleResult r = anybit::equalize_cross_layer(g, co);
+    if (!c.json)
+      fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", r.pairs,
+                 r.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", r.relu6_replaced) : "");
+  }
   if (c.dry_run) {
     auto pts = anybit::plan(g, cfg);
     if (c.json) {
@@ -389,6 +399,9 @@ int main(int argc, char** argv) {
   quant->add_option("-o,--output", c.out, "output TorchScript file");
   quant->add_flag("--dry-run", c.dry_run, "print which spec each point gets and stop");
   quant->add_flag("--fold-bn", c.fold_bn, "fold BatchNorm into the preceding convs before quantizing");
+  quant->add_flag("--cle", c.cle, "cross-layer equalization of conv/linear pairs joined by ReLU or nothing (with --fold-bn)");
+  quant->add_flag("--cle-relu6", c.cle_relu6,
+                  "also equalize across ReLU6, turning it into ReLU (changes the float model; implies --cle)");
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");

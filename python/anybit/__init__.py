@@ -160,7 +160,7 @@ def plan(model, config, example_inputs=None, fold_bn=False):
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
              portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
-             int32_bias=False):
+             int32_bias=False, cle=False):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
@@ -168,6 +168,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     bias_correction corrects the per-channel output mean shift of quantized weights;
     int32_bias quantizes conv/linear biases as integer hardware adds them (int32 at
     s_in * s_w), as an integer export (`export`) needs them to match the model.
+    cle=True equalizes conv/linear pairs joined by ReLU or nothing (cross-layer
+    equalization, needs fold_bn); cle="relu6" also across ReLU6, turning it into ReLU.
     Returns the quantized ScriptModule."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
@@ -178,7 +180,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
-                                  fold_bn, adaround, bias_correction, int32_bias)
+                                  fold_bn, adaround, bias_correction, int32_bias,
+                                  {False: 0, True: 1, "relu6": 2}[cle])
         qm = torch.jit.load(out)
     return (qm, report) if return_report else qm
 

@@ -196,6 +196,17 @@ def test_fold_bn_and_adaround_from_python():
     assert qm(x).shape == (4, 10)
 
 
+def test_cross_layer_equalization_keeps_the_float_model():
+    # 16-bit weights: close to float, so the equalized model must predict like the original
+    cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int16"}]}
+    x = torch.rand(64, 1, 28, 28)
+    ref = torch.jit.load(FMNIST).eval()(x)
+    qm = anybit.quantize(torch.jit.load(FMNIST), cfg, fold_bn=True, cle=True)
+    assert torch.allclose(qm(x), ref, atol=1e-2)
+    with pytest.raises(anybit.Error, match="fold_bn"):
+        anybit.quantize(torch.jit.load(FMNIST), cfg, cle=True)
+
+
 def test_finetune_from_python_lowers_the_loss():
     cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int2:per_channel:lsq"}]}
     qm = anybit.quantize(torch.jit.load(FMNIST), cfg, fold_bn=True)

@@ -38,6 +38,15 @@ bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
   return true;
 }
 
+bool only_user_besides_shape_checks(jit::Value* v, jit::Node* user) {
+  for (const jit::Use& u : v->uses()) {
+    if (u.user == user) continue;
+    const auto k = u.user->kind();
+    if (k != c10::aten::dim && k != c10::aten::size) return false;
+  }
+  return true;
+}
+
 c10::IValue resolve_attr(const jit::Module& m, const std::string& path) {
   c10::IValue cur = m._ivalue();
   size_t start = 0;

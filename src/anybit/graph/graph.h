@@ -56,6 +56,11 @@ bool attr_path(torch::jit::Value* v, torch::jit::Value* self, std::string* out);
 c10::IValue resolve_attr(const torch::jit::Module& m, const std::string& path);
 void assign_attr(torch::jit::Module& m, const std::string& path, const at::Tensor& t);
 
+// True when every use of v other than by `user` only reads its shape (aten::dim,
+// aten::size: the input checks of BatchNorm and friends, which stay in the graph of a
+// root-level module). Rewrites that keep v's shape may then treat `user` as v's only reader.
+bool only_user_besides_shape_checks(torch::jit::Value* v, torch::jit::Node* user);
+
 // Drops forward's cached optimized graphs after an edit. An executor already built by
 // running forward keeps its plan in LibTorch 1.13, so anybit edits graphs before any run.
 void invalidate_plan(ModelGraph& g);

@@ -17,18 +17,6 @@ namespace {
 
 bool is_none(jit::Value* v) { return v->type()->kind() == c10::TypeKind::NoneType; }
 
-// True when every use of v other than by `bn` only reads its shape (BatchNorm's own
-// `input.dim()` check, which stays in the graph of a root-level module): folding keeps
-// the shape, so such uses do not prevent it.
-bool only_use_besides_shape_checks(jit::Value* v, jit::Node* bn) {
-  for (const jit::Use& u : v->uses()) {
-    if (u.user == bn) continue;
-    const auto k = u.user->kind();
-    if (k != c10::aten::dim && k != c10::aten::size) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 int fold_batch_norm(ModelGraph& g) {
@@ -47,7 +35,7 @@ int fold_batch_norm(ModelGraph& g) {
                          ck == "aten::_convolution";
     const bool is_linear = ck == "aten::linear";
     if (!is_conv && !is_linear) continue;
-    if (!only_use_besides_shape_checks(conv->output(), bn)) continue;
+    if (!only_user_besides_shape_checks(conv->output(), bn)) continue;
     if (ck == "aten::_convolution") {
       auto tr = jit::toIValue(conv->input(6));
       if (!tr || !tr->isBool() || tr->toBool()) continue;  // transposed convs keep their BN
