@@ -341,19 +341,27 @@ std::string default_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/f
 
 void print_row(const anybit::SweepRow& r, double float_top1) {
   const std::string bits = r.method == "float" ? "float" : fmt::format("W{}A{}", r.wbits, r.abits);
-  fmt::print("{:<22} {:<10} {:<8} {:>7.2f}% {:>8} {:>10}\n", r.model, r.method, bits, r.top1,
+  fmt::print("{:<22} {:<10} {:<8} {:>7.2f}% {:>8} {:>10} {:>8.1f}\n", r.model, r.method, bits, r.top1,
              r.method == "float" ? "" : fmt::format("{:+.2f}", r.top1 - float_top1),
-             r.agreement >= 0 ? fmt::format("{:.2f}%", r.agreement) : "");
+             r.agreement >= 0 ? fmt::format("{:.2f}%", r.agreement) : "", r.seconds);
 }
 
 int run_sweep_cli(anybit::SweepOptions o) {
-  fmt::print("{:<22} {:<10} {:<8} {:>8} {:>8} {:>10}\n", "model", "method", "bits", "top-1", "drop", "agreement");
+  fmt::print("{:<22} {:<10} {:<8} {:>8} {:>8} {:>10} {:>8}\n", "model", "method", "bits", "top-1", "drop", "agreement",
+             "seconds");
   std::map<std::string, double> float_acc;
   auto rows = anybit::run_sweep(o, [&](const anybit::SweepRow& r) {
     if (r.method == "float") float_acc[r.model] = r.top1;
     print_row(r, float_acc[r.model]);
     std::fflush(stdout);
   });
+  // Wall time per method over the whole sweep (quantize + calibrate + evaluate of its rows)
+  std::map<std::string, std::pair<double, int>> per_method;
+  for (const auto& r : rows)
+    if (r.method != "float") per_method[r.method].first += r.seconds, per_method[r.method].second++;
+  std::string times;
+  for (const auto& [m, t] : per_method) times += fmt::format("{}{} {:.1f} s ({} pairs)", times.empty() ? "" : ", ", m, t.first, t.second);
+  if (!times.empty()) fmt::print("time per method: {}\n", times);
   fmt::print("wrote {0}/results.csv, {0}/results.json, {0}/accuracy.svg\n", o.out_dir);
   return 0;
 }

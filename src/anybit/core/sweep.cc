@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -162,6 +163,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
           bar.update(++step);
           continue;
         }
+        const auto t0 = std::chrono::steady_clock::now();
         ModelGraph g = load_model(model);
         if (o.fold_bn) fold_batch_norm(g);
         QuantizeOptions qo;
@@ -172,7 +174,9 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
         QuantizeResult q = quantize(std::move(g), parse_config_string(sweep_config(method, w, a, o.first_last_8bit),
                                                                       "sweep " + method), calib.get(), qo);
         EvalResult e = evaluate(q.model.module, *test, eo, &fm);
-        append(SweepRow{name, method, w, a, e.top1, e.top5, e.agreement, e.seconds});
+        // seconds: the whole pair (load, fold, quantize + calibrate, evaluate)
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        append(SweepRow{name, method, w, a, e.top1, e.top5, e.agreement, seconds});
         bar.update(++step);
       }
     }

@@ -30,7 +30,8 @@ struct SweepOptions {
 struct SweepRow {
   std::string model, method;
   int wbits = 0, abits = 0;  // 32 = float
-  double top1 = 0, top5 = 0, agreement = -1, seconds = 0;
+  double top1 = 0, top5 = 0, agreement = -1;
+  double seconds = 0;  // wall time of the row: quantize + calibrate + evaluate (float: evaluate)
 };
 
 // Runs the sweep; returns every row (including float baselines and resumed rows).
