@@ -150,33 +150,122 @@ void Histogram::grow_to_cover(double amax) {
     grow_to_range(r);
 }
 
-void Histogram::observe(const float* x, int64_t n) {
-  double lo = kInf, hi = -kInf, sa = 0;
-  int64_t finite = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    if (!std::isfinite(v)) continue;
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-    sa += std::fabs(v);
-    ++finite;
+namespace {
+
+// floor(v) as an integer for |v| < 2^62, without a libm call (which -O2 on the x86-64
+// baseline would make for std::floor).
+inline int64_t floor_to_int(double v) {
+  const int64_t t = static_cast<int64_t>(v);  // truncates toward zero
+  return t - (static_cast<double>(t) > v);
+}
+
+// One pass over x: min, max and sum |x| of the finite values and the count of the others.
+// Eight independent lanes, so the loop vectorizes without reassociating anything: the
+// result is the same whatever the vector width (the lanes are combined in a fixed order).
+struct Summary {
+  double lo, hi, sum_abs;
+  int64_t nonfinite;
+};
+
+Summary summarize(const float* x, int64_t n) {
+  constexpr int kLanes = 8;
+  constexpr float kFltMax = std::numeric_limits<float>::max();
+  float lo[kLanes], hi[kLanes];
+  double sa[kLanes];
+  int64_t bad[kLanes];
+  for (int j = 0; j < kLanes; ++j) lo[j] = kFltMax, hi[j] = -kFltMax, sa[j] = 0, bad[j] = 0;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float v = x[i + j];
+      lo[j] = v < lo[j] ? v : lo[j];
+      hi[j] = v > hi[j] ? v : hi[j];
+      sa[j] += std::fabs(static_cast<double>(v));
+      bad[j] += !(std::fabs(v) <= kFltMax);  // inf or NaN
+    }
   }
-  nonfinite_ += n > 0 ? n - finite : 0;
+  int64_t nonfinite = 0;
+  for (int j = 0; j < kLanes; ++j) nonfinite += bad[j];
+  if (nonfinite == 0) {
+    Summary s{kInf, -kInf, 0, 0};
+    for (int j = 0; j < kLanes && i > 0; ++j) {
+      s.lo = std::min<double>(s.lo, lo[j]);
+      s.hi = std::max<double>(s.hi, hi[j]);
+      s.sum_abs += sa[j];
+    }
+    bool tail_finite = true;
+    for (; i < n && tail_finite; ++i) {
+      const double v = x[i];
+      tail_finite = std::isfinite(v);
+      s.lo = std::min(s.lo, v);
+      s.hi = std::max(s.hi, v);
+      s.sum_abs += std::fabs(v);
+    }
+    if (tail_finite) return s;
+  }
+  // Something was inf or NaN (rare): the plain loop, skipping those.
+  Summary s{kInf, -kInf, 0, 0};
+  for (int64_t k = 0; k < n; ++k) {
+    const double v = x[k];
+    if (!std::isfinite(v)) {
+      ++s.nonfinite;
+      continue;
+    }
+    s.lo = std::min(s.lo, v);
+    s.hi = std::max(s.hi, v);
+    s.sum_abs += std::fabs(v);
+  }
+  return s;
+}
+
+}  // namespace
+
+void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* batch_hi) {
+  const Summary sum = summarize(x, n);
+  const int64_t finite = n > 0 ? n - sum.nonfinite : 0;
+  nonfinite_ += sum.nonfinite;
+  if (batch_lo) *batch_lo = sum.lo;
+  if (batch_hi) *batch_hi = sum.hi;
   if (finite == 0) return;
+  const double lo = sum.lo, hi = sum.hi;
   grow_to_cover(std::max(-lo, hi));
   // R and the bin width are powers of two, so x * half / R is exact and so is its floor;
   // |x| < R keeps the index inside [0, bins).
   const int half = bins() / 2;
   const double inv_w = half / range_;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    if (!std::isfinite(v)) continue;
-    ++counts_[half + static_cast<int64_t>(std::floor(v * inv_w))];
+  int64_t* counts = counts_.data() + half;
+  if (sum.nonfinite == 0 && n >= 4 * bins()) {
+    // Four interleaved partial histograms: runs of equal values (the zeros after a ReLU)
+    // would otherwise make every increment wait for the previous one to the same bin.
+    std::vector<int32_t> part(4 * static_cast<size_t>(bins()), 0);
+    int32_t* p0 = part.data() + half;
+    const int64_t b = bins();
+    int64_t i = 0;
+    for (int64_t done = 0; done < n;) {
+      const int64_t end = std::min<int64_t>(n, done + (int64_t{1} << 30));  // int32 parts never overflow
+      for (i = done; i + 4 <= end; i += 4) {
+        ++p0[floor_to_int(x[i] * inv_w)];
+        ++p0[b + floor_to_int(x[i + 1] * inv_w)];
+        ++p0[2 * b + floor_to_int(x[i + 2] * inv_w)];
+        ++p0[3 * b + floor_to_int(x[i + 3] * inv_w)];
+      }
+      for (; i < end; ++i) ++p0[floor_to_int(x[i] * inv_w)];
+      for (int64_t j = 0; j < b; ++j) {
+        counts_[j] += int64_t{part[j]} + part[b + j] + part[2 * b + j] + part[3 * b + j];
+        part[j] = part[b + j] = part[2 * b + j] = part[3 * b + j] = 0;
+      }
+      done = end;
+    }
+  } else if (sum.nonfinite == 0) {
+    for (int64_t i = 0; i < n; ++i) ++counts[floor_to_int(x[i] * inv_w)];
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      if (std::isfinite(x[i])) ++counts[floor_to_int(x[i] * inv_w)];
   }
   min_ = count_ ? std::min(min_, lo) : lo;
   max_ = count_ ? std::max(max_, hi) : hi;
   count_ += finite;
-  sum_abs_ += sa;
+  sum_abs_ += sum.sum_abs;
 }
 
 void Histogram::merge(const Histogram& other) {
@@ -212,14 +301,8 @@ Observer::Observer(int bins, double averaging_constant)
 }
 
 void Observer::observe(const float* x, int64_t n) {
-  double lo = kInf, hi = -kInf;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    if (!std::isfinite(v)) continue;
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
-  hist_.observe(x, n);
+  double lo = kInf, hi = -kInf;  // this batch's finite extremes
+  hist_.observe(x, n, &lo, &hi);
   if (lo > hi) return;  // no finite value
   // MovingAverageMinMaxObserver: the first batch sets the average, later ones move it.
   if (batches_ == 0) {

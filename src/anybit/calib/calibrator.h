@@ -86,7 +86,9 @@ class Histogram {
   // `bins` must be a power of two >= 2 (exact binning needs a power-of-two bin width).
   explicit Histogram(int bins = kDefaultBins);
 
-  void observe(const float* x, int64_t n);
+  // batch_lo / batch_hi (optional) receive this call's finite min and max (inf / -inf
+  // when it had no finite value).
+  void observe(const float* x, int64_t n, double* batch_lo = nullptr, double* batch_hi = nullptr);
   // Adds another histogram's samples (same bin count): the result equals observing both
   // inputs into one histogram.
   void merge(const Histogram& other);

@@ -148,6 +148,43 @@ TEST(Histogram, MergingTwoHistogramsEqualsObservingBoth) {
   EXPECT_EQ(empty.counts(), ha.counts());
 }
 
+// The vectorized pass (eight lanes, then the tail) and the interleaved partial histograms
+// (inputs of at least 4 * bins values) against plain loops, for every length up to 40 and
+// a few long ones, with non-finite values in a full block, in the tail, or nowhere.
+TEST(Histogram, MatchesPlainLoopsForAnyLengthAndNonFinitePlacement) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<int> lengths;
+  for (int n = 1; n <= 40; ++n) lengths.push_back(n);
+  for (int n : {255, 256, 1001, 4099}) lengths.push_back(n);
+  for (int n : lengths) {
+    for (int place : {-1, 0, n - 1}) {
+      std::vector<float> v(n);
+      for (float& x : v) x = nd(rng) > 0.5f ? nd(rng) : 0.0f;  // runs of zeros, as after a ReLU
+      if (place >= 0) v[place] = (n % 2) ? std::numeric_limits<float>::infinity() : std::nanf("");
+      Histogram h(64);
+      h.observe(v.data(), n);
+      double lo = 1e300, hi = -1e300, sa = 0;
+      int64_t finite = 0;
+      for (float x : v) {
+        if (!std::isfinite(x)) continue;
+        lo = std::min<double>(lo, x), hi = std::max<double>(hi, x), sa += std::fabs(static_cast<double>(x));
+        ++finite;
+      }
+      ASSERT_EQ(h.count(), finite) << n << " " << place;
+      ASSERT_EQ(h.nonfinite(), n - finite);
+      if (!finite) continue;
+      EXPECT_EQ(h.min(), lo);
+      EXPECT_EQ(h.max(), hi);
+      EXPECT_NEAR(h.sum_abs(), sa, 1e-9 * sa);
+      std::vector<int64_t> want(64, 0);
+      for (float x : v)
+        if (std::isfinite(x)) ++want[32 + static_cast<int64_t>(std::floor(x * 32.0 / h.range()))];
+      EXPECT_EQ(h.counts(), want) << n << " " << place;
+    }
+  }
+}
+
 TEST(Histogram, TracksCountMeanAbsSignAndSkipsNonFiniteValues) {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> v = {1.0f, 2.0f, std::nanf(""), inf, 3.0f, -inf};
