@@ -467,12 +467,16 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
       const int32_t zx = xi.q.zero_point;
       const int32_t* xd = x.data.data();
       st.dot_products += batch * L.out_channels * inner;
+      if (L.kernel == LayerKernel::kFast && conv && L.int16_operands) {
+        // requantized as the accumulators come out of the kernel
+        conv2d_acc32_requantize(g, xd, zx, L.packed16, bias, op.multiplier, yi.q.zero_point,
+                                yi.q.qmin, yi.q.qmax, y.data.data(), w.scratch);
+        break;
+      }
       if (L.kernel == LayerKernel::kFast || L.kernel == LayerKernel::kStepwise) {
         w.acc32.resize(y.data.size());
         int32_t* acc = w.acc32.data();
-        if (L.kernel == LayerKernel::kFast && conv && L.int16_operands)
-          conv2d_acc32(g, xd, zx, L.packed16, bias, acc, w.scratch);
-        else if (L.kernel == LayerKernel::kFast && conv)
+        if (L.kernel == LayerKernel::kFast && conv)
           conv2d_acc32(g, xd, zx, L.packed32, bias, acc, w.scratch);
         else if (L.kernel == LayerKernel::kFast && L.int16_operands)
           linear_acc32(batch, xd, zx, L.packed16, bias, acc, w.scratch);

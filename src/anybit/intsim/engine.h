@@ -10,17 +10,20 @@
 // Per conv2d/linear layer the engine picks one of four kernels (kernels.h):
 //   fast       the MAC is exact and the layer's accumulator provably never leaves its range
 //              (|bias| + max|x - z_x| * sum|w - z_w| fits, checked once per output channel):
-//              int16/int32 operands, int32 accumulation, a vectorized GEMM. Then wrap and
-//              saturate agree and no overflow can happen, so the result is the reference's
-//              exactly.
+//              int16/int32 operands, int32 accumulation, a vectorized GEMM (on x86 with
+//              AVX2 or AVX-512 and int16 operands, a direct convolution that requantizes
+//              its accumulators in registers). Then wrap and saturate agree and no overflow
+//              can happen, so the result is the reference's exactly.
 //   stepwise   the MAC is exact but the bound does not hold: every addition through the
 //              declared accumulator (wrap or saturate, overflow events counted), in the
-//              reference's order, vectorized across output positions; the engine computes
-//              the exact dot products itself and does not call the MAC model.
+//              reference's order, vectorized across output positions (in 16-bit lanes
+//              where the accumulator has at most 16 bits and the products fit int16); the
+//              engine computes the exact dot products itself and does not call the MAC model.
 //   per dot    otherwise (a non-exact MAC, or KernelPath::kPerDotProduct): every dot
 //   product    product through the MacModel, every addition through the accumulator.
 //   reference  only on request (KernelPath::kReference): the plain int64 reference loops.
-// Pooling sums always go through the accumulator, one addition at a time.
+// Pooling sums go through the accumulator one addition at a time, unless no window's sum
+// can leave it (then they are plain sums, the same numbers).
 //
 // Threads (EngineOptions::threads): unless a layer calls the MAC model, the batch is cut
 // into chunks of a few images, which threads take in turn through the whole network;

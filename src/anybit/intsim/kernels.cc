@@ -9,6 +9,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "anybit/intsim/kernels_simd.h"
+
 // ANYBIT_CLONES compiles a function for AVX2 and for the baseline, chosen at load time
 // (kernels.h). Clang cannot clone templates, so every cloned function is a thin wrapper
 // around an always-inlined template body, which is compiled into each clone. Not under
@@ -199,29 +201,59 @@ void linear_acc32_impl(int64_t batch, const int32_t* x, int32_t x_zero_point,
 // Output elements computed side by side, one per vector lane.
 constexpr int64_t kLanes = 16;
 
+// dst[i] = src[i] - z for i < n: a row of a zero-padded image.
+template <typename T>
+ANYBIT_INLINE void offset_row(const int32_t* __restrict src, int64_t n, int32_t z,
+                              T* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i] - z);
+}
+ANYBIT_CLONES void offset_row_int16(const int32_t* src, int64_t n, int32_t z, int16_t* dst) {
+  offset_row(src, n, z, dst);
+}
+ANYBIT_CLONES void offset_row_int32(const int32_t* src, int64_t n, int32_t z, int32_t* dst) {
+  offset_row(src, n, z, dst);
+}
+
+// Slack the patch matrix needs after its last row: im2col_offset copies whole 16-byte
+// chunks, which may run past a row's end (into what is written next).
+template <typename T>
+constexpr int64_t kIm2colSlack = 16 / sizeof(T);
+
 // im2col of one group of one image: col[k][p] = x - z_x (0 for padding), k = (c, ky, kx)
-// (the reference's order), p = (oy, ox); rows are ld long, zero beyond P.
+// (the reference's order), p = (oy, ox); rows are ld long, zero beyond P, and col has
+// kIm2colSlack<T> elements after its last row. The group is first copied into `padded`
+// as x - z_x with its zero padding, so that every output row of a patch row is one run of
+// a padded image row (every stride_w-th value): no test per value, and with stride 1 a copy
+// of whole chunks, which overwrites the start of the next row before that row is written.
 template <typename T>
 void im2col_offset(const Conv2dGeometry& g, const int32_t* x_group, int32_t x_zero_point, T* col,
-                   int64_t ld) {
+                   int64_t ld, std::vector<T>& padded) {
   const int64_t OH = g.out_h(), OW = g.out_w(), P = OH * OW;
   const int64_t Cg = g.in_channels / g.groups;
+  const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w;
+  constexpr int64_t kChunk = 16 / sizeof(T);
+  padded.assign(static_cast<size_t>(Cg * Hp * Wp + kChunk), T{0});  // + the over-read of a chunk
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t iy = 0; iy < g.in_h; ++iy) {
+      T* dst = padded.data() + (c * Hp + iy + g.pad_h) * Wp + g.pad_w;
+      const int32_t* src = x_group + (c * g.in_h + iy) * g.in_w;
+      if constexpr (std::is_same_v<T, int16_t>)
+        offset_row_int16(src, g.in_w, x_zero_point, dst);
+      else
+        offset_row_int32(src, g.in_w, x_zero_point, dst);
+    }
   T* dst = col;
   for (int64_t c = 0; c < Cg; ++c) {
-    const int32_t* xc = x_group + c * g.in_h * g.in_w;
     for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
       for (int64_t kx = 0; kx < g.kernel_w; ++kx, dst += ld) {
+        const T* src = padded.data() + (c * Hp + ky * g.dilation_h) * Wp + kx * g.dilation_w;
         for (int64_t oy = 0; oy < OH; ++oy) {
+          const T* s = src + oy * g.stride_h * Wp;
           T* row = dst + oy * OW;
-          const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
-          if (iy < 0 || iy >= g.in_h) {
-            std::fill(row, row + OW, T{0});
-            continue;
-          }
-          const int32_t* xr = xc + iy * g.in_w;
-          for (int64_t ox = 0; ox < OW; ++ox) {
-            const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
-            row[ox] = (ix >= 0 && ix < g.in_w) ? static_cast<T>(xr[ix] - x_zero_point) : T{0};
+          if (g.stride_w == 1) {
+            for (int64_t i = 0; i < OW; i += kChunk) std::memcpy(row + i, s + i, 16);
+          } else {
+            for (int64_t ox = 0; ox < OW; ++ox) row[ox] = s[ox * g.stride_w];
           }
         }
         std::fill(dst + P, dst + ld, T{0});
@@ -332,22 +364,140 @@ int64_t stepwise_dispatch(const T* w, int64_t rows, const T* col, int64_t cols, 
   }
 }
 
+// The least and the greatest of v[0, n), n >= 1: kBlock running minima and maxima, which
+// vectorize (elementwise, no reduction in the loop), then reduced.
+template <typename T>
+ANYBIT_INLINE void min_max(const T* v, int64_t n, int64_t* lo, int64_t* hi) {
+  T a[kBlock], b[kBlock];
+  for (int64_t j = 0; j < kBlock; ++j) a[j] = b[j] = v[0];
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    for (int64_t j = 0; j < kBlock; ++j) {
+      const T x = v[i + j];
+      a[j] = x < a[j] ? x : a[j];
+      b[j] = x > b[j] ? x : b[j];
+    }
+  }
+  for (; i < n; ++i) a[0] = std::min(a[0], v[i]), b[0] = std::max(b[0], v[i]);
+  *lo = *std::min_element(a, a + kBlock);
+  *hi = *std::max_element(b, b + kBlock);
+}
+ANYBIT_CLONES void min_max_int16(const int16_t* v, int64_t n, int64_t* lo, int64_t* hi) {
+  min_max(v, n, lo, hi);
+}
+ANYBIT_CLONES void min_max_int32(const int32_t* v, int64_t n, int64_t* lo, int64_t* hi) {
+  min_max(v, n, lo, hi);
+}
+
+// max |v[i] - z| over v[0, n) (0 for n = 0)
+template <typename T>
+int64_t max_abs_offset(const T* v, int64_t n, int64_t z) {
+  if (n <= 0) return 0;
+  int64_t lo = 0, hi = 0;
+  if constexpr (std::is_same_v<T, int16_t>)
+    min_max_int16(v, n, &lo, &hi);
+  else
+    min_max_int32(v, n, &lo, &hi);
+  return std::max(std::abs(lo - z), std::abs(hi - z));
+}
+
+// The stepwise accumulation runs in 16-bit lanes (simd::stepwise_int16) for an accumulator
+// of at most 16 bits, on a CPU with the kernels, when every product of int16 operands fits
+// int16: then an addition costs a few 16-bit lane operations instead of int32 ones (W8A8:
+// |x - z_x| <= 255, |w| <= 128, products within 32640). 0 when it cannot: otherwise the
+// largest |x - z_x| it allows.
+template <typename T>
+int64_t int16_lanes_x_limit(const AccumulatorSpec& spec, const T* w, int64_t w_size) {
+  if (!std::is_same_v<T, int16_t> || spec.bits > 16 || simd::level() == simd::Level::kNone)
+    return 0;
+  return 32767 / std::max<int64_t>(1, max_abs_offset(w, w_size, 0));
+}
+
+// out[i] = fit(sums[i] + bias) for i < n, counting the additions that overflow: the bias
+// added to a row of 16-bit accumulators, in int32 lanes (|bias| <= 2^30 keeps the sum in
+// int32). shift, lo, hi: fit_lane's for int32 lanes.
+template <Overflow kMode>
+ANYBIT_INLINE int64_t add_bias_lanes(const int16_t* __restrict sums, int64_t n, int32_t bias,
+                                     int shift, int32_t lo, int32_t hi, int32_t* __restrict out) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t t = sums[i] + bias;
+    const int32_t f = fit_lane<kMode>(t, shift, lo, hi);
+    count += f != t;
+    out[i] = f;
+  }
+  return count;
+}
+ANYBIT_CLONES int64_t add_bias_lanes_wrap(const int16_t* sums, int64_t n, int32_t bias, int shift,
+                                          int32_t lo, int32_t hi, int32_t* out) {
+  return add_bias_lanes<Overflow::kWrap>(sums, n, bias, shift, lo, hi, out);
+}
+ANYBIT_CLONES int64_t add_bias_lanes_saturate(const int16_t* sums, int64_t n, int32_t bias,
+                                              int shift, int32_t lo, int32_t hi, int32_t* out) {
+  return add_bias_lanes<Overflow::kSaturate>(sums, n, bias, shift, lo, hi, out);
+}
+
+// stepwise() through simd::stepwise_int16: the 16-bit accumulators of every row into sums,
+// then the bias through the accumulator as there (in 64 bits where it is large or the
+// outputs are strided).
+int64_t stepwise_lanes16(const int16_t* w, int64_t rows, const int16_t* col, int64_t cols,
+                         int64_t depth, int64_t ld, const int32_t* bias,
+                         const AccumulatorSpec& spec, int32_t* out, int64_t row_stride,
+                         int64_t col_stride, std::vector<int16_t>& sums) {
+  check_accumulator_spec(spec);
+  sums.resize(static_cast<size_t>(rows * ld));
+  int64_t overflows = simd::stepwise_int16(w, rows, col, depth, ld, spec, sums.data());
+  const int32_t hi = static_cast<int32_t>((int64_t{1} << (spec.bits - 1)) - 1), lo = -hi - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t b = bias ? bias[r] : 0;
+    if (col_stride == 1 && b >= -(1 << 30) && b <= (1 << 30)) {
+      const auto add_bias = spec.overflow == Overflow::kWrap ? add_bias_lanes_wrap
+                                                             : add_bias_lanes_saturate;
+      overflows += add_bias(sums.data() + r * ld, cols, b, 32 - spec.bits, lo, hi,
+                            out + r * row_stride);
+      continue;
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      bool overflowed = false;
+      const int64_t v =
+          fit_accumulator(int64_t{sums[r * ld + c]} + (bias ? bias[r] : 0), spec, &overflowed);
+      overflows += overflowed ? 1 : 0;
+      out[r * row_stride + c * col_stride] = static_cast<int32_t>(v);
+    }
+  }
+  return overflows;
+}
+
 template <typename T>
 void conv2d_stepwise_impl(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                           const T* w, const int32_t* bias, const AccumulatorSpec& spec,
-                          int32_t* acc, int64_t* overflows, std::vector<T>& col) {
-  const int64_t P = g.out_h() * g.out_w(), ld = round_up(P, kLanes);
+                          int32_t* acc, int64_t* overflows, std::vector<T>& col,
+                          std::vector<T>& padded, std::vector<int16_t>& sums16) {
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t K = g.patch_size();
-  col.resize(static_cast<size_t>(K * ld));
+  // 16-bit lanes are decided per image and group, from its own values (which are then in
+  // cache for the patch matrix); rows fit either kernel.
+  const int64_t x_limit = int16_lanes_x_limit(spec, w, g.out_channels * K);
+  const int64_t P = g.out_h() * g.out_w();
+  const int64_t ld = round_up(P, x_limit > 0 ? simd::kStepwiseLanes : kLanes);
+  col.resize(static_cast<size_t>(K * ld + kIm2colSlack<T>));
   int64_t count = 0;
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
-      im2col_offset(g, xg, x_zero_point, col.data(), ld);
-      count += stepwise_dispatch(w + grp * Og * K, Og, col.data(), P, K, ld,
-                                 bias ? bias + grp * Og : nullptr, spec,
-                                 acc + (n * g.out_channels + grp * Og) * P, P, 1);
+      const bool lanes16 =
+          x_limit > 0 && max_abs_offset(xg, Cg * g.in_h * g.in_w, x_zero_point) <= x_limit;
+      im2col_offset(g, xg, x_zero_point, col.data(), ld, padded);
+      const int32_t* bg = bias ? bias + grp * Og : nullptr;
+      int32_t* out = acc + (n * g.out_channels + grp * Og) * P;
+      if constexpr (std::is_same_v<T, int16_t>) {
+        if (lanes16) {
+          count += stepwise_lanes16(w + grp * Og * K, Og, col.data(), P, K, ld, bg, spec, out, P, 1,
+                                    sums16);
+          continue;
+        }
+      }
+      count += stepwise_dispatch(w + grp * Og * K, Og, col.data(), P, K, ld, bg, spec, out, P, 1);
     }
   }
   if (overflows) *overflows += count;
@@ -357,15 +507,25 @@ template <typename T>
 void linear_stepwise_impl(int64_t batch, int64_t in_features, int64_t out_features,
                           const int32_t* x, int32_t x_zero_point, const T* w, const int32_t* bias,
                           const AccumulatorSpec& spec, int32_t* acc, int64_t* overflows,
-                          std::vector<T>& col) {
+                          std::vector<T>& col, std::vector<int16_t>& sums16) {
+  const int64_t x_limit = int16_lanes_x_limit(spec, w, out_features * in_features);
+  const bool lanes16 =
+      x_limit > 0 && max_abs_offset(x, batch * in_features, x_zero_point) <= x_limit;
   // The images are the lanes: col[i][n] = x[n][i] - z_x.
-  const int64_t ld = round_up(batch, kLanes);
+  const int64_t ld = round_up(batch, lanes16 ? simd::kStepwiseLanes : kLanes);
   col.assign(static_cast<size_t>(in_features * ld), T{0});
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t i = 0; i < in_features; ++i)
       col[i * ld + n] = static_cast<T>(x[n * in_features + i] - x_zero_point);
-  const int64_t count = stepwise_dispatch(w, out_features, col.data(), batch, in_features, ld,
-                                          bias, spec, acc, 1, out_features);
+  int64_t count = 0;
+  if constexpr (std::is_same_v<T, int16_t>) {
+    if (lanes16)
+      count = stepwise_lanes16(w, out_features, col.data(), batch, in_features, ld, bias, spec, acc,
+                               1, out_features, sums16);
+  }
+  if (!lanes16)
+    count = stepwise_dispatch(w, out_features, col.data(), batch, in_features, ld, bias, spec, acc,
+                              1, out_features);
   if (overflows) *overflows += count;
 }
 
@@ -548,6 +708,8 @@ PackedWeights<T> pack_conv2d_weights(const Conv2dGeometry& g, const T* w) {
         for (int64_t kx = 0; kx < g.kernel_w; ++kx)
           dst[(ky * g.kernel_w + kx) * Cg + c] = w[((o * Cg + c) * g.kernel_h + ky) * g.kernel_w + kx];
   }
+  if constexpr (std::is_same_v<T, int16_t>)
+    if (simd::conv2d_direct_supports(g)) p.direct = simd::pack_conv2d_direct(g, w);
   return p;
 }
 
@@ -572,7 +734,39 @@ template PackedWeights<int32_t> pack_linear_weights(int64_t, int64_t, const int3
 void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                   const PackedWeights<int16_t>& w, const int32_t* bias, int32_t* acc,
                   KernelScratch& scratch) {
-  conv2d_acc32_impl(g, x, x_zero_point, w, bias, acc, scratch.image16, scratch.patches16);
+  if (!w.direct.empty())
+    simd::conv2d_direct(g, x, x_zero_point, w.direct, bias, nullptr, acc, scratch);
+  else
+    conv2d_acc32_impl(g, x, x_zero_point, w, bias, acc, scratch.image16, scratch.patches16);
+}
+
+void conv2d_acc32_requantize(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                             const PackedWeights<int16_t>& w, const int32_t* bias,
+                             const std::vector<DyadicMultiplier>& m, int32_t zero_point,
+                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch) {
+  const auto channel_m = [&](int64_t o) {
+    return m.size() == 1 ? m[0] : m[static_cast<size_t>(o)];
+  };
+  bool in_format = true;  // the lanes need m0 >= 0, as validate_model guarantees
+  for (const DyadicMultiplier& mo : m) in_format = in_format && mo.m0 >= 0;
+  if (!w.direct.empty() && in_format) {
+    std::vector<simd::Requantizer> rq(static_cast<size_t>(g.out_channels));
+    for (int64_t o = 0; o < g.out_channels; ++o)
+      rq[static_cast<size_t>(o)] = simd::Requantizer(channel_m(o), zero_point, qmin, qmax);
+    simd::conv2d_direct(g, x, x_zero_point, w.direct, bias, rq.data(), y, scratch);
+    return;
+  }
+  const int64_t P = g.out_h() * g.out_w();
+  scratch.acc32.resize(static_cast<size_t>(g.batch * g.out_channels * P));
+  conv2d_acc32_impl(g, x, x_zero_point, w, bias, scratch.acc32.data(), scratch.image16,
+                    scratch.patches16);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      const int64_t base = (n * g.out_channels + o) * P;
+      requantize_int32(scratch.acc32.data() + base, P, 0, channel_m(o), zero_point, qmin, qmax,
+                       y + base);
+    }
+  }
 }
 
 void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
@@ -596,13 +790,15 @@ void conv2d_int32_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zer
 void conv2d_int16_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                            const int16_t* w, const int32_t* bias, const AccumulatorSpec& spec,
                            int32_t* acc, int64_t* overflows, KernelScratch& scratch) {
-  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches16);
+  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches16,
+                       scratch.image16, scratch.sums16);
 }
 
 void conv2d_int32_stepwise(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                            const int32_t* w, const int32_t* bias, const AccumulatorSpec& spec,
                            int32_t* acc, int64_t* overflows, KernelScratch& scratch) {
-  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches32);
+  conv2d_stepwise_impl(g, x, x_zero_point, w, bias, spec, acc, overflows, scratch.patches32,
+                       scratch.image32, scratch.sums16);
 }
 
 void linear_acc32(int64_t batch, const int32_t* x, int32_t x_zero_point,
@@ -638,7 +834,7 @@ void linear_int16_stepwise(int64_t batch, int64_t in_features, int64_t out_featu
                            const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
                            int64_t* overflows, KernelScratch& scratch) {
   linear_stepwise_impl(batch, in_features, out_features, x, x_zero_point, w, bias, spec, acc,
-                       overflows, scratch.patches16);
+                       overflows, scratch.patches16, scratch.sums16);
 }
 
 void linear_int32_stepwise(int64_t batch, int64_t in_features, int64_t out_features,
@@ -646,7 +842,7 @@ void linear_int32_stepwise(int64_t batch, int64_t in_features, int64_t out_featu
                            const int32_t* bias, const AccumulatorSpec& spec, int32_t* acc,
                            int64_t* overflows, KernelScratch& scratch) {
   linear_stepwise_impl(batch, in_features, out_features, x, x_zero_point, w, bias, spec, acc,
-                       overflows, scratch.patches32);
+                       overflows, scratch.patches32, scratch.sums16);
 }
 
 void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
@@ -656,13 +852,13 @@ void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_po
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t K = g.patch_size();
   // Patches laid out [P][K] so each dot product sees two contiguous vectors.
-  std::vector<int32_t> col(static_cast<size_t>(K * P));
+  std::vector<int32_t> col(static_cast<size_t>(K * P + kIm2colSlack<int32_t>)), padded;
   std::vector<int32_t> patches(static_cast<size_t>(K * P));
   MacDriver driver(mac, acc, stats, layer, "conv2d");
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
-      im2col_offset(g, xg, x_zero_point, col.data(), P);
+      im2col_offset(g, xg, x_zero_point, col.data(), P, padded);
       for (int64_t k = 0; k < K; ++k)
         for (int64_t p = 0; p < P; ++p) patches[p * K + k] = col[k * P + p];
       for (int64_t o = 0; o < Og; ++o) {
@@ -704,7 +900,10 @@ void requantize_int32(const int32_t* x, int64_t n, int32_t x_offset, DyadicMulti
       y[i] = requantize_dyadic(int64_t{x[i]} - x_offset, m, zero_point, qmin, qmax);
     return;
   }
-  requantize_lanes(x, n, x_offset, LaneRequantizer(m, zero_point, qmin, qmax), y);
+  if (simd::level() != simd::Level::kNone)
+    simd::requantize(x, n, x_offset, simd::Requantizer(m, zero_point, qmin, qmax), y);
+  else
+    requantize_lanes(x, n, x_offset, LaneRequantizer(m, zero_point, qmin, qmax), y);
 }
 
 void maxpool2d_int(const Pool2dGeometry& g, const int32_t* x, int32_t qmin, int32_t* y) {
@@ -730,7 +929,11 @@ void maxpool2d_int(const Pool2dGeometry& g, const int32_t* x, int32_t qmin, int3
   }
 }
 
-void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+namespace {
+
+// The window sums of avgpool2d_sum_int; kChecked: every addition through `acc`.
+template <bool kChecked>
+void avgpool2d_windows(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                        Accumulator& acc, int64_t* sum) {
   for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
     const int32_t* xc = x + nc * g.in_h * g.in_w;
@@ -743,13 +946,39 @@ void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero
           if (iy < 0 || iy >= g.in_h) continue;
           for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
             const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
-            if (ix >= 0 && ix < g.in_w)
-              s = acc.add(s, static_cast<int64_t>(xc[iy * g.in_w + ix]) - x_zero_point);
+            if (ix < 0 || ix >= g.in_w) continue;
+            const int64_t v = static_cast<int64_t>(xc[iy * g.in_w + ix]) - x_zero_point;
+            s = kChecked ? acc.add(s, v) : s + v;
           }
         }
         sc[oy * g.out_w + ox] = s;
       }
     }
+  }
+}
+
+}  // namespace
+
+void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                       Accumulator& acc, int64_t* sum) {
+  // If no window's sum can leave the accumulator, whatever the order, the additions need no
+  // checks: plain sums (for the global pool, of whole contiguous planes, which vectorize).
+  const int64_t x_max = max_abs_offset(x, g.batch * g.channels * g.in_h * g.in_w, x_zero_point);
+  if (x_max * g.kernel_h * g.kernel_w > acc.max()) {
+    avgpool2d_windows<true>(g, x, x_zero_point, acc, sum);
+    return;
+  }
+  const bool global = g.kernel_h == g.in_h && g.kernel_w == g.in_w && g.pad_h == 0 &&
+                      g.pad_w == 0 && g.out_h == 1 && g.out_w == 1;
+  if (!global) {
+    avgpool2d_windows<false>(g, x, x_zero_point, acc, sum);
+    return;
+  }
+  const int64_t plane = g.in_h * g.in_w;
+  for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < plane; ++i) s += x[nc * plane + i];
+    sum[nc] = s - plane * int64_t{x_zero_point};
   }
 }
 
@@ -760,7 +989,10 @@ void add_int(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, 
     for (int64_t i = 0; i < n; ++i) y[i] = add_int_reference(p, a[i], b[i]);
     return;
   }
-  add_lanes(LaneAdder(p), a, b, n, y);
+  if (simd::level() != simd::Level::kNone)
+    simd::add(p, a, b, n, y);
+  else
+    add_lanes(LaneAdder(p), a, b, n, y);
 }
 
 }  // namespace intsim

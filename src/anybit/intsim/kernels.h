@@ -21,8 +21,12 @@
 // compared on raw accumulators.
 //
 // On x86-64 with glibc the hot loops are compiled twice, for AVX2 and for the x86-64
-// baseline (SSE2), and the dynamic loader picks one per machine (GNU ifunc); defining
-// ANYBIT_INTSIM_NO_CLONES builds the baseline only. Both give the same integers.
+// baseline (SSE2), and the dynamic loader picks one per machine (GNU ifunc). On x86-64 with
+// GCC or Clang, hand-vectorized AVX2 and AVX-512 kernels (kernels_simd.h) take over where
+// the CPU has them: the int16 conv2d_acc32 as a direct convolution without a patch matrix
+// (with conv2d_acc32_requantize, its requantization fused), the stepwise kernels in 16-bit
+// lanes for accumulators of at most 16 bits, requantize_int32 and add_int. Defining
+// ANYBIT_INTSIM_NO_CLONES builds the baseline only. All give the same integers.
 #pragma once
 
 #include <cstdint>
@@ -61,11 +65,12 @@ struct Pool2dGeometry {
 
 // --- reusable memory and packed weights ----------------------------------------------
 
-// Scratch memory of the kernels (padded images, patch matrices). Kernels that take one keep
-// its buffers between calls instead of allocating; one per thread.
+// Scratch memory of the kernels (padded images, patch matrices, the direct convolution's
+// planes and grid, 16-bit stepwise sums). Kernels that take one keep its buffers between
+// calls instead of allocating; one per thread.
 struct KernelScratch {
-  std::vector<int16_t> image16, patches16;
-  std::vector<int32_t> image32, patches32;
+  std::vector<int16_t> image16, patches16, sums16;
+  std::vector<int32_t> image32, patches32, planes, grid, acc32;
 };
 
 // w - z_w of a conv2d or linear layer laid out for the *_acc32 GEMM: per group, one row per
@@ -77,6 +82,11 @@ struct PackedWeights {
   int64_t groups = 1, rows = 0, rows_padded = 0;  // rows: output channels per group
   int64_t depth = 0, depth_padded = 0;            // K and K rounded up
   std::vector<T> data;                            // [groups][rows_padded][depth_padded]
+  // conv2d with int16 operands on a CPU with AVX2 or AVX-512 (kernels_simd.h): the same
+  // weights for the direct convolution, which reads the image in place of a patch matrix
+  // and then runs instead of the GEMM; as int32 pairs (w[c], w[c+1]) of int16,
+  // [groups][rows / 8][channel pairs][kH * kW][8]. Empty otherwise.
+  std::vector<int32_t> direct;
 };
 
 // From w - z_w in PyTorch's layout, [O][C/groups][kH][kW] or [O][I]. T: int16_t or int32_t.
@@ -96,6 +106,13 @@ void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_poin
 void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                   const PackedWeights<int32_t>& w, const int32_t* bias, int32_t* acc,
                   KernelScratch& scratch);
+// conv2d_acc32 with each output channel requantized as requantize_int32 does (offset 0,
+// m[o], or m[0] for every channel when m has one entry): y is the layer's output. Where the
+// direct convolution runs, the accumulators are requantized while still in registers.
+void conv2d_acc32_requantize(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                             const PackedWeights<int16_t>& w, const int32_t* bias,
+                             const std::vector<DyadicMultiplier>& m, int32_t zero_point,
+                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch);
 // The same from w - z_w in [O][K] (packed on every call).
 void conv2d_int16_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int16_t* w, const int32_t* bias, int32_t* acc);

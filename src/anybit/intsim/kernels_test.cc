@@ -170,6 +170,160 @@ TEST_P(KernelSeed, PackedFastKernelsReuseOneScratchAcrossShapes) {
   }
 }
 
+// A random multiplier per output channel, some with a left shift (M >= 1), some zero.
+std::vector<DyadicMultiplier> random_multipliers(std::mt19937_64& rng, int64_t n) {
+  std::vector<DyadicMultiplier> m;
+  for (int64_t i = 0; i < n; ++i) {
+    DyadicMultiplier d;
+    d.shift = static_cast<int>(uniform_int(rng, -3, 14));
+    d.m0 = uniform_int(rng, 0, 9) == 0 ? 0 : static_cast<int32_t>(uniform_int(rng, 1 << 30, (int64_t{1} << 31) - 1));
+    m.push_back(d);
+  }
+  return m;
+}
+
+// The fast conv with its requantization fused against the reference accumulators put
+// through requantize_dyadic.
+void expect_fused_requantization_matches(const ConvCase& c, std::mt19937_64& rng, const std::string& what) {
+  const int32_t* bias = c.has_bias ? c.bias.data() : nullptr;
+  const int64_t n = conv_out_size(c.g), P = c.g.out_h() * c.g.out_w();
+  std::vector<int64_t> ref(static_cast<size_t>(n));
+  conv2d_int_reference(c.g, c.x.data(), c.x_zero_point, c.w.data(), c.w_zero_point, bias, {},
+                       ref.data(), nullptr);
+  const std::vector<int16_t> w16(c.w_offset.begin(), c.w_offset.end());
+  const PackedWeights<int16_t> packed = pack_conv2d_weights(c.g, w16.data());
+  KernelScratch scratch;
+  for (bool per_channel : {true, false}) {
+    const std::vector<DyadicMultiplier> m = random_multipliers(rng, per_channel ? c.g.out_channels : 1);
+    const bool wide = uniform_int(rng, 0, 3) == 0;
+    const int32_t qmin = wide ? -32768 : -128, qmax = wide ? 32767 : 127;
+    const int32_t zero_point = static_cast<int32_t>(uniform_int(rng, -20, 20));
+    std::vector<int32_t> y(static_cast<size_t>(n));
+    conv2d_acc32_requantize(c.g, c.x.data(), c.x_zero_point, packed, bias, m, zero_point, qmin, qmax,
+                            y.data(), scratch);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = i / P % c.g.out_channels;
+      const DyadicMultiplier mo = m[per_channel ? static_cast<size_t>(o) : 0];
+      ASSERT_EQ(y[i], requantize_dyadic(ref[i], mo, zero_point, qmin, qmax))
+          << what << ", element " << i << ", m0 " << mo.m0 << ", shift " << mo.shift;
+    }
+  }
+}
+
+TEST_P(KernelSeed, Conv2dFastKernelWithFusedRequantizationMatchesTheReference) {
+  const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) + 5000);
+  std::mt19937_64 rng(static_cast<uint64_t>(GetParam()) + 5000);
+  expect_fused_requantization_matches(c, rng, "random case");
+}
+
+// Layers the size of a small ResNet's, with output channels that are not a multiple of the
+// direct convolution's row block and maps whose rows straddle its vectors.
+TEST(Kernels, FastConvOnResNetSizedLayersMatchesTheReference) {
+  struct Shape {
+    int64_t c, h, o, k, stride, pad, dilation, groups;
+  };
+  const std::vector<Shape> shapes = {{1, 28, 16, 3, 1, 1, 1, 1},  {16, 28, 20, 3, 1, 1, 1, 1},
+                                     {16, 28, 32, 1, 2, 0, 1, 1}, {16, 28, 32, 3, 2, 1, 1, 1},
+                                     {33, 14, 9, 3, 1, 1, 1, 1},  {32, 14, 64, 3, 2, 1, 1, 1},
+                                     {64, 7, 64, 3, 1, 1, 1, 1},  {12, 13, 12, 3, 1, 2, 2, 12},
+                                     {6, 17, 10, 5, 3, 2, 1, 2},  {8, 9, 8, 2, 4, 1, 1, 1}};
+  std::mt19937_64 rng(15);
+  for (const Shape& s : shapes) {
+    ConvCase c;
+    Conv2dGeometry& g = c.g;
+    g.batch = 2, g.in_channels = s.c, g.in_h = g.in_w = s.h, g.out_channels = s.o;
+    g.kernel_h = g.kernel_w = s.k, g.stride_h = g.stride_w = s.stride, g.pad_h = g.pad_w = s.pad;
+    g.dilation_h = g.dilation_w = s.dilation, g.groups = s.groups;
+    c.x_zero_point = static_cast<int32_t>(uniform_int(rng, 0, 255));
+    c.x.resize(static_cast<size_t>(g.batch * g.in_channels * g.in_h * g.in_w));
+    for (auto& v : c.x) v = static_cast<int32_t>(uniform_int(rng, 0, 255));
+    const int64_t K = g.patch_size();
+    c.w.resize(static_cast<size_t>(g.out_channels * K));
+    for (auto& v : c.w) v = static_cast<int32_t>(uniform_int(rng, -128, 127));
+    c.w_zero_point = {static_cast<int32_t>(uniform_int(rng, -3, 3))};
+    for (int64_t o = 0; o < g.out_channels; ++o) c.bias.push_back(static_cast<int32_t>(uniform_int(rng, -50000, 50000)));
+    for (int64_t i = 0; i < g.out_channels * K; ++i) c.w_offset.push_back(c.w[i] - c.w_zero_point[0]);
+    const std::string what = "shape " + std::to_string(s.c) + "x" + std::to_string(s.h) + " -> " +
+                             std::to_string(s.o) + ", k" + std::to_string(s.k) + " s" + std::to_string(s.stride);
+    std::vector<int64_t> ref(static_cast<size_t>(conv_out_size(g)));
+    conv2d_int_reference(g, c.x.data(), c.x_zero_point, c.w.data(), c.w_zero_point, c.bias.data(), {},
+                         ref.data(), nullptr);
+    std::vector<int32_t> fast(ref.size());
+    const std::vector<int16_t> w16(c.w_offset.begin(), c.w_offset.end());
+    conv2d_int16_acc32(g, c.x.data(), c.x_zero_point, w16.data(), c.bias.data(), fast.data());
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(fast[i], ref[i]) << what << ", element " << i;
+    expect_fused_requantization_matches(c, rng, what);
+  }
+}
+
+// 8-bit operands whose products fit int16 (|w| <= 127, |x - z_x| <= 255), accumulators of at
+// most 16 bits: the stepwise kernels run in 16-bit lanes (on CPUs with the SIMD kernels).
+// Overflows are planted by a large bias-free sum, in both directions.
+TEST_P(KernelSeed, StepwiseKernelsInSixteenBitLanesMatchTheReference) {
+  std::mt19937_64 rng(static_cast<uint64_t>(GetParam()) + 6000);
+  ConvCase c;
+  Conv2dGeometry& g = c.g;
+  g.batch = uniform_int(rng, 1, 2);
+  g.groups = uniform_int(rng, 1, 2);
+  g.in_channels = g.groups * uniform_int(rng, 1, 5);
+  g.out_channels = g.groups * uniform_int(rng, 1, 5);
+  g.in_h = uniform_int(rng, 3, 14), g.in_w = uniform_int(rng, 3, 14);
+  g.kernel_h = g.kernel_w = uniform_int(rng, 1, 3);
+  g.stride_h = g.stride_w = uniform_int(rng, 1, 2);
+  g.pad_h = g.pad_w = uniform_int(rng, 0, 1);
+  const bool unsigned_x = uniform_int(rng, 0, 1);
+  c.x_zero_point = unsigned_x ? 0 : static_cast<int32_t>(uniform_int(rng, -10, 10));
+  c.x.resize(static_cast<size_t>(g.batch * g.in_channels * g.in_h * g.in_w));
+  // mostly one sign, so that sums run far enough to overflow
+  for (auto& v : c.x) v = static_cast<int32_t>(unsigned_x ? uniform_int(rng, 0, 255) : uniform_int(rng, -118, 117));
+  const int64_t K = g.patch_size();
+  const int64_t w_lo = uniform_int(rng, 0, 1) ? -127 : -20, w_hi = w_lo == -127 ? 20 : 127;
+  for (int64_t i = 0; i < g.out_channels * K; ++i) c.w.push_back(static_cast<int32_t>(uniform_int(rng, w_lo, w_hi)));
+  c.w_zero_point = {0};
+  c.w_offset = c.w;
+  for (int64_t o = 0; o < g.out_channels; ++o) c.bias.push_back(static_cast<int32_t>(uniform_int(rng, -3000, 3000)));
+  const std::vector<int16_t> w16(c.w.begin(), c.w.end());
+  const int64_t n = conv_out_size(g);
+  KernelScratch scratch;
+  int64_t planted = 0;
+  for (int bits : {8, 9, 12, 15, 16}) {
+    for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+      const AccumulatorSpec spec{bits, mode};
+      std::vector<int64_t> ref(static_cast<size_t>(n));
+      int64_t ref_overflows = 0;
+      conv2d_int_reference(g, c.x.data(), c.x_zero_point, c.w.data(), c.w_zero_point, c.bias.data(), spec,
+                           ref.data(), &ref_overflows);
+      planted += ref_overflows;
+      std::vector<int32_t> s16(static_cast<size_t>(n));
+      int64_t overflows = 0;
+      conv2d_int16_stepwise(g, c.x.data(), c.x_zero_point, w16.data(), c.bias.data(), spec, s16.data(),
+                            &overflows, scratch);
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(s16[i], ref[i]) << bits << " bits, " << overflow_name(mode) << ", element " << i;
+      EXPECT_EQ(overflows, ref_overflows) << bits << " bits, " << overflow_name(mode);
+    }
+  }
+  EXPECT_GT(planted, 0);
+  // linear over the same operands: the images are the lanes
+  const int64_t I = uniform_int(rng, 1, 300), O = uniform_int(rng, 1, 7), batch = uniform_int(rng, 1, 40);
+  std::vector<int32_t> x(static_cast<size_t>(batch * I)), w(static_cast<size_t>(O * I));
+  for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, 0, 255));
+  for (auto& v : w) v = static_cast<int32_t>(uniform_int(rng, w_lo, w_hi));
+  const std::vector<int16_t> lw16(w.begin(), w.end());
+  for (int bits : {8, 13, 16}) {
+    for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+      std::vector<int64_t> ref(static_cast<size_t>(batch * O));
+      int64_t ref_overflows = 0, overflows = 0;
+      linear_int_reference(batch, I, O, x.data(), 0, w.data(), {0}, nullptr, {bits, mode}, ref.data(), &ref_overflows);
+      std::vector<int32_t> out(ref.size());
+      linear_int16_stepwise(batch, I, O, x.data(), 0, lw16.data(), nullptr, {bits, mode}, out.data(), &overflows,
+                            scratch);
+      for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(out[i], ref[i]) << bits << " bits, " << overflow_name(mode);
+      EXPECT_EQ(overflows, ref_overflows) << bits << " bits, " << overflow_name(mode);
+    }
+  }
+}
+
 TEST_P(KernelSeed, LinearFastAndMacKernelsMatchTheReference) {
   std::mt19937_64 rng(static_cast<uint64_t>(GetParam()) + 2000);
   const int64_t batch = uniform_int(rng, 1, 20), I = uniform_int(rng, 1, 70), O = uniform_int(rng, 1, 9);
@@ -350,6 +504,33 @@ TEST(Pooling, AveragePoolSumsOffsetsAndCountsOverflows) {
   avgpool2d_sum_int(g, big.data(), -128, narrow, sum.data());
   EXPECT_EQ(sum, (std::vector<int64_t>{127, 127, 127, 127}));
   EXPECT_EQ(narrow.overflows(), 16);  // every addition of 255 saturates
+}
+
+// The global pool (the window is the whole plane) against a plain sum, and where the
+// accumulator is too narrow for the bound, against every addition through it.
+TEST(Pooling, GlobalAveragePoolSumsMatchAdditionsThroughTheAccumulator) {
+  std::mt19937_64 rng(16);
+  Pool2dGeometry g;
+  g.batch = 3, g.channels = 5, g.in_h = 7, g.in_w = 6;
+  g.kernel_h = 7, g.kernel_w = 6;
+  std::vector<int32_t> x(static_cast<size_t>(g.batch * g.channels * 42));
+  for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, 0, 255));
+  for (int bits : {32, 16, 12}) {
+    for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+      Accumulator acc({bits, mode}), expect_acc({bits, mode});
+      std::vector<int64_t> sum(static_cast<size_t>(g.batch * g.channels));
+      avgpool2d_sum_int(g, x.data(), 3, acc, sum.data());
+      for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
+        int64_t s = 0;
+        for (int64_t i = 0; i < 42; ++i) s = expect_acc.add(s, x[nc * 42 + i] - 3);
+        ASSERT_EQ(sum[nc], s) << bits << " bits, " << overflow_name(mode) << ", plane " << nc;
+      }
+      EXPECT_EQ(acc.overflows(), expect_acc.overflows()) << bits << " bits, " << overflow_name(mode);
+      if (bits == 12) {
+        EXPECT_GT(acc.overflows(), 0);
+      }
+    }
+  }
 }
 
 AddParams random_add_params(std::mt19937_64& rng) {

@@ -1,0 +1,418 @@
+// The x86 instruction sets of kernels_simd.h: the operations kernels_simd.inc is written in,
+// once for AVX2 and once for AVX-512, the choice between them at run time, and the
+// packing of the direct convolution's weights.
+#include "anybit/intsim/kernels_simd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+
+// ANYBIT_INTSIM_NO_CLONES (kernels.h) builds the baseline only: no SIMD kernels either.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && \
+    !defined(ANYBIT_INTSIM_NO_CLONES)
+#define ANYBIT_INTSIM_X86 1
+#include <immintrin.h>
+#endif
+
+namespace anybit {
+namespace intsim {
+namespace simd {
+
+Requantizer::Requantizer(DyadicMultiplier m, int32_t z, int32_t qmin, int32_t qmax)
+    : m0(m.m0),
+      left(m.shift < 0 ? -m.shift : 0),
+      right(m.shift > 0 ? m.shift : 0),
+      mask(static_cast<int32_t>((int64_t{1} << right) - 1)),
+      half(mask >> 1),
+      lo(saturate_int32(int64_t{qmin} - z)),
+      hi(saturate_int32(int64_t{qmax} - z)),
+      zero_point(z) {}
+
+namespace {
+
+Level detect() {
+  Level best = Level::kNone;
+#ifdef ANYBIT_INTSIM_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) best = Level::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("popcnt"))
+    best = Level::kAvx512;
+#endif
+  if (const char* cap = std::getenv("ANYBIT_INTSIM_SIMD")) {
+    const Level want = std::strcmp(cap, "none") == 0   ? Level::kNone
+                       : std::strcmp(cap, "avx2") == 0 ? Level::kAvx2
+                                                       : Level::kAvx512;
+    best = std::min(best, want);
+  }
+  return best;
+}
+
+// (a, b) as one int32 lane: a in the low 16 bits, b in the high, as pmaddwd pairs them.
+inline int32_t pack_pair(int32_t a, int32_t b) {
+  return static_cast<int32_t>((static_cast<uint32_t>(b) << 16) |
+                              (static_cast<uint32_t>(a) & 0xffffu));
+}
+
+}  // namespace
+
+Level level() {
+  static const Level l = detect();
+  return l;
+}
+
+bool conv2d_direct_supports(const Conv2dGeometry& g) {
+  return level() != Level::kNone && g.stride_h * g.stride_w <= 64;
+}
+
+std::vector<int32_t> pack_conv2d_direct(const Conv2dGeometry& g, const int16_t* w) {
+  const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
+  const int64_t pairs = (Cg + 1) / 2, row_blocks = (Og + kConvRows - 1) / kConvRows;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  // [groups][row_blocks][pairs][taps][kConvRows]; rows past Og and the odd channel past Cg are 0
+  std::vector<int32_t> p(static_cast<size_t>(g.groups * row_blocks * pairs * taps * kConvRows), 0);
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    const int64_t grp = o / Og, rb = (o % Og) / kConvRows, r = o % Og % kConvRows;
+    for (int64_t cp = 0; cp < pairs; ++cp) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t c0 = 2 * cp, c1 = 2 * cp + 1;
+        const int32_t w0 = w[(o * Cg + c0) * taps + t];
+        const int32_t w1 = c1 < Cg ? w[(o * Cg + c1) * taps + t] : 0;
+        p[static_cast<size_t>((((grp * row_blocks + rb) * pairs + cp) * taps + t) * kConvRows +
+                              r)] = pack_pair(w0, w1);
+      }
+    }
+  }
+  return p;
+}
+
+#ifdef ANYBIT_INTSIM_X86
+
+#define ANYBIT_SIMD_INLINE inline __attribute__((always_inline))
+
+// Everything between ANYBIT_SIMD_BEGIN(isa) and ANYBIT_SIMD_END is compiled for that
+// instruction set, templates and lambdas included; functions defined elsewhere (the standard
+// library's) stay baseline and are inlined into it as usual.
+#if defined(__clang__)
+#define ANYBIT_SIMD_PRAGMA(x) _Pragma(#x)
+#define ANYBIT_SIMD_BEGIN(isa) \
+  ANYBIT_SIMD_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define ANYBIT_SIMD_END _Pragma("clang attribute pop")
+#else
+#define ANYBIT_SIMD_PRAGMA(x) _Pragma(#x)
+#define ANYBIT_SIMD_BEGIN(isa) _Pragma("GCC push_options") ANYBIT_SIMD_PRAGMA(GCC target(isa))
+#define ANYBIT_SIMD_END _Pragma("GCC pop_options")
+#endif
+
+// --- AVX2: 8 int32 or 16 int16 lanes, comparisons give vectors of all-ones lanes --------
+
+ANYBIT_SIMD_BEGIN("avx2")
+namespace avx2 {
+
+using V = __m256i;
+using M = __m256i;
+
+struct Isa {
+  static constexpr int64_t kLanes = 8, kLanes16 = 16;
+  static ANYBIT_SIMD_INLINE V zero() { return _mm256_setzero_si256(); }
+  static ANYBIT_SIMD_INLINE V load(const void* p) {
+    return _mm256_loadu_si256(static_cast<const V*>(p));
+  }
+  static ANYBIT_SIMD_INLINE void store(void* p, V v) { _mm256_storeu_si256(static_cast<V*>(p), v); }
+  static ANYBIT_SIMD_INLINE V set1(int32_t v) { return _mm256_set1_epi32(v); }
+  static ANYBIT_SIMD_INLINE V set1_64(int64_t v) { return _mm256_set1_epi64x(v); }
+  static ANYBIT_SIMD_INLINE V add(V a, V b) { return _mm256_add_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V sub(V a, V b) { return _mm256_sub_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V and_(V a, V b) { return _mm256_and_si256(a, b); }
+  static ANYBIT_SIMD_INLINE V xor_(V a, V b) { return _mm256_xor_si256(a, b); }
+  static ANYBIT_SIMD_INLINE V min(V a, V b) { return _mm256_min_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V max(V a, V b) { return _mm256_max_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V sign(V a) { return _mm256_srai_epi32(a, 31); }
+  static ANYBIT_SIMD_INLINE V shift_left(V a, int n) {
+    return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE V shift_right(V a, int n) {
+    return _mm256_sra_epi32(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE M greater(V a, V b) { return _mm256_cmpgt_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE M negative(V a) { return _mm256_srai_epi32(a, 31); }
+  static ANYBIT_SIMD_INLINE M or_(M a, M b) { return _mm256_or_si256(a, b); }
+  static ANYBIT_SIMD_INLINE V select(M m, V yes, V no) { return _mm256_blendv_epi8(no, yes, m); }
+  static ANYBIT_SIMD_INLINE V increment_where(V a, M m) { return _mm256_sub_epi32(a, m); }
+  static ANYBIT_SIMD_INLINE V add64(V a, V b) { return _mm256_add_epi64(a, b); }
+  static ANYBIT_SIMD_INLINE V mul_even(V a, V b) { return _mm256_mul_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V odd_to_even(V a) { return _mm256_srli_epi64(a, 32); }
+  static ANYBIT_SIMD_INLINE V srli64_31(V a) { return _mm256_srli_epi64(a, 31); }
+  static ANYBIT_SIMD_INLINE V slli64_1(V a) { return _mm256_slli_epi64(a, 1); }
+  static ANYBIT_SIMD_INLINE V blend_odd(V even, V odd) {
+    return _mm256_blend_epi32(even, odd, 0xaa);
+  }
+  // Masked loads read and masked stores write only the lanes of their mask (lanes i with
+  // a <= i < b; the first n; those whose bit is set). A masked load gives 0 elsewhere.
+  static ANYBIT_SIMD_INLINE M lanes_between(int64_t a, int64_t b) {
+    const V i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const V lo = _mm256_set1_epi32(static_cast<int32_t>(std::clamp<int64_t>(a, -1, 8)));
+    const V hi = _mm256_set1_epi32(static_cast<int32_t>(std::clamp<int64_t>(b, -1, 8)));
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(lo, i), _mm256_cmpgt_epi32(hi, i));
+  }
+  static ANYBIT_SIMD_INLINE V load_masked(const int32_t* p, M m) {
+    return _mm256_maskload_epi32(p, m);
+  }
+  static ANYBIT_SIMD_INLINE void store_masked(int32_t* p, V v, M m) {
+    _mm256_maskstore_epi32(p, m, v);
+  }
+  static ANYBIT_SIMD_INLINE V zero_outside(M m, V v) { return _mm256_and_si256(m, v); }
+  static ANYBIT_SIMD_INLINE M mask_of(uint32_t bits) {  // lane i where bit i is set
+    const V bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int32_t>(bits)), bit),
+                              bit);
+  }
+  static ANYBIT_SIMD_INLINE V load_first(const int32_t* p, int64_t n) {
+    return load_masked(p, lanes_between(0, n));
+  }
+  static ANYBIT_SIMD_INLINE void store_first(int32_t* p, V v, int64_t n) {
+    store_masked(p, v, lanes_between(0, n));
+  }
+  // 16-bit a[i] in the low half of each 32-bit lane, b[i] in the high half
+  static ANYBIT_SIMD_INLINE V pack_pairs(V a, V b) {
+    return _mm256_blend_epi16(a, _mm256_slli_epi32(b, 16), 0xaa);
+  }
+  // No compressing store: whole vectors, which the caller compacts.
+  static constexpr bool kCompress = false;
+  using Keep = uint32_t;
+  static ANYBIT_SIMD_INLINE Keep keep_lanes(uint32_t bits) { return bits; }
+  static ANYBIT_SIMD_INLINE void store_kept(int32_t* p, V v, Keep) { store(p, v); }
+  // lanes 2i + phase of the 16 lanes of a then b (phase 0: the even ones, 1: the odd ones)
+  static ANYBIT_SIMD_INLINE V deinterleave(V a, V b, int64_t phase) {
+    const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
+    const __m256 s = phase == 0 ? _mm256_shuffle_ps(fa, fb, 0x88) : _mm256_shuffle_ps(fa, fb, 0xdd);
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(s), 0xd8);
+  }
+  // acc + x[2i] * w[2i] + x[2i+1] * w[2i+1] in each 32-bit lane
+  static ANYBIT_SIMD_INLINE V dot_pairs(V acc, V x, V w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
+  }
+  // 16-bit lanes
+  static ANYBIT_SIMD_INLINE V set1_16(int16_t v) { return _mm256_set1_epi16(v); }
+  static ANYBIT_SIMD_INLINE V mullo16(V a, V b) { return _mm256_mullo_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V add16(V a, V b) { return _mm256_add_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V adds16(V a, V b) { return _mm256_adds_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V min16(V a, V b) { return _mm256_min_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V max16(V a, V b) { return _mm256_max_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V shift_left16(V a, int n) {
+    return _mm256_sll_epi16(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE V shift_right16(V a, int n) {
+    return _mm256_sra_epi16(a, _mm_cvtsi32_si128(n));
+  }
+  // count + 1 in the lanes where a == b (cmpeq gives -1 there)
+  using Count = V;
+  static ANYBIT_SIMD_INLINE Count count_zero() { return zero(); }
+  static ANYBIT_SIMD_INLINE V count_equal16(V count, V a, V b) {
+    return _mm256_sub_epi16(count, _mm256_cmpeq_epi16(a, b));
+  }
+  static ANYBIT_SIMD_INLINE int64_t sum16(V count) {
+    alignas(32) int32_t s[8];
+    _mm256_store_si256(reinterpret_cast<V*>(s), _mm256_madd_epi16(count, _mm256_set1_epi16(1)));
+    int64_t t = 0;
+    for (int32_t v : s) t += v;
+    return t;
+  }
+};
+
+// 4 output channels x 2 vectors of positions: 8 accumulators, 2 image vectors, a weight
+// and the product in the 16 registers.
+constexpr int kConvBlockRows = 4, kConvVectors = 2;
+// 2 rows x 2 vectors of 16 lanes for the stepwise accumulation.
+constexpr int kStepRows = 2, kStepVectors = 2;
+
+#include "anybit/intsim/kernels_simd.inc"
+
+}  // namespace avx2
+ANYBIT_SIMD_END
+
+// --- AVX-512 (F, BW, VNNI): 16 int32 or 32 int16 lanes, comparisons give mask registers ---
+
+// GCC 12 warns that _mm512_set1_* and friends read their own uninitialized placeholder
+// (GCC bug 105593, fixed in GCC 13).
+#if !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+ANYBIT_SIMD_BEGIN("avx512f,avx512bw,avx512vnni,popcnt")
+namespace avx512 {
+
+using V = __m512i;
+using M = __mmask16;
+
+struct Isa {
+  static constexpr int64_t kLanes = 16, kLanes16 = 32;
+  static ANYBIT_SIMD_INLINE V zero() { return _mm512_setzero_si512(); }
+  static ANYBIT_SIMD_INLINE V load(const void* p) { return _mm512_loadu_si512(p); }
+  static ANYBIT_SIMD_INLINE void store(void* p, V v) { _mm512_storeu_si512(p, v); }
+  static ANYBIT_SIMD_INLINE V set1(int32_t v) { return _mm512_set1_epi32(v); }
+  static ANYBIT_SIMD_INLINE V set1_64(int64_t v) { return _mm512_set1_epi64(v); }
+  static ANYBIT_SIMD_INLINE V add(V a, V b) { return _mm512_add_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V sub(V a, V b) { return _mm512_sub_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V and_(V a, V b) { return _mm512_and_si512(a, b); }
+  static ANYBIT_SIMD_INLINE V xor_(V a, V b) { return _mm512_xor_si512(a, b); }
+  static ANYBIT_SIMD_INLINE V min(V a, V b) { return _mm512_min_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V max(V a, V b) { return _mm512_max_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V sign(V a) { return _mm512_srai_epi32(a, 31); }
+  static ANYBIT_SIMD_INLINE V shift_left(V a, int n) {
+    return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE V shift_right(V a, int n) {
+    return _mm512_sra_epi32(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE M greater(V a, V b) { return _mm512_cmpgt_epi32_mask(a, b); }
+  static ANYBIT_SIMD_INLINE M negative(V a) {
+    return _mm512_cmplt_epi32_mask(a, _mm512_setzero_si512());
+  }
+  static ANYBIT_SIMD_INLINE M or_(M a, M b) { return _kor_mask16(a, b); }
+  static ANYBIT_SIMD_INLINE V select(M m, V yes, V no) {
+    return _mm512_mask_blend_epi32(m, no, yes);
+  }
+  static ANYBIT_SIMD_INLINE V increment_where(V a, M m) {
+    return _mm512_mask_add_epi32(a, m, a, _mm512_set1_epi32(1));
+  }
+  static ANYBIT_SIMD_INLINE V add64(V a, V b) { return _mm512_add_epi64(a, b); }
+  static ANYBIT_SIMD_INLINE V mul_even(V a, V b) { return _mm512_mul_epi32(a, b); }
+  static ANYBIT_SIMD_INLINE V odd_to_even(V a) { return _mm512_srli_epi64(a, 32); }
+  static ANYBIT_SIMD_INLINE V srli64_31(V a) { return _mm512_srli_epi64(a, 31); }
+  static ANYBIT_SIMD_INLINE V slli64_1(V a) { return _mm512_slli_epi64(a, 1); }
+  static ANYBIT_SIMD_INLINE V blend_odd(V even, V odd) {
+    return _mm512_mask_blend_epi32(0xaaaa, even, odd);
+  }
+  // Masked loads and stores as in AVX2, the masks in mask registers.
+  static ANYBIT_SIMD_INLINE M first(int64_t n) {
+    return static_cast<M>(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1);
+  }
+  static ANYBIT_SIMD_INLINE M lanes_between(int64_t a, int64_t b) {
+    return static_cast<M>(first(b) & ~first(a));
+  }
+  static ANYBIT_SIMD_INLINE V load_masked(const int32_t* p, M m) {
+    return _mm512_maskz_loadu_epi32(m, p);
+  }
+  static ANYBIT_SIMD_INLINE void store_masked(int32_t* p, V v, M m) {
+    _mm512_mask_storeu_epi32(p, m, v);
+  }
+  static ANYBIT_SIMD_INLINE V zero_outside(M m, V v) { return _mm512_maskz_mov_epi32(m, v); }
+  static ANYBIT_SIMD_INLINE M mask_of(uint32_t bits) { return static_cast<M>(bits); }
+  static ANYBIT_SIMD_INLINE V load_first(const int32_t* p, int64_t n) {
+    return load_masked(p, first(n));
+  }
+  static ANYBIT_SIMD_INLINE void store_first(int32_t* p, V v, int64_t n) {
+    store_masked(p, v, first(n));
+  }
+  static ANYBIT_SIMD_INLINE V pack_pairs(V a, V b) {
+    return _mm512_mask_blend_epi16(0xaaaaaaaa, a, _mm512_slli_epi32(b, 16));
+  }
+  // The lanes of v in `keep`, side by side from p (vpcompressd into a register, then a
+  // masked store of as many lanes).
+  static constexpr bool kCompress = true;
+  using Keep = __mmask16;
+  static ANYBIT_SIMD_INLINE Keep keep_lanes(uint32_t bits) { return static_cast<__mmask16>(bits); }
+  static ANYBIT_SIMD_INLINE void store_kept(int32_t* p, V v, Keep keep) {
+    _mm512_mask_storeu_epi32(p, first(__builtin_popcount(keep)),
+                             _mm512_maskz_compress_epi32(keep, v));
+  }
+  static ANYBIT_SIMD_INLINE V deinterleave(V a, V b, int64_t phase) {
+    const V even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_epi32(
+        a, phase == 0 ? even : _mm512_add_epi32(even, _mm512_set1_epi32(1)), b);
+  }
+  // acc + x[2i] * w[2i] + x[2i+1] * w[2i+1] in each 32-bit lane, in one instruction (VNNI)
+  static ANYBIT_SIMD_INLINE V dot_pairs(V acc, V x, V w) { return _mm512_dpwssd_epi32(acc, x, w); }
+  // 16-bit lanes
+  static ANYBIT_SIMD_INLINE V set1_16(int16_t v) { return _mm512_set1_epi16(v); }
+  static ANYBIT_SIMD_INLINE V mullo16(V a, V b) { return _mm512_mullo_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V add16(V a, V b) { return _mm512_add_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V adds16(V a, V b) { return _mm512_adds_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V min16(V a, V b) { return _mm512_min_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V max16(V a, V b) { return _mm512_max_epi16(a, b); }
+  static ANYBIT_SIMD_INLINE V shift_left16(V a, int n) {
+    return _mm512_sll_epi16(a, _mm_cvtsi32_si128(n));
+  }
+  static ANYBIT_SIMD_INLINE V shift_right16(V a, int n) {
+    return _mm512_sra_epi16(a, _mm_cvtsi32_si128(n));
+  }
+  // counted in a general register (popcnt), off the vector ports the additions need
+  using Count = int64_t;
+  static ANYBIT_SIMD_INLINE Count count_zero() { return 0; }
+  static ANYBIT_SIMD_INLINE Count count_equal16(Count count, V a, V b) {
+    return count + __builtin_popcount(_cvtmask32_u32(_mm512_cmpeq_epi16_mask(a, b)));
+  }
+  static ANYBIT_SIMD_INLINE int64_t sum16(Count count) { return count; }
+};
+
+// 8 output channels x 3 vectors: 24 accumulators, 3 image vectors and a weight in the 32
+// registers (vpdpwssd needs none for the product). 4 vectors would spill.
+constexpr int kConvBlockRows = 8, kConvVectors = 3;
+constexpr int kStepRows = 4, kStepVectors = 2;
+
+#include "anybit/intsim/kernels_simd.inc"
+
+}  // namespace avx512
+ANYBIT_SIMD_END
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#define ANYBIT_SIMD_DISPATCH(call) \
+  switch (level()) {               \
+    case Level::kAvx512:           \
+      return avx512::call;         \
+    case Level::kAvx2:             \
+      return avx2::call;           \
+    case Level::kNone:             \
+      break;                       \
+  }                                \
+  throw Error("intsim: SIMD kernel called without AVX2")
+
+void conv2d_direct(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                   const std::vector<int32_t>& w, const int32_t* bias, const Requantizer* rq,
+                   int32_t* out, KernelScratch& scratch) {
+  ANYBIT_SIMD_DISPATCH(conv2d_direct(g, x, x_zero_point, w, bias, rq, out, scratch));
+}
+
+int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64_t depth,
+                       int64_t ld, const AccumulatorSpec& spec, int16_t* out) {
+  ANYBIT_SIMD_DISPATCH(stepwise_int16(w, rows, col, depth, ld, spec, out));
+}
+
+void requantize(const int32_t* x, int64_t n, int32_t x_offset, const Requantizer& rq, int32_t* y) {
+  ANYBIT_SIMD_DISPATCH(requantize(x, n, x_offset, rq, y));
+}
+
+void add(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y) {
+  ANYBIT_SIMD_DISPATCH(add(p, a, b, n, y));
+}
+
+#else  // not x86-64 with GCC or Clang: level() is kNone and nothing calls these
+
+void conv2d_direct(const Conv2dGeometry&, const int32_t*, int32_t, const std::vector<int32_t>&,
+                   const int32_t*, const Requantizer*, int32_t*, KernelScratch&) {
+  throw Error("intsim: no SIMD kernels in this build");
+}
+int64_t stepwise_int16(const int16_t*, int64_t, const int16_t*, int64_t, int64_t,
+                       const AccumulatorSpec&, int16_t*) {
+  throw Error("intsim: no SIMD kernels in this build");
+}
+void requantize(const int32_t*, int64_t, int32_t, const Requantizer&, int32_t*) {
+  throw Error("intsim: no SIMD kernels in this build");
+}
+void add(const AddParams&, const int32_t*, const int32_t*, int64_t, int32_t*) {
+  throw Error("intsim: no SIMD kernels in this build");
+}
+
+#endif
+
+}  // namespace simd
+}  // namespace intsim
+}  // namespace anybit

@@ -1,0 +1,70 @@
+// Hand-vectorized x86 kernels of the engine (kernels_simd.cc), behind the portable ones of
+// kernels.cc: the fast conv2d as a direct convolution with its requantization fused, the
+// stepwise accumulation in 16-bit lanes, requantization and add. Each exists for AVX2 and
+// for AVX-512 (F, BW, VNNI) and is picked at run time from what the CPU reports
+// (__builtin_cpu_supports); elsewhere (another CPU, another architecture, another compiler)
+// level() is kNone and kernels.cc keeps its portable loops. Every variant gives the
+// integers of the portable code; the tests hold them to the reference twins.
+//
+// The environment variable ANYBIT_INTSIM_SIMD=none|avx2|avx512, read once, caps the level
+// (tests and benchmarks run the lower levels on a machine that has the higher ones).
+// Internal to the engine: kernels.h is the interface.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "anybit/intsim/accumulator.h"
+#include "anybit/intsim/kernels.h"
+#include "anybit/intsim/requantize.h"
+
+namespace anybit {
+namespace intsim {
+namespace simd {
+
+enum class Level { kNone, kAvx2, kAvx512 };
+Level level();
+
+// Output channels the direct convolution computes together (the packed weights' row block).
+constexpr int64_t kConvRows = 8;
+
+// requantize_dyadic(acc - offset, m, zero_point, qmin, qmax) for one channel, as the lanes
+// apply it (valid for m.m0 >= 0, which validate_model guarantees; callers check).
+struct Requantizer {
+  int32_t m0 = 0;
+  int32_t left = 0, right = 0;  // shifts: left for shift < 0 (saturating), right otherwise
+  int32_t mask = 0, half = 0;   // rounding_divide_by_pot's mask and threshold
+  int32_t lo = 0, hi = 0;       // the clamp, applied before the zero point is added
+  int32_t zero_point = 0;
+  Requantizer() = default;
+  Requantizer(DyadicMultiplier m, int32_t zero_point, int32_t qmin, int32_t qmax);
+};
+
+// Whether conv2d_direct runs on this CPU for this geometry (strides up to 64 phase planes).
+bool conv2d_direct_supports(const Conv2dGeometry& g);
+// The direct convolution's weights (PackedWeights::direct) from w - z_w in [O][C/groups][kH][kW].
+std::vector<int32_t> pack_conv2d_direct(const Conv2dGeometry& g, const int16_t* w);
+
+// conv2d_acc32 for int16 operands from PackedWeights::direct: `out` gets the accumulators
+// (rq null) or their requantization (rq[o] for output channel o: the layer's output).
+// Needs conv2d_direct_supports(g) and x - x_zero_point within int16.
+void conv2d_direct(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                   const std::vector<int32_t>& w, const int32_t* bias, const Requantizer* rq,
+                   int32_t* out, KernelScratch& scratch);
+
+// The stepwise accumulation of kernels.cc in 16-bit lanes, for accumulators of at most 16
+// bits and products that fit int16 (the caller checks |w| * |x| <= 32767):
+// out[r][p] = the accumulator after k = 0 .. depth-1 of acc = fit(acc + w[r][k] * col[k][p]),
+// for p < ld (a multiple of kStepwiseLanes; lanes past the data hold zeros). Returns the
+// additions that left the range. The bias is the caller's.
+constexpr int64_t kStepwiseLanes = 32;
+int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64_t depth,
+                       int64_t ld, const AccumulatorSpec& spec, int16_t* out);
+
+// requantize_int32 and add_int (kernels.h), for parameters in the model format.
+void requantize(const int32_t* x, int64_t n, int32_t x_offset, const Requantizer& rq, int32_t* y);
+void add(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y);
+
+}  // namespace simd
+}  // namespace intsim
+}  // namespace anybit
