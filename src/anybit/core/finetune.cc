@@ -1,6 +1,7 @@
 // The fine-tuning loop; see finetune.h.
 #include "anybit/core/finetune.h"
 
+#include <torch/csrc/jit/api/module.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
@@ -25,6 +26,13 @@ std::string shape_string(at::IntArrayRef sizes) {
   return s;
 }
 
+// The floor of learnable step sizes (LSQ), clips (PACT) and binary/ternary alphas.
+constexpr double kMinQuantizerParameter = 1e-8;
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 bool exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
@@ -36,6 +44,43 @@ at::Tensor distillation_loss(const at::Tensor& student, const at::Tensor& teache
   at::Tensor log_s = at::log_softmax(student / T, 1);
   at::Tensor log_t = at::log_softmax(teacher / T, 1);
   return (log_t.exp() * (log_t - log_s)).sum(1).mean() * (T * T);
+}
+
+// The teacher's logits for the whole training set, computed once, in index order, by a
+// frozen copy: the data has no augmentation, so they are the same every epoch, and a
+// resumed run computes the same ones. Returns an undefined tensor (the caller then runs the
+// teacher on every batch) when they would take more than `max_bytes`.
+at::Tensor teacher_logits(torch::jit::Module& teacher, const DataSource& data, int64_t batch_size, int64_t max_bytes,
+                          bool progress) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = data.size(), batches = (n + batch_size - 1) / batch_size;
+  at::Tensor all;
+  data::ProgressBar bar("teacher", batches, progress);
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
+    at::Tensor t = teacher.forward({data.batch(begin, count).first}).toTensor();
+    if (b == 0) {
+      if (t.dim() < 1 || t.numel() / count * n * static_cast<int64_t>(t.element_size()) > max_bytes)
+        return at::Tensor();
+      auto sizes = t.sizes().vec();
+      sizes[0] = n;
+      all = at::empty(sizes, t.options());
+    }
+    all.narrow(0, begin, count).copy_(t);
+    bar.update(b + 1);
+  }
+  bar.finish();
+  return all;
+}
+
+torch::jit::Module frozen_teacher(const torch::jit::Module& teacher) {
+  torch::jit::Module t = teacher.clone();
+  t.eval();
+  try {
+    return torch::jit::freeze(t);
+  } catch (const std::exception&) {
+    return t;  // a model freezing cannot handle runs as it is
+  }
 }
 
 }  // namespace
@@ -65,8 +110,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     throw Error("finetune: kd weight " + std::to_string(o.kd_weight) + " is not in [0, 1]");
   if (!(o.kd_temperature > 0))
     throw Error("finetune: kd temperature " + std::to_string(o.kd_temperature) + " must be positive");
-  std::optional<torch::jit::Module> teacher = o.teacher;
-  if (teacher) teacher->eval();
+  std::optional<torch::jit::Module> teacher;
+  if (o.teacher) teacher = frozen_teacher(*o.teacher);
   const std::string ckpt_model = o.checkpoint_dir + "/checkpoint.pt";
   const std::string ckpt_opt = o.checkpoint_dir + "/optimizer.pt";
   const std::string ckpt_state = o.checkpoint_dir + "/epoch.txt";
@@ -79,11 +124,13 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     f >> start_epoch;
   }
   // weight decay for weights only: quantizer steps/clips and biases are not decayed
-  std::vector<at::Tensor> decay, no_decay;
+  std::vector<at::Tensor> decay, no_decay, positive;
   for (const auto& p : model.named_parameters(true)) {
     if (!p.value.requires_grad()) continue;
     const bool quantizer = p.name.find("anybit__") != std::string::npos;
-    const bool bias = p.name.size() >= 4 && p.name.compare(p.name.size() - 4, 4, "bias") == 0;
+    if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha")))
+      positive.push_back(p.value);
+    const bool bias = ends_with(p.name, "bias");
     (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);
   }
   std::unique_ptr<torch::optim::Optimizer> opt;
@@ -105,6 +152,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
   if (o.resume) torch::load(*opt, ckpt_opt);
 
   const int64_t n = train.size();
+  at::Tensor teacher_cache;
+  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.progress);
   const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   // the schedule always spans all epochs; max_steps only stops early, like a kill would
   const int64_t schedule_steps = steps_per_epoch * o.epochs;
@@ -132,7 +181,9 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
           out, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
       if (teacher) {
         at::Tensor t;
-        {
+        if (teacher_cache.defined()) {
+          t = teacher_cache.index_select(0, idx);
+        } else {
           torch::NoGradGuard no_grad;
           t = teacher->forward({x}).toTensor();
         }
@@ -146,6 +197,12 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       opt->zero_grad();
       loss.backward();
       opt->step();
+      {
+        // a step size, clip or alpha that an update pushes through zero would flip or break
+        // its quantizer for good (seen with LSQ at lr 0.1): keep them positive
+        torch::NoGradGuard no_grad;
+        for (auto& p : positive) p.clamp_min_(kMinQuantizerParameter);
+      }
       loss_sum += loss.item<double>() * count;
       correct += (out.argmax(1) == y).sum().item<int64_t>();
       seen += count;

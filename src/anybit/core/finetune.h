@@ -33,11 +33,14 @@ struct FinetuneOptions {
   uint64_t seed = 0;
   // Knowledge distillation (Hinton et al. 2015): with a teacher the loss is
   //   (1 - kd_weight) * CE(student, labels) + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T)),
-  // the KL averaged over the batch, T = kd_temperature. The teacher runs in eval mode
-  // without gradients on the same batches; it is typically the float model.
+  // the KL averaged over the batch, T = kd_temperature. A frozen copy of the teacher runs in
+  // eval mode without gradients; it is typically the float model. Its logits for the whole
+  // training set are computed once before the first epoch (the data has no augmentation)
+  // when they fit in teacher_cache_bytes, else on every batch.
   std::optional<torch::jit::Module> teacher;
   double kd_weight = 1.0;
   double kd_temperature = 1.0;
+  int64_t teacher_cache_bytes = int64_t{1} << 30;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;

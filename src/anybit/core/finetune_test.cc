@@ -69,16 +69,17 @@ TEST(Finetune, FiftyStepsLowerTheLossOfAW2A2Model) {
   EXPECT_LT(loss_on(m, *data), before * 0.9);
 }
 
-TEST(Finetune, ResumingFromTheCheckpointGivesTheWeightsOfAnUninterruptedRun) {
+// Trains o.epochs (2) epochs of 4 steps in one go, and as a run "killed" after the first
+// epoch then resumed from its checkpoint in a fresh model, and compares the weights.
+void expect_resumed_run_equals_uninterrupted(FinetuneOptions o, const std::string& name) {
   auto data = open_data("fmnist::train:limit=256");
-  FinetuneOptions o;
   o.epochs = 2;
   o.batch_size = 64;
   o.lr = 0.02;
   o.progress = false;
   torch::jit::Module a = w2a2_model(*data);
   finetune(a, *data, o);
-  const std::string dir = ::testing::TempDir() + "/anybit_ft_resume";
+  const std::string dir = ::testing::TempDir() + "/anybit_ft_resume_" + name;
   std::system(("rm -rf '" + dir + "'").c_str());
   torch::jit::Module b = w2a2_model(*data);
   FinetuneOptions first = o;
@@ -101,6 +102,42 @@ TEST(Finetune, ResumingFromTheCheckpointGivesTheWeightsOfAnUninterruptedRun) {
       }
   }
   EXPECT_GT(compared, 10);
+}
+
+TEST(Finetune, LearnedStepSizesStayPositiveUnderALargeLearningRate) {
+  // SGD at lr 5 pushes LSQ steps through zero within a few steps; a negative step flips its
+  // quantizer and training collapses (a W2A2 run at lr 0.1 ended at 10% before the floor)
+  auto data = open_data("fmnist::train:limit=256");
+  torch::jit::Module m = w2a2_model(*data);
+  FinetuneOptions o;
+  o.batch_size = 64;
+  o.lr = 5;
+  o.schedule = "constant";
+  o.max_steps = 4;
+  o.progress = false;
+  finetune(m, *data, o);
+  int steps = 0;
+  for (const auto& p : m.named_parameters(true))
+    if (p.name.find("anybit__") != std::string::npos && p.name.find("__scale") != std::string::npos) {
+      EXPECT_GT(p.value.min().item<double>(), 0) << p.name;
+      ++steps;
+    }
+  EXPECT_GT(steps, 10);
+}
+
+TEST(Finetune, ResumingFromTheCheckpointGivesTheWeightsOfAnUninterruptedRun) {
+  expect_resumed_run_equals_uninterrupted(FinetuneOptions(), "plain");
+}
+
+TEST(Finetune, ResumingADistillationRunGivesTheWeightsOfAnUninterruptedRun) {
+  FinetuneOptions o;
+  o.teacher = load_module(kFloatModel);
+  o.kd_weight = 0.7;
+  o.kd_temperature = 2;
+  o.schedule = "onecycle";
+  o.optimizer = "adam";
+  o.lr = 0.003;
+  expect_resumed_run_equals_uninterrupted(o, "kd");
 }
 
 TEST(Finetune, DistillingFromItsOwnFloatModelHasZeroLossAtTheFirstStep) {
@@ -153,6 +190,9 @@ TEST(Finetune, KdLossIsTSquaredTimesKlFromTeacherToStudent) {
   o.kd_temperature = 3;
   torch::jit::Module student = w2a2_model(*data);
   EXPECT_NEAR(finetune(student, *data, o)[0].train_kd_loss, expected, 1e-4 * expected);
+  o.teacher_cache_bytes = 0;  // the teacher on every batch instead of its logits computed up front
+  torch::jit::Module uncached = w2a2_model(*data);
+  EXPECT_NEAR(finetune(uncached, *data, o)[0].train_kd_loss, expected, 1e-4 * expected);
 }
 
 TEST(Finetune, DistillationFromTheFloatModelLowersTheKdLossOfAW2A2Model) {
