@@ -19,12 +19,12 @@ std::string fixture(const std::string& name) {
 
 at::Tensor attr(const ModelGraph& g, const std::string& path) { return resolve_attr(g.module, path).toTensor(); }
 
-// Per-tensor symmetric round-to-nearest of every conv/linear weight, in place.
+// Per-tensor symmetric round-to-nearest of the conv weights (the equalized pair), in place.
 void quantize_weights_rtn(ModelGraph& g, int bits) {
   torch::NoGradGuard no_grad;
   const double qmax = (1 << (bits - 1)) - 1;
   for (const auto& p : g.points) {
-    if (p.role != Role::kWeight) continue;
+    if (p.role != Role::kWeight || p.kind != "conv") continue;
     at::Tensor w = attr(g, p.attr_path);
     const double s = w.abs().max().item<double>() / qmax;
     w.copy_((w / s).round().clamp(-qmax, qmax) * s);
