@@ -4,7 +4,8 @@
 //
 // SGD (momentum, Nesterov) or Adam, a cosine, one-cycle or constant learning-rate
 // schedule, weight decay that skips quantizer parameters (anybit__*) and biases, optional
-// label smoothing, optional knowledge distillation from a teacher (the float model). Each
+// label smoothing, optional knowledge distillation from a teacher (the float model).
+// Learnable step sizes, clips and alphas are kept >= 1e-8 after every update. Each
 // epoch shuffles with seed + epoch, so a run resumed from its checkpoint (written after
 // every epoch: model, optimizer state, epoch) continues exactly as an uninterrupted run would.
 #pragma once
