@@ -19,6 +19,7 @@
 #include "anybit/graph/graph.h"
 #include "anybit/ptq/cle.h"
 #include "anybit/ptq/fold_bn.h"
+#include "launch.h"
 
 #ifndef ANYBIT_SOURCE_DIR
 #define ANYBIT_SOURCE_DIR "."
@@ -384,6 +385,41 @@ int cmd_demo(const Common& c) {
   return run_sweep_cli(o);
 }
 
+// `finetune`: one process, or with --nproc N a launcher of N data-parallel workers (this
+// program again, with RANK/WORLD_SIZE in the environment; see launch.h). A worker started by
+// a launcher (ours, torchrun, or by hand on several hosts) finds its rank in the
+// environment; rank 0 prints, writes the output and evaluates.
+int cmd_finetune(const Common& c, anybit::FinetuneOptions ft, const std::string& teacher, int nproc,
+                 const std::vector<std::string>& args) {
+  ft.distributed = anybit::distributed_from_environment();
+  if (nproc > 1 && ft.distributed.world_size == 1) {
+    if (nproc > ft.batch_size)
+      throw anybit::Error("--nproc " + std::to_string(nproc) + " is larger than the batch size " +
+                          std::to_string(ft.batch_size) + ": every process needs a part of each batch");
+    return anybit_cli::launch_local(nproc, args);
+  }
+  if (nproc > 1 && nproc != ft.distributed.world_size)
+    throw anybit::Error("--nproc " + std::to_string(nproc) + " differs from WORLD_SIZE=" +
+                        std::to_string(ft.distributed.world_size) + " in the environment");
+  if (!ft.distributed.store_file.empty() && ft.distributed.gloo_host.empty()) ft.distributed.gloo_host = "127.0.0.1";
+  const bool root = ft.distributed.rank == 0;
+  torch::jit::Module m = anybit::load_module(c.model);
+  auto train = anybit::open_data(c.data);
+  std::unique_ptr<anybit::DataSource> test;
+  if (!c.eval_data.empty() && root) test = anybit::open_data(c.eval_data);
+  ft.progress = progress_on(c);
+  if (!teacher.empty()) ft.teacher = anybit::load_module(teacher);
+  const auto reports = anybit::finetune(m, *train, ft);
+  if (!root) return 0;
+  for (const auto& r : reports)
+    fmt::print("epoch {}: loss {:.4f}{}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
+               ft.teacher ? fmt::format(" (kd {:.4f})", r.train_kd_loss) : "", r.train_top1, r.steps, r.seconds);
+  anybit::save_module(m, c.out);
+  if (test) print_eval(c.out, anybit::evaluate(m, *test, eval_options(c)));
+  fmt::print("wrote {}\n", c.out);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -432,6 +468,7 @@ int main(int argc, char** argv) {
 
   anybit::FinetuneOptions ft;
   std::string teacher;
+  int nproc = 1;
   auto* fine = app.add_subcommand("finetune", "quantization-aware fine-tuning of a model anybit quantized");
   fine->add_option("model", c.model, "quantized TorchScript model (from anybit quantize)")->required();
   fine->add_option("-d,--data", c.data, "training data spec, e.g. fmnist::train")->required();
@@ -455,6 +492,8 @@ int main(int argc, char** argv) {
   fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
   fine->add_option("-o,--output", c.out, "output TorchScript file")->required();
   fine->add_flag("--no-progress", c.no_progress, "no progress bar");
+  fine->add_option("--nproc", nproc, "data-parallel training in N processes on this host (Gloo); -b stays the "
+                   "global batch, --threads is per process")->check(CLI::PositiveNumber);
 
   anybit::SweepOptions sw;
   std::vector<std::string> sweep_models;
@@ -511,21 +550,7 @@ int main(int argc, char** argv) {
     if (*demo) return cmd_demo(c);
     if (*exp) return cmd_export(c, input_shape);
     if (*isim) return cmd_intsim(c, isf);
-    if (*fine) {
-      torch::jit::Module m = anybit::load_module(c.model);
-      auto train = anybit::open_data(c.data);
-      std::unique_ptr<anybit::DataSource> test;
-      if (!c.eval_data.empty()) test = anybit::open_data(c.eval_data);
-      ft.progress = progress_on(c);
-      if (!teacher.empty()) ft.teacher = anybit::load_module(teacher);
-      for (const auto& r : anybit::finetune(m, *train, ft))
-        fmt::print("epoch {}: loss {:.4f}{}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
-                   ft.teacher ? fmt::format(" (kd {:.4f})", r.train_kd_loss) : "", r.train_top1, r.steps, r.seconds);
-      anybit::save_module(m, c.out);
-      if (test) print_eval(c.out, anybit::evaluate(m, *test, eval_options(c)));
-      fmt::print("wrote {}\n", c.out);
-      return 0;
-    }
+    if (*fine) return cmd_finetune(c, ft, teacher, nproc, std::vector<std::string>(argv, argv + argc));
     if (*sweep) {
       sw.models = sweep_models;
       sw.fold_bn = !no_fold;

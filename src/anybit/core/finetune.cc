@@ -73,6 +73,26 @@ at::Tensor teacher_logits(torch::jit::Module& teacher, const DataSource& data, i
   return all;
 }
 
+// Sums the gradients of `params` over all processes: one allreduce of one flat buffer. A
+// parameter the backward pass did not reach gets a zero gradient (on every process alike).
+void all_reduce_gradients(Communicator& comm, std::vector<at::Tensor>& params) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> flat;
+  flat.reserve(params.size());
+  for (auto& p : params) {
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    flat.push_back(p.grad().reshape(-1));
+  }
+  std::vector<at::Tensor> buffer{at::cat(flat)};
+  comm.allreduce_sum(buffer);
+  int64_t offset = 0;
+  for (auto& p : params) {
+    const int64_t k = p.numel();
+    p.mutable_grad().copy_(buffer[0].narrow(0, offset, k).view_as(p));
+    offset += k;
+  }
+}
+
 torch::jit::Module frozen_teacher(const torch::jit::Module& teacher) {
   torch::jit::Module t = teacher.clone();
   t.eval();
@@ -110,6 +130,12 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     throw Error("finetune: kd weight " + std::to_string(o.kd_weight) + " is not in [0, 1]");
   if (!(o.kd_temperature > 0))
     throw Error("finetune: kd temperature " + std::to_string(o.kd_temperature) + " must be positive");
+  Communicator comm(o.distributed);
+  const bool root = comm.rank() == 0;
+  const bool progress = o.progress && root;
+  if (comm.size() > o.batch_size)
+    throw Error("finetune: " + std::to_string(comm.size()) + " processes need a batch size of at least as many, got " +
+                std::to_string(o.batch_size));
   std::optional<torch::jit::Module> teacher;
   if (o.teacher) teacher = frozen_teacher(*o.teacher);
   const std::string ckpt_model = o.checkpoint_dir + "/checkpoint.pt";
@@ -150,10 +176,20 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     opt = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(o.lr));
   }
   if (o.resume) torch::load(*opt, ckpt_opt);
+  std::vector<at::Tensor> trained;  // the parameters whose gradients are summed over processes
+  for (const auto& p : model.parameters(true))
+    if (p.requires_grad()) trained.push_back(p);
+  if (comm.size() > 1) {  // every process starts from rank 0's weights and buffers
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> state;
+    for (const auto& p : model.parameters(true)) state.push_back(p);
+    for (const auto& b : model.buffers(true)) state.push_back(b);
+    comm.broadcast_from_root(state);
+  }
 
   const int64_t n = train.size();
   at::Tensor teacher_cache;
-  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.progress);
+  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, progress);
   const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   // the schedule always spans all epochs; max_steps only stops early, like a kill would
   const int64_t schedule_steps = steps_per_epoch * o.epochs;
@@ -165,14 +201,20 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     const auto t0 = std::chrono::steady_clock::now();
     at::Generator gen = at::detail::createCPUGenerator(o.seed + static_cast<uint64_t>(epoch));
     at::Tensor perm = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
-    data::ProgressBar bar("epoch " + std::to_string(epoch + 1), steps_per_epoch, o.progress);
+    data::ProgressBar bar("epoch " + std::to_string(epoch + 1), steps_per_epoch, progress);
     EpochReport r;
     r.epoch = epoch + 1;
     double loss_sum = 0, kd_sum = 0;
     int64_t correct = 0, seen = 0;
     for (int64_t b = 0; b < steps_per_epoch && step < total_steps; ++b, ++step) {
       const int64_t begin = b * o.batch_size, count = std::min(o.batch_size, n - begin);
-      at::Tensor idx = perm.narrow(0, begin, count);
+      // this process's part of the global batch; a process left without a sample (a last
+      // batch smaller than the process count) runs one sample with weight 0 so that it
+      // still produces the same gradient tensors for the allreduce
+      const int64_t lo = count * comm.rank() / comm.size(), hi = count * (comm.rank() + 1) / comm.size();
+      const int64_t mine = hi - lo;
+      const double share = static_cast<double>(mine) / static_cast<double>(count);
+      at::Tensor idx = perm.narrow(0, begin + (mine ? lo : 0), std::max<int64_t>(mine, 1));
       auto [x, y] = train.gather(idx);
       const double lr = scheduled_learning_rate(o.schedule, o.lr, step, schedule_steps);
       for (auto& g : opt->param_groups()) g.options().set_lr(lr);
@@ -191,11 +233,16 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
           throw Error("finetune: the teacher's output " + shape_string(t.sizes()) + " differs from the model's " +
                       shape_string(out.sizes()));
         at::Tensor kd = distillation_loss(out, t, o.kd_temperature);
-        kd_sum += kd.item<double>() * count;
+        kd_sum += kd.item<double>() * mine;
         loss = (1 - o.kd_weight) * loss + o.kd_weight * kd;
       }
       opt->zero_grad();
-      loss.backward();
+      if (comm.size() > 1) {
+        (loss * share).backward();
+        all_reduce_gradients(comm, trained);
+      } else {
+        loss.backward();
+      }
       opt->step();
       {
         // a step size, clip or alpha that an update pushes through zero would flip or break
@@ -203,25 +250,37 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
         torch::NoGradGuard no_grad;
         for (auto& p : positive) p.clamp_min_(kMinQuantizerParameter);
       }
-      loss_sum += loss.item<double>() * count;
-      correct += (out.argmax(1) == y).sum().item<int64_t>();
-      seen += count;
+      if (mine) {
+        loss_sum += loss.item<double>() * mine;
+        correct += (out.argmax(1) == y).sum().item<int64_t>();
+        seen += mine;
+      }
       r.steps++;
       bar.update(b + 1);
     }
     bar.finish();
+    if (comm.size() > 1) {  // the epoch's statistics over all processes
+      std::vector<at::Tensor> sums{at::tensor({loss_sum, kd_sum, static_cast<double>(correct), static_cast<double>(seen)},
+                                              at::TensorOptions().dtype(at::kDouble))};
+      comm.allreduce_sum(sums);
+      loss_sum = sums[0][0].item<double>();
+      kd_sum = sums[0][1].item<double>();
+      correct = static_cast<int64_t>(sums[0][2].item<double>());
+      seen = static_cast<int64_t>(sums[0][3].item<double>());
+    }
     r.train_loss = seen ? loss_sum / seen : 0;
     r.train_kd_loss = seen ? kd_sum / seen : 0;
     r.train_top1 = seen ? 100.0 * correct / seen : 0;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     reports.push_back(r);
-    if (!o.checkpoint_dir.empty() && r.steps == steps_per_epoch) {  // only whole epochs
+    if (root && !o.checkpoint_dir.empty() && r.steps == steps_per_epoch) {  // only whole epochs
       ::mkdir(o.checkpoint_dir.c_str(), 0755);
       save_module(model, ckpt_model);
       torch::save(*opt, ckpt_opt + ".tmp");
       std::rename((ckpt_opt + ".tmp").c_str(), ckpt_opt.c_str());
       write_text_atomic(ckpt_state, std::to_string(epoch + 1) + "\n");
     }
+    comm.barrier();  // no process starts the next epoch (or returns) before the checkpoint is written
   }
   model.eval();
   return reports;

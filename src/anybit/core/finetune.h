@@ -16,6 +16,8 @@
 
 #include <torch/script.h>
 
+#include "anybit/core/distributed.h"
+
 namespace anybit {
 
 class DataSource;
@@ -45,6 +47,15 @@ struct FinetuneOptions {
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;
+  // Data-parallel training (distributed.h): run finetune() in world_size processes with the
+  // same options and model and their own rank. Each global batch of batch_size samples is
+  // cut into world_size contiguous parts; each process back-propagates its part, weighted by
+  // its share of the batch, the gradients are summed over the processes (Gloo allreduce)
+  // and every process takes the same step, so the weights equal those of one process with
+  // the same batch_size up to float summation order (BatchNorm in training mode is the
+  // exception: its batch statistics are per process, as in DistributedDataParallel). Rank 0
+  // alone writes checkpoints and shows progress; the reports are over the global batch.
+  DistributedOptions distributed;
 };
 
 struct EpochReport {
