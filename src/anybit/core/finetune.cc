@@ -154,7 +154,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
   for (const auto& p : model.named_parameters(true)) {
     if (!p.value.requires_grad()) continue;
     const bool quantizer = p.name.find("anybit__") != std::string::npos;
-    if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha")))
+    if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha") ||
+                      ends_with(p.name, "__delta")))
       positive.push_back(p.value);
     const bool bias = ends_with(p.name, "bias");
     (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "anybit/core/quantize.h"
 #include "anybit/ptq/fold_bn.h"
 
@@ -102,6 +104,44 @@ void expect_resumed_run_equals_uninterrupted(FinetuneOptions o, const std::strin
       }
   }
   EXPECT_GT(compared, 10);
+}
+
+// ternary:lsq learns alpha and the threshold of every ternary weight, binary:lsq its alpha:
+// they are parameters, they move, they stay positive, and the loss falls.
+TEST(Finetune, TernaryThresholdsAndBinaryAlphasLearn) {
+  auto data = open_data("fmnist::train:limit=512");
+  ModelGraph g = load_model(kFloatModel);
+  fold_batch_norm(g);
+  Config c = parse_config_string(
+      "calibrator: mse\nrules:\n"
+      "  - {kind: conv, role: weight, spec: 'ternary:per_channel:lsq'}\n"
+      "  - {kind: linear, role: weight, spec: 'binary:per_channel:lsq'}\n"
+      "  - {kind: relu, spec: 'uint2:lsq'}\n");
+  QuantizeOptions qo;
+  qo.progress = false;
+  qo.calib_batches = 1;
+  torch::jit::Module m = quantize(std::move(g), c, data.get(), qo).model.module;
+  std::map<std::string, at::Tensor> before;
+  for (const auto& p : m.named_parameters(true))
+    if (p.name.find("__delta") != std::string::npos || p.name.find("__alpha") != std::string::npos)
+      before[p.name] = p.value.detach().clone();
+  ASSERT_EQ(before.size(), 2u * 9 + 1);  // 9 convs: alpha and delta; the classifier: alpha
+  const double loss0 = loss_on(m, *data);
+  FinetuneOptions o;
+  o.batch_size = 64;
+  o.max_steps = 30;
+  o.lr = 0.01;
+  o.progress = false;
+  finetune(m, *data, o);
+  int moved = 0;
+  for (const auto& p : m.named_parameters(true)) {
+    auto it = before.find(p.name);
+    if (it == before.end()) continue;
+    EXPECT_GT(p.value.min().item<double>(), 0) << p.name;
+    moved += !at::equal(p.value, it->second);
+  }
+  EXPECT_EQ(moved, static_cast<int>(before.size()));
+  EXPECT_LT(loss_on(m, *data), loss0);
 }
 
 TEST(Finetune, LearnedStepSizesStayPositiveUnderALargeLearningRate) {

@@ -305,6 +305,7 @@ Params weight_params(const QuantSpec& spec, const std::string& calibrator, const
   } else if (spec.scheme == Scheme::kBinary) {
     P.alpha = absrows.mean(1);
     P.ste_clip = 1.0;
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()));  // LSQ's scale, Qp = 1 (binary/ternary:lsq)
     P.summary = "alpha " + c10::str(P.alpha.mean().item<float>());
   } else if (spec.scheme == Scheme::kTernary) {
     at::Tensor delta = absrows.mean(1) * spec.threshold;
@@ -313,6 +314,7 @@ Params weight_params(const QuantSpec& spec, const std::string& calibrator, const
     P.alpha = alpha;
     P.delta = delta;
     P.ste_clip = 1.0;
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()));
     P.summary = "alpha " + c10::str(alpha.mean().item<float>()) + " delta " + c10::str(delta.mean().item<float>());
   }
   return P;
@@ -365,6 +367,7 @@ Params activation_params(const QuantSpec& spec, const std::string& calibrator, c
     P.alpha = at::full({1}, static_cast<float>(mean_abs));
     P.delta = at::full({1}, static_cast<float>(spec.threshold * mean_abs));
     P.ste_clip = std::max(amax, 1e-6);
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slot.per_sample_numel, 1)));
     P.summary = "alpha " + c10::str(static_cast<float>(mean_abs));
   }
   return P;
@@ -452,15 +455,16 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
     const std::string an = reg("alpha", P.alpha, learn);
     build = [&, an](jit::Value* x) {
       return insert_op(graph, "anybit::fake_quant_binary",
-                       {x, graph.insertGetAttr(self, an), graph.insertConstant(axis), graph.insertConstant(P.ste_clip)});
+                       {x, graph.insertGetAttr(self, an), graph.insertConstant(axis), graph.insertConstant(P.ste_clip),
+                        graph.insertConstant(learn ? P.grad_factor : 1.0)});
     };
   } else if (spec.scheme == Scheme::kTernary) {
     const std::string an = reg("alpha", P.alpha, learn);
-    const std::string dn = reg("delta", P.delta, false);
+    const std::string dn = reg("delta", P.delta, learn);  // ternary:lsq learns the threshold too
     build = [&, an, dn](jit::Value* x) {
       return insert_op(graph, "anybit::fake_quant_ternary",
                        {x, graph.insertGetAttr(self, an), graph.insertGetAttr(self, dn), graph.insertConstant(axis),
-                        graph.insertConstant(P.ste_clip)});
+                        graph.insertConstant(P.ste_clip), graph.insertConstant(learn ? P.grad_factor : 1.0)});
     };
   } else {
     return;

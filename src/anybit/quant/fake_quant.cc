@@ -497,7 +497,8 @@ class FakeQuantTernaryFn : public torch::autograd::Function<FakeQuantTernaryFn> 
  public:
   // binary: sign with sign(0) = +1, delta unused
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
-                            const at::Tensor& delta, int64_t axis, double ste_clip, bool binary) {
+                            const at::Tensor& delta, int64_t axis, double ste_clip, bool binary,
+                            double grad_factor) {
     ChannelLayout L = channel_layout(x, alpha.numel(), axis, 0, binary ? "fake_quant_binary"
                                                                        : "fake_quant_ternary");
     at::Tensor a = per_channel_view(alpha.detach().to(x.options()), x, axis, 0, L.channels);
@@ -508,44 +509,59 @@ class FakeQuantTernaryFn : public torch::autograd::Function<FakeQuantTernaryFn> 
       at::Tensor d = per_channel_view(delta.detach().to(x.options()), x, axis, 0, L.channels);
       t = (x > d).to(x.options()) - (x < -d).to(x.options());
     }
-    ctx->save_for_backward({x, t, alpha});
+    ctx->save_for_backward({x, t, alpha, delta});
     ctx->saved_data["axis"] = axis;
+    ctx->saved_data["binary"] = binary;
+    ctx->saved_data["grad_factor"] = grad_factor;
     ctx->saved_data["clip"] = ste_clip;
     ctx->saved_data["channels"] = L.channels;
     return a * t;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &t = saved[1], &alpha = saved[2];
+    const at::Tensor &x = saved[0], &t = saved[1], &alpha = saved[2], &delta = saved[3];
     const double clip = ctx->saved_data["clip"].toDouble();
     const int64_t axis = ctx->saved_data["axis"].toInt();
+    const int64_t channels = ctx->saved_data["channels"].toInt();
     at::Tensor dx = grads[0] * (x.abs() <= clip);
-    at::Tensor da;
-    if (alpha.requires_grad()) {
-      at::Tensor prod = grads[0] * t;
-      if (alpha.numel() == 1) {
-        da = prod.sum().reshape(alpha.sizes());
-      } else {
-        std::vector<int64_t> dims;
-        for (int64_t d = 0; d < x.dim(); ++d)
-          if (d != axis) dims.push_back(d);
-        da = prod.sum(dims).reshape(alpha.sizes());
-      }
+    auto per_channel_sum = [&](const at::Tensor& v, const at::Tensor& like) {
+      if (like.numel() == 1) return v.sum().reshape(like.sizes());
+      std::vector<int64_t> dims;
+      for (int64_t d = 0; d < x.dim(); ++d)
+        if (d != axis) dims.push_back(d);
+      return v.sum(dims).reshape(like.sizes());
+    };
+    at::Tensor da, dd;
+    const double gf = ctx->saved_data["grad_factor"].toDouble();
+    if (alpha.requires_grad()) da = (per_channel_sum(grads[0] * t, alpha) * gf).to(alpha.options());
+    if (!ctx->saved_data["binary"].toBool() && delta.requires_grad()) {
+      // dL/d(delta), a kernel estimate of the jump: raising the threshold by h zeroes the
+      // outputs alpha * sign(x) with delta < |x| <= delta + h, so over a band of width
+      // h = kTernaryThresholdBand * delta centred on delta
+      //   dL/d(delta) ~= -1/h * sum_{|x| in (delta - h/2, delta + h/2]} dy * alpha * sign(x),
+      // which a central finite difference of step h reproduces exactly for a loss linear in x^.
+      at::Tensor a = per_channel_view(alpha.detach().to(x.options()), x, axis, 0, channels);
+      at::Tensor d = per_channel_view(delta.detach().to(x.options()), x, axis, 0, channels);
+      at::Tensor h = (d * kTernaryThresholdBand).clamp_min(1e-12);
+      at::Tensor ax = x.abs();
+      at::Tensor band = (ax > d - h / 2) & (ax <= d + h / 2);
+      at::Tensor sgn = at::where(x >= 0, 1.0, -1.0).to(x.options());
+      dd = (per_channel_sum(grads[0] * band * sgn * a / h, delta) * -gf).to(delta.options());
     }
-    return {dx, da, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, da, dd, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
 
 at::Tensor fake_quant_binary(const at::Tensor& x, const at::Tensor& alpha, int64_t axis,
-                             double ste_clip) {
-  return FakeQuantTernaryFn::apply(x, alpha, at::zeros({1}), axis, ste_clip, true);
+                             double ste_clip, double grad_factor) {
+  return FakeQuantTernaryFn::apply(x, alpha, at::zeros({1}), axis, ste_clip, true, grad_factor);
 }
 
 at::Tensor fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& delta,
-                              int64_t axis, double ste_clip) {
+                              int64_t axis, double ste_clip, double grad_factor) {
   if (!delta.defined()) throw Error("fake_quant_ternary: threshold tensor is undefined");
-  return FakeQuantTernaryFn::apply(x, alpha, delta, axis, ste_clip, false);
+  return FakeQuantTernaryFn::apply(x, alpha, delta, axis, ste_clip, false, grad_factor);
 }
 
 // ---------------------------------------------------------------------------------

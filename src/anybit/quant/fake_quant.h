@@ -81,11 +81,19 @@ at::Tensor fake_quant_log_reference(const at::Tensor& x, const at::Tensor& hi,
 // --- binary: x^ = alpha * sign(x), sign(0) = +1 (BinaryConnect / XNOR-Net) ------------
 // STE: dx = dy where |x| <= ste_clip (Hubara et al. 2016 "hardtanh" STE), dalpha =
 // sum dy * sign(x) per channel; alpha is typically mean|x| computed by the caller.
+// grad_factor scales dalpha (and ternary's ddelta): LSQ's 1/sqrt(N) for learned ones.
 at::Tensor fake_quant_binary(const at::Tensor& x, const at::Tensor& alpha, int64_t axis,
-                             double ste_clip);
+                             double ste_clip, double grad_factor = 1.0);
 // --- ternary: x^ = alpha * t, t = sign(x) if |x| > delta else 0 (TWN, Li et al. 2016) --
+// STE for x as binary; dalpha as binary. A delta that requires grad (ternary:lsq) gets a
+// kernel estimate of the derivative of the loss through the jump at |x| = delta: with the
+// band h = kTernaryThresholdBand * delta,
+//   ddelta = -1/h * sum over delta - h/2 < |x| <= delta + h/2 of dy * alpha * sign(x)
+// per channel, which equals a central finite difference of step h for a loss linear in x^.
+constexpr double kTernaryThresholdBand = 0.2;
 at::Tensor fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha,
-                              const at::Tensor& delta, int64_t axis, double ste_clip);
+                              const at::Tensor& delta, int64_t axis, double ste_clip,
+                              double grad_factor = 1.0);
 
 // --- PACT (Choi et al. 2018): y = round(clamp(x, 0, a) / s) * s, s = a / (2^b - 1) ----
 // dx = dy for 0 <= x <= a; da = sum dy over x >= a (the clipped part).

@@ -267,6 +267,57 @@ TEST(FakeQuantTernary, ThresholdSendsSmallValuesToZero) {
   EXPECT_TRUE(at::equal(y, at::tensor({-0.5f, 0.0f, 0.0f, 0.0f, 0.5f, 0.5f}))) << y;
 }
 
+// ternary:lsq: the threshold's gradient is the finite difference of the loss over the band
+// h = kTernaryThresholdBand * delta (exact for a loss linear in the output), per channel;
+// the alpha gradient matches finite differences as for binary.
+TEST(FakeQuantTernary, LearnedThresholdAndAlphaGradientsMatchFiniteDifferences) {
+  at::manual_seed(3);
+  at::Tensor x = at::randn({4, 2000});
+  at::Tensor a = at::full({4}, 0.8f).requires_grad_();
+  at::Tensor d = at::tensor({0.5f, 0.7f, 0.3f, 1.1f}).requires_grad_();
+  at::Tensor w = at::randn({4, 2000});
+  (fake_quant_ternary(x, a, d, 0, 1.0) * w).sum().backward();
+  auto loss = [&](const at::Tensor& ap, const at::Tensor& dp) {
+    return (fake_quant_ternary(x, ap, dp, 0, 1.0) * w).to(at::kDouble).sum().item<double>();
+  };
+  int nonzero = 0;
+  for (int c = 0; c < 4; ++c) {
+    const double h = kTernaryThresholdBand * d[c].item<double>();
+    at::Tensor up = d.detach().clone(), down = d.detach().clone();
+    up[c] = d[c].item<double>() + h / 2;
+    down[c] = d[c].item<double>() - h / 2;
+    const double fd = (loss(a.detach(), up) - loss(a.detach(), down)) / h;
+    EXPECT_NEAR(d.grad()[c].item<double>(), fd, 1e-3 * (1 + std::abs(fd))) << c;
+    nonzero += std::abs(fd) > 1e-3;
+    at::Tensor ap = a.detach().clone(), am = a.detach().clone();
+    ap[c] = a[c].item<double>() + 1e-2;
+    am[c] = a[c].item<double>() - 1e-2;
+    EXPECT_NEAR(a.grad()[c].item<double>(), (loss(ap, d.detach()) - loss(am, d.detach())) / 2e-2, 1e-2) << c;
+  }
+  EXPECT_GE(nonzero, 3);  // the check compared real slopes, not zeros
+}
+
+// A learned threshold moves where the loss wants it: fitting a ternary output to a target
+// made with a larger threshold, gradient descent on delta alone lowers the loss and raises delta.
+TEST(FakeQuantTernary, LearnedThresholdDescendsTowardsTheTarget) {
+  at::manual_seed(5);
+  at::Tensor x = at::randn({20000});
+  at::Tensor target = fake_quant_ternary(x, at::full({1}, 1.0f), at::full({1}, 1.0f), -1, 1.0);
+  at::Tensor alpha = at::full({1}, 1.0f);
+  at::Tensor d = at::full({1}, 0.4f).requires_grad_();
+  auto mse = [&]() { return (fake_quant_ternary(x, alpha, d, -1, 1.0) - target).pow(2).mean(); };
+  const double before = mse().item<double>();
+  for (int i = 0; i < 200; ++i) {
+    at::Tensor l = mse();
+    d.mutable_grad() = at::Tensor();
+    l.backward();
+    at::NoGradGuard ng;
+    d.sub_(d.grad() * (0.2 / (1 + 0.05 * i)));
+  }
+  EXPECT_LT(mse().item<double>(), 0.25 * before);
+  EXPECT_NEAR(d.item<double>(), 1.0, 0.1);
+}
+
 TEST(FakeQuantLog, PowersOfTwoAreExactZeroIsKeptAndRangeIsClamped) {
   // 4 bits: 7 exponents, hi = 0 -> levels 2^-6 .. 2^0
   at::Tensor x = at::tensor({0.0f, 1.0f, -0.5f, 0.25f, 3.0f, -100.0f, 1e-5f, 0.7f, 0.6f});

@@ -22,13 +22,14 @@ at::Tensor op_fake_quant_log(const at::Tensor& x, const at::Tensor& hi, int64_t 
 }
 
 at::Tensor op_fake_quant_binary(const at::Tensor& x, const at::Tensor& alpha, int64_t axis,
-                                double ste_clip) {
-  return anybit::fake_quant_binary(x, alpha, axis, ste_clip);
+                                double ste_clip, double grad_factor) {
+  return anybit::fake_quant_binary(x, alpha, axis, ste_clip, grad_factor);
 }
 
 at::Tensor op_fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha,
-                                 const at::Tensor& delta, int64_t axis, double ste_clip) {
-  return anybit::fake_quant_ternary(x, alpha, delta, axis, ste_clip);
+                                 const at::Tensor& delta, int64_t axis, double ste_clip,
+                                 double grad_factor) {
+  return anybit::fake_quant_ternary(x, alpha, delta, axis, ste_clip, grad_factor);
 }
 
 at::Tensor op_fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
@@ -44,10 +45,11 @@ TORCH_LIBRARY(anybit, m) {
         &op_fake_quant_affine);
   m.def("fake_quant_log(Tensor x, Tensor hi, int num_exponents, int axis=-1) -> Tensor",
         &op_fake_quant_log);
-  m.def("fake_quant_binary(Tensor x, Tensor alpha, int axis=-1, float ste_clip=1.0) -> Tensor",
+  m.def("fake_quant_binary(Tensor x, Tensor alpha, int axis=-1, float ste_clip=1.0, "
+        "float grad_factor=1.0) -> Tensor",
         &op_fake_quant_binary);
   m.def("fake_quant_ternary(Tensor x, Tensor alpha, Tensor delta, int axis=-1, "
-        "float ste_clip=1.0) -> Tensor",
+        "float ste_clip=1.0, float grad_factor=1.0) -> Tensor",
         &op_fake_quant_ternary);
   m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int rounding=0) -> Tensor",
         &op_fake_quant_pact);

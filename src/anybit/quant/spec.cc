@@ -260,8 +260,9 @@ QuantSpec parse_spec(const std::string& text_in) {
     bad(text_in, "'narrow' needs at least 3 bits");
   if (s.learn == Learn::kPact && !(s.scheme == Scheme::kUInt))
     bad(text_in, "'pact' learns the clip of an unsigned activation quantizer (use uintN:pact)");
-  if (s.learn == Learn::kLsq && !s.is_uniform())
-    bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint)");
+  if (s.learn == Learn::kLsq && !s.is_uniform() && s.scheme != Scheme::kBinary && s.scheme != Scheme::kTernary)
+    bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint) or the scale (and ternary threshold) of "
+                 "binary/ternary");
   if (s.learn != Learn::kNone && (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed))
     bad(text_in, "fixed point has a fixed step 2^-n; it cannot be learned");
   if (s.threshold != 0.7 && s.scheme != Scheme::kTernary)

@@ -14,6 +14,8 @@
 //               L = 2^(b-1) - 1 exponents (one sign bit, one code for zero)
 //   binary      x^ = alpha * sign(x), sign(0) = +1
 //   ternary     x^ in {-alpha, 0, alpha}, |x| <= threshold * mean|x| -> 0
+//   :lsq        learned step (uniform), learned alpha (binary), learned alpha and
+//               threshold (ternary); see fake_quant.h for the gradients
 #pragma once
 
 #include <stdexcept>

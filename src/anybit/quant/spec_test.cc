@@ -28,7 +28,7 @@ TEST(QuantSpec, EveryExampleFromTheIssueParsesAndPrintsBack) {
       "int4", "uint8", "int6:per_channel", "int8:asym", "fixed:Q2.5", "log4",
       "binary", "ternary", "int4:pow2scale", "float", "int4:group=32", "uint4:pact",
       "int3:per_channel:lsq", "int8:round=stochastic", "ternary:threshold=0.5",
-      "int8:axis=1", "ufixed:Q0.8", "int8:narrow"};
+      "int8:axis=1", "ufixed:Q0.8", "int8:narrow", "binary:per_channel:lsq", "ternary:lsq:threshold=0.5"};
   for (const auto& e : examples) {
     QuantSpec s = parse_spec(e);
     EXPECT_EQ(parse_spec(s.str()), s) << e << " -> " << s.str();
@@ -87,7 +87,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadSpec{"fixed:Q2", "Qm.n"}, BadSpec{"fixed", "Qm.n"},
                       BadSpec{"binary:asym", "asym"}, BadSpec{"log1", "at least 2 bits"},
                       BadSpec{"int8:group=0", "positive"}, BadSpec{"int8:round=up", "rounding"},
-                      BadSpec{"int4:pact", "pact"}, BadSpec{"fixed:Q2.5:lsq", "fixed step"},
+                      BadSpec{"int4:pact", "pact"}, BadSpec{"log4:lsq", "binary/ternary"}, BadSpec{"fixed:Q2.5:lsq", "fixed step"},
                       BadSpec{"float:per_channel", "no modifiers"},
                       BadSpec{"int8:threshold=0.3", "ternary only"},
                       BadSpec{"uint2:narrow", "narrow"}));
