@@ -412,8 +412,9 @@ int cmd_finetune(const Common& c, anybit::FinetuneOptions ft, const std::string&
   const auto reports = anybit::finetune(m, *train, ft);
   if (!root) return 0;
   for (const auto& r : reports)
-    fmt::print("epoch {}: loss {:.4f}{}  train top-1 {:.2f}%  ({} steps, {:.1f} s)\n", r.epoch, r.train_loss,
-               ft.teacher ? fmt::format(" (kd {:.4f})", r.train_kd_loss) : "", r.train_top1, r.steps, r.seconds);
+    fmt::print("epoch {}: loss {:.4f}{}  train top-1 {:.2f}%  ({} steps, {:.1f} s){}\n", r.epoch, r.train_loss,
+               ft.teacher ? fmt::format(" (kd {:.4f})", r.train_kd_loss) : "", r.train_top1, r.steps, r.seconds,
+               r.bn_folded ? fmt::format("  [BatchNorm frozen and folded: {} layers]", r.bn_folded) : "");
   anybit::save_module(m, c.out);
   if (test) print_eval(c.out, anybit::evaluate(m, *test, eval_options(c)));
   fmt::print("wrote {}\n", c.out);
@@ -488,6 +489,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))->needs(teacher_opt);
   fine->add_option("--kd-temperature", ft.kd_temperature, "softmax temperature of the distillation loss")
       ->check(CLI::PositiveNumber)->needs(teacher_opt);
+  fine->add_option("--freeze-bn", ft.freeze_bn_epoch, "after N epochs with BatchNorm in training mode, freeze its "
+                   "statistics and fold it into the convs and their per-channel weight quantizers")
+      ->check(CLI::NonNegativeNumber);
   fine->add_option("--checkpoint-dir", ft.checkpoint_dir, "write a checkpoint after every epoch here");
   fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
   fine->add_option("-o,--output", c.out, "output TorchScript file")->required();

@@ -15,6 +15,7 @@
 
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
+#include "anybit/ptq/fold_bn.h"
 
 namespace anybit {
 
@@ -123,6 +124,9 @@ double scheduled_learning_rate(const std::string& schedule, double peak, int64_t
 
 std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train, const FinetuneOptions& o) {
   if (o.epochs < 1) throw Error("finetune: epochs must be at least 1");
+  if (o.freeze_bn_epoch < -1 || o.freeze_bn_epoch >= o.epochs)
+    throw Error("finetune: freeze-bn epoch " + std::to_string(o.freeze_bn_epoch) + " is not in [0, epochs - 1 = " +
+                std::to_string(o.epochs - 1) + "]");
   if (o.optimizer != "sgd" && o.optimizer != "adam")
     throw Error("finetune: unknown optimizer '" + o.optimizer + "' (expected sgd or adam)");
   scheduled_learning_rate(o.schedule, o.lr, 0, 1);  // throws on an unknown schedule name
@@ -150,36 +154,41 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     f >> start_epoch;
   }
   // weight decay for weights only: quantizer steps/clips and biases are not decayed
-  std::vector<at::Tensor> decay, no_decay, positive;
-  for (const auto& p : model.named_parameters(true)) {
-    if (!p.value.requires_grad()) continue;
-    const bool quantizer = p.name.find("anybit__") != std::string::npos;
-    if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha") ||
-                      ends_with(p.name, "__delta")))
-      positive.push_back(p.value);
-    const bool bias = ends_with(p.name, "bias");
-    (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);
-  }
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (o.optimizer == "sgd") {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
-                                   torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)
-                                       .weight_decay(o.weight_decay)));
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
-                                      torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)));
-    opt = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(o.lr));
-  } else {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, std::make_unique<torch::optim::AdamOptions>(
-                                   torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay)));
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(o.lr)));
-    opt = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(o.lr));
-  }
-  if (o.resume) torch::load(*opt, ckpt_opt);
+  std::vector<at::Tensor> positive;
   std::vector<at::Tensor> trained;  // the parameters whose gradients are summed over processes
-  for (const auto& p : model.parameters(true))
-    if (p.requires_grad()) trained.push_back(p);
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  auto build_optimizer = [&]() {
+    std::vector<at::Tensor> decay, no_decay;
+    positive.clear();
+    trained.clear();
+    for (const auto& p : model.named_parameters(true)) {
+      if (!p.value.requires_grad()) continue;
+      trained.push_back(p.value);
+      const bool quantizer = p.name.find("anybit__") != std::string::npos;
+      if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha") ||
+                        ends_with(p.name, "__delta")))
+        positive.push_back(p.value);
+      const bool bias = ends_with(p.name, "bias");
+      (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);
+    }
+    if (o.optimizer == "sgd") {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
+                                     torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)
+                                         .weight_decay(o.weight_decay)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
+                                        torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0)));
+      opt = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(o.lr));
+    } else {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::AdamOptions>(
+                                     torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(o.lr)));
+      opt = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(o.lr));
+    }
+  };
+  build_optimizer();
+  if (o.resume) torch::load(*opt, ckpt_opt);
   if (comm.size() > 1) {  // every process starts from rank 0's weights and buffers
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> state;
@@ -198,6 +207,15 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
   int64_t step = static_cast<int64_t>(start_epoch) * steps_per_epoch;
   std::vector<EpochReport> reports;
   for (int epoch = start_epoch; epoch < o.epochs && step < total_steps; ++epoch) {
+    int bn_folded = 0;
+    if (epoch == o.freeze_bn_epoch) {
+      ModelGraph g = analyze_module(model);
+      bn_folded = fold_batch_norm(g);  // in eval mode: the running statistics, frozen
+      if (bn_folded) {
+        model = g.module;
+        build_optimizer();
+      }
+    }
     model.train();
     const auto t0 = std::chrono::steady_clock::now();
     at::Generator gen = at::detail::createCPUGenerator(o.seed + static_cast<uint64_t>(epoch));
@@ -205,6 +223,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     data::ProgressBar bar("epoch " + std::to_string(epoch + 1), steps_per_epoch, progress);
     EpochReport r;
     r.epoch = epoch + 1;
+    r.bn_folded = bn_folded;
     double loss_sum = 0, kd_sum = 0;
     int64_t correct = 0, seen = 0;
     for (int64_t b = 0; b < steps_per_epoch && step < total_steps; ++b, ++step) {

@@ -44,6 +44,13 @@ struct FinetuneOptions {
   double kd_weight = 1.0;
   double kd_temperature = 1.0;
   int64_t teacher_cache_bytes = int64_t{1} << 30;
+  // BatchNorm of a model quantized without --fold-bn trains in training mode (batch
+  // statistics, running statistics updated) for the first freeze_bn_epoch epochs; then its
+  // statistics freeze and it is folded into the conv before it, together with the conv's
+  // per-channel weight quantizer (ptq/fold_bn.h), so training goes on, and the result
+  // deploys, without BatchNorm. The optimizer restarts its state (momentum) at the fold.
+  // -1: never (BatchNorm stays as the model has it).
+  int freeze_bn_epoch = -1;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;
@@ -63,6 +70,7 @@ struct EpochReport {
   double train_loss = 0, train_top1 = 0, seconds = 0;
   double train_kd_loss = 0;  // mean T^2 * KL(teacher || student) term; 0 without a teacher
   int64_t steps = 0;
+  int bn_folded = 0;  // BatchNorm layers folded at the start of this epoch (freeze_bn_epoch)
 };
 
 // The learning rate of step `step` (0-based) of a run of `total_steps` steps:

@@ -144,6 +144,83 @@ TEST(Finetune, TernaryThresholdsAndBinaryAlphasLearn) {
   EXPECT_LT(loss_on(m, *data), loss0);
 }
 
+// A model quantized with BatchNorm left in (no --fold-bn), per-channel LSQ weights.
+torch::jit::Module w4_bn_model(const DataSource& calib, const std::string& weight_spec = "int4:per_channel:lsq") {
+  ModelGraph g = load_model(kFloatModel);
+  Config c = parse_config_string("calibrator: mse\nweight_calibrator: mse\nrules:\n"
+                                 "  - {kind: [conv, linear], role: weight, spec: '" + weight_spec + "'}\n"
+                                 "  - {kind: [relu, pool], spec: 'uint4:lsq'}\n");
+  QuantizeOptions o;
+  o.progress = false;
+  o.calib_batches = 1;
+  return quantize(std::move(g), c, &calib, o).model.module;
+}
+
+int batch_norms(torch::jit::Module& m) {
+  int n = 0;
+  for (auto* node : m.get_method("forward").graph()->nodes()) n += node->kind() == c10::aten::batch_norm;
+  return n;
+}
+
+// Folding BatchNorm into a quantized conv scales the per-channel quantizer range with it:
+// the folded model computes what the model with frozen BatchNorm computed.
+TEST(Finetune, FoldingBatchNormIntoQuantizedConvsKeepsTheFunction) {
+  auto data = open_data("fmnist::train:limit=256");
+  torch::jit::Module m = w4_bn_model(*data);
+  m.eval();
+  auto b = data->batch(0, 256);
+  torch::NoGradGuard ng;
+  at::Tensor before = m.forward({b.first}).toTensor();
+  ModelGraph g = analyze_module(m.clone());
+  EXPECT_EQ(fold_batch_norm(g), 9);
+  EXPECT_EQ(batch_norms(g.module), 0);
+  at::Tensor after = g.module.forward({b.first}).toTensor();
+  EXPECT_LT((after - before).abs().max().item<double>(), 1e-3 * before.abs().max().item<double>());
+  EXPECT_TRUE(at::equal(after.argmax(1), before.argmax(1)));
+}
+
+TEST(Finetune, PerTensorWeightQuantizersCannotAbsorbBatchNorm) {
+  auto data = open_data("fmnist::train:limit=64");
+  torch::jit::Module m = w4_bn_model(*data, "int4:lsq");
+  ModelGraph g = analyze_module(m);
+  try {
+    fold_batch_norm(g);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stem.0.weight: a per-tensor weight quantizer"), std::string::npos) << e.what();
+  }
+}
+
+// freeze_bn_epoch: BatchNorm trains (running statistics move) until the chosen epoch, then
+// is frozen and folded; training goes on without it.
+TEST(Finetune, BatchNormTrainsThenFreezesAndFoldsAtTheChosenEpoch) {
+  auto data = open_data("fmnist::train:limit=256");
+  FinetuneOptions o;
+  o.epochs = 2;
+  o.batch_size = 64;
+  o.lr = 0.01;
+  o.freeze_bn_epoch = 1;
+  o.progress = false;
+  torch::jit::Module first = w4_bn_model(*data, "int2:per_channel:lsq");
+  const at::Tensor mean0 = first.attr("stem").toModule().attr("1").toModule().attr("running_mean").toTensor().clone();
+  FinetuneOptions one = o;
+  one.max_steps = 4;  // the first epoch only
+  finetune(first, *data, one);
+  EXPECT_EQ(batch_norms(first), 9);
+  EXPECT_FALSE(at::equal(first.attr("stem").toModule().attr("1").toModule().attr("running_mean").toTensor(), mean0));
+
+  torch::jit::Module m = w4_bn_model(*data, "int2:per_channel:lsq");  // starts far from its float model
+  const double loss0 = loss_on(m, *data);
+  auto reports = finetune(m, *data, o);
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[0].bn_folded, 0);
+  EXPECT_EQ(reports[1].bn_folded, 9);
+  EXPECT_EQ(batch_norms(m), 0);
+  EXPECT_LT(loss_on(m, *data), loss0);
+  o.freeze_bn_epoch = 2;
+  EXPECT_THROW(finetune(m, *data, o), Error);  // past the last epoch
+}
+
 TEST(Finetune, LearnedStepSizesStayPositiveUnderALargeLearningRate) {
   // SGD at lr 5 pushes LSQ steps through zero within a few steps; a negative step flips its
   // quantizer and training collapses (a W2A2 run at lr 0.1 ended at 10% before the floor)

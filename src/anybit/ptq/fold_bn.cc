@@ -10,6 +10,8 @@
 
 #include <cmath>
 
+#include "anybit/quant/spec.h"
+
 namespace anybit {
 namespace jit = torch::jit;
 
@@ -53,7 +55,25 @@ int fold_batch_norm(ModelGraph& g) {
     auto eps = jit::toIValue(bn->input(7));
     if (!eps || !eps->isDouble()) continue;
     std::string wpath, bpath, gpath, betapath, mpath, vpath;
-    if (!attr_path(conv->input(1), self, &wpath)) continue;
+    // a quantized model (folding when BatchNorm statistics freeze during fine-tuning): the
+    // weight reaches the conv through its quantizer, whose per-channel range scales with k
+    jit::Node* wq = conv->input(1)->node();
+    std::vector<std::string> qranges;  // attribute paths of the quantizer's scale / alpha / delta
+    const std::string wqk = wq->kind().toQualString();
+    const bool quantized = wqk == "anybit::fake_quant_affine" || wqk == "anybit::fake_quant_binary" ||
+                           wqk == "anybit::fake_quant_ternary" || wqk == "aten::fake_quantize_per_channel_affine";
+    if (quantized) {
+      if (!attr_path(wq->input(0), self, &wpath)) continue;
+      const int nranges = wqk == "anybit::fake_quant_ternary" ? 2 : 1;
+      for (int i = 1; i <= nranges; ++i) {
+        std::string rp;
+        if (!attr_path(wq->input(i), self, &rp))
+          throw Error(wpath + ": its quantizer's range is not a module attribute; BatchNorm cannot be folded into it");
+        qranges.push_back(rp);
+      }
+    } else if (!attr_path(conv->input(1), self, &wpath)) {
+      continue;
+    }
     if (!attr_path(bn->input(3), self, &mpath) || !attr_path(bn->input(4), self, &vpath)) continue;
     const bool has_gamma = !is_none(bn->input(1)), has_beta = !is_none(bn->input(2));
     if (has_gamma && !attr_path(bn->input(1), self, &gpath)) continue;
@@ -75,6 +95,21 @@ int fold_batch_norm(ModelGraph& g) {
     kshape[0] = C;
     at::Tensor W2 = (W.to(at::kDouble) * k.reshape(kshape)).to(W.scalar_type());
     at::Tensor b2 = ((b - mean) * k + beta).to(W.scalar_type());
+    for (const auto& rp : qranges) {
+      // q(W * k; r * |k|) = k * q(W; r) per channel (symmetric levels; a negative k mirrors
+      // them, exact except at the one level -2^(b-1) has no mirror for)
+      at::Tensor r = resolve_attr(g.module, rp).toTensor();
+      if (r.numel() != C) {
+        if ((k.abs() - k.abs().mean()).abs().max().item<double>() > 1e-12 * k.abs().max().item<double>())
+          throw Error(wpath + ": a per-tensor weight quantizer cannot absorb BatchNorm's per-channel factor; "
+                      "quantize the weight per_channel, or fold BatchNorm before quantizing (--fold-bn)");
+        assign_attr(g.module, rp, (r.to(at::kDouble) * k.abs().mean()).to(r.scalar_type()).detach()
+                                      .requires_grad_(r.requires_grad()));
+      } else {
+        assign_attr(g.module, rp, (r.to(at::kDouble) * k.abs().reshape(r.sizes())).to(r.scalar_type()).detach()
+                                      .requires_grad_(r.requires_grad()));
+      }
+    }
     assign_attr(g.module, wpath, W2.detach().requires_grad_(W.requires_grad()));
     // The folded bias goes into the conv's own `bias` slot when its type allows a tensor
     // (nn.Conv2d(bias=False) in a scripted model: Optional[Tensor]), so the point keeps
