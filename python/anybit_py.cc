@@ -179,13 +179,21 @@ py::list sweep(const std::vector<std::string>& models, const std::vector<std::pa
 py::list finetune(const std::string& model_path, const std::string& data_spec, const std::string& out_path,
                   int epochs, double lr, const std::string& optimizer, double weight_decay, double label_smoothing,
                   int64_t batch_size, int64_t max_steps, uint64_t seed, const std::string& checkpoint_dir,
-                  bool resume) {
+                  bool resume, const std::string& schedule, double momentum, const std::string& teacher_path,
+                  double kd_weight, double kd_temperature, int freeze_bn_epoch) {
   std::vector<anybit::EpochReport> reports;
   {
     py::gil_scoped_release release;
     torch::jit::Module m = anybit::load_module(model_path);
     auto data = anybit::open_data(data_spec);
     anybit::FinetuneOptions o;
+    o.schedule = schedule;
+    o.momentum = momentum;
+    if (!teacher_path.empty()) o.teacher = anybit::load_module(teacher_path);
+    o.kd_weight = kd_weight;
+    o.kd_temperature = kd_temperature;
+    o.freeze_bn_epoch = freeze_bn_epoch;
+    o.progress = false;
     o.epochs = epochs;
     o.lr = lr;
     o.optimizer = optimizer;
@@ -205,6 +213,8 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
     d["epoch"] = r.epoch;
     d["train_loss"] = r.train_loss;
     d["train_top1"] = r.train_top1;
+    d["train_kd_loss"] = r.train_kd_loss;
+    d["bn_folded"] = r.bn_folded;
     d["steps"] = r.steps;
     d["seconds"] = r.seconds;
     out.append(d);
@@ -498,7 +508,9 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"));
   m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
-        py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"));
+        py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),
+        py::arg("schedule") = "cosine", py::arg("momentum") = 0.9, py::arg("teacher_path") = "",
+        py::arg("kd_weight") = 1.0, py::arg("kd_temperature") = 1.0, py::arg("freeze_bn_epoch") = -1);
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("export_model", &export_model, py::arg("model_path"), py::arg("out_dir"), py::arg("input_shape"),
         py::arg("source"));

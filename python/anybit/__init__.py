@@ -216,16 +216,24 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
-             batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False):
+             batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False,
+             schedule="cosine", momentum=0.9, teacher=None, kd_weight=1.0, kd_temperature=1.0, freeze_bn=None,
+             example_inputs=None):
     """Quantization-aware fine-tuning of a model anybit quantized, like `anybit finetune`
     (docs/qat.md). `data` is a data spec string or anything `quantize` accepts as
-    calibration data (with labels). Returns the trained ScriptModule."""
+    calibration data (with labels). schedule: cosine, onecycle or constant. teacher: a
+    model to distil from (a path, ScriptModule or nn.Module; nn.Module needs
+    example_inputs if it cannot be scripted), with kd_weight and kd_temperature.
+    freeze_bn=N: BatchNorm trains for N epochs, then freezes and is folded into the convs.
+    Returns the trained ScriptModule (and the per-epoch reports with return_report)."""
     with tempfile.TemporaryDirectory() as d:
         src = _save(qmodel, None, d, "in.pt")
         spec, _, _ = _data(data, d)
         out = os.path.join(d, "out.pt")
+        teacher_path = _save(teacher, example_inputs, d, "teacher.pt") if teacher is not None else ""
         report = _anybit.finetune(src, spec, out, epochs, lr, optimizer, weight_decay, label_smoothing, batch_size,
-                                  max_steps, seed, os.fspath(checkpoint_dir), resume)
+                                  max_steps, seed, os.fspath(checkpoint_dir), resume, schedule, momentum,
+                                  teacher_path, kd_weight, kd_temperature, -1 if freeze_bn is None else int(freeze_bn))
         m = torch.jit.load(out)
     return (m, report) if return_report else m
 

@@ -215,3 +215,22 @@ def test_finetune_from_python_lowers_the_loss():
     trained, report = anybit.finetune(qm, (x, y), epochs=3, batch_size=64, lr=0.01, return_report=True)
     assert [r["epoch"] for r in report] == [1, 2, 3]
     assert torch.nn.functional.cross_entropy(trained(x), y).item() < before
+
+
+def test_finetune_from_python_distils_and_freezes_batchnorm():
+    # BatchNorm left in (no fold_bn), per-channel weights: trains, freezes after epoch 1 and
+    # is folded; the float model is the teacher (as a path and as a ScriptModule alike)
+    cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int2:per_channel:lsq"}]}
+    qm = anybit.quantize(torch.jit.load(FMNIST), cfg)
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    trained, report = anybit.finetune(qm, (x, y), epochs=2, batch_size=64, lr=0.01, schedule="onecycle",
+                                      teacher=FMNIST, kd_weight=1.0, kd_temperature=2.0, freeze_bn=1,
+                                      return_report=True)
+    assert [r["bn_folded"] for r in report] == [0, 9]
+    assert all(r["train_kd_loss"] > 0 for r in report)
+    assert "batch_norm" not in str(trained.graph) and "batch_norm" in str(qm.graph)
+    _, again = anybit.finetune(qm, (x, y), epochs=1, batch_size=64, teacher=torch.jit.load(FMNIST),
+                               return_report=True)
+    assert again[0]["train_kd_loss"] > 0
+    with pytest.raises(anybit.Error, match="freeze-bn epoch 3"):
+        anybit.finetune(qm, (x, y), epochs=2, freeze_bn=3)
