@@ -848,17 +848,16 @@ class Exporter {
 
 at::Tensor pow2(const at::Tensor& e) { return at::exp2(e.to(at::kDouble)).to(at::kLong); }
 
-// multiply_by_dyadic on int64 tensors whose values lie in int32; m0/shift broadcast.
+// multiply_by_dyadic on int64 tensors whose values lie in int32; m0/shift broadcast:
+// round_half_even(x * m0 / 2^(31 + shift)), saturated to int32 (requantize.h), written as
+// floor division and a remainder test.
 at::Tensor mul_dyadic(const at::Tensor& x, const at::Tensor& m0, const at::Tensor& shift) {
-  const at::Tensor left = shift.neg().clamp_min(0), right = shift.clamp_min(0);
-  const at::Tensor x1 = (x * pow2(left)).clamp(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
-  const at::Tensor ab = x1 * m0;
-  const at::Tensor nudge = at::where(ab >= 0, at::full({}, int64_t{1} << 30, at::kLong), at::full({}, 1 - (int64_t{1} << 30), at::kLong));
-  const at::Tensor x2 = at::div(ab + nudge, int64_t{1} << 31, "trunc");
-  const at::Tensor mask = pow2(right) - 1;
-  const at::Tensor remainder = at::bitwise_and(x2, mask);
-  const at::Tensor threshold = at::div(mask, 2, "floor") + (x2 < 0).to(at::kLong);
-  return at::div(x2, pow2(right), "floor") + (remainder > threshold).to(at::kLong);
+  const at::Tensor p = x * m0;
+  const at::Tensor d = pow2(shift + 31);
+  const at::Tensor q = at::div(p, d, "floor");
+  const at::Tensor twice_rem = (p - q * d) * 2;
+  const at::Tensor up = (twice_rem > d).logical_or((twice_rem == d).logical_and(at::bitwise_and(q, 1) == 1));
+  return (q + up.to(at::kLong)).clamp(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
 }
 
 // Multipliers as tensors shaped to broadcast over [N, C, ...] (channel axis 1).

@@ -12,7 +12,7 @@
 // BatchNorm left in the graph is folded into the multiplier and the bias.
 //
 // What the integer model computes equals the fake-quantized model up to the roundings
-// integer hardware makes (the int32 bias, the two roundings of the dyadic multiplier):
+// integer hardware makes (the int32 bias, the dyadic multiplier's 31-bit mantissa):
 // `run_integer_reference` runs the exported model with LibTorch ops (exact integer
 // convolutions in double precision, vectorized dyadic requantization) as an independent
 // twin of the integer engine (src/anybit/intsim), which must agree with it bit for bit.

@@ -121,10 +121,12 @@ TEST(Export, WithInt32BiasesTheFakeQuantModelPredictsLikeTheEngine) {
   IntegerEvalOptions o;
   o.progress = false;
   IntegerEvalResult r = evaluate_integer(ex.model, *test, o, &q.model.module);
-  // What is left are the two roundings of the dyadic multiplier (DESIGN.md's definition),
-  // which differ from the float model's one rounding near ties, and spread layer to layer.
-  EXPECT_GE(r.agreement, 99.7);
-  EXPECT_GE(r.equal + r.one_step, 99.8);
+  // The engine rounds each requantization once, as the float model does; what is left is
+  // float32's own rounding error in the fake-quant model (measured: 100.00% agreement,
+  // 99.88% of the output integers equal, the rest one step apart).
+  EXPECT_GE(r.agreement, 99.9);
+  EXPECT_GE(r.equal, 99.5);
+  EXPECT_GE(r.equal + r.one_step, 99.99);
   std::printf("W8A8 with int32 biases, 1000 test images: agreement %.2f%%, outputs equal %.2f%% / one step %.2f%% / "
               "more %.3f%%\n", r.agreement, r.equal, r.one_step, r.more);
 }

@@ -599,36 +599,29 @@ struct SaturatingShift {
   }
 };
 
-// multiply_by_dyadic(v, m) for m.m0 >= 0 (validate_model guarantees it).
+// multiply_by_dyadic(v, m) for m.m0 >= 0 (validate_model guarantees it), in the form the
+// vector kernels use (kernels_simd.inc): the product p is moved to unsigned by adding 2^63
+// (u = p ^ 2^63, as |p| < 2^62), so that only logical shifts are needed. With
+// e = 31 + shift, round_half_even(p / 2^e) = ((u + 2^(e-1) - 1 + lsb(u >> e)) >> e) - 2^(63-e):
+// adding half minus one rounds every remainder above half up, and the low bit of the
+// truncated quotient (that of floor(p / 2^e), as 2^(63-e) is even) decides the tie. e = 0
+// adds nothing (half_minus_one = lsb = 0).
 struct LaneMultiplier {
-  SaturatingShift left;
-  uint32_t m0;
-  int right;
-  int32_t mask, half;  // rounding_divide_by_pot's mask and threshold
+  int64_t m0;
+  int e;
+  uint64_t half_minus_one, lsb, offset;
 
   explicit LaneMultiplier(DyadicMultiplier m)
-      : left(m.shift < 0 ? -m.shift : 0),
-        m0(static_cast<uint32_t>(m.m0)),
-        right(m.shift > 0 ? m.shift : 0),
-        mask(static_cast<int32_t>((int64_t{1} << right) - 1)),
-        half(mask >> 1) {}
+      : m0(m.m0),
+        e(31 + m.shift),
+        half_minus_one(e > 0 ? (uint64_t{1} << (e - 1)) - 1 : 0),
+        lsb(e > 0 ? 1 : 0),
+        offset(uint64_t{1} << (63 - e)) {}
   ANYBIT_INLINE int32_t operator()(int32_t v) const {
-    const int32_t x = left(v);
-    // SaturatingRoundingDoublingHighMul(x, m0) = x m0 / 2^31 rounded half up, on |x|:
-    // (|x| m0 + 2^30) >> 31 for x >= 0 and -((|x| m0 + 2^30 - 1) >> 31) below. With
-    // m0 >= 0 the one saturating case (both -2^31) cannot occur. Negations are written
-    // as (v ^ sign) - sign, sign = 0 or -1, which vectorizes where selects may not.
-    const int32_t sign = x >> 31;
-    const uint32_t usign = static_cast<uint32_t>(sign);
-    const uint32_t magnitude = (static_cast<uint32_t>(x) ^ usign) - usign;
-    const uint64_t nudged =
-        uint64_t{magnitude} * m0 + (uint64_t{1} << 30) + static_cast<uint64_t>(int64_t{sign});
-    const uint32_t t = static_cast<uint32_t>(nudged >> 31);
-    const int32_t high = static_cast<int32_t>((t ^ usign) - usign);
-    // RoundingDivideByPOT(high, right): ties away from zero
-    const int32_t remainder = high & mask;
-    const int32_t threshold = half - (high >> 31);
-    return (high >> right) + (remainder > threshold ? 1 : 0);
+    const uint64_t u = static_cast<uint64_t>(int64_t{v} * m0) ^ (uint64_t{1} << 63);
+    const uint64_t t = (u + half_minus_one + ((u >> e) & lsb)) >> e;
+    const int64_t r = static_cast<int64_t>(t - offset);
+    return r > kInt32Max ? kInt32Max : (r < kInt32Min ? kInt32Min : static_cast<int32_t>(r));
   }
 };
 

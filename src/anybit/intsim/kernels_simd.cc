@@ -23,10 +23,10 @@ namespace simd {
 
 Requantizer::Requantizer(DyadicMultiplier m, int32_t z, int32_t qmin, int32_t qmax)
     : m0(m.m0),
-      left(m.shift < 0 ? -m.shift : 0),
-      right(m.shift > 0 ? m.shift : 0),
-      mask(static_cast<int32_t>((int64_t{1} << right) - 1)),
-      half(mask >> 1),
+      e(31 + m.shift),
+      half_minus_one(e > 0 ? (int64_t{1} << (e - 1)) - 1 : 0),
+      lsb(e > 0 ? 1 : 0),
+      offset(static_cast<int64_t>(uint64_t{1} << (63 - e))),
       lo(saturate_int32(int64_t{qmin} - z)),
       hi(saturate_int32(int64_t{qmax} - z)),
       zero_point(z) {}
@@ -143,10 +143,16 @@ struct Isa {
   static ANYBIT_SIMD_INLINE V select(M m, V yes, V no) { return _mm256_blendv_epi8(no, yes, m); }
   static ANYBIT_SIMD_INLINE V increment_where(V a, M m) { return _mm256_sub_epi32(a, m); }
   static ANYBIT_SIMD_INLINE V add64(V a, V b) { return _mm256_add_epi64(a, b); }
+  static ANYBIT_SIMD_INLINE V sub64(V a, V b) { return _mm256_sub_epi64(a, b); }
   static ANYBIT_SIMD_INLINE V mul_even(V a, V b) { return _mm256_mul_epi32(a, b); }
   static ANYBIT_SIMD_INLINE V odd_to_even(V a) { return _mm256_srli_epi64(a, 32); }
-  static ANYBIT_SIMD_INLINE V srli64_31(V a) { return _mm256_srli_epi64(a, 31); }
-  static ANYBIT_SIMD_INLINE V slli64_1(V a) { return _mm256_slli_epi64(a, 1); }
+  static ANYBIT_SIMD_INLINE V even_to_odd(V a) { return _mm256_slli_epi64(a, 32); }
+  static ANYBIT_SIMD_INLINE V srl64(V a, int n) { return _mm256_srl_epi64(a, _mm_cvtsi32_si128(n)); }
+  // signed 64-bit lanes clamped to [lo, hi]
+  static ANYBIT_SIMD_INLINE V clamp64(V a, V lo, V hi) {
+    a = _mm256_blendv_epi8(a, hi, _mm256_cmpgt_epi64(a, hi));
+    return _mm256_blendv_epi8(a, lo, _mm256_cmpgt_epi64(lo, a));
+  }
   static ANYBIT_SIMD_INLINE V blend_odd(V even, V odd) {
     return _mm256_blend_epi32(even, odd, 0xaa);
   }
@@ -282,10 +288,14 @@ struct Isa {
     return _mm512_mask_add_epi32(a, m, a, _mm512_set1_epi32(1));
   }
   static ANYBIT_SIMD_INLINE V add64(V a, V b) { return _mm512_add_epi64(a, b); }
+  static ANYBIT_SIMD_INLINE V sub64(V a, V b) { return _mm512_sub_epi64(a, b); }
   static ANYBIT_SIMD_INLINE V mul_even(V a, V b) { return _mm512_mul_epi32(a, b); }
   static ANYBIT_SIMD_INLINE V odd_to_even(V a) { return _mm512_srli_epi64(a, 32); }
-  static ANYBIT_SIMD_INLINE V srli64_31(V a) { return _mm512_srli_epi64(a, 31); }
-  static ANYBIT_SIMD_INLINE V slli64_1(V a) { return _mm512_slli_epi64(a, 1); }
+  static ANYBIT_SIMD_INLINE V even_to_odd(V a) { return _mm512_slli_epi64(a, 32); }
+  static ANYBIT_SIMD_INLINE V srl64(V a, int n) { return _mm512_srl_epi64(a, _mm_cvtsi32_si128(n)); }
+  static ANYBIT_SIMD_INLINE V clamp64(V a, V lo, V hi) {
+    return _mm512_max_epi64(_mm512_min_epi64(a, hi), lo);
+  }
   static ANYBIT_SIMD_INLINE V blend_odd(V even, V odd) {
     return _mm512_mask_blend_epi32(0xaaaa, even, odd);
   }

@@ -21,20 +21,20 @@
 //
 // TFLite's `shift` is the negation of ours (theirs counts left shifts).
 //
-// Requantization, exactly as gemmlowp (fixedpoint.h) and TFLite
-// (MultiplyByQuantizedMultiplier in kernels/internal/common.h):
+// Requantization, as DESIGN.md writes it, `rounding_shift(acc * m0, 31 + shift)` with one
+// rounding, half to even (the rounding of torch.round and of the fake-quant model):
 //
-//   x1 = saturate_int32(acc * 2^max(-shift, 0))                     left shift, if any
-//   x2 = SaturatingRoundingDoublingHighMul(x1, m0)
-//      = round_half_up(x1 * m0 / 2^31)    (saturates the one case x1 = m0 = -2^31)
-//   x3 = RoundingDivideByPOT(x2, max(shift, 0))
-//      = round_half_away_from_zero(x2 / 2^max(shift, 0))
-//   q  = clamp(z_out + x3, qmin, qmax)
+//   p  = saturate_int32(acc) * m0                  exact in int64 (|p| < 2^62)
+//   x3 = round_half_even(p / 2^(31 + shift))       31 + shift in [0, 62]
+//   q  = clamp(z_out + saturate_int32(x3), qmin, qmax)
 //
-// So q ~= clamp(z_out + round(acc * M), qmin, qmax); the two roundings can differ from a
-// single exact rounding by at most one unit, which is why bit-exact models must use this
-// path and not a float multiply. Our one deviation from TFLite: the left shift saturates
-// instead of overflowing (TFLite leaves that case undefined).
+// So q = clamp(z_out + round(acc * M), qmin, qmax) for the dyadic M, exactly. gemmlowp and
+// TFLite (SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT) round twice, first
+// to 2^-shift of an output step: that differs from one rounding on about 2^-shift of all
+// values (0.1% at a typical shift of 10), and those one-step differences spread through
+// the layers after; rounding once, the engine agrees with the float fake-quant model
+// except where float32's own error (about 1e-5 of a step) decides. Hardware does this with
+// one 32 x 32 -> 64 multiply and one rounding right shift.
 #pragma once
 
 #include <cmath>
@@ -91,34 +91,17 @@ inline int32_t saturate_int32(int64_t x) {
   return static_cast<int32_t>(x);
 }
 
-// gemmlowp's SaturatingRoundingDoublingHighMul: the high 32 bits of 2*a*b, rounded to
-// nearest with ties towards +infinity. The nudge makes the truncating division round; the
-// only product that does not fit is (-2^31)^2, which saturates.
-inline int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
-  const bool overflow = a == b && a == std::numeric_limits<int32_t>::min();
-  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
-  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
-  const int32_t high = static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
-  return overflow ? std::numeric_limits<int32_t>::max() : high;
-}
-
-// gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero.
-// exponent in [0, 31]. Relies on >> of a negative number being an arithmetic shift, as
-// every compiler anybit supports does (and C++20 requires).
-inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
-  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
-  const int32_t remainder = x & mask;
-  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-  return (x >> exponent) + (remainder > threshold ? 1 : 0);
-}
-
-// TFLite's MultiplyByQuantizedMultiplier: round(x * M) for an int32 x, in integers only.
+// round_half_even(x * m0 / 2^(31 + shift)), saturated to int32: multiplying by the dyadic
+// M, rounded once. m0 in [0, 2^31), shift in [-31, 31].
 inline int32_t multiply_by_dyadic(int32_t x, DyadicMultiplier m) {
-  const int left_shift = m.shift < 0 ? -m.shift : 0;
-  const int right_shift = m.shift > 0 ? m.shift : 0;
-  const int32_t shifted = saturate_int32(static_cast<int64_t>(x) * (int64_t{1} << left_shift));
-  return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, m.m0),
-                                right_shift);
+  const int e = 31 + m.shift;
+  const int64_t p = static_cast<int64_t>(x) * m.m0;
+  if (e <= 0) return saturate_int32(p);
+  const int64_t floor_q = p >> e;  // arithmetic: floor
+  const int64_t remainder = p - floor_q * (int64_t{1} << e);
+  const int64_t half = int64_t{1} << (e - 1);
+  const bool up = remainder > half || (remainder == half && (floor_q & 1) != 0);
+  return saturate_int32(floor_q + (up ? 1 : 0));
 }
 
 // The requantization step of every conv/linear/pool/add/concat output:
@@ -135,56 +118,25 @@ inline int32_t requantize_dyadic(int64_t acc, DyadicMultiplier m, int32_t zero_p
   return static_cast<int32_t>(q);
 }
 
-// --- reference twins: the same numbers, written as the arithmetic they stand for --------
+// --- reference twin: the same numbers, written as the arithmetic they stand for -------
 
-// floor(a / 2^e) for any int64 a, e in [0, 62].
-inline int64_t floor_div_pot_reference(int64_t a, int e) {
-  const int64_t d = int64_t{1} << e;
-  int64_t q = a / d;
-  if (a % d != 0 && a < 0) --q;
-  return q;
-}
-
-inline int32_t saturating_rounding_doubling_high_mul_reference(int32_t a, int32_t b) {
-  if (a == std::numeric_limits<int32_t>::min() && b == a)
-    return std::numeric_limits<int32_t>::max();
-  // round_half_up(a * b / 2^31) = floor((a * b + 2^30) / 2^31)
-  const int64_t ab = static_cast<int64_t>(a) * b;
-  return static_cast<int32_t>(floor_div_pot_reference(ab + (int64_t{1} << 30), 31));
-}
-
-inline int32_t rounding_divide_by_pot_reference(int32_t x, int exponent) {
-  // round_half_away_from_zero(x / 2^exponent), on |x| in 64 bits
-  const int64_t mag = x < 0 ? -static_cast<int64_t>(x) : x;
-  const int64_t d = int64_t{1} << exponent;
-  int64_t q = mag / d;
-  if (2 * (mag % d) >= d) ++q;
-  return static_cast<int32_t>(x < 0 ? -q : q);
-}
-
-// The whole requantization in one expression of exact 128-bit arithmetic: the value
-// x1 * m0 / 2^(31 + right_shift) with the two roundings of gemmlowp applied in turn.
+// The whole requantization in exact 128-bit arithmetic: the rational acc * m0 / 2^(31 +
+// shift), rounded to the nearest integer with ties to the even one.
 inline int32_t requantize_dyadic_reference(int64_t acc, DyadicMultiplier m, int32_t zero_point,
                                            int32_t qmin, int32_t qmax) {
   const int64_t lo = std::numeric_limits<int32_t>::min();
   const int64_t hi = std::numeric_limits<int32_t>::max();
-  __int128 x = acc < lo ? lo : (acc > hi ? hi : acc);
-  if (m.shift < 0) x *= (__int128{1} << -m.shift);
-  if (x < lo) x = lo;
-  if (x > hi) x = hi;
-  // step 1: round_half_up(x * m0 / 2^31), saturated
-  __int128 p = x * m.m0 + (__int128{1} << 30);
-  __int128 high = p >= 0 ? p / (__int128{1} << 31) : -((-p + (__int128{1} << 31) - 1) / (__int128{1} << 31));
-  if (high > hi) high = hi;
-  // step 2: round_half_away_from_zero(high / 2^shift)
-  if (m.shift > 0) {
-    const __int128 d = __int128{1} << m.shift;
-    const __int128 mag = high < 0 ? -high : high;
-    __int128 q = mag / d;
-    if (2 * (mag % d) >= d) ++q;
-    high = high < 0 ? -q : q;
-  }
-  __int128 q = high + zero_point;
+  const __int128 x = acc < lo ? lo : (acc > hi ? hi : acc);
+  const __int128 num = x * m.m0;
+  const __int128 den = __int128{1} << (31 + m.shift);
+  const __int128 mag = num < 0 ? -num : num;
+  __int128 q = mag / den;  // |num| / den, rounded half to even on the magnitude
+  const __int128 twice_rem = 2 * (mag % den);
+  if (twice_rem > den || (twice_rem == den && q % 2 == 1)) ++q;
+  if (num < 0) q = -q;
+  if (q > hi) q = hi;
+  if (q < lo) q = lo;
+  q += zero_point;
   if (q < qmin) q = qmin;
   if (q > qmax) q = qmax;
   return static_cast<int32_t>(q);

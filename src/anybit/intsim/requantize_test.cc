@@ -54,53 +54,6 @@ TEST(QuantizeMultiplier, TinyMultipliersBecomeZeroAndHugeOnesAreAnError) {
   EXPECT_THROW(quantize_multiplier(INFINITY), Error);
 }
 
-TEST(SaturatingRoundingDoublingHighMul, MatchesTheReferenceOnEdgeAndRandomValues) {
-  const std::vector<int32_t> edges = edge_values();
-  for (int32_t a : edges)
-    for (int32_t b : edges)
-      ASSERT_EQ(saturating_rounding_doubling_high_mul(a, b),
-                saturating_rounding_doubling_high_mul_reference(a, b))
-          << a << " * " << b;
-  std::mt19937_64 rng(2);
-  std::uniform_int_distribution<int32_t> any(kMin, kMax);
-  for (int i = 0; i < 1000000; ++i) {
-    const int32_t a = any(rng), b = any(rng);
-    ASSERT_EQ(saturating_rounding_doubling_high_mul(a, b),
-              saturating_rounding_doubling_high_mul_reference(a, b))
-        << a << " * " << b;
-  }
-}
-
-TEST(SaturatingRoundingDoublingHighMul, SaturatesOnlyMinTimesMinAndRoundsTiesUp) {
-  EXPECT_EQ(saturating_rounding_doubling_high_mul(kMin, kMin), kMax);
-  EXPECT_EQ(saturating_rounding_doubling_high_mul(kMin, kMax), -kMax);
-  // 2 * a * b / 2^32 = 0.5 and -0.5: ties round towards +infinity
-  EXPECT_EQ(saturating_rounding_doubling_high_mul(1, 1 << 30), 1);
-  EXPECT_EQ(saturating_rounding_doubling_high_mul(-1, 1 << 30), 0);
-  EXPECT_EQ(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
-}
-
-TEST(RoundingDivideByPot, MatchesTheReferenceExhaustivelyForSeventeenBitInputs) {
-  for (int e = 0; e <= 31; ++e)
-    for (int32_t x = -(1 << 16); x <= (1 << 16); ++x)
-      ASSERT_EQ(rounding_divide_by_pot(x, e), rounding_divide_by_pot_reference(x, e))
-          << x << " / 2^" << e;
-  for (int e = 0; e <= 31; ++e)
-    for (int32_t x : edge_values())
-      ASSERT_EQ(rounding_divide_by_pot(x, e), rounding_divide_by_pot_reference(x, e))
-          << x << " / 2^" << e;
-}
-
-TEST(RoundingDivideByPot, RoundsHalfAwayFromZero) {
-  EXPECT_EQ(rounding_divide_by_pot(3, 1), 2);
-  EXPECT_EQ(rounding_divide_by_pot(-3, 1), -2);
-  EXPECT_EQ(rounding_divide_by_pot(5, 2), 1);    // 1.25
-  EXPECT_EQ(rounding_divide_by_pot(6, 2), 2);    // 1.5
-  EXPECT_EQ(rounding_divide_by_pot(-6, 2), -2);  // -1.5
-  EXPECT_EQ(rounding_divide_by_pot(-5, 2), -1);  // -1.25
-  EXPECT_EQ(rounding_divide_by_pot(kMin, 31), -1);
-}
-
 std::vector<DyadicMultiplier> sample_multipliers(uint64_t seed, int n) {
   std::mt19937_64 rng(seed);
   std::vector<DyadicMultiplier> ms = {{1 << 30, -1}, {1 << 30, 0}, {1 << 30, 31}, {kMax, -31},
@@ -144,16 +97,25 @@ TEST(RequantizeDyadic, IsWithinOneOfTheExactlyRoundedRealProduct) {
   }
 }
 
-// gemmlowp rounds twice: 13 * 0.25 = 3.25 becomes round_half_up(6.5) = 7 after the high
-// multiply, then round_half_away(7 / 2) = 4, where a single rounding gives 3. Bit-exact
-// simulators must reproduce this, which is why there is one requantize_dyadic for all.
-TEST(RequantizeDyadic, RoundsTwiceLikeGemmlowpSoAQuarterCanRoundUp) {
+// One rounding, ties to even (DESIGN.md's rounding_shift, torch.round): 13 * 0.25 = 3.25
+// gives 3, where gemmlowp's two roundings (round_half_up(6.5) = 7, then 7 / 2 away from
+// zero) give 4; 2.5 and 3.5 go to the even neighbour.
+TEST(RequantizeDyadic, RoundsOnceWithTiesToEven) {
   const DyadicMultiplier quarter = quantize_multiplier(0.25);
-  EXPECT_EQ(requantize_dyadic(13, quarter, 0, kMin, kMax), 4);
-  EXPECT_EQ(requantize_dyadic_reference(13, quarter, 0, kMin, kMax), 4);
-  EXPECT_EQ(requantize_dyadic(12, quarter, 0, kMin, kMax), 3);
-  EXPECT_EQ(requantize_dyadic(-13, quarter, 0, kMin, kMax), -3);  // -6.5 -> -6, -3 -> -3
-  EXPECT_EQ(requantize_dyadic(-14, quarter, 0, kMin, kMax), -4);  // -3.5 away from zero
+  const std::vector<std::pair<int64_t, int32_t>> cases = {{13, 3}, {12, 3}, {10, 2}, {14, 4}, {-13, -3},
+                                                          {-10, -2}, {-14, -4}, {-11, -3}, {2, 0}, {-2, 0}};
+  for (const auto& [acc, want] : cases) {
+    EXPECT_EQ(requantize_dyadic(acc, quarter, 0, kMin, kMax), want) << acc;
+    EXPECT_EQ(requantize_dyadic_reference(acc, quarter, 0, kMin, kMax), want) << acc;
+  }
+  // a general multiplier: the nearest integer to acc * M for the dyadic M, exactly
+  const DyadicMultiplier m{1518500250, 9};  // ~ 0.0013810679
+  for (int64_t acc = -70000; acc <= 70000; acc += 13) {
+    const long double exact = static_cast<long double>(acc) * m.m0 / std::ldexp(1.0L, 40);
+    const long double f = std::floor(exact);
+    const int64_t want = static_cast<int64_t>(exact - f > 0.5L || (exact - f == 0.5L && std::fmod(f, 2.0L) != 0) ? f + 1 : f);
+    ASSERT_EQ(requantize_dyadic(acc, m, 0, kMin, kMax), want) << acc;
+  }
 }
 
 TEST(RequantizeDyadic, UnitMultiplierIsTheIdentityAndClampsToTheRange) {
@@ -168,8 +130,10 @@ TEST(RequantizeDyadic, SaturatesAccumulatorsOutsideInt32InsteadOfWrapping) {
   const DyadicMultiplier half = quantize_multiplier(0.5);
   EXPECT_EQ(requantize_dyadic(int64_t{1} << 40, half, 0, kMin, kMax), 1 << 30);
   EXPECT_EQ(requantize_dyadic(-(int64_t{1} << 40), half, 0, kMin, kMax), -(1 << 30));
-  // a left shift that overflows saturates too
-  EXPECT_EQ(requantize_dyadic(1 << 20, DyadicMultiplier{1 << 30, -20}, 0, kMin, kMax), kMax / 2 + 1);
+  // a product past int32 (M = 2^19, a left shift) saturates too
+  EXPECT_EQ(requantize_dyadic(1 << 20, DyadicMultiplier{1 << 30, -20}, 0, kMin, kMax), kMax);
+  EXPECT_EQ(requantize_dyadic(-(1 << 20), DyadicMultiplier{1 << 30, -20}, 0, kMin, kMax), kMin);
+  EXPECT_EQ(requantize_dyadic(3, DyadicMultiplier{1 << 30, -20}, 0, kMin, kMax), 3 << 19);
 }
 
 TEST(RoundHalfEven, BreaksTiesToEvenLikeTorchRound) {
