@@ -131,6 +131,24 @@ TEST(Export, WithInt32BiasesTheFakeQuantModelPredictsLikeTheEngine) {
               "more %.3f%%\n", r.agreement, r.equal, r.one_step, r.more);
 }
 
+// The classifier's input comes through flatten from the pooled features' quantizer: its
+// bias is rounded to s_in * s_w too (it was left in float, which moved 5.8% of the W4A4
+// logits by a step), so the engine and the fake-quant model compute the same integers.
+TEST(Export, Int32BiasReachesALinearLayerBehindFlatten) {
+  auto train = open_data(std::string(kFmnist) + ":train");
+  auto test = open_data(std::string(kFmnist) + ":test:limit=300");
+  QuantizeResult q = quantize_model(shipped_model(), int_config("int4:per_channel", "4"), *train, true, true);
+  int rounded = 0;
+  for (auto* n : q.model.module.get_method("forward").graph()->nodes()) rounded += n->kind() == c10::aten::round;
+  EXPECT_EQ(rounded, 10);  // 9 convs (biases from folding) and the classifier
+  ExportResult ex = export_integer_model(q.model.module, {});
+  IntegerEvalOptions o;
+  o.progress = false;
+  IntegerEvalResult r = evaluate_integer(ex.model, *test, o, &q.model.module);
+  EXPECT_GE(r.equal, 98.0);
+  EXPECT_GE(r.agreement, 99.0);
+}
+
 TEST(Export, EachLayerOfTheEngineStaysCloseToTheFakeQuantModel) {
   auto train = open_data(std::string(kFmnist) + ":train");
   auto test = open_data(std::string(kFmnist) + ":test:limit=64");

@@ -502,10 +502,21 @@ int quantize_biases_int32(ModelGraph& g) {
     if (!bias->type()->cast<c10::TensorType>() && attr_path(bias, graph.inputs().at(0), &bias_path) &&
         resolve_attr(g.module, bias_path).isNone())
       continue;
-    jit::Value* sx = quantizer_scale(graph, n->input(0)->node());
+    // the input's quantizer, also behind ops that keep values on its grid (flatten before a
+    // classifier, max pooling, ReLU with the grid's zero on it)
+    jit::Node* src = n->input(0)->node();
+    for (;;) {
+      const std::string sk = src->kind().toQualString();
+      if (sk != "aten::flatten" && sk != "aten::view" && sk != "aten::reshape" && sk != "aten::contiguous" &&
+          sk != "aten::squeeze" && sk != "aten::unsqueeze" && sk != "aten::max_pool2d" && sk != "aten::relu" &&
+          sk != "aten::relu_")
+        break;
+      src = src->input(0)->node();
+    }
+    jit::Value* sx = quantizer_scale(graph, src);
     jit::Value* sw = quantizer_scale(graph, n->input(1)->node());
     if (!sx || !sw) continue;
-    if (n->input(0)->node()->kind() == c10::Symbol::fromQualString("aten::fake_quantize_per_channel_affine")) continue;
+    if (src->kind() == c10::Symbol::fromQualString("aten::fake_quantize_per_channel_affine")) continue;
     jit::WithInsertPoint guard(n);
     auto op = [&](const char* name, std::vector<jit::Value*> in) { return insert_op(graph, name, std::move(in)); };
     jit::Value* one = graph.insertConstant(int64_t{1});
