@@ -51,7 +51,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
                   const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
-                  bool int32_bias, int cle) {
+                  bool int32_bias, int cle, int brecq) {
   std::vector<anybit::PointReport> pts;
   {
     py::gil_scoped_release release;
@@ -75,6 +75,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
       o.portable = portable;
       o.progress = true;
       o.adaround_iterations = adaround;
+      o.brecq_iterations = brecq;
       o.bias_correction = bias_correction;
       o.int32_bias = int32_bias;
       anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
@@ -142,9 +143,10 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
 py::list sweep(const std::vector<std::string>& models, const std::vector<std::pair<int, int>>& pairs,
                const std::vector<std::string>& methods, const std::string& calib_data,
                const std::string& eval_data, int64_t calib_batches, bool fold_bn, bool first_last_8bit,
-               const std::string& out_dir, bool resume, int adaround_iterations) {
+               const std::string& out_dir, bool resume, int adaround_iterations, int brecq_iterations) {
   anybit::SweepOptions o;
   o.adaround_iterations = adaround_iterations;
+  o.brecq_iterations = brecq_iterations;
   o.models = models;
   o.pairs = pairs;
   o.methods = methods;
@@ -500,12 +502,14 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
         py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),
-        py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0);
+        py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0,
+        py::arg("brecq") = 0);
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"));
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
         py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
-        py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"));
+        py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"),
+        py::arg("brecq_iterations") = 2000);
   m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),

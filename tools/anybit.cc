@@ -98,6 +98,7 @@ struct Common {
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
   bool fold_bn = false, bias_correction = false, int32_bias = false, cle = false, cle_relu6 = false;
   int adaround = 0;
+  int brecq = 0;
   int threads = 0;
 };
 
@@ -147,11 +148,16 @@ int cmd_quantize(const Common& c) {
   opt.portable = c.portable;
   opt.progress = progress_on(c);
   opt.adaround_iterations = c.adaround;
+  opt.brecq_iterations = c.brecq;
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
+  if (!c.json)
+    for (const auto& [block, nearest, learned] : q.brecq)
+      fmt::print(stderr, "brecq {:<24} block error {:.4g} (nearest rounding, calibrated steps: {:.4g})\n", block,
+                 learned, nearest);
   anybit::save_module(q.model.module, c.out);
   json j = json::object();
   if (eval_data) {
@@ -449,6 +455,8 @@ int main(int argc, char** argv) {
                   "also equalize across ReLU6, turning it into ReLU (changes the float model; implies --cle)");
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
+  quant->add_option("--brecq", c.brecq, "block reconstruction (BRECQ + QDrop): learn the rounding of int weights and the activation steps, N iterations per block")
+      ->check(CLI::PositiveNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
   quant->add_flag("--int32-bias", c.int32_bias, "quantize conv/linear biases as integer hardware adds them: int32 at s_in * s_w");
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
@@ -510,8 +518,9 @@ int main(int argc, char** argv) {
   sweep->add_option("--weights", wlist, "weight bit widths, e.g. 8,6,4");
   sweep->add_option("--acts", alist, "activation bit widths");
   sweep->add_option("--pairs", pairs, "explicit pairs instead of the grid, e.g. W4A4,W2A4");
-  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround (comma-separated)");
+  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround, brecq (comma-separated)");
   sweep->add_option("--adaround-iters", sw.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
+  sweep->add_option("--brecq-iters", sw.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
   sweep->add_option("--calib-batches", sw.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
   sweep->add_flag("--no-fold-bn", no_fold, "keep BatchNorm (default: fold it into the convs first)");
   sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv, last linear and input at 8 bits");

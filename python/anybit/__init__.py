@@ -160,11 +160,13 @@ def plan(model, config, example_inputs=None, fold_bn=False):
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
              portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
-             int32_bias=False, cle=False):
+             int32_bias=False, cle=False, brecq=0):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
     adaround=N learns the rounding of int weights for N iterations per layer (docs/ptq.md);
+    brecq=N instead learns the rounding and the activation steps block by block (BRECQ
+    with QDrop), N iterations per block;
     bias_correction corrects the per-channel output mean shift of quantized weights;
     int32_bias quantizes conv/linear biases as integer hardware adds them (int32 at
     s_in * s_w), as an integer export (`export`) needs them to match the model.
@@ -181,7 +183,7 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
         out = os.path.join(d, "quantized.pt")
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
                                   fold_bn, adaround, bias_correction, int32_bias,
-                                  {False: 0, True: 1, "relu6": 2}[cle])
+                                  {False: 0, True: 1, "relu6": 2}[cle], brecq)
         qm = torch.jit.load(out)
     return (qm, report) if return_report else qm
 
@@ -197,9 +199,9 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
-          first_last_8bit=False, resume=False, adaround_iterations=3000):
+          first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000):
     """Post-training quantization at every (weight, activation) bit pair and method
-    (minmax, mse, percentile, entropy, adaround), like
+    (minmax, mse, percentile, entropy, adaround, brecq), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
     `models` are TorchScript files or modules (saved into out_dir)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -212,7 +214,8 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
             paths.append(_save(m, None, out_dir, f"{name}_{i}.pt"))
     pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
     return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
-                         fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations)
+                         fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations,
+                         brecq_iterations)
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,

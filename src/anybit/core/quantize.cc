@@ -30,6 +30,7 @@
 #include "anybit/intsim/npy.h"
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/bias_correction.h"
+#include "anybit/ptq/brecq.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -562,8 +563,10 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   jit::Graph& graph = *g.graph;
   // the float model AdaRound reconstructs, taken before any rewrite
   std::unique_ptr<ModelGraph> reference;
-  if (options.adaround_iterations > 0 || options.bias_correction) {
-    if (!calib) throw Error("AdaRound and bias correction need calibration data (--data)");
+  if (options.adaround_iterations > 0 && options.brecq_iterations > 0)
+    throw Error("AdaRound and BRECQ are alternatives (BRECQ learns the rounding too): choose one");
+  if (options.adaround_iterations > 0 || options.brecq_iterations > 0 || options.bias_correction) {
+    if (!calib) throw Error("AdaRound, BRECQ and bias correction need calibration data (--data)");
     reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
   }
   std::vector<AdaRoundLayer> ada_layers;
@@ -638,7 +641,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       P = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), p.name);
     }
     install(g, p, a.spec, P, options.portable, &result.points[i]);
-    if (reference && options.adaround_iterations > 0 && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
+    if (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0) && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
       const Point* fp = reference->find(p.name);
       if (fp && fp->node) {
@@ -655,7 +658,16 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       }
     }
   }
-  if (reference && !ada_layers.empty()) {
+  if (reference && options.brecq_iterations > 0) {
+    BrecqOptions bo;
+    bo.iterations = options.brecq_iterations;
+    bo.samples = options.brecq_samples;
+    bo.drop_prob = options.brecq_drop_prob;
+    bo.drop_inside = options.brecq_drop_inside;
+    bo.progress = options.progress;
+    for (const auto& r : brecq(g, *reference, ada_layers, *calib, bo))
+      result.brecq.emplace_back(r.name, r.mse_nearest, r.mse_brecq);
+  } else if (reference && !ada_layers.empty()) {
     AdaRoundOptions ao;
     ao.iterations = options.adaround_iterations;
     ao.samples = options.adaround_samples;

@@ -44,6 +44,13 @@ struct QuantizeOptions {
   // see ptq/adaround.h. Needs calibration data.
   int adaround_iterations = 0;
   int64_t adaround_samples = 512;
+  // Block reconstruction (BRECQ with QDrop; ptq/brecq.h) instead of AdaRound: learn the
+  // rounding of the symmetric int weights and the steps of the activation quantizers
+  // block by block, N iterations per block (0 = off). Needs calibration data.
+  int brecq_iterations = 0;
+  int64_t brecq_samples = 1024;
+  double brecq_drop_prob = 0.5;    // QDrop probability (0 = plain BRECQ)
+  bool brecq_drop_inside = true;   // QDrop at the block's activation quantizers, else at its input
   // empirical bias correction after weight quantization (ptq/bias_correction.h)
   bool bias_correction = false;
   // Quantize every conv/linear bias whose input and weight are uniformly quantized the
@@ -67,6 +74,9 @@ struct QuantizeResult {
   std::vector<PointReport> points;
   // per AdaRounded layer: reconstruction MSE with nearest rounding and with AdaRound
   std::vector<std::tuple<std::string, double, double>> adaround;
+  // per reconstructed block: its objective with nearest rounding and calibrated steps,
+  // and with BRECQ (equal where nearest rounding was kept)
+  std::vector<std::tuple<std::string, double, double>> brecq;
 };
 
 // Resolves the rules on the model's points (same as the first step of quantize).

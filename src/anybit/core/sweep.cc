@@ -42,11 +42,11 @@ std::vector<int> parse_bits_list(const std::string& text, const std::string& fla
 std::string sweep_config(const std::string& method, int w, int a, bool first_last_8bit) {
   std::string act_cal;
   if (method == "minmax") act_cal = "minmax";
-  else if (method == "mse" || method == "adaround") act_cal = "mse";
+  else if (method == "mse" || method == "adaround" || method == "brecq") act_cal = "mse";
   else if (method == "percentile") act_cal = "percentile:99.99";
   else if (method == "entropy") act_cal = "entropy";
-  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy, adaround)");
-  const std::string wcal = method == "mse" || method == "adaround" ? "mse" : "minmax";
+  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy, adaround, brecq)");
+  const std::string wcal = method == "mse" || method == "adaround" || method == "brecq" ? "mse" : "minmax";
   std::string c = fmt::format(
       "weight_calibrator: {0}\n"
       "calibrator: {1}\n"
@@ -171,6 +171,10 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
         qo.batch_size = o.batch_size;
         qo.progress = false;
         if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
+        if (method == "brecq") {
+          qo.brecq_iterations = o.brecq_iterations;
+          qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);
+        }
         QuantizeResult q = quantize(std::move(g), parse_config_string(sweep_config(method, w, a, o.first_last_8bit),
                                                                       "sweep " + method), calib.get(), qo);
         EvalResult e = evaluate(q.model.module, *test, eo, &fm);

@@ -14,8 +14,9 @@ namespace anybit {
 struct SweepOptions {
   std::vector<std::string> models;
   std::vector<std::pair<int, int>> pairs;  // (weight bits, activation bits)
-  std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround
+  std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround, brecq
   int adaround_iterations = 3000;
+  int brecq_iterations = 2000;  // method brecq: iterations per block
   std::string calib_data = "fmnist::train";
   std::string eval_data = "fmnist::test";
   int64_t calib_batches = 8;
