@@ -667,6 +667,20 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     bo.progress = options.progress;
     for (const auto& r : brecq(g, *reference, ada_layers, *calib, bo))
       result.brecq.emplace_back(r.name, r.mse_nearest, r.mse_brecq);
+    // the report shows the steps the blocks learned, not the calibrated ones
+    for (auto& r : result.points) {
+      if (r.point.role == Role::kWeight || r.first_param.empty() || !r.assignment.spec.is_uniform() ||
+          !g.module.hasattr(r.first_param))
+        continue;
+      const at::Tensor s = g.module.attr(r.first_param).toTensor();
+      std::string zp_name = r.first_param;
+      const size_t at_scale = zp_name.rfind("__scale");
+      if (s.numel() != 1 || at_scale == std::string::npos) continue;
+      zp_name.replace(at_scale, std::string::npos, "__zero_point");
+      const double z = g.module.hasattr(zp_name) ? g.module.attr(zp_name).toTensor().item<double>() : 0.0;
+      const std::string learned = fmt_scale(s.item<double>(), z) + " (learned, brecq)";
+      if (r.params.rfind(fmt_scale(s.item<double>(), z), 0) != 0) r.params = learned;
+    }
   } else if (reference && !ada_layers.empty()) {
     AdaRoundOptions ao;
     ao.iterations = options.adaround_iterations;

@@ -85,7 +85,10 @@ TEST(Brecq, LearnedActivationStepsStayPositiveAndChange) {
     at::Tensor s0 = a.model.module.attr(p.first_param).toTensor();
     ++steps;
     EXPECT_GT(s1.min().item<float>(), 0.0f) << p.point.name;
-    changed += !at::equal(s0, s1);
+    const bool moved = !at::equal(s0, s1);
+    changed += moved;
+    // the report (what `anybit quantize` prints) shows the learned step
+    EXPECT_EQ(moved, p.params.find("(learned, brecq)") != std::string::npos) << p.point.name << ": " << p.params;
   }
   EXPECT_EQ(steps, 11);  // the stem's ReLU, 2 ReLUs and the add in each residual block, the pool
   EXPECT_GE(changed, steps / 2);
