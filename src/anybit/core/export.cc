@@ -891,6 +891,14 @@ at::Tensor per_channel(const std::vector<int32_t>& v, int64_t dims) {
 
 }  // namespace
 
+intsim::Tensor to_engine_tensor(const at::Tensor& q) {
+  const at::Tensor c = q.to(at::kInt).contiguous();
+  intsim::Tensor t;
+  t.shape = c.sizes().vec();
+  t.data.assign(c.data_ptr<int32_t>(), c.data_ptr<int32_t>() + c.numel());
+  return t;
+}
+
 ExportResult export_integer_model(const torch::jit::Module& quantized, const ExportOptions& options) {
   return Exporter(quantized, options).run();
 }
@@ -993,11 +1001,8 @@ std::vector<LayerAgreement> compare_layers(const intsim::Model& model, const int
                                            torch::jit::Module& reference, const at::Tensor& x,
                                            const at::Tensor& qx) {
   intsim::Engine engine(model, options);
-  intsim::Tensor in;
-  in.shape = qx.sizes().vec();
-  in.data.assign(qx.data_ptr<int32_t>(), qx.data_ptr<int32_t>() + qx.numel());
   std::map<std::string, intsim::Tensor> tensors;
-  engine.run({in}, &tensors);
+  engine.run({to_engine_tensor(qx)}, &tensors);
   std::map<std::string, QuantParams> params;
   for (const auto& i : model.inputs) params[i.name] = i.q;
   for (const auto& op : model.ops)
@@ -1056,12 +1061,9 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
     auto [x, y] = data.batch(b, options.batch_size);
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor qx = quantize_input(x, in_q).to(at::kInt).contiguous();
-    intsim::Tensor in;
-    in.shape = qx.sizes().vec();
-    in.data.assign(qx.data_ptr<int32_t>(), qx.data_ptr<int32_t>() + qx.numel());
     std::vector<intsim::Tensor> out;
     try {
-      out = engine.run({in});
+      out = engine.run({to_engine_tensor(qx)});
     } catch (const intsim::Error& e) {
       throw Error(data.describe() + ": " + e.what());
     }

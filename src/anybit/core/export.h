@@ -60,6 +60,8 @@ std::vector<at::Tensor> run_integer_reference(const intsim::Model& model,
 // The input quantizer applied to float inputs: q = clamp(round(x / s) + z, qmin, qmax),
 // computed as x * (1/s) in float32 like the fake-quantized model.
 at::Tensor quantize_input(const at::Tensor& x, const intsim::QuantParams& q);
+// An integer tensor as the engine takes it (values converted to int32, shape kept).
+intsim::Tensor to_engine_tensor(const at::Tensor& q);
 
 class DataSource;
 

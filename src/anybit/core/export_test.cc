@@ -53,13 +53,7 @@ QuantizeResult quantize_model(const std::string& path, const std::string& config
   return quantize(std::move(g), parse_config_string(config), &calib, o);
 }
 
-intsim::Tensor to_engine(const at::Tensor& q) {
-  at::Tensor c = q.to(at::kInt).contiguous();
-  intsim::Tensor t;
-  t.shape = c.sizes().vec();
-  t.data.assign(c.data_ptr<int32_t>(), c.data_ptr<int32_t>() + c.numel());
-  return t;
-}
+intsim::Tensor to_engine(const at::Tensor& q) { return to_engine_tensor(q); }
 
 at::Tensor from_engine(const intsim::Tensor& t) { return at::tensor(t.data, at::kInt).reshape(t.shape); }
 
