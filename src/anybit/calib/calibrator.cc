@@ -186,6 +186,11 @@ Summary summarize(const float* x, int64_t n) {
   }
   int64_t nonfinite = 0;
   for (int j = 0; j < kLanes; ++j) nonfinite += bad[j];
+  auto add = [](Summary& s, double v) {
+    s.lo = std::min(s.lo, v);
+    s.hi = std::max(s.hi, v);
+    s.sum_abs += std::fabs(v);
+  };
   if (nonfinite == 0) {
     Summary s{kInf, -kInf, 0, 0};
     for (int j = 0; j < kLanes && i > 0; ++j) {
@@ -195,11 +200,8 @@ Summary summarize(const float* x, int64_t n) {
     }
     bool tail_finite = true;
     for (; i < n && tail_finite; ++i) {
-      const double v = x[i];
-      tail_finite = std::isfinite(v);
-      s.lo = std::min(s.lo, v);
-      s.hi = std::max(s.hi, v);
-      s.sum_abs += std::fabs(v);
+      tail_finite = std::isfinite(static_cast<double>(x[i]));
+      add(s, x[i]);
     }
     if (tail_finite) return s;
   }
@@ -211,9 +213,7 @@ Summary summarize(const float* x, int64_t n) {
       ++s.nonfinite;
       continue;
     }
-    s.lo = std::min(s.lo, v);
-    s.hi = std::max(s.hi, v);
-    s.sum_abs += std::fabs(v);
+    add(s, v);
   }
   return s;
 }
