@@ -995,14 +995,11 @@ std::vector<at::Tensor> run_integer_reference(const intsim::Model& model, const 
 namespace {
 
 // Every quantized tensor of the engine (the model input and each op output that a quantizer
-// of the reference produced) against the reference's value on the same batch. Runs its own
-// engine (statistics stay those of the evaluation) with the batch's tensors kept.
-std::vector<LayerAgreement> compare_layers(const intsim::Model& model, const intsim::EngineOptions& options,
-                                           torch::jit::Module& reference, const at::Tensor& x,
-                                           const at::Tensor& qx) {
-  intsim::Engine engine(model, options);
-  std::map<std::string, intsim::Tensor> tensors;
-  engine.run({to_engine_tensor(qx)}, &tensors);
+// of the reference produced) against the reference's value on the same batch: `tensors`
+// holds the engine's values of the batch x (the evaluation keeps them for its first batch).
+std::vector<LayerAgreement> compare_layers(const intsim::Model& model,
+                                           const std::map<std::string, intsim::Tensor>& tensors,
+                                           torch::jit::Module& reference, const at::Tensor& x) {
   std::map<std::string, QuantParams> params;
   for (const auto& i : model.inputs) params[i.name] = i.q;
   for (const auto& op : model.ops)
@@ -1062,8 +1059,9 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor qx = quantize_input(x, in_q).to(at::kInt).contiguous();
     std::vector<intsim::Tensor> out;
+    std::map<std::string, intsim::Tensor> tensors;  // kept for the first batch's per-layer comparison
     try {
-      out = engine.run({to_engine_tensor(qx)});
+      out = engine.run({to_engine_tensor(qx)}, ref && b == 0 ? &tensors : nullptr);
     } catch (const intsim::Error& e) {
       throw Error(data.describe() + ": " + e.what());
     }
@@ -1085,7 +1083,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
       n_values += d.numel();
       r.max_steps = std::max(r.max_steps, d.max().item<int64_t>());
     }
-    if (ref && b == 0) r.layer_agreement = compare_layers(model, options.engine, *ref, x, qx);
+    if (ref && b == 0) r.layer_agreement = compare_layers(model, tensors, *ref, x);
     r.samples += x.size(0);
     bar.update(r.samples);
   }
