@@ -77,6 +77,31 @@ at::Tensor recon_mse(const LayerOp& op, const at::Tensor& xq, const at::Tensor& 
 
 }  // namespace
 
+LearnedRounding::LearnedRounding(const at::Tensor& weight, const AdaRoundLayer& L)
+    : qmin(L.qmin), qmax(L.qmax) {
+  w = weight.detach().to(at::kFloat);
+  std::vector<int64_t> sshape(w.dim(), 1);
+  if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
+  s = L.scale.detach().to(at::kFloat).reshape(sshape);
+  const at::Tensor wf = w / s;
+  w_floor = wf.floor();
+  const at::Tensor rest = wf - w_floor;
+  // h(V) = rest at the start: V = -log((zeta - gamma) / (rest - gamma) - 1)
+  v = (-(((kZeta - kGamma) / (rest - kGamma)) - 1).log()).detach().requires_grad_(true);
+}
+
+at::Tensor LearnedRounding::h() const { return (at::sigmoid(v) * (kZeta - kGamma) + kGamma).clamp(0, 1); }
+
+at::Tensor LearnedRounding::soft(const at::Tensor& h) const { return s * (w_floor + h).clamp(qmin, qmax); }
+
+at::Tensor LearnedRounding::regularizer(const at::Tensor& h, double beta) {
+  return (1 - (2 * h - 1).abs().pow(beta)).sum();
+}
+
+at::Tensor LearnedRounding::hard() const { return s * (w_floor + (v >= 0).to(at::kFloat)).clamp(qmin, qmax); }
+
+at::Tensor LearnedRounding::nearest() const { return s * (w / s).round().clamp(qmin, qmax); }
+
 std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector<AdaRoundLayer> layers,
                                      const DataSource& calib, const AdaRoundOptions& o) {
   std::vector<AdaRoundReport> reports;
@@ -94,29 +119,21 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     // the layer's input in the quantized model, earlier layers already rounded
     at::Tensor xq = capture_values(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
     const at::Tensor& yfp = targets[li];
-    at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
-    std::vector<int64_t> sshape(W.dim(), 1);
-    if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
-    at::Tensor s = L.scale.detach().to(at::kFloat).reshape(sshape);
-    at::Tensor Wf = W / s;
-    at::Tensor Wfloor = Wf.floor();
-    at::Tensor rest = Wf - Wfloor;
-    // h(V) = rest at the start: V = -log((zeta - gamma) / (rest - gamma) - 1)
-    at::Tensor V = (-(((kZeta - kGamma) / (rest - kGamma)) - 1).log()).detach().requires_grad_(true);
-    torch::optim::Adam adam({V}, torch::optim::AdamOptions(o.learning_rate));
+    const at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor();
+    LearnedRounding rounding(W, L);
+    torch::optim::Adam adam({rounding.v}, torch::optim::AdamOptions(o.learning_rate));
     const int64_t n = xq.size(0);
     const int warmup = o.iterations / 5;
     for (int it = 0; it < o.iterations; ++it) {
       at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
-      at::Tensor h = (at::sigmoid(V) * (kZeta - kGamma) + kGamma).clamp(0, 1);
-      at::Tensor Ws = s * (Wfloor + h).clamp(static_cast<double>(L.qmin), static_cast<double>(L.qmax));
-      at::Tensor out = op(xq.index_select(0, idx), Ws);
+      at::Tensor h = rounding.h();
+      at::Tensor out = op(xq.index_select(0, idx), rounding.soft(h));
       at::Tensor loss = (out - yfp.index_select(0, idx)).pow(2).flatten(1).sum(1).mean();
       if (it >= warmup) {
         // beta anneals from 20 to 2 over the rest of the run (AdaRound, section 4)
         const double t = static_cast<double>(it - warmup) / std::max(1, o.iterations - warmup);
         const double beta = 2 + 0.5 * (20 - 2) * (1 + std::cos(t * M_PI));
-        loss = loss + o.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum();
+        loss = loss + o.reg_weight * LearnedRounding::regularizer(h, beta);
       }
       adam.zero_grad();
       loss.backward();
@@ -124,9 +141,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
       bar.update(static_cast<int64_t>(li) * o.iterations + it + 1);
     }
     torch::NoGradGuard no_grad;
-    at::Tensor Whard = s * (Wfloor + (V >= 0).to(at::kFloat)).clamp(static_cast<double>(L.qmin),
-                                                                     static_cast<double>(L.qmax));
-    at::Tensor Wnear = s * Wf.round().clamp(static_cast<double>(L.qmin), static_cast<double>(L.qmax));
+    const at::Tensor Whard = rounding.hard(), Wnear = rounding.nearest();
     AdaRoundReport r;
     r.name = L.name;
     r.mse_nearest = recon_mse(op, xq, yfp, Wnear).item<double>();

@@ -43,6 +43,26 @@ struct AdaRoundLayer {
   int channel_axis = 0;
 };
 
+// One weight's learned rounding, the parametrization of AdaRound (eq. 22-24), shared by
+// adaround() and block reconstruction (brecq.h). Built from the layer's current weight w
+// and grid: s broadcast over w, floor(w / s), and V with h(V) = w / s - floor(w / s), so
+// that soft() starts at the float weight (clamped to the grid's range).
+struct LearnedRounding {
+  at::Tensor w, s, w_floor, v;  // v requires grad
+  double qmin = 0, qmax = 0;
+
+  LearnedRounding(const at::Tensor& weight, const AdaRoundLayer& layer);
+  // h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1), zeta = 1.1, gamma = -0.1
+  at::Tensor h() const;
+  // s * clamp(floor(w / s) + h, qmin, qmax): the weight the optimization sees
+  at::Tensor soft(const at::Tensor& h) const;
+  // lambda's term without lambda: sum (1 - |2 h - 1|^beta)
+  static at::Tensor regularizer(const at::Tensor& h, double beta);
+  // the learned rounding made hard (up where V >= 0), and round-to-nearest, on the grid
+  at::Tensor hard() const;
+  at::Tensor nearest() const;
+};
+
 struct AdaRoundReport {
   std::string name;
   double mse_nearest = 0, mse_adaround = 0;  // reconstruction error on the kept samples

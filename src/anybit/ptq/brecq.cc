@@ -21,8 +21,6 @@ namespace jit = torch::jit;
 
 namespace {
 
-constexpr double kZeta = 1.1, kGamma = -0.1;
-
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
 
 bool is_quantizer(const jit::Node* n) {
@@ -315,21 +313,12 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     const at::Tensor &xfp = fp[0], &yfp = fp[1];
     const int64_t n = xq.size(0);
 
-    // AdaRound variables, as adaround.cc initializes them
-    std::vector<at::Tensor> W, S, Wfloor, V;
+    // AdaRound's rounding variables (adaround.h)
+    std::vector<LearnedRounding> R;
+    std::vector<at::Tensor> V;
     for (size_t l : wl) {
-      const AdaRoundLayer& L = layers[l];
-      at::Tensor w = resolve_attr(q.module, L.weight_path).toTensor().detach().to(at::kFloat);
-      std::vector<int64_t> sshape(w.dim(), 1);
-      if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
-      at::Tensor s = L.scale.detach().to(at::kFloat).reshape(sshape);
-      at::Tensor wf = w / s;
-      at::Tensor fl = wf.floor();
-      at::Tensor rest = wf - fl;
-      W.push_back(w);
-      S.push_back(s);
-      Wfloor.push_back(fl);
-      V.push_back((-(((kZeta - kGamma) / (rest - kGamma)) - 1).log()).detach().requires_grad_(true));
+      R.emplace_back(resolve_attr(q.module, layers[l].weight_path).toTensor(), layers[l]);
+      V.push_back(R.back().v);
     }
     std::vector<at::Tensor> s0, U;
     for (jit::Value* sv : svals) {
@@ -339,11 +328,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     }
     auto soft_weights = [&]() {
       std::vector<at::Tensor> ws;
-      for (size_t k = 0; k < wl.size(); ++k) {
-        at::Tensor h = (at::sigmoid(V[k]) * (kZeta - kGamma) + kGamma).clamp(0, 1);
-        ws.push_back(S[k] * (Wfloor[k] + h).clamp(static_cast<double>(layers[wl[k]].qmin),
-                                                  static_cast<double>(layers[wl[k]].qmax)));
-      }
+      for (const auto& r : R) ws.push_back(r.soft(r.h()));
       return ws;
     };
     auto steps = [&]() {
@@ -368,10 +353,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         // beta decays linearly from 20 to 2 after the warm-up (BRECQ's LinearTempDecay)
         const double t = static_cast<double>(it - warmup) / std::max(1, o.iterations - warmup);
         const double beta = 20 + (2 - 20) * t;
-        for (const auto& v : V) {
-          at::Tensor h = (at::sigmoid(v) * (kZeta - kGamma) + kGamma).clamp(0, 1);
-          loss = loss + o.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum();
-        }
+        for (const auto& r : R) loss = loss + o.reg_weight * LearnedRounding::regularizer(r.h(), beta);
       }
       if (adam_v) adam_v->zero_grad();
       if (adam_s) adam_s->zero_grad();
@@ -388,10 +370,9 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     // harden, and compare with nearest rounding and the calibrated steps on x_q
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> whard, wnear, slearn;
-    for (size_t k = 0; k < wl.size(); ++k) {
-      const double lo = layers[wl[k]].qmin, hi = layers[wl[k]].qmax;
-      whard.push_back(S[k] * (Wfloor[k] + (V[k] >= 0).to(at::kFloat)).clamp(lo, hi));
-      wnear.push_back(S[k] * (W[k] / S[k]).round().clamp(lo, hi));
+    for (const auto& r : R) {
+      whard.push_back(r.hard());
+      wnear.push_back(r.nearest());
     }
     for (const auto& u : U) slearn.push_back(u.exp().detach());
     auto objective = [&](const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& ss) {
