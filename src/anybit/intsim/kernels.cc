@@ -599,29 +599,18 @@ struct SaturatingShift {
   }
 };
 
-// multiply_by_dyadic(v, m) for m.m0 >= 0 (validate_model guarantees it), in the form the
-// vector kernels use (kernels_simd.inc): the product p is moved to unsigned by adding 2^63
-// (u = p ^ 2^63, as |p| < 2^62), so that only logical shifts are needed. With
-// e = 31 + shift, round_half_even(p / 2^e) = ((u + 2^(e-1) - 1 + lsb(u >> e)) >> e) - 2^(63-e):
-// adding half minus one rounds every remainder above half up, and the low bit of the
-// truncated quotient (that of floor(p / 2^e), as 2^(63-e) is even) decides the tie. e = 0
-// adds nothing (half_minus_one = lsb = 0).
+// multiply_by_dyadic(v, m) for m.m0 >= 0 (validate_model guarantees it), as DyadicRounding
+// (requantize.h) computes it, written so that loops over it vectorize.
 struct LaneMultiplier {
   int64_t m0;
-  int e;
-  uint64_t half_minus_one, lsb, offset;
+  DyadicRounding r;
 
-  explicit LaneMultiplier(DyadicMultiplier m)
-      : m0(m.m0),
-        e(31 + m.shift),
-        half_minus_one(e > 0 ? (uint64_t{1} << (e - 1)) - 1 : 0),
-        lsb(e > 0 ? 1 : 0),
-        offset(uint64_t{1} << (63 - e)) {}
+  explicit LaneMultiplier(DyadicMultiplier m) : m0(m.m0), r(m) {}
   ANYBIT_INLINE int32_t operator()(int32_t v) const {
     const uint64_t u = static_cast<uint64_t>(int64_t{v} * m0) ^ (uint64_t{1} << 63);
-    const uint64_t t = (u + half_minus_one + ((u >> e) & lsb)) >> e;
-    const int64_t r = static_cast<int64_t>(t - offset);
-    return r > kInt32Max ? kInt32Max : (r < kInt32Min ? kInt32Min : static_cast<int32_t>(r));
+    const uint64_t t = (u + r.half_minus_one + ((u >> r.e) & r.lsb)) >> r.e;
+    const int64_t q = static_cast<int64_t>(t - r.offset);
+    return q > kInt32Max ? kInt32Max : (q < kInt32Min ? kInt32Min : static_cast<int32_t>(q));
   }
 };
 

@@ -23,10 +23,7 @@ namespace simd {
 
 Requantizer::Requantizer(DyadicMultiplier m, int32_t z, int32_t qmin, int32_t qmax)
     : m0(m.m0),
-      e(31 + m.shift),
-      half_minus_one(e > 0 ? (int64_t{1} << (e - 1)) - 1 : 0),
-      lsb(e > 0 ? 1 : 0),
-      offset(static_cast<int64_t>(uint64_t{1} << (63 - e))),
+      rounding(m),
       lo(saturate_int32(int64_t{qmin} - z)),
       hi(saturate_int32(int64_t{qmax} - z)),
       zero_point(z) {}

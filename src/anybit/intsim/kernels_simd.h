@@ -32,10 +32,7 @@ constexpr int64_t kConvRows = 8;
 // apply it (valid for m.m0 >= 0, which validate_model guarantees; callers check).
 struct Requantizer {
   int32_t m0 = 0;
-  int32_t e = 31;               // the rounding right shift, 31 + shift, in [0, 62]
-  int64_t half_minus_one = 0;   // 2^(e-1) - 1 (0 for e = 0)
-  int64_t lsb = 0;              // 1, or 0 for e = 0: the tie goes to the even quotient
-  int64_t offset = 0;           // 2^(63-e): u = p + 2^63 shifted right by e
+  DyadicRounding rounding;      // the rounding right shift of the product (requantize.h)
   int32_t lo = 0, hi = 0;       // the clamp, applied before the zero point is added
   int32_t zero_point = 0;
   Requantizer() = default;

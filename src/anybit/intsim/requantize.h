@@ -104,6 +104,24 @@ inline int32_t multiply_by_dyadic(int32_t x, DyadicMultiplier m) {
   return saturate_int32(floor_q + (up ? 1 : 0));
 }
 
+// multiply_by_dyadic's rounding shift in the form the lane and vector kernels compute it
+// (kernels.cc, kernels_simd.inc): the product p is moved to unsigned by adding 2^63
+// (u = p ^ 2^63, as |p| < 2^62), so that only logical shifts are needed. With
+// e = 31 + shift, round_half_even(p / 2^e) = ((u + 2^(e-1) - 1 + lsb(u >> e)) >> e) - 2^(63-e):
+// adding half minus one rounds every remainder above half up, and the low bit of the
+// truncated quotient (that of floor(p / 2^e), as 2^(63-e) is even) decides the tie. e = 0
+// adds nothing (half_minus_one = lsb = 0).
+struct DyadicRounding {
+  int e = 31;
+  uint64_t half_minus_one = 0, lsb = 0, offset = 0;
+  DyadicRounding() = default;
+  explicit DyadicRounding(DyadicMultiplier m)
+      : e(31 + m.shift),
+        half_minus_one(e > 0 ? (uint64_t{1} << (e - 1)) - 1 : 0),
+        lsb(e > 0 ? 1 : 0),
+        offset(uint64_t{1} << (63 - e)) {}
+};
+
 // The requantization step of every conv/linear/pool/add/concat output:
 //   q = clamp(zero_point + multiply_by_dyadic(acc, M), qmin, qmax).
 // The accumulator is at most 32 bits wide, so `acc` lies in int32; a value outside is
