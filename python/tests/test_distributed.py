@@ -95,4 +95,8 @@ def test_bad_process_counts_are_clear_errors(w4a4):
     r = subprocess.run([EXE, "finetune", q, "-d", f"{DATA}:limit=64", "-o", out], capture_output=True, text=True,
                        env=dict(os.environ, WORLD_SIZE="2", RANK="0"))
     assert r.returncode != 0 and "MASTER_ADDR" in r.stderr
+    r = subprocess.run([EXE, "finetune", q, "-d", f"{DATA}:limit=64", "-o", out], capture_output=True, text=True,
+                       env=dict(os.environ, WORLD_SIZE="2", RANK="two", MASTER_ADDR="127.0.0.1"))
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0
+    assert "RANK='two' is not an integer in [0, 1]" in r.stderr
     assert not os.path.exists(out)
