@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(
   cmake make g++ pkg-config zlib1g-dev libjpeg62-turbo-dev libpng-dev
-  libtorch-dev libopenblas0 libgloo-dev
+  libtorch-dev libopenblas0 libgloo-dev libdnnl-dev
   python3-torch python3-torchvision python3-numpy python3-yaml python3-pytest python3-venv
   dataset-fashion-mnist
   pybind11-dev python3-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev

@@ -79,15 +79,17 @@ void print_plan(const std::vector<anybit::PointReport>& pts, bool show_params) {
 
 json eval_json(const anybit::EvalResult& r) {
   json j = {{"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss},
-            {"seconds", r.seconds}};
+            {"seconds", r.seconds}, {"runtime", r.runtime}};
   if (r.agreement >= 0) j["agreement"] = r.agreement;
+  if (!r.runtime_note.empty()) j["runtime_note"] = r.runtime_note;
   return j;
 }
 
 void print_eval(const std::string& what, const anybit::EvalResult& r) {
   fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}", what, r.top1, r.top5, r.loss);
   if (r.agreement >= 0) fmt::print("  agreement with float {:.2f}%", r.agreement);
-  fmt::print("  ({} samples, {:.1f} s)\n", r.samples, r.seconds);
+  fmt::print("  ({} samples, {:.1f} s, {})\n", r.samples, r.seconds, r.runtime);
+  if (!r.runtime_note.empty()) fmt::print("  not on oneDNN: {}\n", r.runtime_note);
 }
 
 struct Common {
@@ -95,7 +97,7 @@ struct Common {
   std::vector<std::string> rules;
   int64_t calib_batches = 8, batch_size = 128, eval_batch_size = 100;
   std::string eval_data;
-  bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false;
+  bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false, no_fuse = false;
   bool fold_bn = false, bias_correction = false, int32_bias = false, cle = false, cle_relu6 = false;
   int adaround = 0;
   int brecq = 0;
@@ -109,6 +111,7 @@ anybit::EvalOptions eval_options(const Common& c) {
   o.batch_size = c.eval_batch_size;
   o.progress = progress_on(c);
   o.freeze = !c.no_freeze;
+  o.fused = !c.no_fuse;
   return o;
 }
 
@@ -462,6 +465,7 @@ int main(int argc, char** argv) {
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
+  quant->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
   quant->add_flag("--portable", c.portable, "use only stock aten::fake_quantize_* ops (loads without anybit)");
   quant->add_flag("--json", c.json, "print JSON");
   quant->add_flag("--no-progress", c.no_progress, "no progress bar");
@@ -472,6 +476,7 @@ int main(int argc, char** argv) {
   eval->add_option("--reference", reference, "float model to measure prediction agreement against");
   eval->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);
   eval->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
+  eval->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 

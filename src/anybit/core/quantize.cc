@@ -25,6 +25,7 @@
 #include <mutex>
 
 #include "anybit/calib/calibrator.h"
+#include "anybit/core/fused_eval.h"
 #include "anybit/data/dataset.h"
 #include "anybit/data/progress.h"
 #include "anybit/intsim/npy.h"
@@ -780,6 +781,59 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   }
 }
 
+namespace {
+// Runs a frozen model on the fused oneDNN layers when it compiles, else in the
+// interpreter; the first batch runs both ways and the compiled model is kept only if
+// its argmax agrees with the interpreter's on at least 99% of the samples.
+class FusedRunner {
+ public:
+  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult* r = nullptr) : module_(m), result_(r) {
+    if (!fuse) return;
+    std::string why;
+    fused_ = FusedModel::compile(m, &why);
+    note(fused_ ? "" : why);
+  }
+  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult& r) : FusedRunner(m, fuse, &r) {}
+  at::Tensor operator()(const at::Tensor& x) {
+    if (!fused_) return module_.forward({x}).toTensor();
+    if (checked_) return fused_->forward(x);
+    at::Tensor expect = module_.forward({x}).toTensor();
+    at::Tensor got;
+    std::string why;
+    try {
+      got = fused_->forward(x);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    if (why.empty() && got.sizes() != expect.sizes()) why = "the compiled layers give another output shape";
+    if (why.empty() && expect.dim() == 2 && expect.size(0) > 0) {
+      const double agree = (got.argmax(1) == expect.argmax(1)).to(at::kDouble).mean().item<double>();
+      if (agree < 0.99)
+        why = "the compiled layers agree with the interpreter on " + std::to_string(100 * agree) +
+              "% of the first batch's argmax";
+    }
+    checked_ = true;
+    if (!why.empty()) {
+      fused_.reset();
+      note(why);
+      if (result_) result_->runtime = "torchscript";
+    }
+    return expect;
+  }
+
+ private:
+  void note(const std::string& why) {
+    if (!result_) return;
+    result_->runtime = fused_ ? "onednn" : "torchscript";
+    result_->runtime_note = why;
+  }
+  torch::jit::Module& module_;
+  EvalResult* result_;
+  std::unique_ptr<FusedModel> fused_;
+  bool checked_ = false;
+};
+}  // namespace
+
 EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,
                     torch::jit::Module* reference_in) {
   EvalResult r;
@@ -796,6 +850,8 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     reference = &ref_module;
   }
   const auto t0 = std::chrono::steady_clock::now();
+  FusedRunner run(model, opt.freeze && opt.fused, r);
+  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused);
   int64_t correct1 = 0, correct5 = 0, agree = 0;
   double loss = 0;
   data::ProgressBar bar("evaluate", data.size(), progress);
@@ -803,7 +859,7 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     auto batch = data.batch(b, batch_size);
     at::Tensor out;
     try {
-      out = model.forward({batch.first}).toTensor();
+      out = run(batch.first);
     } catch (const std::exception& e) {
       std::string what = e.what();
       throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
@@ -825,7 +881,7 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     correct5 += (top == y.unsqueeze(1)).any(1).sum().item<int64_t>();
     loss += at::cross_entropy_loss(out, y, {}, at::Reduction::Sum).item<double>();
     if (reference) {
-      at::Tensor ref = reference->forward({batch.first}).toTensor();
+      at::Tensor ref = run_ref(batch.first);
       agree += (ref.argmax(1) == pred).sum().item<int64_t>();
     }
     r.samples += batch.first.size(0);

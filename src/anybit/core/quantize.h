@@ -107,6 +107,9 @@ struct EvalResult {
   double top1 = 0, top5 = 0, loss = 0;
   double agreement = -1;  // share of argmax equal to the reference model's; -1 if none
   double seconds = 0;
+  // What ran the model: "onednn" (fused_eval.h) or "torchscript", and why not oneDNN.
+  std::string runtime = "torchscript";
+  std::string runtime_note;
 };
 struct EvalOptions {
   int64_t batch_size = 100;
@@ -116,6 +119,10 @@ struct EvalOptions {
   // the same; float rounding of the folded BatchNorm may differ in the last bit, so the
   // bit-exact checks (integer engine) evaluate unfrozen.
   bool freeze = true;
+  // Run the frozen graph as fused oneDNN layers (fused_eval.h) when every op lowers; the
+  // first batch is checked against the TorchScript interpreter (argmax agreement of at
+  // least 99%), else the interpreter evaluates and EvalResult::runtime_note says why.
+  bool fused = true;
 };
 EvalResult evaluate(torch::jit::Module& model, const DataSource& data, const EvalOptions& options,
                     torch::jit::Module* reference = nullptr);

@@ -246,6 +246,16 @@ at::Tensor fake_quant_affine_torchops(const at::Tensor& x, const at::Tensor& sca
   return ((q - z) * s).reshape(x.sizes());
 }
 
+std::vector<AffineGrid> affine_grid(const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t channels, int64_t qmin, int64_t qmax) {
+  const std::vector<float> s = float_params(scale, channels);
+  const std::vector<float> z = integer_zero_points(zero_point, channels, qmin, qmax);
+  std::vector<AffineGrid> grid(channels);
+  for (int64_t c = 0; c < channels; ++c)
+    grid[c] = {1.0f / s[c], s[c], static_cast<float>(qmin) - z[c], static_cast<float>(qmax) - z[c]};
+  return grid;
+}
+
 at::Tensor fake_quant_affine_forward(const at::Tensor& x_in, const at::Tensor& scale,
                                      const at::Tensor& zero_point, int64_t axis,
                                      int64_t group_size, int64_t qmin, int64_t qmax,
@@ -268,15 +278,11 @@ void fake_quant_affine_forward_out(const at::Tensor& x, const at::Tensor& scale,
   check_range(qmin, qmax);
   check_rounding(rounding);
   ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
-  std::vector<float> s = float_params(scale, L.channels);
-  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  const std::vector<AffineGrid> grid = affine_grid(scale, zero_point, L.channels, qmin, qmax);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
   for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
-    const float sc = s[c], inv = 1.0f / sc;
-    // clamp(round(v) + z, qmin, qmax) - z == round(clamp(v, qmin - z, qmax - z)) because
-    // the bounds are integers and rounding is monotonic.
-    const float lo = static_cast<float>(qmin) - z[c], hi = static_cast<float>(qmax) - z[c];
+    const float sc = grid[c].scale, inv = grid[c].inv, lo = grid[c].lo, hi = grid[c].hi;
     if (rounding == 0) {
       fq_span_half_even(px + b, py + b, e - b, inv, sc, lo, hi);
     } else {

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 namespace anybit {
 
@@ -32,6 +33,16 @@ ChannelLayout channel_layout(const at::Tensor& x, int64_t num_params, int64_t ax
                              int64_t group_size, const char* what);
 
 // --- uniform affine: q = clamp(round(x/s) + z, qmin, qmax), x^ = (q - z) * s ---------
+// The float constants of that formula for one channel, as every uniform kernel uses them:
+//   x^ = round_half_even(clamp(x * inv, lo, hi)) * scale,
+//   inv = 1.0f / scale, z = clamp(round(zero_point), qmin, qmax), lo = qmin - z, hi = qmax - z.
+// clamp(round(v) + z, qmin, qmax) - z == round(clamp(v, qmin - z, qmax - z)) because the
+// bounds are integers and rounding is monotonic.
+struct AffineGrid {
+  float inv, scale, lo, hi;
+};
+std::vector<AffineGrid> affine_grid(const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t channels, int64_t qmin, int64_t qmax);
 at::Tensor fake_quant_affine_forward(const at::Tensor& x, const at::Tensor& scale,
                                      const at::Tensor& zero_point, int64_t axis,
                                      int64_t group_size, int64_t qmin, int64_t qmax,

@@ -1,0 +1,50 @@
+// Fast CPU evaluation of a frozen model, quantized or float, on oneDNN (the library
+// LibTorch's own CPU convolutions run on).
+//
+// The graph is lowered layer by layer: each conv, linear or pooling op becomes one oneDNN
+// primitive, and the chain of element-wise ops that follows it runs as that primitive's
+// post-ops: fake-quantizers (x^ = round(clamp(x * inv, lo, hi)) * s, the same float
+// operations as anybit's fake-quant kernel), inference BatchNorm (x * alpha + beta, as
+// ATen computes it), ReLU / clamp, and a residual add. An activation is then written to
+// memory once per layer instead of once per op, which is where a fake-quantized model
+// spends its time (a quantizer after every module makes five passes over each conv output).
+// Activations are kept channels-last (NHWC) between layers.
+//
+// The TorchScript interpreter stays the reference: a graph with an op outside the lowered
+// set is not compiled (compile() returns null and says why), and evaluate() compares the
+// first batch with the interpreter before trusting the compiled model.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+
+namespace torch {
+namespace jit {
+struct Module;
+}  // namespace jit
+}  // namespace torch
+
+namespace anybit {
+
+class FusedModel {
+ public:
+  // `frozen` is a module after torch::jit::freeze (weights and quantizer parameters are
+  // constants). Returns null, with the reason in *why_not, when an op is not lowered.
+  static std::unique_ptr<FusedModel> compile(const torch::jit::Module& frozen,
+                                             std::string* why_not);
+  ~FusedModel();
+  // x: float32 [N, C, H, W] (or [N, F]); returns the model's output [N, ...] as a new tensor.
+  // Throws anybit::Error when this input shape cannot run on the compiled layers.
+  at::Tensor forward(const at::Tensor& x);
+  int primitives() const;  // oneDNN layers per forward
+  int fused_ops() const;   // graph ops that run as post-ops of a layer
+
+ private:
+  struct Impl;
+  explicit FusedModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace anybit
