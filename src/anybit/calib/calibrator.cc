@@ -1,6 +1,8 @@
 // Observers and range selection; calibrator.h gives the methods, formulas and sources.
 #include "anybit/calib/calibrator.h"
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -220,8 +222,30 @@ Summary summarize(const float* x, int64_t n) {
 
 }  // namespace
 
+// Observation splits large batches across OpenMP threads (the count set by
+// at::set_num_threads). The summary is taken over fixed chunks combined in order, so the
+// statistics do not depend on the thread count; bin counts are integers and add up the same
+// in any order.
+constexpr int64_t kSummaryChunk = int64_t{1} << 16;
+
 void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* batch_hi) {
-  const Summary sum = summarize(x, n);
+  const int64_t chunks = (n + kSummaryChunk - 1) / kSummaryChunk;
+  const int threads = chunks > 1 ? std::min<int64_t>(omp_get_max_threads(), chunks) : 1;
+  Summary sum{kInf, -kInf, 0, 0};
+  if (chunks <= 1) {
+    sum = summarize(x, n);
+  } else {
+    std::vector<Summary> part(chunks);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < chunks; ++c)
+      part[c] = summarize(x + c * kSummaryChunk, std::min(kSummaryChunk, n - c * kSummaryChunk));
+    for (const Summary& p : part) {
+      sum.lo = std::min(sum.lo, p.lo);
+      sum.hi = std::max(sum.hi, p.hi);
+      sum.sum_abs += p.sum_abs;
+      sum.nonfinite += p.nonfinite;
+    }
+  }
   const int64_t finite = n > 0 ? n - sum.nonfinite : 0;
   nonfinite_ += sum.nonfinite;
   if (batch_lo) *batch_lo = sum.lo;
@@ -229,12 +253,33 @@ void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* bat
   if (finite == 0) return;
   const double lo = sum.lo, hi = sum.hi;
   grow_to_cover(std::max(-lo, hi));
+  const bool all_finite = sum.nonfinite == 0;
+  if (threads <= 1) {
+    count_into(x, n, all_finite, counts_.data());
+  } else {
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<int64_t> local(counts_.size(), 0);
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t b = n * t / nt, e = n * (t + 1) / nt;
+      count_into(x + b, e - b, all_finite, local.data());
+#pragma omp critical(anybit_histogram_counts)
+      for (size_t j = 0; j < local.size(); ++j) counts_[j] += local[j];
+    }
+  }
+  min_ = count_ ? std::min(min_, lo) : lo;
+  max_ = count_ ? std::max(max_, hi) : hi;
+  count_ += finite;
+  sum_abs_ += sum.sum_abs;
+}
+
+void Histogram::count_into(const float* x, int64_t n, bool all_finite, int64_t* out) const {
   // R and the bin width are powers of two, so x * half / R is exact and so is its floor;
   // |x| < R keeps the index inside [0, bins).
   const int half = bins() / 2;
   const double inv_w = half / range_;
-  int64_t* counts = counts_.data() + half;
-  if (sum.nonfinite == 0 && n >= 4 * bins()) {
+  int64_t* counts = out + half;
+  if (all_finite && n >= 4 * bins()) {
     // Four interleaved partial histograms: runs of equal values (the zeros after a ReLU)
     // would otherwise make every increment wait for the previous one to the same bin.
     std::vector<int32_t> part(4 * static_cast<size_t>(bins()), 0);
@@ -251,21 +296,17 @@ void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* bat
       }
       for (; i < end; ++i) ++p0[floor_to_int(x[i] * inv_w)];
       for (int64_t j = 0; j < b; ++j) {
-        counts_[j] += int64_t{part[j]} + part[b + j] + part[2 * b + j] + part[3 * b + j];
+        out[j] += int64_t{part[j]} + part[b + j] + part[2 * b + j] + part[3 * b + j];
         part[j] = part[b + j] = part[2 * b + j] = part[3 * b + j] = 0;
       }
       done = end;
     }
-  } else if (sum.nonfinite == 0) {
+  } else if (all_finite) {
     for (int64_t i = 0; i < n; ++i) ++counts[floor_to_int(x[i] * inv_w)];
   } else {
     for (int64_t i = 0; i < n; ++i)
       if (std::isfinite(x[i])) ++counts[floor_to_int(x[i] * inv_w)];
   }
-  min_ = count_ ? std::min(min_, lo) : lo;
-  max_ = count_ ? std::max(max_, hi) : hi;
-  count_ += finite;
-  sum_abs_ += sum.sum_abs;
 }
 
 void Histogram::merge(const Histogram& other) {

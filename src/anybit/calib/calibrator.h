@@ -113,6 +113,9 @@ class Histogram {
   // Makes R the smallest power of two > amax (at least 2^-126), merging bins.
   void grow_to_cover(double amax);
   void grow_to_range(double r);
+  // Adds the bin counts of x[0, n) to out (bins() entries); with all_finite false, only
+  // the finite values.
+  void count_into(const float* x, int64_t n, bool all_finite, int64_t* out) const;
 
   double range_ = 0;
   std::vector<int64_t> counts_;

@@ -13,11 +13,13 @@
 //    op aliases), before the consumer of a weight, at the top for a model input.
 #include "anybit/core/quantize.h"
 
+#include <ATen/Parallel.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/library.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -624,6 +626,25 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   }
 
   // --- 3 and 4. parameters and quantizer nodes
+  // The calibrators' range searches (MSE, entropy, percentile) are independent per point:
+  // run them in parallel, and report the first failure in point order.
+  std::vector<size_t> observed;
+  for (const auto& kv : slot_of) observed.push_back(kv.first);
+  std::vector<Params> observed_params(observed.size());
+  std::vector<std::string> observed_errors(observed.size());
+  at::parallel_for(0, static_cast<int64_t>(observed.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const size_t i = observed[k];
+      const Assignment& a = result.points[i].assignment;
+      try {
+        observed_params[k] = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), g.points[i].name);
+      } catch (const std::exception& ex) {
+        observed_errors[k] = ex.what();
+      }
+    }
+  });
+  for (const std::string& e : observed_errors)
+    if (!e.empty()) throw Error(e);
   for (size_t i = 0; i < g.points.size(); ++i) {
     const Point& p = g.points[i];
     const Assignment& a = result.points[i].assignment;
@@ -639,7 +660,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       P.zero_point = at::zeros({1});
       P.summary = fmt_scale(s, z);
     } else {
-      P = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), p.name);
+      P = observed_params[std::lower_bound(observed.begin(), observed.end(), i) - observed.begin()];
     }
     install(g, p, a.spec, P, options.portable, &result.points[i]);
     if (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0) && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&

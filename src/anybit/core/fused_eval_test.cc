@@ -1,0 +1,223 @@
+// The fused oneDNN evaluator against its plain twin, the TorchScript interpreter running
+// the same frozen graph: small models written here exercise each lowered op and each
+// fallback path; the shipped model checks a whole quantized network.
+#include "anybit/core/fused_eval.h"
+
+#include <gtest/gtest.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/frontend/resolver.h>
+#include <torch/csrc/jit/frontend/sugared_value.h>
+#include <torch/csrc/jit/passes/freeze_module.h>
+#include <torch/script.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "anybit/core/quantize.h"
+
+namespace anybit {
+namespace {
+
+// torch.X is aten::X (as in the native resolver), anybit.X is anybit's op X
+struct OpsResolver : torch::jit::Resolver {
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name, torch::jit::GraphFunction&,
+                                                         const torch::jit::SourceRange&) override {
+    if (name == "torch") return std::make_shared<torch::jit::BuiltinModule>("aten");
+    if (name == "anybit") return std::make_shared<torch::jit::BuiltinModule>("anybit");
+    return nullptr;
+  }
+  c10::TypePtr resolveType(const std::string&, const torch::jit::SourceRange&) override { return nullptr; }
+};
+
+torch::jit::Module frozen(const std::string& forward, const std::vector<std::pair<std::string, at::Tensor>>& buffers) {
+  torch::jit::Module m("Net");
+  for (const auto& [name, t] : buffers) m.register_buffer(name, t);
+  m.define(forward, std::make_shared<OpsResolver>());
+  m.eval();
+  return torch::jit::freeze(m);
+}
+
+struct Match {
+  double equal = 0;     // share of output elements bit-identical to the interpreter's
+  double max_diff = 0;  // largest absolute difference
+};
+Match compare(torch::jit::Module& m, FusedModel& f, const at::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = m.forward({x}).toTensor();
+  const at::Tensor got = f.forward(x);
+  EXPECT_EQ(got.sizes(), want.sizes());
+  if (got.sizes() != want.sizes()) return {};
+  return {(got == want).to(at::kDouble).mean().item<double>(), (got - want).abs().max().item<double>()};
+}
+
+std::unique_ptr<FusedModel> compile_or_fail(torch::jit::Module& m) {
+  std::string why;
+  auto f = FusedModel::compile(m, &why);
+  EXPECT_TRUE(f) << why;
+  return f;
+}
+
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+  at::manual_seed(seed);
+  return at::randn(shape);
+}
+
+// A conv block as a quantized model has it: conv -> fq -> BatchNorm -> fq -> ReLU -> fq,
+// per-tensor and per-channel quantizers, a residual add, global pooling, a linear layer.
+const char* kQuantizedBlock = R"(
+def forward(self, x):
+    y = torch.conv2d(x, self.w1, self.b1, [1, 1], [1, 1], [1, 1], 1)
+    y = anybit.fake_quant_affine(y, self.s1, self.z1, -1, 0, 0, 15, 0, 1.0)
+    y = torch.batch_norm(y, self.g, self.beta, self.mean, self.var, False, 0.1, 1e-5, False)
+    y = anybit.fake_quant_affine(y, self.sc, self.zc, 1, 0, -8, 7, 0, 1.0)
+    y = torch.relu(y)
+    y = anybit.fake_quant_affine(y, self.s2, self.z2, -1, 0, 0, 255, 0, 1.0)
+    r = torch.conv2d(y, self.w2, None, [1, 1], [1, 1], [1, 1], 1)
+    r = anybit.fake_quant_affine(r, self.s3, self.z3, -1, 0, -128, 127, 0, 1.0)
+    y = y + r
+    y = torch.hardtanh(y, 0.0, 4.0)
+    y = anybit.fake_quant_affine(y, self.s4, self.z4, -1, 0, 0, 15, 0, 1.0)
+    y = torch.adaptive_avg_pool2d(y, [1, 1])
+    y = torch.flatten(y, 1)
+    y = torch.linear(y, self.wl, self.bl)
+    return anybit.fake_quant_affine(y, self.s5, self.z5, -1, 0, -128, 127, 0, 1.0)
+)";
+
+std::vector<std::pair<std::string, at::Tensor>> block_buffers(int64_t cin, int64_t c) {
+  at::manual_seed(3);
+  return {{"w1", at::randn({c, cin, 3, 3}) * 0.3}, {"b1", at::randn({c}) * 0.1},
+          {"s1", at::full({1}, 0.25)},             {"z1", at::full({1}, 8.0)},
+          {"g", at::rand({c}) + 0.5},              {"beta", at::randn({c}) * 0.1},
+          {"mean", at::randn({c}) * 0.2},          {"var", at::rand({c}) + 0.5},
+          {"sc", at::rand({c}) * 0.2 + 0.05},      {"zc", at::zeros({c})},
+          {"s2", at::full({1}, 0.02)},             {"z2", at::zeros({1})},
+          {"w2", at::randn({c, c, 3, 3}) * 0.1},   {"s3", at::full({1}, 0.03)},
+          {"z3", at::zeros({1})},                  {"s4", at::full({1}, 0.25)},
+          {"z4", at::zeros({1})},                  {"wl", at::randn({10, c}) * 0.5},
+          {"bl", at::randn({10}) * 0.1},           {"s5", at::full({1}, 0.01)},
+          {"z5", at::zeros({1})}};
+}
+
+TEST(FusedEval, AQuantizedBlockMatchesTheInterpreter) {
+  for (int64_t cin : {1, 3}) {  // one input channel reads NCHW in place; three reorder to NHWC
+    torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(cin, 16));
+    auto f = compile_or_fail(m);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->primitives(), 4);  // two convs, the pooling, the linear layer
+    // after conv 1: fq, BatchNorm, fq, ReLU, fq; after conv 2: fq, the add, hardtanh, fq;
+    // after the linear layer: fq
+    EXPECT_EQ(f->fused_ops(), 10);
+    const Match r = compare(m, *f, randn({8, cin, 12, 12}, 7));
+    RecordProperty("equal_cin" + std::to_string(cin), std::to_string(r.equal));
+    EXPECT_GE(r.equal, 0.95) << "cin " << cin;
+    EXPECT_LE(r.max_diff, 0.01 + 1e-6) << "cin " << cin;  // at most one step of the output quantizer
+  }
+}
+
+TEST(FusedEval, EveryBatchSizeGetsItsOwnPlan) {
+  torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 8));
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  for (int64_t n : {5, 1, 5, 13}) {
+    const Match r = compare(m, *f, randn({n, 1, 10, 10}, 100 + n));
+    EXPECT_GE(r.equal, 0.95) << n;
+  }
+}
+
+TEST(FusedEval, AFloatModelWithPoolingAndFlatteningMatchesToRounding) {
+  // max and average pooling, a flatten of H x W > 1 (NHWC back to torch's NCHW order),
+  // an add whose open operand is the second, relu6, dropout in eval mode
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    a = torch.conv2d(x, self.w1, self.b1, [1, 1], [0, 0], [1, 1], 1)
+    a = torch.max_pool2d(a, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    b = torch.conv2d(a, self.w2, None, [1, 1], [1, 1], [1, 1], 2)
+    c = a + torch.relu6(b)
+    c = torch.avg_pool2d(c, [2, 2], [1, 1], [1, 1], False, True, None)
+    c = torch.dropout(c, 0.5, False)
+    c = torch.flatten(c, 1)
+    return torch.linear(c, self.wl, None)
+)",
+                                {{"w1", at::randn({6, 3, 3, 3})},
+                                 {"b1", at::randn({6})},
+                                 {"w2", at::randn({6, 3, 3, 3})},
+                                 {"wl", at::randn({4, 6 * 7 * 7}) * 0.1}});
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor x = randn({3, 3, 14, 14}, 11);
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = m.forward({x}).toTensor();
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+}
+
+TEST(FusedEval, ChainsWithoutALayerRunAsPlainLoops) {
+  // a quantizer on the input itself and an add of two values that are both read again:
+  // no primitive carries them, the plain post-op loops do
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    x = anybit.fake_quant_affine(x, self.s, self.z, -1, 0, 0, 255, 0, 1.0)
+    a = torch.conv2d(x, self.w, None, [1, 1], [1, 1], [1, 1], 1)
+    b = torch.conv2d(x, self.w, None, [1, 1], [1, 1], [1, 1], 1)
+    c = a + b
+    d = torch.relu(c + a)
+    return torch.flatten(torch.adaptive_avg_pool2d(d + b, [1, 1]), 1)
+)",
+                                {{"s", at::full({1}, 1.0 / 255)}, {"z", at::zeros({1})}, {"w", at::randn({4, 2, 3, 3})}});
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor x = randn({2, 2, 6, 6}, 5).abs();
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(at::allclose(f->forward(x), m.forward({x}).toTensor(), 1e-4, 1e-5));
+}
+
+TEST(FusedEval, AnOpOutsideTheLoweredSetIsNotCompiledAndSaysWhich) {
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    return torch.sigmoid(torch.conv2d(x, self.w, None, [1, 1], [0, 0], [1, 1], 1))
+)",
+                                {{"w", at::randn({2, 1, 1, 1})}});
+  std::string why;
+  EXPECT_FALSE(FusedModel::compile(m, &why));
+  EXPECT_NE(why.find("aten::sigmoid"), std::string::npos) << why;
+}
+
+TEST(FusedEval, AnInputTheLayersCannotTakeIsOneClearError) {
+  torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 8));
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  try {
+    f->forward(at::zeros({2, 3, 10, 10}));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("input channels"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FusedEval, EvaluateRunsTheShippedModelOnOneDnnWithTheInterpretersAccuracy) {
+  auto train = open_data("fmnist:/usr/share/datasets/fashion-mnist:train");
+  auto test = open_data("fmnist:/usr/share/datasets/fashion-mnist:test");
+  // a quantizer after every module, as the stock PyTorch recipe places them
+  Config c = parse_config_string(
+      "calibrator: mse\n"
+      "rules:\n"
+      "  - {kind: [conv, linear], role: weight, spec: int4}\n"
+      "  - {kind: [conv, bn, relu, pool, linear, add], role: activation, spec: 'uint4:asym'}\n");
+  QuantizeOptions qo;
+  qo.progress = false;
+  qo.calib_batches = 2;
+  QuantizeResult q = quantize(load_model(std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"), c, train.get(), qo);
+  EvalOptions eo;
+  eo.progress = false;
+  EvalResult fused = evaluate(q.model.module, *test, eo);
+  eo.fused = false;
+  EvalResult interp = evaluate(q.model.module, *test, eo);
+  EXPECT_EQ(fused.runtime, "onednn") << fused.runtime_note;
+  EXPECT_EQ(interp.runtime, "torchscript");
+  EXPECT_EQ(fused.samples, 10000);
+  EXPECT_NEAR(fused.top1, interp.top1, 0.05);
+  EXPECT_NEAR(fused.loss, interp.loss, 1e-3);
+}
+
+}  // namespace
+}  // namespace anybit
