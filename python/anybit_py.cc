@@ -97,7 +97,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
 }
 
 py::dict evaluate(const std::string& model_path, const std::string& data_spec,
-                  const std::string& reference_path, int64_t batch_size, bool freeze) {
+                  const std::string& reference_path, int64_t batch_size, bool freeze, bool fused) {
   anybit::EvalResult r;
   {
     py::gil_scoped_release release;
@@ -108,6 +108,7 @@ py::dict evaluate(const std::string& model_path, const std::string& data_spec,
     anybit::EvalOptions o;
     o.batch_size = batch_size;
     o.freeze = freeze;
+    o.fused = fused;
     r = anybit::evaluate(m, *data, o, ref.get());
   }
   py::dict d;
@@ -116,6 +117,8 @@ py::dict evaluate(const std::string& model_path, const std::string& data_spec,
   d["top5"] = r.top5;
   d["loss"] = r.loss;
   d["seconds"] = r.seconds;
+  d["runtime"] = r.runtime;
+  if (!r.runtime_note.empty()) d["runtime_note"] = r.runtime_note;
   if (r.agreement >= 0) d["agreement"] = r.agreement;
   return d;
 }
@@ -505,7 +508,7 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0,
         py::arg("brecq") = 0);
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
-        py::arg("batch_size"), py::arg("freeze"));
+        py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true);
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
         py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
         py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"),

@@ -188,13 +188,15 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     return (qm, report) if return_report else qm
 
 
-def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None):
-    """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`."""
+def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True):
+    """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`.
+    The frozen model runs as fused oneDNN layers when every op lowers (fused=False keeps the
+    TorchScript interpreter); the result's "runtime" says which ran."""
     with tempfile.TemporaryDirectory() as d:
         mp = _save(model, example_inputs, d)
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
-        return _anybit.evaluate(mp, spec, rp, batch_size, freeze)
+        return _anybit.evaluate(mp, spec, rp, batch_size, freeze, fused)
 
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
