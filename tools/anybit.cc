@@ -88,8 +88,10 @@ json eval_json(const anybit::EvalResult& r) {
 void print_eval(const std::string& what, const anybit::EvalResult& r) {
   fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}", what, r.top1, r.top5, r.loss);
   if (r.agreement >= 0) fmt::print("  agreement with float {:.2f}%", r.agreement);
-  fmt::print("  ({} samples, {:.1f} s, {})\n", r.samples, r.seconds, r.runtime);
-  if (!r.runtime_note.empty()) fmt::print("  not on oneDNN: {}\n", r.runtime_note);
+  const bool onednn = r.runtime == "onednn";
+  fmt::print("  ({} samples, {:.1f} s, {}{})\n", r.samples, r.seconds, r.runtime,
+             onednn && !r.runtime_note.empty() ? ": " + r.runtime_note : "");
+  if (!onednn && !r.runtime_note.empty()) fmt::print("  not on oneDNN: {}\n", r.runtime_note);
 }
 
 struct Common {

@@ -47,7 +47,46 @@ struct Step {
   int64_t groups = 1;
   bool max_pool = false, global_pool = false, count_include_pad = true;
   std::vector<PostOp> post;
+  // conv weights on an integer grid: weight = qweight * wstep[out channel], |qweight| <= 127
+  at::Tensor qweight;  // int8, the weight's shape; undefined when the weight is not on one
+  std::vector<float> wstep;
 };
+
+// Whether every weight of each output channel is k * s_c with an integer |k| <= 127, as a
+// fake-quantized weight of at most 8 bits is (a float weight is not): then s_c and k.
+// s_c is recovered from the smallest nonzero |w| of the channel, w_min = m * s_c, trying
+// m = 1..32; k = round(w / s_c) must then be integral for every weight to 1e-3.
+bool integer_grid(const at::Tensor& w, at::Tensor* k_out, std::vector<float>* steps) {
+  const int64_t channels = w.size(0), per = w.numel() / channels;
+  const float* pw = w.data_ptr<float>();
+  at::Tensor k = at::empty(w.sizes(), at::kChar);
+  int8_t* pk = k.data_ptr<int8_t>();
+  steps->assign(channels, 1.0f);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* v = pw + c * per;
+    float vmin = std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < per; ++i)
+      if (v[i] != 0.0f) vmin = std::min(vmin, std::fabs(v[i]));
+    if (!std::isfinite(vmin)) {  // an all-zero channel
+      std::fill(pk + c * per, pk + (c + 1) * per, 0);
+      continue;
+    }
+    bool found = false;
+    for (int m = 1; m <= 32 && !found; ++m) {
+      const double step = static_cast<double>(vmin) / m;
+      found = true;
+      for (int64_t i = 0; i < per && found; ++i) {
+        const double r = v[i] / step, q = std::nearbyint(r);
+        found = std::fabs(r - q) <= 1e-3 && std::fabs(q) <= 127;
+        pk[c * per + i] = static_cast<int8_t>(q);
+      }
+      if (found) (*steps)[c] = static_cast<float>(step);
+    }
+    if (!found) return false;
+  }
+  *k_out = k;
+  return true;
+}
 
 // The fake-quantizer x^ = round(clamp(x * inv, lo, hi)) * s (fake_quant.h) as post-ops:
 // the same float operations in the same order, so the result is the kernel's bit for bit.
@@ -391,23 +430,30 @@ struct FusedModel::Impl {
     std::unordered_map<int, memory> args;  // besides src and dst
     bool posts_on_cpu = false;
     bool alias = false;  // a flatten that keeps the bytes: dst is src under another shape
+    bool int8 = false;         // an int8 conv: reads the integer form of its input
+    bool writes_int8 = false;  // an int8 conv writing the integer form of its output
+    dnnl::reorder dequantize;  // integer form of the output -> its float form
+    dnnl::reorder quantize;    // float form of the output -> its integer form
   };
   struct Plan {
     std::vector<Dims> dims;
-    std::vector<memory> values;
+    std::vector<memory> values;   // float form of each value
+    std::vector<memory> qvalues;  // integer form k = x / s of a value an int8 conv reads
     std::vector<Exec> execs;
     bool input_reorder = false;
   };
+  bool int8 = true;  // FusedModel::compile's int8 argument
   std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
 
   Plan& plan_for(const at::Tensor& x);
-  void build(Plan& p, const Dims& input);
-  dnnl::primitive_attr attributes(const Step& s, const Plan& p, const Dims& out, std::unordered_map<int, memory>& args);
+  void build(Plan& p, const Dims& input, bool use_int8);
+  dnnl::primitive_attr attributes(const std::vector<PostOp>& post, const Plan& p, const Dims& out,
+                                  std::unordered_map<int, memory>& args);
   memory owned(const memory::desc& d) { return memory(d, engine); }
 };
 
-dnnl::primitive_attr FusedModel::Impl::attributes(const Step& s, const Plan& p, const Dims& out,
-                                                  std::unordered_map<int, memory>& args) {
+dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& post, const Plan& p,
+                                                  const Dims& out, std::unordered_map<int, memory>& args) {
   // Every op with a parameter is a binary post-op with its own operand: oneDNN 2.6's conv
   // kernels share one constant per eltwise algorithm across a chain, so two
   // eltwise_linear (or eltwise_clip) post-ops of one chain would both use the first's
@@ -426,7 +472,7 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const Step& s, const Plan& p, 
     args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(po.len()) | DNNL_ARG_SRC_1] = m;
     po.append_binary(alg, d);
   };
-  for (const PostOp& op : s.post) {
+  for (const PostOp& op : post) {
     switch (op.kind) {
       case PostOp::kLinear:
         if (op.a != 1.0f) binary(A::binary_mul, {op.a});
@@ -454,7 +500,7 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const Step& s, const Plan& p, 
   return attr;
 }
 
-void FusedModel::Impl::build(Plan& p, const Dims& input) {
+void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
   p.dims.assign(num_values, {});
   p.values.assign(num_values, memory());
   p.dims[0] = input;
@@ -462,18 +508,78 @@ void FusedModel::Impl::build(Plan& p, const Dims& input) {
   // NCHW and NHWC are the same bytes when C == 1 or H * W == 1: no reorder then
   p.input_reorder = input.size() == 4 && input[1] != 1 && input[2] * input[3] != 1;
   using A = dnnl::algorithm;
+  using DT = memory::data_type;
   const auto inference = dnnl::prop_kind::forward_inference;
-  for (const Step& s : steps) {
+
+  // Integer layers. A value whose layer ends in a per-tensor fake-quantizer
+  // (x * inv, clamp to [lo, hi], round, * s) is k * s with k an integer in [lo, hi]. A conv
+  // reading such a value with at most 8 bits, whose weights lie on an integer grid, runs
+  // as an int8 conv: s_x * s_w * sum(k_x * k_w), exact, where the float conv rounds. The
+  // producing layer then writes k (its chain without the final * s), and a reorder makes
+  // the float form k * s (the same float product the chain ends with) when anything else
+  // reads the value too.
+  std::vector<DT> qtype(num_values, DT::undef);
+  std::vector<float> qscale(num_values, 0.0f);
+  std::vector<bool> int8_conv(steps.size(), false), need_float(num_values, false);
+  for (size_t i = 0; i < steps.size() && use_int8; ++i) {
+    const Step& s = steps[i];
+    if (s.kind != Step::kConv || !s.qweight.defined() || s.groups != 1 || s.in == 0) continue;
+    const Step* prod = nullptr;
+    for (const Step& q : steps)
+      if (q.out == s.in) prod = &q;
+    if (!prod || prod->kind == Step::kFlatten) continue;
+    const std::vector<PostOp>& pp = prod->post;
+    const size_t n = pp.size();
+    if (n < 4 || pp[n - 4].kind != PostOp::kLinear || pp[n - 4].b != 0.0f || pp[n - 3].kind != PostOp::kClip ||
+        pp[n - 2].kind != PostOp::kRound || pp[n - 1].kind != PostOp::kLinear || pp[n - 1].b != 0.0f)
+      continue;
+    const float lo = pp[n - 3].a, hi = pp[n - 3].b;
+    const DT t = lo >= -128 && hi <= 127 ? DT::s8 : (lo >= 0 && hi <= 255 ? DT::u8 : DT::undef);
+    if (t == DT::undef) continue;
+    qtype[s.in] = t;
+    qscale[s.in] = pp[n - 1].a;
+    int8_conv[i] = true;
+  }
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& s = steps[i];
+    if (!int8_conv[i]) need_float[s.in] = true;
+    if (s.in2 >= 0) need_float[s.in2] = true;
+    for (const PostOp& op : s.post)
+      if (op.kind == PostOp::kAddTensor) need_float[op.value] = true;
+  }
+  need_float[output] = true;
+  p.qvalues.assign(num_values, memory());
+
+  for (size_t si = 0; si < steps.size(); ++si) {
+    const Step& s = steps[si];
     Exec ex;
     ex.step = &s;
+    ex.int8 = int8_conv[si];
     const Dims& in = p.dims[s.in];
     Dims out;
+    // only integer layers write integers; a float layer's output is quantized by a reorder
+    const DT out_type = qtype[s.out] != DT::undef && ex.int8 ? qtype[s.out] : DT::f32;
+    ex.writes_int8 = out_type != DT::f32;
+    std::vector<PostOp> post = s.post;
+    if (out_type != DT::f32) post.pop_back();  // write k, not k * s
+    if (ex.int8 && s.bias.defined()) {  // the bias after the output scale: s_x s_w sum + b
+      PostOp b{PostOp::kAddChannel};
+      b.chan.assign(s.bias.data_ptr<float>(), s.bias.data_ptr<float>() + s.bias.numel());
+      post.insert(post.begin(), b);
+    }
+    auto out_desc = [&]() { return memory::desc(out, out_type, out.size() == 4 ? Tag::nhwc : Tag::nc); };
     auto make = [&](auto make_pd) {
       // post-ops on the primitive when oneDNN takes them, else the plain loops after it
       try {
-        auto pd = make_pd(attributes(s, p, out, ex.args));
-        return pd;
+        dnnl::primitive_attr attr = attributes(post, p, out, ex.args);
+        if (ex.int8) {
+          std::vector<float> scales(s.wstep.size());
+          for (size_t c = 0; c < scales.size(); ++c) scales[c] = qscale[s.in] * s.wstep[c];
+          attr.set_output_scales(1 << 1, scales);
+        }
+        return make_pd(attr);
       } catch (const dnnl::error&) {
+        if (ex.int8 || out_type != DT::f32) throw;  // no plain-loop twin for integer layers
         ex.args.clear();
         ex.posts_on_cpu = true;
         return make_pd(dnnl::primitive_attr());
@@ -492,23 +598,25 @@ void FusedModel::Impl::build(Plan& p, const Dims& input) {
         out = {in[0], O, extent(in[2], KH, 0), extent(in[3], KW, 1)};
         if (out[2] <= 0 || out[3] <= 0) throw Error("a conv input of " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " is smaller than its kernel");
         const Dims wdims = g == 1 ? Dims{O, in[1], KH, KW} : Dims{g, O / g, in[1] / g, KH, KW};
-        const memory::desc wplain(wdims, memory::data_type::f32, g == 1 ? Tag::oihw : Tag::goihw);
-        const memory::desc wany(wdims, memory::data_type::f32, Tag::any);
-        const memory::desc bias = s.bias.defined() ? memory::desc({O}, memory::data_type::f32, Tag::x) : memory::desc();
+        const DT wtype = ex.int8 ? DT::s8 : DT::f32;
+        const memory::desc wplain(wdims, wtype, g == 1 ? Tag::oihw : Tag::goihw);
+        const memory::desc wany(wdims, wtype, Tag::any);
+        const memory::desc bias = s.bias.defined() && !ex.int8 ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
+        const memory::desc src = ex.int8 ? memory::desc(in, qtype[s.in], Tag::nhwc) : activation_desc(in);
         auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::convolution_forward::desc d(inference, A::convolution_direct, activation_desc(in), wany, bias,
-                                            activation_desc(out), {s.stride[0], s.stride[1]},
+          dnnl::convolution_forward::desc d(inference, A::convolution_direct, src, wany, bias,
+                                            out_desc(), {s.stride[0], s.stride[1]},
                                             {s.dilation[0] - 1, s.dilation[1] - 1}, {s.padding[0], s.padding[1]},
                                             {s.padding[0], s.padding[1]});
           return dnnl::convolution_forward::primitive_desc(d, attr, engine);
         });
-        memory w_src(wplain, engine, s.weight.data_ptr());
+        memory w_src(wplain, engine, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr());
         memory w = owned(pd.weights_desc());
         dnnl::stream st(engine);
         dnnl::reorder(w_src, w).execute(st, w_src, w);
         st.wait();
         ex.args[DNNL_ARG_WEIGHTS] = w;
-        if (s.bias.defined()) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
+        if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
         ex.prim = dnnl::convolution_forward(pd);
         break;
       }
@@ -522,7 +630,7 @@ void FusedModel::Impl::build(Plan& p, const Dims& input) {
         const memory::desc wany({O, in[1]}, memory::data_type::f32, Tag::any);
         const memory::desc bias = s.bias.defined() ? memory::desc({O}, memory::data_type::f32, Tag::x) : memory::desc();
         auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::inner_product_forward::desc d(inference, activation_desc(in), wany, bias, activation_desc(out));
+          dnnl::inner_product_forward::desc d(inference, activation_desc(in), wany, bias, out_desc());
           return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
         });
         memory w_src(wplain, engine, s.weight.data_ptr());
@@ -553,7 +661,7 @@ void FusedModel::Impl::build(Plan& p, const Dims& input) {
         const A alg = s.max_pool ? A::pooling_max
                                  : (s.count_include_pad ? A::pooling_avg_include_padding : A::pooling_avg_exclude_padding);
         auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::pooling_forward::desc d(inference, alg, activation_desc(in), activation_desc(out), stride, kernel, pad, pad);
+          dnnl::pooling_forward::desc d(inference, alg, activation_desc(in), out_desc(), stride, kernel, pad, pad);
           return dnnl::pooling_forward::primitive_desc(d, attr, engine);
         });
         ex.prim = dnnl::pooling_forward(pd);
@@ -576,6 +684,27 @@ void FusedModel::Impl::build(Plan& p, const Dims& input) {
       }
     }
     p.dims[s.out] = out;
+    if (out_type != DT::f32) {
+      if (ex.posts_on_cpu) throw Error("an integer layer fell back to plain loops");
+      p.qvalues[s.out] = owned(out_desc());
+      if (need_float[s.out]) {
+        p.values[s.out] = owned(activation_desc(out));
+        dnnl::primitive_attr ra;
+        ra.set_output_scales(0, {qscale[s.out]});
+        ex.dequantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.qvalues[s.out], p.values[s.out], ra));
+      }
+      p.execs.push_back(std::move(ex));
+      continue;
+    }
+    if (qtype[s.out] != DT::undef) {  // k = x * (1 / s) rounds back to the integer exactly
+      p.values[s.out] = owned(activation_desc(out));
+      p.qvalues[s.out] = owned(memory::desc(out, qtype[s.out], out.size() == 4 ? Tag::nhwc : Tag::nc));
+      dnnl::primitive_attr ra;
+      ra.set_output_scales(0, {1.0f / qscale[s.out]});
+      ex.quantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.values[s.out], p.qvalues[s.out], ra));
+      p.execs.push_back(std::move(ex));
+      continue;
+    }
     ex.alias = s.kind == Step::kFlatten && (in.size() == 2 || in[2] * in[3] == 1);
     if (ex.alias)
       p.values[s.out] = memory(activation_desc(out), engine, p.values[s.in].get_data_handle());
@@ -591,7 +720,13 @@ FusedModel::Impl::Plan& FusedModel::Impl::plan_for(const at::Tensor& x) {
   if (it != plans.end()) return *it->second;
   auto p = std::make_unique<Plan>();
   try {
-    build(*p, Dims(key.begin(), key.end()));
+    try {
+      build(*p, Dims(key.begin(), key.end()), int8);
+    } catch (const dnnl::error&) {
+      if (!int8) throw;
+      p = std::make_unique<Plan>();  // an integer layer oneDNN does not take: all float
+      build(*p, Dims(key.begin(), key.end()), false);
+    }
   } catch (const dnnl::error& e) {
     throw Error(std::string("oneDNN cannot run this model on inputs of shape ") + c10::str(x.sizes()) + ": " + e.what());
   }
@@ -605,10 +740,23 @@ int FusedModel::primitives() const {
   for (const Step& s : impl_->steps) n += s.kind == Step::kConv || s.kind == Step::kLinear || s.kind == Step::kPool;
   return n;
 }
+int FusedModel::conv_layers() const {
+  int n = 0;
+  for (const Step& s : impl_->steps) n += s.kind == Step::kConv;
+  return n;
+}
 int FusedModel::fused_ops() const { return impl_->fused; }
+int FusedModel::int8_layers(const at::Tensor& x) const {
+  auto it = impl_->plans.find(x.sizes().vec());
+  int n = 0;
+  if (it != impl_->plans.end())
+    for (const Impl::Exec& e : it->second->execs) n += e.int8;
+  return n;
+}
 
-std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen, std::string* why_not) {
+std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen, std::string* why_not, bool int8) {
   auto impl = std::make_unique<Impl>();
+  impl->int8 = int8;
   try {
     Compiler c;
     c.run(frozen.get_method("forward").graph());
@@ -617,6 +765,9 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
     impl->num_values = c.num_values;
     impl->output = c.output;
     impl->fused = c.fused;
+    if (int8)
+      for (Step& s : impl->steps)
+        if (s.kind == Step::kConv && !integer_grid(s.weight, &s.qweight, &s.wstep)) s.qweight = at::Tensor();
   } catch (const Unsupported& e) {
     if (why_not) *why_not = e.what();
     return nullptr;
@@ -641,9 +792,10 @@ at::Tensor FusedModel::forward(const at::Tensor& x_in) {
   }
   for (Impl::Exec& ex : p.execs) {
     const Step& s = *ex.step;
-    memory& dst = p.values[s.out];
-    memory& src = p.values[s.in];
-    const int64_t n = static_cast<int64_t>(dst.get_desc().get_size() / sizeof(float));
+    memory& dst = ex.writes_int8 ? p.qvalues[s.out] : p.values[s.out];
+    memory& src = ex.int8 ? p.qvalues[s.in] : p.values[s.in];
+    int64_t n = 1;
+    for (int64_t d : p.dims[s.out]) n *= d;
     if (s.kind == Step::kFlatten) {
       if (ex.alias) {
         dst.set_data_handle(src.get_data_handle());
@@ -678,6 +830,9 @@ at::Tensor FusedModel::forward(const at::Tensor& x_in) {
         if (op.kind == PostOp::kAddTensor) added.push_back(static_cast<const float*>(p.values[op.value].get_data_handle()));
       apply_post_ops(static_cast<float*>(dst.get_data_handle()), n, p.dims[s.out][1], s.post, added);
     }
+    if (ex.dequantize) ex.dequantize.execute(st, p.qvalues[s.out], p.values[s.out]);
+    if (ex.quantize) ex.quantize.execute(st, p.values[s.out], p.qvalues[s.out]);
+    if (ex.dequantize || ex.quantize) st.wait();
   }
   st.wait();
   const Dims& od = p.dims[impl_->output];

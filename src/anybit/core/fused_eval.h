@@ -32,14 +32,21 @@ class FusedModel {
  public:
   // `frozen` is a module after torch::jit::freeze (weights and quantizer parameters are
   // constants). Returns null, with the reason in *why_not, when an op is not lowered.
+  // With int8, a conv whose input comes from a per-tensor quantizer of at most 8 bits and
+  // whose weights lie on an integer grid of at most 8 bits runs as an int8 conv:
+  // s_x * s_w * sum(q_x * q_w), exact integer arithmetic, which the float conv of the
+  // fake-quantized values approximates (the results differ by the float conv's rounding).
   static std::unique_ptr<FusedModel> compile(const torch::jit::Module& frozen,
-                                             std::string* why_not);
+                                             std::string* why_not, bool int8 = true);
   ~FusedModel();
   // x: float32 [N, C, H, W] (or [N, F]); returns the model's output [N, ...] as a new tensor.
   // Throws anybit::Error when this input shape cannot run on the compiled layers.
   at::Tensor forward(const at::Tensor& x);
   int primitives() const;  // oneDNN layers per forward
+  int conv_layers() const;
   int fused_ops() const;   // graph ops that run as post-ops of a layer
+  // int8 convs of the plan for this input shape (after forward ran on it)
+  int int8_layers(const at::Tensor& x) const;
 
  private:
   struct Impl;

@@ -115,6 +115,35 @@ TEST(FusedEval, AQuantizedBlockMatchesTheInterpreter) {
   }
 }
 
+TEST(FusedEval, AConvBetweenQuantizersRunsInInt8AndAgreesWithTheFloatConv) {
+  auto buffers = block_buffers(1, 16);
+  at::manual_seed(9);
+  for (auto& [name, t] : buffers)  // conv 2's weights on a 4-bit grid of step 0.05
+    if (name == "w2") t = at::round(at::randn({16, 16, 3, 3}) * 3).clamp(-8, 7) * 0.05;
+  torch::jit::Module m = frozen(kQuantizedBlock, buffers);
+  const at::Tensor x = randn({8, 1, 12, 12}, 7);
+  for (bool int8 : {true, false}) {
+    std::string why;
+    auto f = FusedModel::compile(m, &why, int8);
+    ASSERT_TRUE(f) << why;
+    const Match r = compare(m, *f, x);
+    // conv 2 reads the uint8 ReLU quantizer's integers and the weights' integers; conv 1
+    // reads the float input and stays float
+    EXPECT_EQ(f->int8_layers(x), int8 ? 1 : 0);
+    EXPECT_GE(r.equal, 0.95) << "int8 " << int8;
+    EXPECT_LE(r.max_diff, 0.01 + 1e-6) << "int8 " << int8;
+  }
+}
+
+TEST(FusedEval, WeightsOffAnIntegerGridStayFloat) {
+  torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 16));  // random float weights
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor x = randn({2, 1, 8, 8}, 1);
+  f->forward(x);
+  EXPECT_EQ(f->int8_layers(x), 0);
+}
+
 TEST(FusedEval, EveryBatchSizeGetsItsOwnPlan) {
   torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 8));
   auto f = compile_or_fail(m);
@@ -213,6 +242,7 @@ TEST(FusedEval, EvaluateRunsTheShippedModelOnOneDnnWithTheInterpretersAccuracy) 
   eo.fused = false;
   EvalResult interp = evaluate(q.model.module, *test, eo);
   EXPECT_EQ(fused.runtime, "onednn") << fused.runtime_note;
+  EXPECT_NE(fused.runtime_note.find("int8"), std::string::npos) << fused.runtime_note;
   EXPECT_EQ(interp.runtime, "torchscript");
   EXPECT_EQ(fused.samples, 10000);
   EXPECT_NEAR(fused.top1, interp.top1, 0.05);

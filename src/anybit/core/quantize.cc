@@ -837,7 +837,9 @@ class FusedRunner {
     if (!why.empty()) {
       fused_.reset();
       note(why);
-      if (result_) result_->runtime = "torchscript";
+    } else {
+      note(std::to_string(fused_->int8_layers(x)) + " of " + std::to_string(fused_->conv_layers()) +
+           " convs in int8");
     }
     return expect;
   }

@@ -107,7 +107,8 @@ struct EvalResult {
   double top1 = 0, top5 = 0, loss = 0;
   double agreement = -1;  // share of argmax equal to the reference model's; -1 if none
   double seconds = 0;
-  // What ran the model: "onednn" (fused_eval.h) or "torchscript", and why not oneDNN.
+  // What ran the model: "onednn" (fused_eval.h) or "torchscript"; the note says why not
+  // oneDNN, or how many of the convs ran in int8 on it.
   std::string runtime = "torchscript";
   std::string runtime_note;
 };
