@@ -345,10 +345,10 @@ class Compiler {
     } else if (k == "aten::contiguous" || k == "aten::detach") {
       alias(n->output(), n->input(0));
     } else if (k == "aten::adaptive_avg_pool2d") {
-      if (constant_ints(n, 1) != std::vector<int64_t>{1, 1}) throw Unsupported("adaptive_avg_pool2d to a size other than 1x1");
       Step s{Step::kPool};
       s.in = id(n->input(0));
       s.global_pool = true;
+      s.kernel = constant_ints(n, 1);  // the output size; the plan needs it to divide the input
       new_step(std::move(s), n->output());
     } else if (k == "aten::max_pool2d" || k == "aten::avg_pool2d") {
       Step s{Step::kPool};
@@ -646,11 +646,15 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
       case Step::kPool: {
         if (in.size() != 4) throw Error("a pooling input has " + std::to_string(in.size()) + " dimensions");
         Dims kernel, stride, pad;
-        if (s.global_pool) {
-          kernel = {in[2], in[3]};
-          stride = {1, 1};
+        if (s.global_pool) {  // adaptive average pooling to a size that divides the input
+          const int64_t oh = s.kernel[0], ow = s.kernel[1];
+          if (oh < 1 || ow < 1 || in[2] % oh != 0 || in[3] % ow != 0)
+            throw Error("adaptive_avg_pool2d from " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " to " +
+                        std::to_string(oh) + "x" + std::to_string(ow) + " (not a whole number of inputs per output)");
+          kernel = {in[2] / oh, in[3] / ow};
+          stride = kernel;
           pad = {0, 0};
-          out = {in[0], in[1], 1, 1};
+          out = {in[0], in[1], oh, ow};
         } else {
           kernel = {s.kernel[0], s.kernel[1]};
           stride = {s.stride[0], s.stride[1]};

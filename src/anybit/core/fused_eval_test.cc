@@ -10,6 +10,7 @@
 #include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/script.h>
 
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -211,6 +212,25 @@ def forward(self, x):
   EXPECT_NE(why.find("aten::sigmoid"), std::string::npos) << why;
 }
 
+TEST(FusedEval, AdaptivePoolingToASizeThatDoesNotDivideTheInputIsOneClearError) {
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    return torch.adaptive_avg_pool2d(torch.conv2d(x, self.w, None, [1, 1], [0, 0], [1, 1], 1), [2, 2])
+)",
+                                {{"w", at::randn({2, 1, 1, 1})}});
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor even = randn({1, 1, 6, 4}, 3);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(at::allclose(f->forward(even), m.forward({even}).toTensor(), 1e-5, 1e-6));
+  try {
+    f->forward(at::zeros({1, 1, 5, 4}));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("5x4 to 2x2"), std::string::npos) << e.what();
+  }
+}
+
 TEST(FusedEval, AnInputTheLayersCannotTakeIsOneClearError) {
   torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 8));
   auto f = compile_or_fail(m);
@@ -221,6 +241,46 @@ TEST(FusedEval, AnInputTheLayersCannotTakeIsOneClearError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("input channels"), std::string::npos) << e.what();
   }
+}
+
+std::string fixture(const std::string& name) {
+  const char* dir = std::getenv("ANYBIT_FIXTURES");
+  return std::string(dir ? dir : "fixtures") + "/" + name;
+}
+
+// torchvision's models, scripted and traced, float and quantized at W8A8: each compiles
+// (or, with an op outside the lowered set, says which) and matches the interpreter.
+TEST(FusedEval, TorchvisionModelsCompileAndMatchTheInterpreter) {
+  const at::Tensor x = randn({2, 3, 224, 224}, 21);
+  auto calib = tensor_data(randn({4, 3, 224, 224}, 22), at::zeros({4}, at::kLong), "random.npy");
+  Config w8a8 = parse_config_string(
+      "rules:\n"
+      "  - {kind: [conv, linear], role: weight, spec: 'int8:per_channel'}\n"
+      "  - {kind: [relu, pool, add], spec: int8}\n");
+  for (const std::string model : {"resnet18", "mobilenet_v2", "alexnet"})
+    for (const std::string form : {"script", "trace"})
+      for (bool quantized : {false, true}) {
+        const std::string what = model + "_" + form + (quantized ? " W8A8" : " float");
+        torch::jit::Module m = load_module(fixture(model + "_" + form + ".pt"));
+        if (quantized) {
+          QuantizeOptions qo;
+          qo.progress = false;
+          qo.batch_size = 2;
+          qo.calib_batches = 2;
+          m = quantize(load_model(fixture(model + "_" + form + ".pt")), w8a8, calib.get(), qo).model.module;
+        }
+        m.eval();
+        torch::jit::Module f = torch::jit::freeze(m.clone());
+        std::string why;
+        auto fused = FusedModel::compile(f, &why);
+        ASSERT_TRUE(fused) << what << ": " << why;
+        torch::NoGradGuard no_grad;
+        const at::Tensor want = f.forward({x}).toTensor(), got = fused->forward(x);
+        ASSERT_EQ(got.sizes(), want.sizes()) << what;
+        EXPECT_TRUE(at::equal(got.argmax(1), want.argmax(1))) << what;
+        const double scale = want.abs().max().item<double>();
+        EXPECT_LE((got - want).abs().max().item<double>(), (quantized ? 0.05 : 1e-3) * scale) << what;
+      }
 }
 
 TEST(FusedEval, EvaluateRunsTheShippedModelOnOneDnnWithTheInterpretersAccuracy) {
