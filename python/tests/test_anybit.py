@@ -106,6 +106,10 @@ def test_dataloader_calibration_and_evaluation_on_fashion_mnist():
     qm = anybit.quantize(torch.jit.load(FMNIST), os.path.join(ROOT, "examples", "w4a4.yaml"), calib_data=loader)
     r = anybit.evaluate(qm, "fmnist::test:limit=500", reference=torch.jit.load(FMNIST))
     assert r["samples"] == 500 and 0 <= r["top1"] <= 100 and "agreement" in r
+    # the fused oneDNN layers by default, the interpreter on request: the same predictions
+    assert r["runtime"] == "onednn" and "int8" in r["runtime_note"]
+    ri = anybit.evaluate(qm, "fmnist::test:limit=500", reference=torch.jit.load(FMNIST), fused=False)
+    assert ri["runtime"] == "torchscript" and ri["top1"] == r["top1"] and ri["agreement"] == r["agreement"]
 
 
 @pytest.mark.parametrize("config,fragment", [
