@@ -3,6 +3,7 @@
 #include "anybit/calib/calibrator.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -182,6 +183,37 @@ TEST(Histogram, MatchesPlainLoopsForAnyLengthAndNonFinitePlacement) {
         if (std::isfinite(x)) ++want[32 + static_cast<int64_t>(std::floor(x * 32.0 / h.range()))];
       EXPECT_EQ(h.counts(), want) << n << " " << place;
     }
+  }
+}
+
+// Batches of more than one 64K chunk are observed on all OpenMP threads: the counts,
+// extremes and the sum of |x| are those of one thread, bit for bit, also with a NaN and an
+// inf in the middle and chunk boundaries that do not fall on thread boundaries.
+TEST(Histogram, ObservingOnManyThreadsGivesTheStatisticsOfOneThread) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int64_t n : {(int64_t{1} << 16) + 1, int64_t{3} * (1 << 16) + 777, int64_t{1} << 20}) {
+    std::vector<float> v(n);
+    for (float& x : v) x = nd(rng) > 1.0f ? nd(rng) : 0.0f;
+    v[n / 3] = std::nanf("");
+    v[n / 2] = std::numeric_limits<float>::infinity();
+    std::vector<Histogram> h(3);
+    const int threads[] = {1, 2, 5};
+    for (int t = 0; t < 3; ++t) {
+      omp_set_num_threads(threads[t]);
+      h[t].observe(v.data(), n);
+      h[t].observe(v.data() + 7, n - 7);  // a second batch: the range is set, the bins add
+    }
+    omp_set_num_threads(1);
+    for (int t = 1; t < 3; ++t) {
+      EXPECT_EQ(h[t].counts(), h[0].counts()) << n << " threads " << threads[t];
+      EXPECT_EQ(h[t].count(), h[0].count());
+      EXPECT_EQ(h[t].nonfinite(), h[0].nonfinite());
+      EXPECT_EQ(h[t].min(), h[0].min());
+      EXPECT_EQ(h[t].max(), h[0].max());
+      EXPECT_EQ(h[t].sum_abs(), h[0].sum_abs());
+    }
+    EXPECT_EQ(h[0].nonfinite(), 4);
   }
 }
 

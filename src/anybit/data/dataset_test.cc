@@ -120,6 +120,41 @@ TEST(Idx, PlainAndGzippedFilesReadAlikeWithTheShapeFromTheHeader) {
   }
 }
 
+// A gzip image file whose trailer agrees with its header is inflated as samples are read:
+// any order of reads gives the plain file's samples, and damage past the first megabyte
+// shows only when a sample there is read, as one error naming the file.
+TEST(Idx, GzipImagesAreInflatedOnDemandAndDamageShowsWhereItIsRead) {
+  const int64_t n = 3000;
+  std::vector<uint8_t> px(n * 28 * 28);
+  uint32_t state = 1;
+  for (size_t i = 0; i < px.size(); ++i) {  // compressible, not constant: a small LCG in 16 levels
+    state = state * 1664525u + 1013904223u;
+    px[i] = static_cast<uint8_t>((state >> 28) * 17);
+  }
+  std::vector<uint8_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>(i % 10);
+  const std::string plain = make_temp_dir("idx_lazy_plain"), gz = make_temp_dir("idx_lazy_gz"),
+                    bad = make_temp_dir("idx_lazy_bad");
+  const std::vector<uint8_t> images = idx_file(kImagesMagic, {static_cast<uint32_t>(n), 28, 28}, px);
+  write_bytes(plain + "/t10k-images-idx3-ubyte", images);
+  write_bytes(gz + "/t10k-images-idx3-ubyte.gz", gzip_bytes(images));
+  std::vector<uint8_t> damaged = gzip_bytes(images);
+  for (size_t i = damaged.size() - 400; i < damaged.size() - 300; ++i) damaged[i] ^= 0x5a;  // trailer intact
+  write_bytes(bad + "/t10k-images-idx3-ubyte.gz", damaged);
+  for (const std::string& dir : {plain, gz, bad})
+    write_bytes(dir + "/t10k-labels-idx1-ubyte", idx_file(kLabelsMagic, {static_cast<uint32_t>(n)}, labels));
+  auto p = open_dataset("mnist:" + plain), g = open_dataset("mnist:" + gz);
+  ASSERT_EQ(g->size(), n);
+  for (int64_t i : {n - 1, int64_t{0}, n / 2, int64_t{1}}) {
+    const Batch a = batch(*p, i, 1), b = batch(*g, i, 1);
+    EXPECT_EQ(a.images, b.images) << i;
+    EXPECT_EQ(a.labels, b.labels) << i;
+  }
+  auto d = open_dataset("mnist:" + bad);  // opens: the header and trailer agree
+  EXPECT_EQ(batch(*d, 0, 10).images, batch(*p, 0, 10).images);
+  expect_error([&] { batch(*d, n - 1, 1); }, {"mnist: " + bad + "/t10k-images-idx3-ubyte.gz", "gzip data"});
+}
+
 TEST(Idx, TruncatedGzipIsAnErrorNamingTheFile) {
   const std::string dir = make_temp_dir("idx_cut_gz");
   std::vector<uint8_t> big(16 + 50 * 28 * 28);
