@@ -450,6 +450,14 @@ struct FusedModel::Impl {
   dnnl::primitive_attr attributes(const std::vector<PostOp>& post, const Plan& p, const Dims& out,
                                   std::unordered_map<int, memory>& args);
   memory owned(const memory::desc& d) { return memory(d, engine); }
+  // The weights (plain layout `plain`, at `data`) in the layout a primitive chose.
+  memory reordered_weights(const memory::desc& plain, void* data, const memory::desc& chosen) {
+    memory src(plain, engine, data), w = owned(chosen);
+    dnnl::stream st(engine);
+    dnnl::reorder(src, w).execute(st, src, w);
+    st.wait();
+    return w;
+  }
 };
 
 dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& post, const Plan& p,
@@ -521,12 +529,12 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
   std::vector<DT> qtype(num_values, DT::undef);
   std::vector<float> qscale(num_values, 0.0f);
   std::vector<bool> int8_conv(steps.size(), false), need_float(num_values, false);
+  std::vector<const Step*> producer(num_values, nullptr);  // the step whose final output a value is
+  for (const Step& s : steps) producer[s.out] = &s;
   for (size_t i = 0; i < steps.size() && use_int8; ++i) {
     const Step& s = steps[i];
-    if (s.kind != Step::kConv || !s.qweight.defined() || s.groups != 1 || s.in == 0) continue;
-    const Step* prod = nullptr;
-    for (const Step& q : steps)
-      if (q.out == s.in) prod = &q;
+    if (s.kind != Step::kConv || !s.qweight.defined() || s.groups != 1) continue;
+    const Step* prod = producer[s.in];
     if (!prod || prod->kind == Step::kFlatten) continue;
     const std::vector<PostOp>& pp = prod->post;
     const size_t n = pp.size();
@@ -579,7 +587,7 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
         }
         return make_pd(attr);
       } catch (const dnnl::error&) {
-        if (ex.int8 || out_type != DT::f32) throw;  // no plain-loop twin for integer layers
+        if (ex.int8) throw;  // no plain-loop twin for integer layers
         ex.args.clear();
         ex.posts_on_cpu = true;
         return make_pd(dnnl::primitive_attr());
@@ -610,12 +618,8 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
                                             {s.padding[0], s.padding[1]});
           return dnnl::convolution_forward::primitive_desc(d, attr, engine);
         });
-        memory w_src(wplain, engine, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr());
-        memory w = owned(pd.weights_desc());
-        dnnl::stream st(engine);
-        dnnl::reorder(w_src, w).execute(st, w_src, w);
-        st.wait();
-        ex.args[DNNL_ARG_WEIGHTS] = w;
+        ex.args[DNNL_ARG_WEIGHTS] =
+            reordered_weights(wplain, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr(), pd.weights_desc());
         if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
         ex.prim = dnnl::convolution_forward(pd);
         break;
@@ -633,12 +637,7 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
           dnnl::inner_product_forward::desc d(inference, activation_desc(in), wany, bias, out_desc());
           return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
         });
-        memory w_src(wplain, engine, s.weight.data_ptr());
-        memory w = owned(pd.weights_desc());
-        dnnl::stream st(engine);
-        dnnl::reorder(w_src, w).execute(st, w_src, w);
-        st.wait();
-        ex.args[DNNL_ARG_WEIGHTS] = w;
+        ex.args[DNNL_ARG_WEIGHTS] = reordered_weights(wplain, s.weight.data_ptr(), pd.weights_desc());
         if (s.bias.defined()) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
         ex.prim = dnnl::inner_product_forward(pd);
         break;
@@ -689,7 +688,6 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
     }
     p.dims[s.out] = out;
     if (out_type != DT::f32) {
-      if (ex.posts_on_cpu) throw Error("an integer layer fell back to plain loops");
       p.qvalues[s.out] = owned(out_desc());
       if (need_float[s.out]) {
         p.values[s.out] = owned(activation_desc(out));

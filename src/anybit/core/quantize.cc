@@ -808,13 +808,13 @@ namespace {
 // its argmax agrees with the interpreter's on at least 99% of the samples.
 class FusedRunner {
  public:
-  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult* r = nullptr) : module_(m), result_(r) {
+  // `r` (optional) receives the runtime and its note.
+  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult* r) : module_(m), result_(r) {
     if (!fuse) return;
     std::string why;
     fused_ = FusedModel::compile(m, &why);
     note(fused_ ? "" : why);
   }
-  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult& r) : FusedRunner(m, fuse, &r) {}
   at::Tensor operator()(const at::Tensor& x) {
     if (!fused_) return module_.forward({x}).toTensor();
     if (checked_) return fused_->forward(x);
@@ -873,8 +873,8 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     reference = &ref_module;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  FusedRunner run(model, opt.freeze && opt.fused, r);
-  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused);
+  FusedRunner run(model, opt.freeze && opt.fused, &r);
+  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused, nullptr);
   int64_t correct1 = 0, correct5 = 0, agree = 0;
   double loss = 0;
   data::ProgressBar bar("evaluate", data.size(), progress);
