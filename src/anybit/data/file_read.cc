@@ -51,6 +51,22 @@ std::vector<uint8_t> read_file_bytes(const std::string& what, const std::string&
   return out;
 }
 
+size_t gzip_read(gzFile_s* file, uint8_t* dst, size_t want, const std::string& what, const std::string& path,
+                 size_t have) {
+  const int got = gzread(file, dst, static_cast<unsigned>(want));
+  int code = Z_OK;
+  if (got < 0) throw Error(what + ": " + path + ": corrupt gzip data (" + gzerror(file, &code) + ")");
+  if (got > 0) return static_cast<size_t>(got);
+  // gzread returns the data it could inflate from a cut-off stream and only records the
+  // problem (Z_BUF_ERROR, "unexpected end of file"): ask for it explicitly.
+  const std::string msg = gzerror(file, &code);
+  if (code == Z_BUF_ERROR)
+    throw Error(what + ": " + path + ": truncated gzip file (" + msg + " after " + std::to_string(have) +
+                " bytes of data)");
+  if (code != Z_OK) throw Error(what + ": " + path + ": corrupt gzip data (" + msg + ")");
+  return 0;
+}
+
 std::vector<uint8_t> read_file_maybe_gzip(const std::string& what, const std::string& path) {
   if (is_directory(path)) throw Error(what + ": " + path + ": is a directory, expected a file");
   errno = 0;
@@ -61,24 +77,11 @@ std::vector<uint8_t> read_file_maybe_gzip(const std::string& what, const std::st
   size_t have = 0;
   for (;;) {
     if (have == out.size()) out.resize(out.size() * 2);
-    const size_t want = std::min<size_t>(out.size() - have, 1u << 30);
-    const int got = gzread(f.get(), out.data() + have, static_cast<unsigned>(want));
-    if (got < 0) {
-      int code = 0;
-      const std::string msg = gzerror(f.get(), &code);
-      throw Error(what + ": " + path + ": corrupt gzip data (" + msg + ")");
-    }
+    const size_t got = gzip_read(f.get(), out.data() + have, std::min<size_t>(out.size() - have, 1u << 30), what,
+                                 path, have);
     if (got == 0) break;
-    have += static_cast<size_t>(got);
+    have += got;
   }
-  // gzread returns the data it could inflate from a cut-off stream and only records the
-  // problem (Z_BUF_ERROR, "unexpected end of file"): ask for it explicitly.
-  int code = Z_OK;
-  const std::string msg = gzerror(f.get(), &code);
-  if (code == Z_BUF_ERROR)
-    throw Error(what + ": " + path + ": truncated gzip file (" + msg + " after " + std::to_string(have) +
-                " bytes of data)");
-  if (code != Z_OK) throw Error(what + ": " + path + ": corrupt gzip data (" + msg + ")");
   out.resize(have);
   out.shrink_to_fit();
   return out;

@@ -76,15 +76,12 @@ class LazyGzipBytes {
     uint64_t have = have_.load(std::memory_order_relaxed);
     const uint64_t target = std::min(size_, std::max(end, have + (uint64_t{1} << 20)));  // read ahead 1 MB
     while (have < target) {
-      const unsigned want = static_cast<unsigned>(std::min<uint64_t>(target - have, 1u << 30));
-      const int got = gzread(file_.get(), data_.get() + have, want);
-      if (got <= 0) {
-        int code = Z_OK;
-        const std::string msg = gzerror(file_.get(), &code);
-        throw Error(what_ + ": " + path_ + ": " + (got == 0 || code == Z_BUF_ERROR ? "truncated" : "corrupt") +
-                    " gzip data (" + msg + " after " + std::to_string(have) + " bytes)");
-      }
-      have += static_cast<uint64_t>(got);
+      const size_t got = gzip_read(file_.get(), data_.get() + have, std::min<uint64_t>(target - have, 1u << 30),
+                                   what_, path_, have);
+      if (got == 0)  // the stream ended cleanly before the size its trailer gives
+        throw Error(what_ + ": " + path_ + ": truncated gzip file (the data ends after " + std::to_string(have) +
+                    " of " + std::to_string(size_) + " bytes)");
+      have += got;
       have_.store(have, std::memory_order_release);
     }
     return data_.get();
