@@ -85,10 +85,9 @@ def anybit_python(threads):
 
 
 def anybit_run(exe, threads):
-    cfg = CONFIG
     with tempfile.TemporaryDirectory() as d:
         cpath, out = os.path.join(d, "w4a4.yaml"), os.path.join(d, "w4a4.pt")
-        open(cpath, "w").write(cfg)
+        open(cpath, "w").write(CONFIG)
         t0 = time.perf_counter()
         r = subprocess.run([exe, "--threads", str(threads), "quantize", os.path.join(ROOT, "models/fmnist_resnet.pt"),
                             "--config", cpath, "--data", f"fmnist:{DATA}:train", "--calib-batches", "8",
