@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs anybit's build and test dependencies from Debian's packages (Debian 12).
-# Only what is missing is installed, so repeated runs cost a dpkg query.
+# Installs anybit's build and test dependencies: Debian's packages (Debian 12) and a venv
+# with the few Python packages Debian lacks (PyPI). Only what is missing is installed, so
+# repeated runs cost a dpkg query and a file comparison.
 set -euo pipefail
 PKGS=(
   cmake make g++ pkg-config zlib1g-dev libjpeg62-turbo-dev libpng-dev
@@ -22,15 +23,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-# onnxruntime-node from the npm registry, pinned by tools/onnxrt/package-lock.json, runs the
-# exported ONNX files in the tests. Its install script would fetch extra GPU libraries from
-# outside the registry: skip it (the CPU runtime ships in the package).
+# The project's venv (.venv): Debian's python3 with its packages visible
+# (--system-site-packages: torch, torchvision, numpy and onnx stay Debian's) plus the Python
+# packages Debian does not carry, from PyPI, pinned in scripts/requirements.txt: ONNX Runtime,
+# which runs the exported ONNX files in the tests. The tests and the Python package run in it.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-if [ ! -d "$ROOT/tools/onnxrt/node_modules/onnxruntime-node" ]; then
-  if command -v npm >/dev/null 2>&1; then
-    echo "anybit: installing onnxruntime-node into tools/onnxrt"
-    ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix "$ROOT/tools/onnxrt" --no-audit --no-fund --loglevel=error
-  else
-    echo "anybit: npm not found; the ONNX Runtime tests will be skipped"
-  fi
+VENV="$ROOT/.venv"
+REQ="$ROOT/scripts/requirements.txt"
+STAMP="$VENV/.anybit-requirements"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "anybit: creating the project venv in .venv"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if ! cmp -s "$REQ" "$STAMP"; then
+  echo "anybit: installing $(grep -v '^#' "$REQ" | tr '\n' ' ')into .venv (PyPI)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+  cp "$REQ" "$STAMP"
 fi

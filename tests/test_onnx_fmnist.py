@@ -1,7 +1,7 @@
 """Issue 6 end to end: the shipped Fashion-MNIST model quantized with
 examples/export_w8a8.yaml (as the README does it, with the CLI), exported to integers
 (`anybit export`), converted to ONNX (`python3 -m anybit.onnx_export`), checked (the ONNX
-checker, pure QDQ) and run with onnxruntime-node (tools/onnxrt/run.mjs) on the whole
+checker, pure QDQ) and run with ONNX Runtime (tests/onnxrt.py, PyPI's onnxruntime) on the whole
 Fashion-MNIST test set (10,000 images). Its predictions must be anybit's: those of the
 fake-quantized model (TorchScript, loaded after `import anybit`) and of the integer engine
 (anybit.intsim_run).
@@ -15,13 +15,12 @@ rounds float products), argmax equal on 100.00%, top-1 92.90%, output integers e
 99.93% (max one step). Shifting the input's zero point by one in the ONNX file still gives
 99.91% equal argmax but only 86.6% equal output integers: the integer check catches it.
 
-Skipped only when onnxruntime-node is not installed (scripts/install-deps.sh puts it in
-tools/onnxrt/node_modules) or node is missing.
+Skipped (and shown as skipped by ctest) only when onnxruntime is not installed
+(scripts/install-deps.sh puts it in the project's venv).
 """
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -37,13 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "models", "fmnist_resnet.pt")
 CONFIG = os.path.join(ROOT, "examples", "export_w8a8.yaml")
 EXE = os.environ.get("ANYBIT_EXE", os.path.join(ROOT, "build", "anybit"))
-RUNNER = os.path.join(ROOT, "tools", "onnxrt", "run.mjs")
-ORT = os.path.join(ROOT, "tools", "onnxrt", "node_modules", "onnxruntime-node")
 DATA = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import onnxrt  # noqa: E402  (tests/onnxrt.py)
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(ORT) or shutil.which("node") is None,
-    reason="onnxruntime-node is not installed in tools/onnxrt/node_modules (scripts/install-deps.sh), or no node")
 
 
 def read_idx(name, offset):
@@ -99,8 +95,9 @@ def test_onnx_runtime_gives_anybits_predictions_on_the_fashion_mnist_test_set(tm
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     np.save(str(tmp_path / "x.npy"), x)
 
-    run("onnxruntime", ["node", RUNNER, qonnx, str(tmp_path / "x.npy"), str(tmp_path / "ort.npy"), "--batch", "500"])
-    ort = np.load(str(tmp_path / "ort.npy"))
+    t = time.time()
+    ort = onnxrt.run(qonnx, x, batch=500)
+    times["onnxruntime"] = time.time() - t
     assert ort.shape == (10000, 10) and ort.dtype == np.float32
 
     t = time.time()

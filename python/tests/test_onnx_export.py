@@ -3,7 +3,7 @@
 The models are written here with NumPy, following docs/integer-format.md, and calibrated
 with the test's own reference: a NumPy interpreter of the fake-quantized float semantics
 (dequantize, float conv / pool / add, quantize with round-half-even and clamp). The
-8-bit model must export as pure QDQ and run on onnxruntime-node (tools/onnxrt/run.mjs)
+8-bit model must export as pure QDQ and run on ONNX Runtime (tests/onnxrt.py)
 with the reference's argmax and within one output step of its logits; the 4-bit model
 exports QONNX Quant nodes, which the test lowers to stock ONNX ops (Div, Round, Clip, ...)
 per QONNX's definition to run them the same way.
@@ -21,13 +21,14 @@ from onnx import helper, numpy_helper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = os.path.join(ROOT, "python", "anybit", "onnx_export.py")
-RUNNER = os.path.join(ROOT, "tools", "onnxrt", "run.mjs")
-NODE_MODULES = os.path.join(ROOT, "tools", "onnxrt", "node_modules")
 
 # Loaded from its file: the exporter needs numpy and onnx only, not the C++ extension that
 # `import anybit` loads.
 _spec = importlib.util.spec_from_file_location("anybit_onnx_export", MODULE)
 ox = importlib.util.module_from_spec(_spec)
+_ort_spec = importlib.util.spec_from_file_location("anybit_test_onnxrt", os.path.join(ROOT, "tests", "onnxrt.py"))
+onnxrt = importlib.util.module_from_spec(_ort_spec)
+_ort_spec.loader.exec_module(onnxrt)
 _spec.loader.exec_module(ox)
 
 INPUT_SHAPE = (3, 9, 9)
@@ -289,14 +290,7 @@ def lower_quant(model):
 
 
 def run_onnxrt(tmp_path, model_path, x, opt="all"):
-    if not os.path.isdir(NODE_MODULES):
-        pytest.skip("tools/onnxrt/node_modules is absent (ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix tools/onnxrt)")
-    xp, yp = str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
-    np.save(xp, x)
-    r = subprocess.run(["node", RUNNER, str(model_path), xp, yp, "--batch", "37", "--opt", opt],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return np.load(yp)
+    return onnxrt.run(model_path, x, batch=37, opt=opt)
 
 
 def check_against_reference(manifest, arrays, y, x):
@@ -344,7 +338,7 @@ def test_8bit_model_is_pure_qdq_and_matches_reference_on_onnxruntime(tmp_path):
     for opt in ("disabled", "all"):  # float kernels, and QDQ groups fused to integer kernels
         y = run_onnxrt(tmp_path, out, x, opt)
         off = check_against_reference(manifest, arrays, y, x)
-        print(f"onnxruntime-node --opt {opt}: {off} of {y.size} logits one step off the reference")
+        print(f"onnxruntime {onnxrt.version()} --opt {opt}: {off} of {y.size} logits one step off the reference")
 
 
 def test_4bit_model_uses_qonnx_quant_and_matches_reference(tmp_path):
