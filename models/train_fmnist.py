@@ -2,15 +2,18 @@
 """Train anybit's shipped Fashion-MNIST model (FmnistResNet), deterministically.
 
 Retrain with:   /usr/bin/python3 models/train_fmnist.py
+                /usr/bin/python3 models/train_fmnist.py --normalize --name fmnist_resnet_norm
 Quick test run: /usr/bin/python3 models/train_fmnist.py --epochs 1 --train-limit 2000 --out /tmp/fm
 
 Input convention: float32 tensor [N, 1, 28, 28] = raw pixel / 255.0 (values in [0, 1]),
-no mean/std normalization. Output: logits [N, 10].
+no mean/std normalization. With --normalize the model is trained the usual torchvision way,
+on (pixel / 255 - 0.2860) / 0.3530 (ToTensor + Normalize((0.2860,), (0.3530,)), applied after
+the augmentation as torchvision's transforms do), and takes such inputs. Output: logits [N, 10].
 
-Writes into --out (default: the directory of this script):
-  fmnist_resnet.pt         torch.jit.script(model).save(...)
-  fmnist_resnet_traced.pt  torch.jit.trace(model, [1,1,28,28]).save(...), same weights
-  fmnist_resnet.json       metadata; accuracy measured on the reloaded scripted model
+Writes into --out (default: the directory of this script), NAME = --name (fmnist_resnet):
+  NAME.pt         torch.jit.script(model).save(...)
+  NAME_traced.pt  torch.jit.trace(model, [1,1,28,28]).save(...), same weights
+  NAME.json       metadata; accuracy measured on the reloaded scripted model
 """
 
 import argparse
@@ -29,6 +32,8 @@ import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 ARCH = "FmnistResNet"
+# torchvision-style Fashion-MNIST statistics (--normalize)
+NORM_MEAN, NORM_STD = 0.2860, 0.3530
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -148,11 +153,16 @@ def augment(xb, gen, pad, flip_p):
     return xb
 
 
+def normalize(x, norm):
+    """(x - mean) / std with norm = (mean, std), or x unchanged for norm None."""
+    return x if norm is None else (x - norm[0]) / norm[1]
+
+
 @torch.no_grad()
-def evaluate(model, x, y, batch=1000):
+def evaluate(model, x, y, batch=1000, norm=None):
     correct = 0
     for i in range(0, x.shape[0], batch):
-        logits = model(x[i:i + batch])
+        logits = model(normalize(x[i:i + batch], norm))
         correct += int((logits.argmax(1) == y[i:i + batch]).sum())
     return correct / x.shape[0]
 
@@ -175,6 +185,10 @@ def main(argv=None):
     ap.add_argument("--no-flip", action="store_true", help="disable horizontal flip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--normalize", action="store_true",
+                    help="train and save a model that takes (x - %g) / %g inputs (torchvision Normalize)"
+                         % (NORM_MEAN, NORM_STD))
+    ap.add_argument("--name", default="fmnist_resnet", help="file name stem (default: %(default)s)")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="train in NCHW instead of channels_last (speed only; the saved "
                          "model is always contiguous NCHW)")
@@ -184,6 +198,7 @@ def main(argv=None):
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
+    norm = (NORM_MEAN, NORM_STD) if args.normalize else None
 
     x_train, y_train = load_split(args.data_dir, "train")
     x_test, y_test = load_split(args.data_dir, "test")
@@ -228,7 +243,7 @@ def main(argv=None):
         for i in range(0, n_train, args.batch_size):
             idx = perm[i:i + args.batch_size]
             xb, yb = x_train[idx], y_train[idx]
-            xb = augment(xb, gen, args.pad, 0.0 if args.no_flip else 0.5)
+            xb = normalize(augment(xb, gen, args.pad, 0.0 if args.no_flip else 0.5), norm)
             xb = xb.contiguous(memory_format=mf)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -241,7 +256,7 @@ def main(argv=None):
             tot_loss += float(loss) * yb.shape[0]
             tot_correct += int((logits.argmax(1) == yb).sum())
         model.eval()
-        test_acc = evaluate(model, x_test, y_test)
+        test_acc = evaluate(model, x_test, y_test, norm=norm)
         print("epoch %2d/%d  loss %.4f  train_acc %.4f  test_acc %.4f  lr %.4f  %.1fs"
               % (epoch + 1, args.epochs, tot_loss / n_train, tot_correct / n_train,
                  test_acc, lr_at(min(step, total_steps - 1)), time.time() - te),
@@ -253,9 +268,9 @@ def main(argv=None):
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         assert t.is_contiguous(), name
     os.makedirs(args.out, exist_ok=True)
-    script_path = os.path.join(args.out, "fmnist_resnet.pt")
-    traced_path = os.path.join(args.out, "fmnist_resnet_traced.pt")
-    json_path = os.path.join(args.out, "fmnist_resnet.json")
+    script_path = os.path.join(args.out, args.name + ".pt")
+    traced_path = os.path.join(args.out, args.name + "_traced.pt")
+    json_path = os.path.join(args.out, args.name + ".json")
 
     scripted = torch.jit.script(model)
     scripted.save(script_path)
@@ -266,12 +281,12 @@ def main(argv=None):
     # Measure on the reloaded artifacts, not on the in-memory model.
     loaded = torch.jit.load(script_path)
     loaded.eval()
-    acc_script = evaluate(loaded, x_test, y_test)
+    acc_script = evaluate(loaded, x_test, y_test, norm=norm)
     loaded_tr = torch.jit.load(traced_path)
     loaded_tr.eval()
-    acc_traced = evaluate(loaded_tr, x_test, y_test)
+    acc_traced = evaluate(loaded_tr, x_test, y_test, norm=norm)
     with torch.no_grad():
-        probe = x_test[:256]
+        probe = normalize(x_test[:256], norm)
         max_diff = float((loaded(probe) - loaded_tr(probe)).abs().max())
     print("reloaded scripted test_acc %.4f, traced test_acc %.4f, max |script-traced| %.3g"
           % (acc_script, acc_traced, max_diff), flush=True)
@@ -283,12 +298,14 @@ def main(argv=None):
                        "16->16 (s1), 16->32 (s2), 32->64 (s2), global avg pool, Linear(64->10)",
         "num_parameters": n_params,
         "input": {"shape": [None, 1, 28, 28], "dtype": "float32",
-                  "convention": "raw pixel / 255.0, values in [0,1], no mean/std normalization"},
+                  "convention": ("(pixel / 255.0 - %g) / %g (torchvision Normalize); anybit data spec "
+                                 "fmnist::test:mean=%g:std=%g" % (NORM_MEAN, NORM_STD, NORM_MEAN, NORM_STD))
+                                if norm else "raw pixel / 255.0, values in [0,1], no mean/std normalization"},
         "output": {"shape": [None, 10], "kind": "logits"},
         "classes": CLASSES,
         "test_accuracy": acc_script,
         "test_accuracy_traced": acc_traced,
-        "test_accuracy_measured_on": "fmnist_resnet.pt reloaded with torch.jit.load, eval mode, "
+        "test_accuracy_measured_on": os.path.basename(script_path) + " reloaded with torch.jit.load, eval mode, "
                                      "full 10k Fashion-MNIST test set",
         "last_epoch_test_accuracy_in_memory": test_acc,
         "train_size": n_train,
@@ -307,7 +324,8 @@ def main(argv=None):
                   "traced": os.path.basename(traced_path)},
         "file_sizes_bytes": {"scripted": os.path.getsize(script_path),
                              "traced": os.path.getsize(traced_path)},
-        "retrain_command": "/usr/bin/python3 models/train_fmnist.py",
+        "retrain_command": "/usr/bin/python3 models/train_fmnist.py" + (" --normalize --name " + args.name
+                                                                         if norm else ""),
         "this_run_args": argv_used,
         "data": os.path.abspath(args.data_dir),
     }

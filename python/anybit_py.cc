@@ -51,7 +51,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
                   const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
-                  bool int32_bias, int cle, int brecq) {
+                  bool int32_bias, int cle, int brecq, bool strict) {
   std::vector<anybit::PointReport> pts;
   {
     py::gil_scoped_release release;
@@ -78,6 +78,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
       o.brecq_iterations = brecq;
       o.bias_correction = bias_correction;
       o.int32_bias = int32_bias;
+      o.strict = strict;
       anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
       anybit::save_module(q.model.module, out_path);
       pts = q.points;
@@ -91,6 +92,12 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
     d["calibrator"] = r.assignment.calibrator;
     d["rule"] = r.assignment.rule;
     d["params_chosen"] = r.params;
+    if (!r.auto_spec.empty()) d["auto_spec"] = r.auto_spec;
+    if (r.clipped_low >= 0) {
+      d["clipped_low"] = r.clipped_low;
+      d["clipped_high"] = r.clipped_high;
+    }
+    if (!r.clip_warning.empty()) d["clip_warning"] = r.clip_warning;
     out.append(d);
   }
   return out;
@@ -506,7 +513,7 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
         py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),
         py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0,
-        py::arg("brecq") = 0);
+        py::arg("brecq") = 0, py::arg("strict") = false);
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true);
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),

@@ -54,6 +54,38 @@ expect_error finetune-optimizer "unknown optimizer 'adagrad'" -- "$EXE" finetune
 expect_error finetune-resume "epoch.txt" -- "$EXE" finetune "$MODEL" --data "fmnist:$DATA:train:limit=64" --resume --checkpoint-dir "$T/none" -o "$T/q.pt"
 expect_error sweep-pairs "W4X4" -- "$EXE" sweep "$MODEL" --pairs W4X4 -o "$T/sweep"
 expect_error sweep-method "unknown method 'adaroundd'" -- "$EXE" sweep "$MODEL" --method adaroundd -o "$T/sweep"
+# data specs with a normalization (issue 14): bad values fail before anything runs
+NORM="fmnist:$DATA:train:mean=0.2860:std=0.3530"
+expect_error bad-mean "data spec 'fmnist::test:mean=0.1,0.2'" -- "$EXE" eval "$MODEL" --data "fmnist::test:mean=0.1,0.2"
+expect_error bad-std "std must be positive" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "fmnist::train:std=0" -o "$T/q.pt"
+expect_error bad-mean-number "got 'x'" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "fmnist::train:mean=x" -o "$T/q.pt"
+printf 'rules:\n  - {role: input, spec: uint8}\n' >"$T/uint_input.yaml"
+expect_error strict-clipping "input.0: uint8 clips the" -- "$EXE" quantize "$MODEL" --config "$T/uint_input.yaml" --data "$NORM" --calib-batches 1 --strict -o "$T/q.pt"
+# without --strict the same clipping is a warning naming the point and a spec that fits, and the model is written
+if "$EXE" quantize "$MODEL" --config "$T/uint_input.yaml" --data "$NORM" --calib-batches 1 --no-progress --json \
+     -o "$T/clip.pt" >"$T/clip.json" 2>"$T/clip.err" &&
+   grep -q "warning: input.0: uint8 clips the .* below 0 .*use auto8" "$T/clip.err" &&
+   /usr/bin/python3 -c "
+import json, sys
+j = json.load(open('$T/clip.json'))
+p = [p for p in j['points'] if p['name'] == 'input.0'][0]
+assert len(j['clipping']) == 1 and p['clipped_low'] > 0.3, j
+" && [ -f "$T/clip.pt" ]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: clipping warning"; cat "$T/clip.err" "$T/clip.json"
+fi
+rm -f "$T/clip.pt"
+# auto8 on the same data: signed asymmetric, no warning; --dry-run shows that calibration decides
+if "$EXE" quantize "$MODEL" --rule role=input,spec=auto8 --dry-run | grep -q "input.0 .*auto8 (sign: calib.)" &&
+   "$EXE" quantize "$MODEL" --rule role=input,spec=auto8 --data "$NORM" --calib-batches 1 --no-progress \
+     -o "$T/auto.pt" >"$T/auto.out" 2>"$T/auto.err" && grep -q "input.0 .*int8:asym (auto8)" "$T/auto.out" &&
+   [ ! -s "$T/auto.err" ]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: auto8 input"; cat "$T/auto.out" "$T/auto.err"
+fi
+rm -f "$T/auto.pt"
 expect_error no-calib-data "calibration data" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" -o "$T/q.pt"
 
 # good input: quantize, save, evaluate

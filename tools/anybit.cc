@@ -71,9 +71,12 @@ void print_plan(const std::vector<anybit::PointReport>& pts, bool show_params) {
              show_params ? "parameters" : "");
   for (const auto& r : pts) {
     const bool fl = r.assignment.spec.is_float();
+    // an autoN spec: before calibration "auto8 (sign at calib.)", after it "uint8 (auto8)"
+    std::string spec = r.assignment.spec.str();
+    if (r.assignment.spec.auto_sign) spec += " (sign: calib.)";
+    if (!r.auto_spec.empty()) spec += " (" + r.auto_spec + ")";
     fmt::print("{:<42} {:<10} {:<7} {:<22} {:<16} {}\n", r.point.name, anybit::role_name(r.point.role),
-               r.point.kind, r.assignment.spec.str(), fl ? "" : r.assignment.calibrator,
-               show_params ? r.params : "");
+               r.point.kind, spec, fl ? "" : r.assignment.calibrator, show_params ? r.params : "");
   }
 }
 
@@ -101,6 +104,7 @@ struct Common {
   std::string eval_data;
   bool json = false, dry_run = false, portable = false, no_progress = false, no_freeze = false, no_fuse = false;
   bool fold_bn = false, bias_correction = false, int32_bias = false, cle = false, cle_relu6 = false;
+  bool strict = false;
   int adaround = 0;
   int brecq = 0;
   int threads = 0;
@@ -156,9 +160,11 @@ int cmd_quantize(const Common& c) {
   opt.brecq_iterations = c.brecq;
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;
+  opt.strict = c.strict;
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
+  for (const std::string& w : q.clipping) fmt::print(stderr, "warning: {}\n", w);
   if (!c.json)
     for (const auto& [block, nearest, learned] : q.brecq)
       fmt::print(stderr, "brecq {:<24} block error {:.4g} (nearest rounding, calibrated steps: {:.4g})\n", block,
@@ -172,12 +178,21 @@ int cmd_quantize(const Common& c) {
   }
   if (c.json) {
     json pts = json::array();
-    for (const auto& r : q.points)
-      if (!r.assignment.spec.is_float())
-        pts.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
-                       {"calibrator", r.assignment.calibrator}, {"params", r.params}});
+    for (const auto& r : q.points) {
+      if (r.assignment.spec.is_float()) continue;
+      json p = {{"name", r.point.name}, {"spec", r.assignment.spec.str()},
+                {"calibrator", r.assignment.calibrator}, {"params", r.params}};
+      if (!r.auto_spec.empty()) p["auto_spec"] = r.auto_spec;
+      if (r.clipped_low >= 0) {
+        p["clipped_low"] = r.clipped_low;
+        p["clipped_high"] = r.clipped_high;
+      }
+      if (!r.clip_warning.empty()) p["clip_warning"] = r.clip_warning;
+      pts.push_back(p);
+    }
     j["output"] = c.out;
     j["points"] = pts;
+    j["clipping"] = q.clipping;
     std::cout << j.dump(2) << "\n";
   } else {
     if (!eval_data) print_plan(q.points, true);
@@ -383,15 +398,16 @@ int cmd_demo(const Common& c) {
   o.models = {c.model.empty() ? default_model() : c.model};
   for (int b = 8; b >= 2; --b) o.pairs.push_back({b, b});
   o.methods = {"mse"};
-  o.calib_data = "fmnist:/usr/share/datasets/fashion-mnist:train";
-  o.eval_data = "fmnist:/usr/share/datasets/fashion-mnist:test";
+  o.calib_data = c.data.empty() ? "fmnist:/usr/share/datasets/fashion-mnist:train" : c.data;
+  o.eval_data = c.eval_data.empty() ? "fmnist:/usr/share/datasets/fashion-mnist:test" : c.eval_data;
   o.calib_batches = c.calib_batches;
   o.out_dir = c.out.empty() ? "anybit-demo" : c.out;
   o.resume = true;  // a demo run again continues or reprints what it has
   o.progress = progress_on(c);
-  fmt::print("anybit demo: post-training quantization of {} on Fashion-MNIST\n", o.models[0]);
+  fmt::print("anybit demo: post-training quantization of {} (calibration {}, evaluation {})\n", o.models[0],
+             o.calib_data, o.eval_data);
   fmt::print("BatchNorm folded; weights int-b per channel (MSE clip); activations b bits after ReLU/add/pool "
-             "and the input (MSE calibration on {} training images); the 10k test set\n\n",
+             "and the input, their sign chosen by calibration (auto-b; MSE calibration on {} images)\n\n",
              o.calib_batches * o.batch_size);
   return run_sweep_cli(o);
 }
@@ -463,6 +479,8 @@ int main(int argc, char** argv) {
   quant->add_option("--brecq", c.brecq, "block reconstruction (BRECQ + QDrop): learn the rounding of int weights and the activation steps, N iterations per block")
       ->check(CLI::PositiveNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
+  quant->add_flag("--strict", c.strict,
+                  "fail (and write nothing) when a quantizer's spec clips more than 1% of its calibration data");
   quant->add_flag("--int32-bias", c.int32_bias, "quantize conv/linear biases as integer hardware adds them: int32 at s_in * s_w");
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
@@ -538,6 +556,9 @@ int main(int argc, char** argv) {
   auto* demo = app.add_subcommand("demo", "quantize the shipped Fashion-MNIST model at 8..2 bits and print the accuracy table");
   demo->add_option("--model", c.model, "model (default: the shipped one)");
   demo->add_option("--calib-batches", c.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
+  demo->add_option("-d,--data", c.data,
+                   "calibration data spec (default fmnist::train; e.g. fmnist::train:mean=0.286:std=0.353)");
+  demo->add_option("--eval", c.eval_data, "evaluation data spec (default fmnist::test)");
   demo->add_flag("--no-progress", c.no_progress, "no progress bar");
   demo->add_option("-o,--output", c.out, "output directory (default anybit-demo)");
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 
 import torch
 
@@ -48,8 +49,13 @@ except ImportError as _e:
 else:
     Error = _anybit.Error
 
-__all__ = ["Error", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load", "quantizer_outputs",
-           "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
+
+class ClippingWarning(UserWarning):
+    """A quantizer's spec clips a share of its calibration data (see quantize)."""
+
+
+__all__ = ["Error", "ClippingWarning", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load",
+           "quantizer_outputs", "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
 
 
 def canonical_spec(text):
@@ -160,7 +166,7 @@ def plan(model, config, example_inputs=None, fold_bn=False):
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
              portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
-             int32_bias=False, cle=False, brecq=0):
+             int32_bias=False, cle=False, brecq=0, strict=False):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
@@ -172,7 +178,11 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     s_in * s_w), as an integer export (`export`) needs them to match the model.
     cle=True equalizes conv/linear pairs joined by ReLU or nothing (cross-layer
     equalization, needs fold_bn); cle="relu6" also across ReLU6, turning it into ReLU.
-    Returns the quantized ScriptModule."""
+    A quantizer whose spec clips more than 1% of its calibration data (an unsigned spec on
+    signed data) is reported with warnings.warn (anybit.ClippingWarning) and in the report
+    (clip_warning, and clipped_low / clipped_high for every calibrated point); strict=True
+    raises anybit.Error instead. Returns the quantized ScriptModule, and with
+    return_report=True also the per-point report (a list of dicts)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
         src = _save(model, example_inputs, d)
@@ -183,8 +193,11 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
         out = os.path.join(d, "quantized.pt")
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
                                   fold_bn, adaround, bias_correction, int32_bias,
-                                  {False: 0, True: 1, "relu6": 2}[cle], brecq)
+                                  {False: 0, True: 1, "relu6": 2}[cle], brecq, strict)
         qm = torch.jit.load(out)
+    for r in report:
+        if "clip_warning" in r:
+            warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
     return (qm, report) if return_report else qm
 
 

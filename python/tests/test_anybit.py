@@ -3,6 +3,7 @@ the shipped Fashion-MNIST model: user stories 1, 4 and 5, CLI parity, and errors
 import os
 import subprocess
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -238,3 +239,41 @@ def test_finetune_from_python_distils_and_freezes_batchnorm():
     assert again[0]["train_kd_loss"] > 0
     with pytest.raises(anybit.Error, match="freeze-bn epoch 3"):
         anybit.finetune(qm, (x, y), epochs=2, freeze_bn=3)
+
+
+def test_signed_inputs_auto_sign_clipping_warning_and_strict():
+    """torchvision ResNet-18 on inputs normalized as torchvision does (signed): auto8 chooses
+    int8:asym, uint8 clips and says so (a warning, and an error with strict=True)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    g = torch.Generator().manual_seed(1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = [(torch.rand((2, 3, 64, 64), generator=g) - mean) / std for _ in range(2)]
+    negative = float((torch.cat(x) < 0).double().mean())
+    assert negative > 0.3
+    cfg = {"rules": [{"role": "input", "spec": "auto8"}, {"kind": ["relu", "pool"], "spec": "auto4"},
+                     {"match": "fc:out", "spec": "auto8"}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", anybit.ClippingWarning)  # none expected
+        _, report = anybit.quantize(model, cfg, calib_data=x, return_report=True)
+    by = {r["name"]: r for r in report}
+    assert by["input.0"]["spec"] == "int8:asym" and by["input.0"]["auto_spec"] == "auto8"
+    assert by["input.0"]["clipped_low"] == 0.0
+    assert by["relu:out"]["spec"] == "uint4" and by["maxpool:out"]["spec"] == "uint4"
+    assert by["fc:out"]["spec"] == "int8:asym"
+    cfg["rules"][0]["spec"] = "uint8"
+    with pytest.warns(anybit.ClippingWarning, match=r"input.0: uint8 clips the .* below 0 .*use auto8"):
+        _, report = anybit.quantize(model, cfg, calib_data=x, return_report=True)
+    r = {r["name"]: r for r in report}["input.0"]
+    assert abs(r["clipped_low"] - negative) < 1e-9 and "clip_warning" in r
+    with pytest.raises(anybit.Error, match="strict: 1 quantizer"):
+        anybit.quantize(model, cfg, calib_data=x, strict=True)
+
+
+def test_data_spec_normalization_from_python():
+    raw = anybit.evaluate(torch.jit.load(FMNIST), "fmnist::test:limit=300")
+    shifted = anybit.evaluate(torch.jit.load(FMNIST), "fmnist::test:limit=300:mean=0.2860:std=0.3530")
+    assert raw["samples"] == shifted["samples"] == 300
+    assert raw["top1"] > 85 and shifted["top1"] < raw["top1"] - 20  # the model wants raw [0, 1] inputs
+    with pytest.raises(anybit.Error, match=r"data spec 'fmnist::test:mean=0.1,0.2'.*mean has 2 values"):
+        anybit.evaluate(torch.jit.load(FMNIST), "fmnist::test:mean=0.1,0.2")

@@ -309,6 +309,23 @@ void Histogram::count_into(const float* x, int64_t n, bool all_finite, int64_t* 
   }
 }
 
+double Histogram::share_below(double v) const {
+  if (count_ == 0 || v <= min_) return 0.0;
+  if (v > max_) return 1.0;
+  const double k = (v + range_) / bin_width();  // bins below, fractional
+  const int full = static_cast<int>(std::min<double>(std::floor(k), bins()));
+  double below = 0;
+  for (int i = 0; i < full; ++i) below += static_cast<double>(counts_[i]);
+  if (full < bins()) below += static_cast<double>(counts_[full]) * (k - full);
+  return std::min(1.0, below / static_cast<double>(count_));
+}
+
+double Histogram::share_above(double v) const {
+  if (count_ == 0 || v >= max_) return 0.0;
+  if (v < min_) return 1.0;
+  return std::max(0.0, 1.0 - share_below(v));
+}
+
 void Histogram::merge(const Histogram& other) {
   if (other.bins() != bins())
     throw std::invalid_argument("Histogram::merge: " + std::to_string(other.bins()) +

@@ -108,6 +108,10 @@ class Histogram {
   double sum_abs() const { return sum_abs_; }
   double mean_abs() const { return count_ ? sum_abs_ / count_ : 0.0; }
   bool has_negative() const { return count_ && min_ < 0; }
+  // The share of the finite samples below v (above v), the samples taken as spread evenly
+  // inside each bin; exact at bin edges (0 is one: share_below(0) is the negative share).
+  double share_below(double v) const;
+  double share_above(double v) const;
 
  private:
   // Makes R the smallest power of two > amax (at least 2^-126), merging bins.

@@ -212,7 +212,53 @@ struct Params {
   double ste_clip = 1.0;
   double grad_factor = 1.0;
   std::string summary;
+  double clipped_low = -1, clipped_high = -1;  // shares of the calibration values outside the range
 };
+
+// The shares of the observed values outside the representable range of a uniform quantizer
+// with scale s and zero point z.
+void measure_clipping(const QuantSpec& spec, const calib::Observer& obs, float s, float z, Params* P) {
+  const calib::Histogram& h = obs.histogram();
+  if (h.count() == 0) return;
+  const double lo = (static_cast<double>(spec.qmin()) - z) * s, hi = (static_cast<double>(spec.qmax()) - z) * s;
+  P->clipped_low = h.share_below(lo);
+  P->clipped_high = h.share_above(hi);
+}
+
+std::string percent(double share) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), share >= 0.001 ? "%.1f%%" : "%.2g%%", 100.0 * share);
+  return buf;
+}
+
+// The warning for clipping that the spec forces (not the calibrator's choice of range), or "".
+std::string clip_warning(const std::string& point, const QuantSpec& spec, const calib::Observer& obs,
+                         const Params& P, double threshold) {
+  if (P.clipped_low < 0) return "";
+  const bool fixed = spec.scheme == Scheme::kFixed || spec.scheme == Scheme::kUFixed;
+  const bool zero_floor = (spec.scheme == Scheme::kUInt && !spec.asymmetric) || spec.scheme == Scheme::kUFixed;
+  const double forced = fixed ? P.clipped_low + P.clipped_high : zero_floor ? P.clipped_low : 0.0;
+  if (!(forced > threshold)) return "";
+  std::string range = "[" + c10::str(static_cast<float>(obs.min())) + ", " + c10::str(static_cast<float>(obs.max())) + "]";
+  std::string what;
+  if (zero_floor && P.clipped_low > threshold) {
+    QuantSpec suggest = spec;
+    if (spec.scheme == Scheme::kUInt) {
+      suggest.scheme = Scheme::kInt;
+      suggest.auto_sign = true;
+      suggest.asymmetric = true;
+      if (suggest.learn == Learn::kPact) suggest.learn = Learn::kNone;
+      what = "; use " + suggest.str() + " (signed where the data is) or int" + std::to_string(spec.bits) + ":asym";
+    } else {
+      what = "; use a signed fixed:Qm.n";
+    }
+    return point + ": " + spec.str() + " clips the " + percent(P.clipped_low) +
+           " of calibration values below 0 (the data spans " + range + ")" + what;
+  }
+  return point + ": " + spec.str() + " clips " + percent(forced) + " of calibration values (the data spans " +
+         range + ", the format holds [" + c10::str((spec.qmin()) * std::exp2(-spec.frac_bits)) + ", " +
+         c10::str((spec.qmax()) * std::exp2(-spec.frac_bits)) + "]); use more integer bits (a larger m in Qm.n)";
+}
 
 double clamp_scale(double s) { return std::max(s, 1e-12); }
 double pow2_ceil(double s) { return std::exp2(std::ceil(std::log2(s))); }
@@ -356,9 +402,12 @@ Params activation_params(const QuantSpec& spec, const std::string& calibrator, c
                                     std::max(spec.qmax(), 1));
     P.summary = fmt_scale(s, z) + " range [" + c10::str(static_cast<float>(r.lo)) + ", " +
                 c10::str(static_cast<float>(r.hi)) + "]";
+    measure_clipping(spec, obs, s, z, &P);
     if (spec.learn == Learn::kPact) {
       P.alpha = at::full({1}, static_cast<float>(std::max(r.hi, 1e-6)));
       P.summary = "clip " + c10::str(P.alpha.item<float>());
+      P.clipped_low = obs.histogram().share_below(0.0);
+      P.clipped_high = obs.histogram().share_above(P.alpha.item<float>());
     }
   } else if (spec.scheme == Scheme::kLog) {
     P.hi = at::full({1}, static_cast<float>(std::nearbyint(std::log2(std::max(amax, 1e-30)))));
@@ -582,8 +631,10 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     const Point& p = g.points[i];
     const QuantSpec& s = result.points[i].assignment.spec;
     if (s.is_float() || p.role == Role::kWeight || p.role == Role::kBias) continue;
-    if (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed) continue;  // step is fixed
-    method_of(result.points[i].assignment.calibrator, p.name);  // fail before running anything
+    // fixed point has a fixed step: observed only for the clipping report
+    const bool fixed = s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed;
+    if (fixed && !calib) continue;
+    if (!fixed) method_of(result.points[i].assignment.calibrator, p.name);  // fail before running anything
     const int64_t id = slots.add();
     slot_of[i] = id;
     jit::Value* y = insert_at_point(graph, p, [&](jit::Value* x) {
@@ -628,8 +679,22 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   // --- 3 and 4. parameters and quantizer nodes
   // The calibrators' range searches (MSE, entropy, percentile) are independent per point:
   // run them in parallel, and report the first failure in point order.
+  // autoN specs become uintN or intN now that the data has been seen
+  for (auto& [i, id] : slot_of) {
+    Assignment& a = result.points[i].assignment;
+    if (!a.spec.auto_sign) continue;
+    const calib::Observer& obs = slots.get(id)->observer;
+    if (obs.count() == 0)
+      throw Error(g.points[i].name + ": " + a.spec.str() + " needs calibration data to choose its sign, and none "
+                  "reached this point (is it inside control flow?)");
+    result.points[i].auto_spec = a.spec.str();
+    a.spec = a.spec.resolve_sign(obs.min());
+  }
   std::vector<size_t> observed;
-  for (const auto& kv : slot_of) observed.push_back(kv.first);
+  for (const auto& kv : slot_of) {
+    const Scheme sc = result.points[kv.first].assignment.spec.scheme;
+    if (sc != Scheme::kFixed && sc != Scheme::kUFixed) observed.push_back(kv.first);
+  }
   std::vector<Params> observed_params(observed.size());
   std::vector<std::string> observed_errors(observed.size());
   at::parallel_for(0, static_cast<int64_t>(observed.size()), 1, [&](int64_t b, int64_t e) {
@@ -651,18 +716,31 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     if (a.spec.is_float()) continue;
     Params P;
     if (p.role == Role::kWeight || p.role == Role::kBias) {
-      P = weight_params(a.spec, a.calibrator, resolve_attr(g.module, p.attr_path).toTensor(), p.channel_axis,
-                        p.name);
+      const at::Tensor w = resolve_attr(g.module, p.attr_path).toTensor();
+      if (a.spec.auto_sign) {
+        result.points[i].auto_spec = a.spec.str();
+        result.points[i].assignment.spec = a.spec.resolve_sign(w.numel() ? w.min().item<double>() : 0.0);
+      }
+      P = weight_params(a.spec, a.calibrator, w, p.channel_axis, p.name);
     } else if (a.spec.scheme == Scheme::kFixed || a.spec.scheme == Scheme::kUFixed) {
       float s, z;
       uniform_from_range(a.spec, 0, 0, &s, &z);
       P.scale = at::full({1}, s);
       P.zero_point = at::zeros({1});
       P.summary = fmt_scale(s, z);
+      if (slot_of.count(i)) measure_clipping(a.spec, slots.get(slot_of.at(i))->observer, s, z, &P);
     } else {
       P = observed_params[std::lower_bound(observed.begin(), observed.end(), i) - observed.begin()];
     }
-    install(g, p, a.spec, P, options.portable, &result.points[i]);
+    PointReport& report = result.points[i];
+    report.clipped_low = P.clipped_low;
+    report.clipped_high = P.clipped_high;
+    if (slot_of.count(i)) {
+      report.clip_warning =
+          clip_warning(p.name, a.spec, slots.get(slot_of.at(i))->observer, P, options.clip_warn_share);
+      if (!report.clip_warning.empty()) result.clipping.push_back(report.clip_warning);
+    }
+    install(g, p, a.spec, P, options.portable, &report);
     if (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0) && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
       const Point* fp = reference->find(p.name);
@@ -679,6 +757,11 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
         ada_layers.push_back(L);
       }
     }
+  }
+  if (options.strict && !result.clipping.empty()) {
+    std::string msg = "strict: " + std::to_string(result.clipping.size()) + " quantizer(s) clip their calibration data: ";
+    for (size_t k = 0; k < result.clipping.size(); ++k) msg += (k ? "; " : "") + result.clipping[k];
+    throw Error(msg);
   }
   if (reference && options.brecq_iterations > 0) {
     BrecqOptions bo;

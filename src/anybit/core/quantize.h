@@ -58,6 +58,12 @@ struct QuantizeOptions {
   // straight-through gradient; Brevitas's Int32Bias). The fake-quantized model then
   // differs from the integer export (core/export.h) only by the dyadic rounding.
   bool int32_bias = false;
+  // A quantizer whose spec (not its calibrator) leaves more than this share of the
+  // calibration values outside its range gets a clipping warning (PointReport::clip_warning):
+  // an unsigned quantizer with a zero point of 0 seeing negative values, a fixed-point
+  // format narrower than the data. With `strict`, any such warning is an Error instead.
+  double clip_warn_share = 0.01;
+  bool strict = false;
 };
 
 // What one point got: spec, calibrator and the quantizer parameters chosen.
@@ -67,6 +73,15 @@ struct PointReport {
   std::string params;  // e.g. "scale=0.0123 zp=0" or "per-channel scale 0.001..0.02"
   bool portable = true;
   std::string first_param;  // name of its first parameter tensor on the root module
+  // the spec as the rules gave it when calibration chose the sign (`auto8`); empty otherwise
+  std::string auto_spec;
+  // shares of the calibration values below / above the quantizer's representable range
+  // (activations and inputs with a uniform spec; -1 where not measured). The calibrator's
+  // own choice of range counts too: MSE clips a little on purpose.
+  double clipped_low = -1, clipped_high = -1;
+  // set when the spec itself clips more than QuantizeOptions::clip_warn_share: names the
+  // point, the share, the data's range and a spec that would not clip
+  std::string clip_warning;
 };
 
 struct QuantizeResult {
@@ -77,6 +92,8 @@ struct QuantizeResult {
   // per reconstructed block: its objective with nearest rounding and calibrated steps,
   // and with BRECQ (equal where nearest rounding was kept)
   std::vector<std::tuple<std::string, double, double>> brecq;
+  // the clip_warning of every point that has one, in point order
+  std::vector<std::string> clipping;
 };
 
 // Resolves the rules on the model's points (same as the first step of quantize).

@@ -52,14 +52,14 @@ std::string sweep_config(const std::string& method, int w, int a, bool first_las
       "calibrator: {1}\n"
       "rules:\n"
       "  - {{kind: [conv, linear], role: weight, spec: 'int{2}:per_channel'}}\n"
-      "  - {{role: input, spec: 'uint{3}', optional: true}}\n"
-      "  - {{kind: [relu, pool], spec: 'uint{3}', optional: true}}\n"
+      "  - {{role: input, spec: 'auto{3}', optional: true}}\n"
+      "  - {{kind: [relu, pool], spec: 'auto{3}', optional: true}}\n"
       "  - {{kind: add, spec: 'int{3}', optional: true}}\n",
       wcal, act_cal, w, a);
   if (first_last_8bit)
     c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
          "  - {kind: linear, role: weight, position: last, spec: 'int8:per_channel', optional: true}\n"
-         "  - {role: input, spec: uint8, optional: true}\n";
+         "  - {role: input, spec: auto8, optional: true}\n";
   return c;
 }
 

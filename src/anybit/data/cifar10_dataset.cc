@@ -1,6 +1,6 @@
 // CIFAR-10 binary reader: each record is 1 label byte and 3072 pixel bytes (1024 red, then green,
-// then blue, each 32x32 row-major), i.e. already [3, 32, 32]. Output is torchvision's
-// ToTensor + Normalize with the CIFAR-10 training-set statistics: (x / 255 - mean[c]) / std[c].
+// then blue, each 32x32 row-major), i.e. already [3, 32, 32]. Output is torchvision's ToTensor,
+// v / 255; open_dataset() normalizes (by default with the CIFAR-10 statistics, dataset.h).
 #include <array>
 
 #include "anybit/data/file_read.h"
@@ -11,14 +11,11 @@ namespace data {
 namespace {
 
 constexpr int64_t kPixels = 3 * 32 * 32, kRecord = 1 + kPixels;
-constexpr float kMean[3] = {0.4914f, 0.4822f, 0.4465f};
-constexpr float kStd[3] = {0.2470f, 0.2435f, 0.2616f};
 
 class Cifar10Dataset : public Dataset {
  public:
   explicit Cifar10Dataset(std::vector<uint8_t> records) : records_(std::move(records)) {
-    for (int c = 0; c < 3; ++c)
-      for (int v = 0; v < 256; ++v) normalized_[c][v] = (static_cast<float>(v) / 255.0f - kMean[c]) / kStd[c];
+    for (int v = 0; v < 256; ++v) scaled_[v] = static_cast<float>(v) / 255.0f;
   }
   int64_t size() const override { return static_cast<int64_t>(records_.size()) / kRecord; }
   std::vector<int64_t> sample_shape() const override { return {3, 32, 32}; }
@@ -26,13 +23,12 @@ class Cifar10Dataset : public Dataset {
     check_index("cifar10", index, size());
     const uint8_t* r = records_.data() + index * kRecord;
     *label = r[0];
-    for (int c = 0; c < 3; ++c)
-      for (int64_t k = 0; k < 1024; ++k) out[c * 1024 + k] = normalized_[c][r[1 + c * 1024 + k]];
+    for (int64_t k = 0; k < kPixels; ++k) out[k] = scaled_[r[1 + k]];
   }
 
  private:
   std::vector<uint8_t> records_;  // all batches, concatenated
-  std::array<std::array<float, 256>, 3> normalized_;
+  std::array<float, 256> scaled_;  // v / 255
 };
 
 }  // namespace

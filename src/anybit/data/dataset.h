@@ -4,19 +4,29 @@
 // Data spec grammar (parts separated by ':'; paths therefore cannot contain ':'):
 //
 //   spec      := scheme [':' part]*
-//   part      := positional | 'limit=' N | 'size=' N | 'resize=' N
+//   part      := positional | 'limit=' N | 'size=' N | 'resize=' N | 'mean=' LIST | 'std=' LIST
+//   LIST      := number [',' number]*      one value for all channels, or one per channel
+//
+// Preprocessing: every scheme scales pixels to [0, 1] (pixel / 255; npy float32 as stored), then
+// normalizes each channel c as (x - mean[c]) / std[c], the float operations of torchvision's
+// ToTensor + Normalize. mean= and std= set it (a mean alone keeps std 1, a std alone mean 0);
+// without them fmnist, mnist and npy are not normalized, cifar10 uses the CIFAR-10 training-set
+// statistics and imagefolder ImageNet's (mean 0.485,0.456,0.406, std 0.229,0.224,0.225);
+// `mean=0:std=1` turns a default off. A list whose length is neither 1 nor the channel count, a
+// std <= 0 or a value that is not a finite number is an Error naming the spec.
 //
 //   fmnist[:DIR][:train|test]      Fashion-MNIST IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz];
 //                                  pixel / 255, shape [1, H, W] from the header.
 //                                  DIR defaults to /usr/share/datasets/fashion-mnist.
 //   mnist[:DIR][:train|test]       the same format; DIR defaults to /usr/share/datasets/mnist.
 //   cifar10:DIR[:train|test]       CIFAR-10 binary batches (data_batch_1..5.bin, test_batch.bin,
-//                                  in DIR or DIR/cifar-10-batches-bin); pixel / 255, then
+//                                  in DIR or DIR/cifar-10-batches-bin); pixel / 255, then by default
 //                                  (x - mean) / std with the CIFAR-10 statistics; shape [3, 32, 32].
 //   imagefolder:DIR[:size=224][:resize=256]
 //                                  one subfolder per class (sorted names -> label 0, 1, ...), images
 //                                  .jpg/.jpeg/.png in any case, decoded lazily in get(); the
-//                                  ImageNet evaluation transform (see image_resize.h); shape [3, size, size].
+//                                  ImageNet evaluation transform (see image_resize.h) and by default
+//                                  ImageNet's mean and std; shape [3, size, size].
 //                                  resize defaults to 256 for size 224, else to size * 256 / 224.
 //   npy:IMAGES.npy[:LABELS.npy]    float32 (or uint8, divided by 255) images [N, C, H, W] (any rank >= 2:
 //                                  the sample shape is the rest), int64/int32 labels [N]; without a

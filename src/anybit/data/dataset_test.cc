@@ -244,6 +244,50 @@ TEST(Cifar10, RecordsAreNormalizedWithTheCifarMeanAndStd) {
   EXPECT_FLOAT_EQ(b.images[3072 + 2048], (30 / 255.0f - 0.4465f) / 0.2616f);
 }
 
+TEST(Cifar10, MeanAndStdReplaceTheDefaultPerChannelOrForAll) {
+  const std::string dir = make_temp_dir("cifar_norm");
+  write_bytes(dir + "/test_batch.bin", cifar_record(3, 255, 0, 128));
+  std::vector<float> x(3072);
+  int64_t y;
+  open_dataset("cifar10:" + dir + ":mean=0:std=1")->get(0, x.data(), &y);  // the default off: ToTensor only
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_EQ(x[1024], 0.0f);
+  EXPECT_EQ(x[2048], 128 / 255.0f);
+  open_dataset("cifar10:" + dir + ":mean=0.5,0.25,0:std=0.5,2,4")->get(0, x.data(), &y);
+  EXPECT_EQ(x[5], (1.0f - 0.5f) / 0.5f);
+  EXPECT_EQ(x[1024 + 5], (0.0f - 0.25f) / 2.0f);
+  EXPECT_EQ(x[2048 + 5], (128 / 255.0f - 0.0f) / 4.0f);
+  open_dataset("cifar10:" + dir + ":std=2")->get(0, x.data(), &y);  // a std alone keeps mean 0
+  EXPECT_EQ(x[2048], 128 / 255.0f / 2.0f);
+  expect_error([&] { open_dataset("cifar10:" + dir + ":mean=0.1,0.2"); },
+               {"data spec 'cifar10:" + dir + ":mean=0.1,0.2'", "mean has 2 values", "the samples have 3"});
+}
+
+TEST(Fmnist, MeanAndStdNormalizeAsTorchvisionDoes) {
+  auto raw = open_dataset("fmnist:limit=4");
+  auto norm = open_dataset("fmnist::test:mean=0.2860:std=0.3530:limit=4");
+  ASSERT_EQ(norm->size(), 4);
+  const Batch a = batch(*raw, 0, 4), b = batch(*norm, 0, 4);
+  ASSERT_EQ(a.images.size(), b.images.size());
+  EXPECT_EQ(a.labels, b.labels);
+  bool negative = false;
+  for (size_t i = 0; i < a.images.size(); ++i) {
+    ASSERT_EQ(b.images[i], (a.images[i] - 0.2860f) / 0.3530f) << i;  // ToTensor, then Normalize, in float32
+    negative = negative || b.images[i] < 0;
+  }
+  EXPECT_TRUE(negative);
+}
+
+TEST(Spec, BadMeanAndStdAreOneErrorNamingTheSpec) {
+  for (const char* bad : {"mean=abc", "mean=", "mean=0.1,,0.2", "mean=nan", "mean=inf", "std=1e999",
+                                 "mean=0.5x", "mean= 0.5"})
+    expect_error([&] { open_dataset(std::string("fmnist:") + bad); },
+                 {std::string("data spec 'fmnist:") + bad + "'", "comma-separated list of numbers"});
+  expect_error([] { open_dataset("fmnist:std=0"); }, {"data spec 'fmnist:std=0'", "std must be positive, got 0"});
+  expect_error([] { open_dataset("fmnist:mean=0:std=1,-1"); }, {"std has 2 values", "the samples have 1"});
+  expect_error([] { open_dataset("fmnist:std=-0.5"); }, {"std must be positive, got -0.5"});
+}
+
 TEST(Cifar10, TrainSplitConcatenatesTheFiveBatchesInOrder) {
   const std::string root = make_temp_dir("cifar_train");
   const std::string dir = root + "/cifar-10-batches-bin";  // as the archive unpacks

@@ -2,8 +2,9 @@
 // torchvision.datasets.ImageFolder: class folders sorted by name get labels 0, 1, ...; the images
 // of a class are found recursively (following links) and ordered by folder, then file name.
 // The listing is made at open; images are read and decoded in get() with the evaluation transform
-//   Resize(resize) -> CenterCrop(size) -> ToTensor -> Normalize(ImageNet mean, std)
-// (the geometry is in image_resize.h).
+//   Resize(resize) -> CenterCrop(size) -> ToTensor
+// (the geometry is in image_resize.h); open_dataset() then normalizes, by default with ImageNet's
+// mean and std (dataset.h).
 #include <algorithm>
 #include <array>
 #include <filesystem>
@@ -20,9 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr float kMean[3] = {0.485f, 0.456f, 0.406f};
-constexpr float kStd[3] = {0.229f, 0.224f, 0.225f};
-
 bool has_image_extension(const fs::path& p) {
   std::string ext = p.extension().string();
   for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -38,8 +36,7 @@ class ImageFolderDataset : public Dataset {
  public:
   ImageFolderDataset(std::vector<Sample> samples, int64_t resize, int64_t size)
       : samples_(std::move(samples)), resize_(resize), size_(size) {
-    for (int c = 0; c < 3; ++c)
-      for (int v = 0; v < 256; ++v) normalized_[c][v] = (static_cast<float>(v) / 255.0f - kMean[c]) / kStd[c];
+    for (int v = 0; v < 256; ++v) scaled_[v] = static_cast<float>(v) / 255.0f;
   }
   int64_t size() const override { return static_cast<int64_t>(samples_.size()); }
   std::vector<int64_t> sample_shape() const override { return {3, size_, size_}; }
@@ -51,15 +48,14 @@ class ImageFolderDataset : public Dataset {
     const int64_t plane = size_ * size_;
     std::vector<uint8_t> crop(static_cast<size_t>(3 * plane));
     resize_center_crop_bilinear_antialias(image, resize_, size_, crop.data());
-    for (int c = 0; c < 3; ++c)
-      for (int64_t k = 0; k < plane; ++k) out[c * plane + k] = normalized_[c][crop[c * plane + k]];
+    for (int64_t k = 0; k < 3 * plane; ++k) out[k] = scaled_[crop[k]];
     *label = s.label;
   }
 
  private:
   std::vector<Sample> samples_;
   int64_t resize_, size_;
-  std::array<std::array<float, 256>, 3> normalized_;  // (v / 255 - mean[c]) / std[c]
+  std::array<float, 256> scaled_;  // v / 255
 };
 
 }  // namespace

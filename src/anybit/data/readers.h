@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "anybit/data/dataset.h"
 
@@ -23,6 +24,11 @@ std::unique_ptr<Dataset> open_npy_dataset(const std::string& images_path, const 
 
 // ImageNet-style class folders with the evaluation transform.
 std::unique_ptr<Dataset> open_image_folder_dataset(const std::string& dir, int64_t resize, int64_t size);
+
+// (x - mean[c]) / std[c] on every sample of `inner`, c the first sample dimension (the channel);
+// mean and std hold one value for every channel or a single value for all. `spec` prefixes errors.
+std::unique_ptr<Dataset> normalize_dataset(std::unique_ptr<Dataset> inner, std::vector<float> mean,
+                                           std::vector<float> std, const std::string& spec);
 
 // The first `limit` samples of `inner`; `scheme` prefixes its errors.
 std::unique_ptr<Dataset> limit_dataset(std::unique_ptr<Dataset> inner, int64_t limit, const std::string& scheme);

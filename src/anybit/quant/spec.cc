@@ -31,7 +31,7 @@ std::string lower(std::string s) {
 
 [[noreturn]] void bad(const std::string& text, const std::string& why) {
   throw Error("invalid quantizer spec '" + text + "': " + why +
-              " (expected e.g. int8, uint4:asym, int6:per_channel, fixed:Q2.5, log4, binary, "
+              " (expected e.g. int8, uint4:asym, auto8, int6:per_channel, fixed:Q2.5, log4, binary, "
               "ternary, int4:pow2scale, float)");
 }
 
@@ -116,11 +116,22 @@ Rounding parse_rounding(const std::string& name) {
 
 bool QuantSpec::operator==(const QuantSpec& o) const { return str() == o.str(); }
 
+QuantSpec QuantSpec::resolve_sign(double min_value) const {
+  if (!auto_sign) return *this;
+  QuantSpec s = *this;
+  s.auto_sign = false;
+  if (min_value >= 0) {
+    s.scheme = Scheme::kUInt;
+    s.asymmetric = false;
+  }
+  return s;
+}
+
 std::string QuantSpec::str() const {
   std::ostringstream os;
   switch (scheme) {
     case Scheme::kFloat: return "float";
-    case Scheme::kInt: os << "int" << bits; break;
+    case Scheme::kInt: os << (auto_sign ? "auto" : "int") << bits; break;
     case Scheme::kUInt: os << "uint" << bits; break;
     case Scheme::kFixed: os << "fixed:Q" << int_bits << "." << frac_bits; break;
     case Scheme::kUFixed: os << "ufixed:Q" << int_bits << "." << frac_bits; break;
@@ -128,7 +139,7 @@ std::string QuantSpec::str() const {
     case Scheme::kBinary: os << "binary"; break;
     case Scheme::kTernary: os << "ternary"; break;
   }
-  if (asymmetric) os << ":asym";
+  if (auto_sign ? !asymmetric : asymmetric) os << (auto_sign ? ":sym" : ":asym");
   if (narrow) os << ":narrow";
   if (pow2_scale && scheme != Scheme::kFixed && scheme != Scheme::kUFixed) os << ":pow2scale";
   if (granularity == Granularity::kPerChannel) os << ":per_channel";
@@ -181,7 +192,7 @@ QuantSpec parse_spec(const std::string& text_in) {
     first_mod = 2;
   } else {
     std::string prefix;
-    for (const char* p : {"uint", "int", "log"}) {
+    for (const char* p : {"uint", "int", "auto", "log"}) {
       if (base.rfind(p, 0) == 0) {
         prefix = p;
         break;
@@ -198,6 +209,11 @@ QuantSpec parse_spec(const std::string& text_in) {
     } else if (prefix == "int") {
       s.scheme = Scheme::kInt;
       if (bits < 2) bad(text_in, "a signed 1-bit integer has only the levels {-1, 0}; use 'binary'");
+    } else if (prefix == "auto") {
+      s.scheme = Scheme::kInt;
+      s.auto_sign = true;
+      s.asymmetric = true;
+      if (bits < 2) bad(text_in, "auto needs at least 2 bits (its signed case is an int); use uint1 or binary");
     } else {
       s.scheme = Scheme::kLog;
       if (bits < 2) bad(text_in, "log needs at least 2 bits (one sign bit and one exponent code)");
@@ -248,6 +264,9 @@ QuantSpec parse_spec(const std::string& text_in) {
     }
   }
   // Combinations that have no meaning.
+  if (s.auto_sign && s.narrow) bad(text_in, "'narrow' applies to signed int/fixed quantizers only, not auto");
+  if (s.auto_sign && s.learn == Learn::kPact)
+    bad(text_in, "'pact' learns the clip of an unsigned activation quantizer (use uintN:pact)");
   if (s.asymmetric && !s.is_uniform())
     bad(text_in, "'asym' applies to int/uint quantizers only");
   if (s.asymmetric && (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed))

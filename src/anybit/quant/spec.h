@@ -16,6 +16,9 @@
 //   ternary     x^ in {-alpha, 0, alpha}, |x| <= threshold * mean|x| -> 0
 //   :lsq        learned step (uniform), learned alpha (binary), learned alpha and
 //               threshold (ternary); see fake_quant.h for the gradients
+//   autoN       sign chosen by calibration: uintN where every calibration value (every
+//               weight, for a weight) is >= 0, else intN:asym (intN with `autoN:sym`);
+//               resolve_sign() turns it into that spec before any parameter is computed
 #pragma once
 
 #include <stdexcept>
@@ -52,6 +55,9 @@ struct QuantSpec {
   Rounding rounding = Rounding::kHalfEven;
   Learn learn = Learn::kNone;
   double threshold = 0.7;  // ternary: |x| <= threshold * mean|x| becomes 0 (TWN)
+  // autoN: scheme is kInt until resolve_sign() sees the data; `asymmetric` then says what
+  // the signed case gets (true unless `:sym`)
+  bool auto_sign = false;
 
   bool is_float() const { return scheme == Scheme::kFloat; }
   bool is_uniform() const {
@@ -68,6 +74,9 @@ struct QuantSpec {
   int log_exponents() const { return (1 << (bits - 1)) - 1; }
   // The canonical short string; parse_spec(str()) == *this.
   std::string str() const;
+  // For an autoN spec: uintN (symmetric) when min_value >= 0, else intN (asymmetric unless
+  // `:sym`), with every other modifier kept. Any other spec is returned unchanged.
+  QuantSpec resolve_sign(double min_value) const;
   bool operator==(const QuantSpec& o) const;
   bool operator!=(const QuantSpec& o) const { return !(*this == o); }
 };
@@ -75,6 +84,7 @@ struct QuantSpec {
 // Parses the short form. Modifiers follow the base after ':' in any order:
 //   asym | sym | narrow | pow2scale | per_tensor | per_channel | axis=K | group=G |
 //   round=half_even|half_away|floor|stochastic | lsq | pact | threshold=T
+// and the bases: float | intN | uintN | autoN | logN | fixed:Qm.n | ufixed:Qm.n | binary | ternary
 // Throws anybit::Error naming the text and what was expected.
 QuantSpec parse_spec(const std::string& text);
 

@@ -90,7 +90,34 @@ INSTANTIATE_TEST_SUITE_P(
                       BadSpec{"int4:pact", "pact"}, BadSpec{"log4:lsq", "binary/ternary"}, BadSpec{"fixed:Q2.5:lsq", "fixed step"},
                       BadSpec{"float:per_channel", "no modifiers"},
                       BadSpec{"int8:threshold=0.3", "ternary only"},
-                      BadSpec{"uint2:narrow", "narrow"}));
+                      BadSpec{"uint2:narrow", "narrow"}, BadSpec{"auto1", "at least 2 bits"},
+                      BadSpec{"auto4:pact", "pact"}, BadSpec{"auto8:narrow", "narrow"},
+                      BadSpec{"auto", "bit width"}));
+
+TEST(QuantSpec, AutoSignIsUnsignedForNonNegativeDataAndAsymmetricSignedOtherwise) {
+  const QuantSpec a = parse_spec("auto4:lsq");
+  EXPECT_TRUE(a.auto_sign);
+  EXPECT_EQ(a.str(), "auto4:lsq");
+  EXPECT_EQ(parse_spec(a.str()), a);
+  const QuantSpec u = a.resolve_sign(0.0);
+  EXPECT_EQ(u.str(), "uint4:lsq");
+  EXPECT_FALSE(u.auto_sign);
+  EXPECT_EQ(u.qmin(), 0);
+  EXPECT_EQ(u.qmax(), 15);
+  const QuantSpec s = a.resolve_sign(-1e-6);
+  EXPECT_EQ(s.str(), "int4:asym:lsq");
+  EXPECT_EQ(s.qmin(), -8);
+  // `:sym` keeps the signed case symmetric; it prints back
+  const QuantSpec sym = parse_spec("AUTO8:Sym:per_channel");
+  EXPECT_EQ(sym.str(), "auto8:sym:per_channel");
+  EXPECT_EQ(parse_spec(sym.str()), sym);
+  EXPECT_EQ(sym.resolve_sign(-3).str(), "int8:per_channel");
+  EXPECT_EQ(sym.resolve_sign(3).str(), "uint8:per_channel");
+  EXPECT_NE(parse_spec("auto8"), parse_spec("int8:asym"));  // not the same spec before calibration
+  // every other spec resolves to itself
+  for (const char* t : {"int8", "uint4", "int8:asym", "binary", "fixed:Q2.5"})
+    EXPECT_EQ(parse_spec(t).resolve_sign(-1), parse_spec(t)) << t;
+}
 
 }  // namespace
 }  // namespace anybit
