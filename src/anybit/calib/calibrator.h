@@ -56,7 +56,7 @@ MethodSpec parse_method(const std::string& text);
 // The canonical text: parse_method(method_name(m)) == m.
 std::string method_name(const MethodSpec& m);
 
-// The integer grid a range is chosen for (DESIGN.md "Numeric semantics"):
+// The integer grid a range is chosen for (docs/design.md, "Numeric definitions"):
 //   is_signed_data_range (symmetric)  s = max(|lo|, |hi|) / qmax,             z = 0
 //   asymmetric                         s = (hi' - lo') / (qmax - qmin),
 //                                      z = clamp(qmin - round(lo' / s), qmin, qmax),

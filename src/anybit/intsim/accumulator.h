@@ -1,6 +1,6 @@
 // The accumulator model of the integer engine: a signed register of a declared width
 // (8..32 bits) and what happens when a sum leaves its range (wrap, as two's-complement
-// hardware does, or saturate, as DSP MAC units do). shared/DESIGN.md: "applied after
+// hardware does, or saturate, as DSP MAC units do). docs/design.md: "applied after
 // every addition". Header-only so MAC plug-ins and the reference kernels share it.
 #pragma once
 

@@ -1,7 +1,7 @@
 // The engine end to end: random models through the fast, stepwise, per-dot-product and
 // reference paths give the same integers on any number of threads; narrow accumulators
 // overflow where the reference says; MAC plug-ins see every dot product, in order; the
-// numbers follow the formulas of DESIGN.md.
+// numbers follow the formulas of docs/design.md.
 #include "anybit/intsim/engine.h"
 
 #include <gtest/gtest.h>

@@ -14,7 +14,7 @@
 //                    declared accumulator (wrap or saturate), bias added last.
 //   *_mac            one MacModel::dot call per output element (the plug-in path).
 //
-// The accumulator of a conv2d/linear output element (shared/DESIGN.md):
+// The accumulator of a conv2d/linear output element (docs/design.md, "Integer arithmetic"):
 //   acc = sum_k (x_k - z_x) * (w_ok - z_w[o])  (+ bias[o]),  k = (c, ky, kx) row-major
 // with padding contributing x = z_x (a real zero). Requantization is separate
 // (requantize.h; requantize_int32 below is its vectorized form), so every variant can be

@@ -4,13 +4,13 @@
 // the LibTorch exporter and hardware simulators include this file, so they all round the
 // same way.
 //
-// Uniform quantization (shared/DESIGN.md, "Numeric semantics"):
+// Uniform quantization (docs/design.md, "Numeric definitions"):
 //   q = clamp(round_half_even(x / s) + z, qmin, qmax),    x^ = (q - z) * s
 //
 // Dyadic multiplier. A real multiplier M >= 0 (for a conv: M = s_in * s_w / s_out) is
 // stored as a 32-bit integer m0 and a shift, following TFLite's QuantizeMultiplier
 // (tensorflow/lite/kernels/internal/quantization_util.cc) with the shift counted to the
-// RIGHT, as DESIGN.md writes it:
+// RIGHT, as docs/design.md writes it:
 //
 //   M = m0 * 2^-(31 + shift),   m0 in [2^30, 2^31)  (m0 / 2^31 is a Q0.31 number in [0.5, 1))
 //
@@ -21,7 +21,7 @@
 //
 // TFLite's `shift` is the negation of ours (theirs counts left shifts).
 //
-// Requantization, as DESIGN.md writes it, `rounding_shift(acc * m0, 31 + shift)` with one
+// Requantization, as docs/design.md writes it, `rounding_shift(acc * m0, 31 + shift)` with one
 // rounding, half to even (the rounding of torch.round and of the fake-quant model):
 //
 //   p  = saturate_int32(acc) * m0                  exact in int64 (|p| < 2^62)

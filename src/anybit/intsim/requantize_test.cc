@@ -97,7 +97,7 @@ TEST(RequantizeDyadic, IsWithinOneOfTheExactlyRoundedRealProduct) {
   }
 }
 
-// One rounding, ties to even (DESIGN.md's rounding_shift, torch.round): 13 * 0.25 = 3.25
+// One rounding, ties to even (docs/design.md's rounding_shift, torch.round): 13 * 0.25 = 3.25
 // gives 3, where gemmlowp's two roundings (round_half_up(6.5) = 7, then 7 / 2 away from
 // zero) give 4; 2.5 and 3.5 go to the even neighbour.
 TEST(RequantizeDyadic, RoundsOnceWithTiesToEven) {

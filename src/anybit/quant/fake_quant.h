@@ -1,5 +1,5 @@
 // Fake-quantization kernels: the float-in, float-out form of every quantizer of
-// shared/DESIGN.md, with their straight-through / LSQ / PACT gradients.
+// docs/design.md, with their straight-through / LSQ / PACT gradients.
 //
 // Three implementations of the uniform quantizer live side by side:
 //   *_reference   plain loops over elements, written to be obviously right (the spec);

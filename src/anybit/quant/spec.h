@@ -3,7 +3,7 @@
 // `int6:per_channel`, `fixed:Q2.5`, `log4`, `binary`, `ternary`, `int4:pow2scale`,
 // `float`). Plain C++17: the integer engine and the Python package share it.
 //
-// The numbers follow shared/DESIGN.md:
+// The numbers follow docs/design.md (numeric definitions):
 //   uniform     q = clamp(round(x / s) + z, qmin, qmax),  x^ = (q - z) * s
 //               signed   [-2^(b-1), 2^(b-1)-1]  (narrow: -2^(b-1)+1)
 //               unsigned [0, 2^b - 1]
@@ -68,7 +68,7 @@ struct QuantSpec {
     return scheme == Scheme::kInt || scheme == Scheme::kFixed || scheme == Scheme::kLog ||
            scheme == Scheme::kBinary || scheme == Scheme::kTernary;
   }
-  // Integer range of a uniform spec (DESIGN.md). For log: exponent count.
+  // Integer range of a uniform spec (docs/design.md). For log: exponent count.
   int qmin() const;
   int qmax() const;
   int log_exponents() const { return (1 << (bits - 1)) - 1; }
