@@ -36,14 +36,32 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 
+// "12 conv/linear/matmul ops: 10 with points, 2 without (aten::lstm: a recurrent layer ...)"
+std::string coverage_line(const anybit::ModelGraph& g) {
+  std::map<std::string, int> reasons;
+  for (const auto& u : g.uncovered) reasons[u.op + ": " + u.reason]++;
+  std::string why;
+  for (const auto& [r, n] : reasons) why += (why.empty() ? "" : "; ") + (n > 1 ? std::to_string(n) + "x " : "") + r;
+  const int without = static_cast<int>(g.uncovered.size());
+  return fmt::format("coverage: {} conv/linear/matmul ops, {} with points, {} without{}", g.linear_algebra_ops,
+                     g.linear_algebra_ops - without, without, why.empty() ? "" : " (" + why + ")");
+}
+
 int cmd_inspect(const std::string& model, bool as_json) {
   anybit::ModelGraph g = anybit::load_model(model);
   if (as_json) {
-    json j = json::array();
+    json pts = json::array();
     for (const auto& p : g.points)
-      j.push_back({{"index", p.index}, {"name", p.name}, {"role", anybit::role_name(p.role)},
-                   {"kind", p.kind}, {"op", p.op}, {"module", p.module}, {"shape", p.shape},
-                   {"params", p.numel}});
+      pts.push_back({{"index", p.index}, {"name", p.name}, {"role", anybit::role_name(p.role)},
+                     {"kind", p.kind}, {"op", p.op}, {"module", p.module}, {"shape", p.shape},
+                     {"params", p.numel}});
+    json unc = json::array();
+    for (const auto& u : g.uncovered) unc.push_back({{"op", u.op}, {"module", u.module}, {"reason", u.reason}});
+    json j = {{"points", pts},
+              {"uncovered", unc},
+              {"coverage", {{"linear_algebra_ops", g.linear_algebra_ops},
+                            {"with_points", g.linear_algebra_ops - static_cast<int>(g.uncovered.size())},
+                            {"without_points", g.uncovered.size()}}}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -55,6 +73,9 @@ int cmd_inspect(const std::string& model, bool as_json) {
     params += p.numel;
   }
   fmt::print("{} points, {} quantizable parameters\n", g.points.size(), params);
+  for (const auto& u : g.uncovered)
+    fmt::print("no points: {} in {}: {}\n", u.op, u.module.empty() ? "the root module" : u.module, u.reason);
+  fmt::print("{}\n", coverage_line(g));
   return 0;
 }
 
@@ -134,6 +155,9 @@ int cmd_quantize(const Common& c) {
       fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", r.pairs,
                  r.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", r.relu6_replaced) : "");
   }
+  for (const auto& u : g.uncovered)
+    fmt::print(stderr, "warning: {} in {} has no points and stays float: {}\n", u.op,
+               u.module.empty() ? "the root module" : u.module, u.reason);
   if (c.dry_run) {
     auto pts = anybit::plan(g, cfg);
     if (c.json) {

@@ -263,7 +263,7 @@ std::string clip_warning(const std::string& point, const QuantSpec& spec, const 
 double clamp_scale(double s) { return std::max(s, 1e-12); }
 double pow2_ceil(double s) { return std::exp2(std::ceil(std::log2(s))); }
 
-// Uniform scale and zero point from a float range, as DESIGN.md's numbers demand.
+// Uniform scale and zero point from a float range, as docs/design.md's numeric definitions demand.
 void uniform_from_range(const QuantSpec& spec, double lo, double hi, float* s, float* z) {
   if (spec.scheme == Scheme::kFixed || spec.scheme == Scheme::kUFixed) {
     *s = static_cast<float>(std::exp2(-spec.frac_bits));
@@ -611,6 +611,14 @@ std::vector<PointReport> plan(const ModelGraph& g, const Config& config) {
 QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
                         const QuantizeOptions& options) {
   QuantizeResult result;
+  if (options.strict && !g.uncovered.empty()) {
+    std::string msg = "strict: " + std::to_string(g.uncovered.size()) + " op(s) have no points and would stay float: ";
+    for (size_t k = 0; k < g.uncovered.size(); ++k)
+      msg += (k ? "; " : "") + g.uncovered[k].op + " in " +
+             (g.uncovered[k].module.empty() ? "the root module" : g.uncovered[k].module) + " (" +
+             g.uncovered[k].reason + ")";
+    throw Error(msg);
+  }
   result.points = plan(g, config);
   jit::Graph& graph = *g.graph;
   // the float model AdaRound reconstructs, taken before any rewrite

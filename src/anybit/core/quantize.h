@@ -61,7 +61,8 @@ struct QuantizeOptions {
   // A quantizer whose spec (not its calibrator) leaves more than this share of the
   // calibration values outside its range gets a clipping warning (PointReport::clip_warning):
   // an unsigned quantizer with a zero point of 0 seeing negative values, a fixed-point
-  // format narrower than the data. With `strict`, any such warning is an Error instead.
+  // format narrower than the data. With `strict`, any such warning is an Error instead, and
+  // so is an op that computes linear algebra without points (ModelGraph::uncovered).
   double clip_warn_share = 0.01;
   bool strict = false;
 };

@@ -5,7 +5,9 @@
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -74,6 +76,36 @@ const Point* ModelGraph::find(const std::string& name) const {
 
 namespace {
 
+// Ops that do linear algebra inside one kernel, where no point can reach it, with the reason
+// shown to the user.
+const std::unordered_map<std::string, std::string>& fused_ops() {
+  static const std::unordered_map<std::string, std::string> m = {
+      {"aten::_transformer_encoder_layer_fwd",
+       "the fused fast path of nn.TransformerEncoderLayer (traced in eval mode without gradients); script the "
+       "model, or trace it with gradients enabled, to record the decomposed ops"},
+      {"aten::_native_multi_head_attention",
+       "the fused fast path of nn.MultiheadAttention (traced in eval mode without gradients); script the model, "
+       "or trace it with gradients enabled"},
+      {"aten::_transformer_decoder_only_layer_fwd", "a fused transformer decoder kernel"},
+      {"aten::scaled_dot_product_attention", "fused attention (scores and softmax inside one kernel)"},
+      {"aten::lstm", "a recurrent layer: its gate matmuls run inside one op"},
+      {"aten::gru", "a recurrent layer: its gate matmuls run inside one op"},
+      {"aten::rnn_tanh", "a recurrent layer: its matmuls run inside one op"},
+      {"aten::rnn_relu", "a recurrent layer: its matmuls run inside one op"},
+      {"aten::einsum", "einsum is not lowered to points"},
+  };
+  return m;
+}
+
+bool contains_fused(jit::Block* b) {
+  for (jit::Node* n : b->nodes()) {
+    if (fused_ops().count(n->kind().toQualString())) return true;
+    for (jit::Block* inner : n->blocks())
+      if (contains_fused(inner)) return true;
+  }
+  return false;
+}
+
 // aten op -> point kind. Ops that only move or reshape data (view, flatten, dropout in
 // eval, size) are not points: quantizing them again would change nothing.
 const std::unordered_map<std::string, std::string>& op_kinds() {
@@ -82,7 +114,10 @@ const std::unordered_map<std::string, std::string>& op_kinds() {
       {"aten::_convolution", "conv"}, {"aten::conv_transpose1d", "conv"},
       {"aten::conv_transpose2d", "conv"}, {"aten::conv_transpose3d", "conv"},
       {"aten::linear", "linear"}, {"aten::addmm", "linear"}, {"aten::matmul", "linear"},
-      {"aten::mm", "linear"}, {"aten::bmm", "linear"},
+      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"},
+      {"aten::softmax", "softmax"}, {"aten::_softmax", "softmax"}, {"aten::log_softmax", "softmax"},
+      {"aten::layer_norm", "norm"}, {"aten::group_norm", "norm"},
+      {"aten::embedding", "embedding"},
       {"aten::relu", "relu"}, {"aten::relu_", "relu"}, {"aten::relu6", "relu"},
       {"aten::relu6_", "relu"}, {"aten::hardtanh", "relu"}, {"aten::hardtanh_", "relu"},
       {"aten::leaky_relu", "relu"}, {"aten::leaky_relu_", "relu"},
@@ -108,20 +143,50 @@ struct ModuleInfo {
   bool leaf = false;  // a torch.nn module (one op per call, named `path:out`)
 };
 
-ModuleInfo module_of(const jit::Node* n) {
+// The child of `m` called `name`; a container that is never called itself (ModuleList,
+// Sequential, ModuleDict: a traced model records `enc.0` for `enc.layers.0`) is looked
+// through, and its name is put into *path too.
+bool child_module(const jit::Module& m, const std::string& name, jit::Module* out, std::string* path) {
+  if (m.hasattr(name) && m.attr(name).isModule()) {
+    *out = m.attr(name).toModule();
+    *path += (path->empty() ? "" : ".") + name;
+    return true;
+  }
+  for (const jit::NameModule& c : m.named_children()) {
+    if (c.value.hasattr(name) && c.value.attr(name).isModule()) {
+      *out = c.value.attr(name).toModule();
+      *path += (path->empty() ? "" : ".") + c.name + "." + name;
+      return true;
+    }
+  }
+  return false;
+}
+
+ModuleInfo module_of(const jit::Node* n, const jit::Module& root) {
   ModuleInfo info;
   auto cs = n->callstack();
   if (!cs) return info;
   std::string cls;
+  jit::Module cur = root;
+  bool tracking = true;  // the path so far names real submodules of root
   for (const auto& entry : (*cs)->vec()) {
     const auto& mi = std::get<jit::kModuleInstanceInfo>(entry);
     if (!mi) continue;
     const std::string inst = mi->instance_name();
     if (inst == "SELF" || inst.empty()) continue;
-    info.path += (info.path.empty() ? "" : ".") + inst;
+    jit::Module next;
+    if (!(tracking && child_module(cur, inst, &next, &info.path))) {
+      tracking = false;
+      info.path += (info.path.empty() ? "" : ".") + inst;
+    } else {
+      cur = next;
+    }
     cls = mi->class_type() ? mi->class_type()->name()->qualifiedName() : "";
   }
-  info.leaf = !info.path.empty() && cls.rfind("__torch__.torch.nn.modules.", 0) == 0;
+  // a torch.nn module without children runs one op per call (nn.MultiheadAttention, with its
+  // out_proj child, runs several and its own ops are named by kind)
+  info.leaf = !info.path.empty() && cls.rfind("__torch__.torch.nn.modules.", 0) == 0 &&
+              !(tracking && cur.named_children().size() > 0);
   return info;
 }
 
@@ -149,6 +214,51 @@ WeightSlots weight_slots(const jit::Node* n) {
   return w;
 }
 
+// True when a and b are certainly the same tensor object: the same value, equal constants,
+// the same pure op on the same inputs, or outputs of one `if` that are the same in each branch
+// (`query = key = value = x` through the batch-dimension check of multi-head attention).
+bool same_value(jit::Value* a, jit::Value* b, int depth = 0) {
+  if (a == b) return true;
+  if (depth > 12) return false;
+  jit::Node *na = a->node(), *nb = b->node();
+  if (na->kind() == c10::prim::Constant && nb->kind() == c10::prim::Constant) {
+    auto ia = jit::toIValue(a), ib = jit::toIValue(b);
+    if (!ia || !ib) return false;
+    if (ia->isInt() && ib->isInt()) return ia->toInt() == ib->toInt();
+    if (ia->isBool() && ib->isBool()) return ia->toBool() == ib->toBool();
+    if (ia->isNone() && ib->isNone()) return true;
+    return false;
+  }
+  if (na == nb && na->kind() == c10::prim::If) {
+    for (jit::Block* blk : na->blocks())
+      if (!same_value(blk->outputs()[a->offset()], blk->outputs()[b->offset()], depth + 1)) return false;
+    return true;
+  }
+  if (a->offset() != b->offset() || na->kind() != nb->kind() || na->inputs().size() != nb->inputs().size() ||
+      !na->blocks().empty() ||
+      na->kind() == c10::prim::Param || na->hasSideEffects() || na->isNondeterministic() ||
+      na->kind().toQualString()[std::strlen(na->kind().toQualString()) - 1] == '_')
+    return false;
+  for (size_t i = 0; i < na->inputs().size(); ++i)
+    if (!same_value(na->input(i), nb->input(i), depth + 1)) return false;
+  return true;
+}
+
+// Whether v is None, where that is fixed for this module instance: a constant, or an
+// attribute path from self (an Optional attribute such as nn.MultiheadAttention.bias_k).
+bool fixed_none(jit::Value* v, jit::Value* self, const jit::Module& m, bool* is_none) {
+  if (v->node()->kind() == c10::prim::Constant) {
+    auto iv = jit::toIValue(v);
+    if (!iv) return false;
+    *is_none = iv->isNone();
+    return true;
+  }
+  std::string ap;
+  if (!attr_path(v, self, &ap)) return false;
+  *is_none = resolve_attr(m, ap).isNone();
+  return true;
+}
+
 // Resolves a bool that is fixed for this module instance: a constant, or a chain of
 // GetAttr from self ending in a bool attribute (`self.use_res_connect`), or its negation.
 // `training` is left alone so that train()/eval() keep their meaning.
@@ -162,6 +272,21 @@ bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out
       return true;
     }
     return false;
+  }
+  // `k is v` on one and the same value (self-attention's query, key and value after inlining)
+  if ((n->kind() == c10::aten::__is__ || n->kind() == c10::aten::__isnot__) && n->inputs().size() == 2 &&
+      same_value(n->input(0), n->input(1))) {
+    *out = n->kind() == c10::aten::__is__;
+    return true;
+  }
+  // `self.bias_k is not None` on an attribute that is None for this module instance
+  if ((n->kind() == c10::aten::__is__ || n->kind() == c10::aten::__isnot__) && n->inputs().size() == 2) {
+    bool none0, none1;
+    if (fixed_none(n->input(0), self, m, &none0) && fixed_none(n->input(1), self, m, &none1)) {
+      *out = (none0 && none1) == (n->kind() == c10::aten::__is__);
+      if (!none0 && !none1) return false;  // two tensors: identity is not known
+      return true;
+    }
   }
   if (n->kind() == c10::aten::__not__) {
     bool b;
@@ -182,31 +307,54 @@ bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out
 
 // Replaces each prim::If on a fixed bool by the branch it always takes, so that the ops
 // of, e.g., MobileNetV2's residual blocks appear in the flat graph and get their points.
-void specialize_ifs(jit::Graph& graph, const jit::Module& m, bool include_training) {
+void specialize_ifs(std::shared_ptr<jit::Graph>& graph_ptr, const jit::Module& m, bool include_training) {
+  jit::Graph& graph = *graph_ptr;
   jit::Value* self = graph.inputs().at(0);
-  bool changed = true;
-  while (changed) {
-    changed = false;
-    for (auto it = graph.nodes().begin(); it != graph.nodes().end(); ++it) {
-      jit::Node* n = *it;
-      if (n->kind() != c10::prim::If) continue;
-      bool cond;
-      if (!fixed_bool(n->input(0), self, m, &cond, include_training)) continue;
-      jit::Block* b = n->blocks().at(cond ? 0 : 1);
-      while (b->nodes().begin() != b->nodes().end()) (*b->nodes().begin())->moveBefore(n);
-      for (size_t i = 0; i < n->outputs().size(); ++i)
-        n->outputs()[i]->replaceAllUsesWith(b->outputs()[i]);
-      n->destroy();
-      changed = true;
-      break;
+  // the first If that can be decided, in any block
+  std::function<jit::Node*(jit::Block*, bool*)> decidable = [&](jit::Block* block, bool* cond) -> jit::Node* {
+    for (jit::Node* n : block->nodes()) {
+      if (n->kind() == c10::prim::If) {
+        if (fixed_bool(n->input(0), self, m, cond, include_training)) return n;
+        // a fused fast path on one side only: keep the decomposed side
+        const bool f0 = contains_fused(n->blocks().at(0)), f1 = contains_fused(n->blocks().at(1));
+        if (f0 != f1) {
+          *cond = f1;
+          return n;
+        }
+      }
+      for (jit::Block* b : n->blocks())
+        if (jit::Node* inner = decidable(b, cond)) return inner;
     }
-  }
+    return nullptr;
+  };
+  // one If at a time, until none can be decided
+  auto pass = [&]() {
+    bool any = false;
+    for (bool changed = true; changed;) {
+      changed = false;
+      bool cond = false;
+      if (jit::Node* n = decidable(graph.block(), &cond)) {
+        jit::Block* b = n->blocks().at(cond ? 0 : 1);
+        while (b->nodes().begin() != b->nodes().end()) (*b->nodes().begin())->moveBefore(n);
+        for (size_t i = 0; i < n->outputs().size(); ++i)
+          n->outputs()[i]->replaceAllUsesWith(b->outputs()[i]);
+        n->destroy();
+        changed = any = true;
+      }
+    }
+    return any;
+  };
+  // the branches taken make further conditions constant (a fast-path flag now False)
+  if (!pass()) return;
+  do {
+    jit::ConstantPropagation(graph_ptr);
+  } while (pass());
 }
 
 }  // namespace
 
 void specialize_fixed_ifs(ModelGraph& g, bool include_training) {
-  specialize_ifs(*g.graph, g.module, include_training);
+  specialize_ifs(g.graph, g.module, include_training);
   jit::ConstantPropagation(g.graph);
   invalidate_plan(g);
   find_points(g);
@@ -244,7 +392,7 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
   g.module = module;
   g.graph = jit::toGraphFunction(g.module.get_method("forward").function()).graph();
   jit::Inline(*g.graph);
-  specialize_ifs(*g.graph, g.module, false);
+  specialize_ifs(g.graph, g.module, false);
   invalidate_plan(g);
   find_points(g);
   return g;
@@ -252,8 +400,87 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
 
 ModelGraph load_model(const std::string& path) { return analyze_module(load_module(path), path); }
 
+namespace {
+
+// Linear algebra that should have points: convs, linear layers, matmuls, and the fused ops
+// above that hide them.
+bool is_linear_algebra(const std::string& op) {
+  static const std::set<std::string> ops = {
+      "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::conv_transpose1d",
+      "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::linear", "aten::addmm", "aten::matmul",
+      "aten::mm", "aten::bmm", "aten::baddbmm"};
+  return ops.count(op) || fused_ops().count(op);
+}
+
+// Integer and boolean tensors (a traced model's sizes, masks) and values computed only from
+// shapes (aten::size, prim::NumToTensor and arithmetic on them) are never points.
+bool shape_or_integer(jit::Value* v, std::unordered_map<jit::Value*, bool>& memo) {
+  auto it = memo.find(v);
+  if (it != memo.end()) return it->second;
+  memo[v] = false;  // cycles cannot occur in an SSA graph; this only guards re-entry
+  bool r = false;
+  if (auto t = v->type()->cast<c10::TensorType>()) {
+    if (auto st = t->scalarType()) r = !c10::isFloatingType(*st) && !c10::isComplexType(*st);
+  }
+  jit::Node* n = v->node();
+  const auto k = n->kind();
+  if (!r && (k == c10::prim::NumToTensor || k == c10::aten::size || k == c10::aten::dim)) r = true;
+  if (!r && k == c10::prim::Constant) {  // a traced constant such as the {4} of bsz * num_heads
+    auto iv = jit::toIValue(v);
+    r = iv && iv->isTensor() && !at::isFloatingType(iv->toTensor().scalar_type());
+  }
+  if (!r && n->kind() != c10::prim::Param && n->kind() != c10::prim::GetAttr && n->kind() != c10::prim::Constant) {
+    // arithmetic whose tensor inputs all come from shapes
+    bool any_tensor = false, all_shape = true;
+    for (jit::Value* in : n->inputs()) {
+      if (!is_tensor(in)) continue;
+      any_tensor = true;
+      all_shape = all_shape && shape_or_integer(in, memo);
+    }
+    r = any_tensor && all_shape;
+  }
+  memo[v] = r;
+  return r;
+}
+
+// True when v is a point's value, possibly seen through ops that only move data (view,
+// transpose, chunk, ...), so that quantizing v again would change nothing.
+bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
+  static const std::set<std::string> layout = {
+      "aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
+      "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
+      "aten::split", "aten::unbind", "prim::ListUnpack", "aten::t", "aten::unflatten", "aten::dropout",
+      "prim::TupleUnpack"};
+  for (; depth < 24 && v; ++depth) {
+    for (const Point& p : points)
+      if (p.value == v) return true;
+    jit::Node* n = v->node();
+    if (n->kind() == c10::prim::If) {  // every branch must reach one
+      for (jit::Block* b : n->blocks())
+        if (!reaches_point(b->outputs()[v->offset()], points, depth + 1)) return false;
+      return true;
+    }
+    if (!layout.count(n->kind().toQualString()) || n->inputs().empty()) return false;
+    if (n->kind() == c10::prim::TupleUnpack || n->kind() == c10::prim::ListUnpack) {
+      // element k of a tuple or list built in the graph is that construct's input k
+      jit::Node* src = n->input(0)->node();
+      if ((src->kind() == c10::prim::TupleConstruct || src->kind() == c10::prim::ListConstruct) &&
+          v->offset() < src->inputs().size()) {
+        v = src->input(v->offset());
+        continue;
+      }
+    }
+    v = n->input(0);
+  }
+  return false;
+}
+
+}  // namespace
+
 void find_points(ModelGraph& g) {
   g.points.clear();
+  g.uncovered.clear();
+  g.linear_algebra_ops = 0;
   jit::Graph& graph = *g.graph;
   jit::Value* self = graph.inputs().at(0);
   int index = 0;
@@ -277,18 +504,54 @@ void find_points(ModelGraph& g) {
     return k == 1 ? base + suffix : base + suffix + std::to_string(k);
   };
   std::map<std::string, int> kind_count_in_module;
+  std::unordered_map<jit::Value*, bool> shape_memo;
+  // ops inside control flow that is left (data-dependent conditions, loops) get no points:
+  // each linear-algebra op there is reported instead
+  std::function<void(jit::Block*, const std::string&)> report_block = [&](jit::Block* b, const std::string& why) {
+    for (jit::Node* n : b->nodes()) {
+      const std::string op = n->kind().toQualString();
+      if (is_linear_algebra(op)) {
+        ++g.linear_algebra_ops;
+        g.uncovered.push_back({op, module_of(n, g.module).path, why});
+      }
+      for (jit::Block* inner : n->blocks()) report_block(inner, why);
+    }
+  };
   for (jit::Node* n : graph.nodes()) {
     const std::string op = n->kind().toQualString();
+    if (n->kind() == c10::prim::If || n->kind() == c10::prim::Loop) {
+      bool mode;
+      const std::string why =
+          n->kind() == c10::prim::Loop ? "inside a loop"
+          : fixed_bool(n->input(0), self, g.module, &mode, true)
+              ? "inside an if on self.training (kept, so that fine-tuning has both modes)"
+              : "inside an if whose condition depends on the data (not fixed for the eval-mode model)";
+      for (jit::Block* b : n->blocks()) report_block(b, why);
+      continue;
+    }
+    const bool algebra = is_linear_algebra(op);
+    if (algebra) ++g.linear_algebra_ops;
+    auto fused = fused_ops().find(op);
+    if (fused != fused_ops().end()) {
+      g.uncovered.push_back({op, module_of(n, g.module).path, fused->second});
+      continue;
+    }
     auto it = op_kinds().find(op);
     if (it == op_kinds().end()) continue;
-    const std::string& kind = it->second;
+    std::string kind = it->second;
     if ((kind == "add" || kind == "mul") &&
         (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1))))
       continue;  // x + 1 is not a point
     if (n->outputs().size() != 1 || !is_tensor(n->output())) continue;
-    ModuleInfo mi = module_of(n);
+    if (shape_or_integer(n->output(), shape_memo)) {
+      if (algebra) g.uncovered.push_back({op, module_of(n, g.module).path, "integer tensors (not a float value)"});
+      continue;
+    }
+    ModuleInfo mi = module_of(n, g.module);
     // parameters first: they are read before the op runs
     WeightSlots ws = weight_slots(n);
+    if (n->kind() == c10::aten::embedding) ws = {0, -1, 0};  // the table, one row per index
+    bool weight_attr = false;
     for (int slot : {ws.weight, ws.bias}) {
       if (slot < 0 || slot >= static_cast<int>(n->inputs().size())) continue;
       jit::Value* v = n->input(slot);
@@ -296,6 +559,7 @@ void find_points(ModelGraph& g) {
       if (!attr_path(v, self, &ap)) continue;  // Optional[Tensor] biases too
       c10::IValue t = resolve_attr(g.module, ap);
       if (!t.isTensor()) continue;
+      if (slot == ws.weight) weight_attr = true;
       Point p;
       p.name = ap;
       p.role = slot == ws.weight ? Role::kWeight : Role::kBias;
@@ -315,20 +579,41 @@ void find_points(ModelGraph& g) {
       for (const auto& q : g.points) seen = seen || q.name == p.name;
       if (!seen) g.points.push_back(p);
     }
+    // a product of two activations (attention scores, attention times values) is a matmul
+    if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr)
+      kind = "matmul";
     if (kind == "flatten") continue;  // named for completeness of kinds, not a point
     Point p;
     p.role = Role::kActivation;
     p.kind = kind;
     p.op = op;
     p.module = mi.path;
-    if (mi.leaf) {
-      p.name = unique(mi.path, ":out");
-    } else {
+    std::string base = mi.path;
+    if (!mi.leaf) {
       const std::string key = mi.path + "/" + kind;
       int k = kind_count_in_module[key]++;
-      std::string base = (mi.path.empty() ? "" : mi.path + ":") + kind + (k ? "_" + std::to_string(k) : "");
-      p.name = unique(base, ":out");
+      base = (mi.path.empty() ? "" : mi.path + ":") + kind + (k ? "_" + std::to_string(k) : "");
     }
+    // the operands of a product of two activations, where they are not already a point's
+    // value seen through layout-only ops (q / sqrt(d) in attention is not)
+    if (kind == "matmul") {
+      for (int i = 0; i < 2; ++i) {
+        jit::Value* v = n->input(i);
+        if (v->node()->kind() == c10::prim::Param || reaches_point(v, g.points)) continue;
+        Point o;
+        o.role = Role::kActivation;
+        o.kind = kind;
+        o.op = op;
+        o.module = mi.path;
+        o.name = unique(base, ":in" + std::to_string(i));
+        o.value = v;
+        o.node = v->node();
+        o.channel_axis = 1;
+        o.index = index++;
+        g.points.push_back(o);
+      }
+    }
+    p.name = unique(base, ":out");
     p.value = n->output();
     p.node = n;
     p.channel_axis = 1;

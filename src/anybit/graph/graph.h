@@ -25,11 +25,21 @@ struct Point : PointDesc {
   std::string attr_path;               // weights/biases: attribute path from the root
 };
 
+// An op that computes (or hides) linear algebra but has no points, and why: a fused
+// transformer kernel, a recurrent layer, an op inside data-dependent control flow.
+struct Uncovered {
+  std::string op;      // aten::lstm
+  std::string module;  // its module path ("" for the root)
+  std::string reason;
+};
+
 struct ModelGraph {
   std::string path;  // file it came from ("" if built in memory)
   torch::jit::Module module;
   std::shared_ptr<torch::jit::Graph> graph;  // forward, inlined, owned by the module
   std::vector<Point> points;
+  std::vector<Uncovered> uncovered;
+  int linear_algebra_ops = 0;  // conv, linear, matmul-like and fused ops found (covered or not)
   const Point* find(const std::string& name) const;
 };
 
@@ -43,7 +53,9 @@ ModelGraph load_model(const std::string& path);
 // Replaces prim::If on bools fixed for this module instance by the branch taken (done
 // on load for attributes such as `use_res_connect`); with include_training, also
 // `self.training` (the graph is then specialized to the module's current mode), followed
-// by constant propagation. Re-finds the points.
+// by constant propagation. An If with a fused kernel on one side and not on the other
+// (the fast paths of nn.TransformerEncoderLayer and nn.MultiheadAttention) keeps the other,
+// decomposed side, whose linear algebra then gets points. Re-finds the points.
 void specialize_fixed_ifs(ModelGraph& g, bool include_training);
 
 // Re-scan an already analyzed graph (after a rewrite the handles change).

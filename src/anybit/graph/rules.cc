@@ -17,8 +17,9 @@ bool glob_match(const std::string& pattern, const std::string& text) {
 namespace {
 
 const std::set<std::string>& known_kinds() {
-  static const std::set<std::string> k = {"conv", "linear", "relu", "act", "add", "mul", "cat",
-                                          "pool", "bn", "mean", "input", "any"};
+  static const std::set<std::string> k = {"conv", "linear", "matmul", "relu",  "act",  "softmax",   "norm",
+                                          "add",  "mul",    "cat",    "pool",  "bn",   "embedding", "mean",
+                                          "input", "any"};
   return k;
 }
 
@@ -55,7 +56,8 @@ Rule parse_rule(const YAML::Node& n, const std::string& where) {
       for (const auto& k : r.kinds)
         if (!known_kinds().count(k))
           throw Error(where + ": unknown kind '" + k +
-                      "' (expected conv, linear, relu, act, add, mul, cat, pool, bn, mean, input, any)");
+                      "' (expected conv, linear, matmul, relu, act, softmax, norm, add, mul, cat, pool, bn, embedding, "
+                      "mean, input, any)");
     } else if (key == "role") {
       r.role = v.as<std::string>();
       if (r.role != "weight" && r.role != "bias" && r.role != "activation" && r.role != "input" &&
