@@ -277,3 +277,75 @@ def test_data_spec_normalization_from_python():
     assert raw["top1"] > 85 and shifted["top1"] < raw["top1"] - 20  # the model wants raw [0, 1] inputs
     with pytest.raises(anybit.Error, match=r"data spec 'fmnist::test:mean=0.1,0.2'.*mean has 2 values"):
         anybit.evaluate(torch.jit.load(FMNIST), "fmnist::test:mean=0.1,0.2")
+
+
+class _InplaceAdd(torch.nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        s.fc = torch.nn.Linear(4, 2)
+
+    def forward(s, x):
+        y = s.conv(x)
+        y += 100.0
+        return s.fc(y.mean((2, 3)))
+
+
+def test_captured_values_are_what_the_quantizer_produced_not_after_later_inplace_ops():
+    torch.manual_seed(0)
+    m = _InplaceAdd().eval()
+    x = [torch.rand(4, 1, 8, 8) for _ in range(2)]
+    qm = anybit.quantize(m, {"rules": [{"match": "conv:out", "spec": "int8"}]}, calib_data=x)
+    (name, _, value), = anybit.quantizer_outputs(qm, x[0])
+    with torch.no_grad():
+        produced = m.conv(x[0])
+    assert name == "conv:out" and abs(float(value.mean()) - float(produced.mean())) < 0.01, float(value.mean())
+
+
+class _Block(torch.nn.Module):
+    """conv-bn-relu-conv-bn + identity, relu: in place (torchvision's style) or not."""
+
+    def __init__(s, inplace):
+        super().__init__()
+        s.inplace = inplace
+        s.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        s.bn1 = torch.nn.BatchNorm2d(8)
+        s.relu = torch.nn.ReLU(inplace=inplace)
+        s.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        s.bn2 = torch.nn.BatchNorm2d(8)
+        s.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        s.fc = torch.nn.Linear(8, 3)
+
+    def forward(s, x):
+        x = s.stem(x)
+        out = s.relu(s.bn1(s.conv1(x)))
+        out = s.bn2(s.conv2(out))
+        if s.inplace:
+            out += x
+        else:
+            out = out + x
+        out = s.relu(out)
+        return s.fc(out.mean((2, 3)))
+
+
+def test_inplace_and_out_of_place_forms_give_identical_captures_and_ptq():
+    torch.manual_seed(0)
+    a = _Block(True).eval()
+    a.bn1.running_mean.uniform_(-0.2, 0.2), a.bn2.running_var.uniform_(0.5, 2)  # not the identity
+    b = _Block(False).eval()
+    b.load_state_dict(a.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = [torch.rand(16, 1, 8, 8, generator=g) for _ in range(4)]
+    cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int4:per_channel"},
+                     {"kind": ["relu", "add"], "spec": "auto4"}, {"match": "conv2:out", "spec": "int4"}]}
+    qa = anybit.quantize(torch.jit.script(a), cfg, calib_data=x, fold_bn=True, adaround=40, bias_correction=True)
+    qb = anybit.quantize(torch.jit.script(b), cfg, calib_data=x, fold_bn=True, adaround=40, bias_correction=True)
+    oa = {n: v for n, _, v in anybit.quantizer_outputs(qa, x[0])}
+    ob = {n: v for n, _, v in anybit.quantizer_outputs(qb, x[0])}
+    assert oa.keys() == ob.keys() and "conv2:out" in oa
+    for n in oa:
+        assert torch.equal(oa[n], ob[n]), n
+    sa, sb = qa.state_dict(), qb.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k  # AdaRound's weights, bias correction, every step

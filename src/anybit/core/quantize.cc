@@ -874,6 +874,8 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
     outs.push_back(n->output());
     result.push_back(q);
   }
+  // what each quantizer produced, before any in-place op later in the graph changes it
+  for (jit::Value*& v : outs) v = insert_snapshot(*graph, v);
   graph->eraseOutput(0);
   graph->registerOutput(graph->insertNode(graph->createTuple(outs))->output());
   jit::GraphFunction fn("anybit_probe", graph, nullptr);

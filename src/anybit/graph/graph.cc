@@ -381,6 +381,19 @@ torch::jit::Module load_module(const std::string& path) {
   }
 }
 
+jit::Value* insert_snapshot(jit::Graph& graph, jit::Value* v) {
+  jit::Node* producer = v->node();
+  // a value made inside a block is read where the block ends: the copy goes to the return
+  jit::Node* before = producer->kind() == c10::prim::Param ? *graph.nodes().begin()
+                      : producer->owningBlock() == graph.block() ? producer->next()
+                                                                 : graph.return_node();
+  jit::WithInsertPoint guard(before);
+  jit::Node* copy = graph.create(c10::aten::clone, {v, graph.insertConstant(c10::IValue())});
+  graph.insertNode(copy);
+  copy->output()->setType(v->type());
+  return copy->output();
+}
+
 void invalidate_plan(ModelGraph& g) {
   auto& fn = g.module.get_method("forward").function();
   if (auto* gf = jit::tryToGraphFunction(fn)) gf->clear_optimized_graphs();

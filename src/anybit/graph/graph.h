@@ -73,6 +73,11 @@ void assign_attr(torch::jit::Module& m, const std::string& path, const at::Tenso
 // root-level module). Rewrites that keep v's shape may then treat `user` as v's only reader.
 bool only_user_besides_shape_checks(torch::jit::Value* v, torch::jit::Node* user);
 
+// A copy of v taken right after its producer (at the top of the graph for an input), before
+// any later in-place op (`out += identity`, `ReLU(inplace=True)`) can change it: what a
+// capture of v must read. The caller destroys the returned value's node when done.
+torch::jit::Value* insert_snapshot(torch::jit::Graph& graph, torch::jit::Value* v);
+
 // Drops forward's cached optimized graphs after an edit. An executor already built by
 // running forward keeps its plan in LibTorch 1.13, so anybit edits graphs before any run.
 void invalidate_plan(ModelGraph& g);

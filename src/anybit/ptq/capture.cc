@@ -9,14 +9,16 @@ namespace anybit {
 namespace jit = torch::jit;
 
 // Runs the graph on the first `samples` calibration inputs and returns the values `vals`
-// took, concatenated over batches. The graph's output is swapped for a tuple while the
+// took, as their producers made them (copies taken before any later in-place op),
+// concatenated over batches. The graph's output is swapped for a tuple while the
 // capture function is built (it copies the graph), then restored.
 std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
                                 int64_t samples, int64_t batch) {
   jit::Graph& graph = *g.graph;
   jit::Value* orig = graph.outputs().at(0);
   std::vector<jit::Value*> all = {orig};
-  all.insert(all.end(), vals.begin(), vals.end());
+  // each value as its producer made it, before any in-place op later in the graph
+  for (jit::Value* v : vals) all.push_back(insert_snapshot(graph, v));
   jit::Node* tup;
   {
     jit::WithInsertPoint guard(graph.return_node());
@@ -43,6 +45,12 @@ std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<jit::Val
   graph.eraseOutput(0);
   graph.registerOutput(orig);
   tup->destroy();
+  for (size_t i = 1; i < all.size(); ++i) {
+    jit::Node* copy = all[i]->node();
+    jit::Node* none = copy->input(1)->node();
+    copy->destroy();
+    if (!none->hasUses()) none->destroy();
+  }
   if (err) std::rethrow_exception(err);
   std::vector<at::Tensor> out;
   for (auto& p : parts) out.push_back(at::cat(p));
