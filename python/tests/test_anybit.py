@@ -349,3 +349,9 @@ def test_inplace_and_out_of_place_forms_give_identical_captures_and_ptq():
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k  # AdaRound's weights, bias correction, every step
+    # BRECQ (block reconstruction, learned steps too) alike
+    ra = anybit.quantize(torch.jit.script(a), cfg, calib_data=x, fold_bn=True, brecq=30).state_dict()
+    rb = anybit.quantize(torch.jit.script(b), cfg, calib_data=x, fold_bn=True, brecq=30).state_dict()
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert torch.equal(ra[k], rb[k]), k
