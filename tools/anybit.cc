@@ -504,7 +504,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
   quant->add_flag("--strict", c.strict,
-                  "fail (and write nothing) when a quantizer's spec clips more than 1% of its calibration data");
+                  "fail (and write nothing) when a quantizer's spec clips more than 1% of its calibration data, "
+                  "or an op that computes linear algebra has no points");
   quant->add_flag("--int32-bias", c.int32_bias, "quantize conv/linear biases as integer hardware adds them: int32 at s_in * s_w");
   quant->add_option("--eval", c.eval_data, "evaluate the quantized model on this data spec too");
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
