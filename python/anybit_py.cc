@@ -47,6 +47,23 @@ py::list points(const std::string& model_path) {
   return out;
 }
 
+py::dict coverage(const std::string& model_path) {
+  anybit::ModelGraph g = anybit::load_model(model_path);
+  py::list unc;
+  for (const auto& u : g.uncovered) {
+    py::dict d;
+    d["op"] = u.op;
+    d["module"] = u.module;
+    d["reason"] = u.reason;
+    unc.append(d);
+  }
+  py::dict out;
+  out["linear_algebra_ops"] = g.linear_algebra_ops;
+  out["with_points"] = g.linear_algebra_ops - static_cast<int>(g.uncovered.size());
+  out["uncovered"] = unc;
+  return out;
+}
+
 py::list quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
@@ -509,6 +526,7 @@ PYBIND11_MODULE(_anybit, m) {
     }
   });
   m.def("points", &points, py::arg("model_path"));
+  m.def("coverage", &coverage, py::arg("model_path"));
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
         py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),

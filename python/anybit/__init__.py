@@ -54,7 +54,11 @@ class ClippingWarning(UserWarning):
     """A quantizer's spec clips a share of its calibration data (see quantize)."""
 
 
-__all__ = ["Error", "ClippingWarning", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load",
+class CoverageWarning(UserWarning):
+    """An op that computes linear algebra has no points and stays float (see coverage)."""
+
+
+__all__ = ["Error", "ClippingWarning", "CoverageWarning", "coverage", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load",
            "quantizer_outputs", "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
 
 
@@ -156,6 +160,15 @@ def points(model, example_inputs=None):
         return _anybit.points(_save(model, example_inputs, d))
 
 
+def coverage(model, example_inputs=None):
+    """Which conv/linear/matmul ops have points (like the last lines of `anybit inspect`):
+    {"linear_algebra_ops": N, "with_points": K, "uncovered": [{"op", "module", "reason"}]}.
+    An uncovered op (a fused transformer kernel, an LSTM, an op inside data-dependent
+    control flow) stays in float when the model is quantized."""
+    with tempfile.TemporaryDirectory() as d:
+        return _anybit.coverage(_save(model, example_inputs, d))
+
+
 def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
@@ -181,7 +194,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     A quantizer whose spec clips more than 1% of its calibration data (an unsigned spec on
     signed data) is reported with warnings.warn (anybit.ClippingWarning) and in the report
     (clip_warning, and clipped_low / clipped_high for every calibrated point); strict=True
-    raises anybit.Error instead. Returns the quantized ScriptModule, and with
+    raises anybit.Error instead, as it does for an op that has no points (otherwise an
+    anybit.CoverageWarning; see coverage). Returns the quantized ScriptModule, and with
     return_report=True also the per-point report (a list of dicts)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
@@ -191,6 +205,10 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             batch_size = batch_size or bs
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
+        if not strict:  # with strict, quantize itself refuses them
+            for u in _anybit.coverage(src)["uncovered"]:
+                warnings.warn(f"{u['op']} in {u['module'] or 'the root module'} has no points and stays float: "
+                              f"{u['reason']}", CoverageWarning, stacklevel=2)
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
                                   fold_bn, adaround, bias_correction, int32_bias,
                                   {False: 0, True: 1, "relu6": 2}[cle], brecq, strict)

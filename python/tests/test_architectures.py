@@ -126,3 +126,17 @@ def test_recurrent_layer_is_reported(tmp_path):
     info = inspect(p)
     assert [(u["op"], u["module"]) for u in info["uncovered"]] == [("aten::gru", "rnn")], info["uncovered"]
     assert "fc.weight" in {q["name"] for q in info["points"]}
+
+
+def test_python_reports_coverage_warns_and_strict_refuses(tmp_path):
+    m, paths = model_files(tmp_path)
+    fused = torch.jit.load(paths["trace_nograd"])
+    cov = anybit.coverage(fused)
+    assert cov["linear_algebra_ops"] == 4 and cov["with_points"] == 2
+    assert [u["op"] for u in cov["uncovered"]] == ["aten::_transformer_encoder_layer_fwd"] * 2
+    assert anybit.coverage(torch.jit.load(paths["script"]))["uncovered"] == []
+    calib = [torch.randn(4, 8, 16)]
+    with pytest.warns(anybit.CoverageWarning, match=r"_transformer_encoder_layer_fwd in enc.layers.0 has no points"):
+        anybit.quantize(fused, {"rules": [{"kind": "linear", "spec": "int8"}]}, calib_data=calib)
+    with pytest.raises(anybit.Error, match="strict: 2 op"):
+        anybit.quantize(fused, {"rules": [{"kind": "linear", "spec": "int8"}]}, calib_data=calib, strict=True)
