@@ -415,14 +415,12 @@ ModelGraph load_model(const std::string& path) { return analyze_module(load_modu
 
 namespace {
 
-// Linear algebra that should have points: convs, linear layers, matmuls, and the fused ops
-// above that hide them.
+// Linear algebra that should have points: the ops of kind conv and linear (convs, linear
+// layers, matmuls), and the fused ops above that hide them.
 bool is_linear_algebra(const std::string& op) {
-  static const std::set<std::string> ops = {
-      "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::conv_transpose1d",
-      "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::linear", "aten::addmm", "aten::matmul",
-      "aten::mm", "aten::bmm", "aten::baddbmm"};
-  return ops.count(op) || fused_ops().count(op);
+  if (fused_ops().count(op)) return true;
+  auto it = op_kinds().find(op);
+  return it != op_kinds().end() && (it->second == "conv" || it->second == "linear");
 }
 
 // Integer and boolean tensors (a traced model's sizes, masks) and values computed only from
