@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
-PY=/usr/bin/python3
+# the project venv (scripts/install-deps.sh) where it exists: its torch is the one anybit was built for
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo /usr/bin/python3)}
 OUT=${OUT:-build/bench}
 mkdir -p "$OUT"
 echo "== fake-quant kernels against ATen ($THREADS threads)"

@@ -13,17 +13,18 @@ case "$TORCH_FROM" in
   *) echo "anybit: ANYBIT_TORCH_FROM=$TORCH_FROM: pypi or debian" >&2; exit 2 ;;
 esac
 # libgloo-dev: its headers compile c10d's ProcessGroupGloo.hpp (with either torch); libdnnl-dev:
-# the oneDNN 2.x that core/fused_eval.cc links (PyPI's torch keeps its own hidden)
+# the oneDNN 2.x that core/fused_eval.cc links (PyPI's torch keeps its own hidden); python3-numpy:
+# tests/cli_test.sh and tests/intsim_sanitize.sh run /usr/bin/python3 with numpy
 PKGS=(
   cmake make g++ pkg-config zlib1g-dev libjpeg62-turbo-dev libpng-dev
-  libopenblas0 libgloo-dev libdnnl-dev python3-venv
+  libopenblas0 libgloo-dev libdnnl-dev python3-venv python3-numpy
   dataset-fashion-mnist
   pybind11-dev python3-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
 )
 if [ "$TORCH_FROM" = debian ]; then
-  PKGS+=(libtorch-dev python3-torch python3-torchvision python3-numpy python3-yaml python3-pytest python3-onnx)
+  PKGS+=(libtorch-dev python3-torch python3-torchvision python3-yaml python3-pytest python3-onnx)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,7 +1,9 @@
 """The Python package on models nobody here wrote (torchvision, random weights) and on
 the shipped Fashion-MNIST model: user stories 1, 4 and 5, CLI parity, and errors."""
 import os
+import site
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -154,7 +156,8 @@ def test_points_lists_named_points_in_forward_order():
                                           if f.endswith(".py")))
 def test_every_python_example_runs(script):
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
-    r = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "examples", "python", script)],
+    # the Python of this run (the project's .venv): its torch is the one the extension was built for
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", script)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip()
@@ -178,8 +181,16 @@ def test_sweep_mirrors_the_cli_and_resumes():
 def test_pip_install_into_a_virtualenv_without_network():
     with tempfile.TemporaryDirectory() as d:
         venv = os.path.join(d, "venv")
-        subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv], check=True)
-        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-build-isolation", "--no-index",
+        # a venv of this run's Python that sees this Python's packages (its torch, the one the
+        # extension was built for, and pip and setuptools): a .pth, as --system-site-packages would
+        # show the base interpreter's (Debian's torch) where this Python is a venv on PyPI's torch
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        vpy = os.path.join(venv, "bin", "python")
+        pure = subprocess.run([vpy, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        with open(os.path.join(pure, "anybit_test_parent.pth"), "w") as f:
+            f.write("\n".join(site.getsitepackages()) + "\n")
+        subprocess.run([vpy, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-index",
                         os.path.join(ROOT, "python")], check=True, capture_output=True)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         r = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
