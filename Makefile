@@ -1,7 +1,6 @@
 # anybit: the two commands of the README are `make demo` and `make test`.
 BUILD ?= build
 JOBS ?= 2
-PY := /usr/bin/python3
 
 .PHONY: deps configure build test demo bench clean
 

@@ -1,9 +1,9 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Train anybit's shipped Fashion-MNIST model (FmnistResNet), deterministically.
 
-Retrain with:   /usr/bin/python3 models/train_fmnist.py
-                /usr/bin/python3 models/train_fmnist.py --normalize --name fmnist_resnet_norm
-Quick test run: /usr/bin/python3 models/train_fmnist.py --epochs 1 --train-limit 2000 --out /tmp/fm
+Retrain with:   .venv/bin/python models/train_fmnist.py
+                .venv/bin/python models/train_fmnist.py --normalize --name fmnist_resnet_norm
+Quick test run: .venv/bin/python models/train_fmnist.py --epochs 1 --train-limit 2000 --out /tmp/fm
 
 Input convention: float32 tensor [N, 1, 28, 28] = raw pixel / 255.0 (values in [0, 1]),
 no mean/std normalization. With --normalize the model is trained the usual torchvision way,

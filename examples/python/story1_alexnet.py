@@ -1,6 +1,6 @@
 """Story 1: AlexNet with per-layer bits, from outside the model.
 11-bit weights in every conv, 10-9-9 bits for the FC layers, 9-8-5-5-7 bits for the five
-ReLU outputs of `features`. Run: PYTHONPATH=python /usr/bin/python3 examples/python/story1_alexnet.py"""
+ReLU outputs of `features`. Run: PYTHONPATH=python .venv/bin/python examples/python/story1_alexnet.py"""
 import os
 
 import torch

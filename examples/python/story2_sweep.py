@@ -1,7 +1,7 @@
 """Story 2: how accuracy falls with bits. Post-training quantization of the shipped
 Fashion-MNIST model at W8A8..W2A2, calibrated on 512 training images, evaluated on 1000
 test images (use the whole set for paper numbers: `anybit sweep`).
-Run: PYTHONPATH=python /usr/bin/python3 examples/python/story2_sweep.py"""
+Run: PYTHONPATH=python .venv/bin/python examples/python/story2_sweep.py"""
 import os
 
 import torch

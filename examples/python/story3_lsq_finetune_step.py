@@ -1,7 +1,7 @@
 """Story 3 (the quantizer side): fixed-point and LSQ weights whose step learns. The
 quantized module trains with autograd: here one SGD step on Fashion-MNIST images; the
 fine-tuning loop itself is `anybit finetune` (see the fine-tuning issue).
-Run: PYTHONPATH=python /usr/bin/python3 examples/python/story3_lsq_finetune_step.py"""
+Run: PYTHONPATH=python .venv/bin/python examples/python/story3_lsq_finetune_step.py"""
 import os
 
 import torch

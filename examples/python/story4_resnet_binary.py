@@ -1,6 +1,6 @@
 """Story 4: first layer 8-bit input and weights, every other layer binarized, the
 classifier left in float, on torchvision ResNet-18.
-Run: PYTHONPATH=python /usr/bin/python3 examples/python/story4_resnet_binary.py"""
+Run: PYTHONPATH=python .venv/bin/python examples/python/story4_resnet_binary.py"""
 import os
 
 import torch

@@ -1,6 +1,6 @@
 """Story 5: from outside, by layer type: binarize every ReLU output of MobileNetV2
 (35 ReLU6 calls), and quantize the output of every op to 8 bits on ResNet-18.
-Run: PYTHONPATH=python /usr/bin/python3 examples/python/story5_binarize_relus.py"""
+Run: PYTHONPATH=python .venv/bin/python examples/python/story5_binarize_relus.py"""
 import torch
 import torchvision
 
