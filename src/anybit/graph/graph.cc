@@ -4,6 +4,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <torch/jit.h>
 
 #include <cstring>
 #include <fstream>
@@ -104,6 +105,72 @@ bool contains_fused(jit::Block* b) {
       if (contains_fused(inner)) return true;
   }
   return false;
+}
+
+// --- attention ----------------------------------------------------------------------------
+// aten::scaled_dot_product_attention (torch 2.x: nn.MultiheadAttention and
+// nn.TransformerEncoderLayer call it) computes scores, softmax and attention-times-values in one
+// kernel, where no point can reach them. It is replaced by its definition in plain ops (the
+// reference math of torch.nn.functional.scaled_dot_product_attention's documentation), so that
+// q k^T, the softmax and attn v get points like any other matmul. Conditions on arguments that
+// are constant in the graph (no mask, not causal, no dropout) fold away afterwards.
+const char* kAttentionSource = R"JIT(
+def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
+              is_causal: bool, scale: Optional[float], enable_gqa: bool) -> Tensor:
+    if scale is None:
+        s = 1.0 / (float(query.size(-1)) ** 0.5)
+    else:
+        s = scale
+    if enable_gqa:
+        key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
+        value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * s
+    if is_causal:
+        above = torch.ones([query.size(-2), key.size(-2)], device=query.device).tril() == 0.0
+        scores = scores.masked_fill(above, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.is_floating_point():
+            scores = scores + attn_mask
+        else:
+            scores = scores.masked_fill(attn_mask.logical_not(), float("-inf"))
+    attn = torch.softmax(scores, -1)
+    if dropout_p > 0.0:
+        attn = torch.dropout(attn, dropout_p, True)
+    return torch.matmul(attn, value)
+)JIT";
+
+void set_callstack(jit::Node* n, const c10::optional<jit::InlinedCallStackPtr>& cs) {
+  if (cs) n->setCallStack(*cs);
+  for (jit::Block* b : n->blocks())
+    for (jit::Node* inner : b->nodes()) set_callstack(inner, cs);
+}
+
+// Replaces every aten::scaled_dot_product_attention of the graph (any block) by its definition.
+void decompose_attention(std::shared_ptr<jit::Graph>& graph) {
+  std::vector<jit::Node*> found;
+  std::function<void(jit::Block*)> collect = [&](jit::Block* b) {
+    for (jit::Node* n : b->nodes()) {
+      if (n->kind() == c10::Symbol::fromQualString("aten::scaled_dot_product_attention")) found.push_back(n);
+      for (jit::Block* inner : n->blocks()) collect(inner);
+    }
+  };
+  collect(graph->block());
+  if (found.empty()) return;
+  static const std::shared_ptr<jit::CompilationUnit> cu = torch::jit::compile(kAttentionSource);
+  auto callee = jit::toGraphFunction(cu->get_function("attention")).graph();
+  for (jit::Node* n : found) {
+    if (n->inputs().size() < 3 || n->inputs().size() > 8 || n->outputs().size() != 1) continue;
+    jit::WithInsertPoint guard(n);
+    std::vector<jit::Value*> args(n->inputs().begin(), n->inputs().end());
+    // the arguments an older schema lacks take their defaults
+    const c10::IValue defaults[] = {c10::IValue(), 0.0, false, c10::IValue(), false};
+    for (size_t i = args.size(); i < 8; ++i) args.push_back(graph->insertConstant(defaults[i - 3]));
+    jit::Node* before = n->prev();
+    std::vector<jit::Value*> out = jit::insertGraph(*graph, *callee, args);
+    for (jit::Node* m = before->next(); m != n; m = m->next()) set_callstack(m, n->callstack());
+    n->output()->replaceAllUsesWith(out.at(0));
+    n->destroy();
+  }
 }
 
 // aten op -> point kind. Ops that only move or reshape data (view, flatten, dropout in
@@ -405,6 +472,7 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
   g.module = module;
   g.graph = jit::toGraphFunction(g.module.get_method("forward").function()).graph();
   jit::Inline(*g.graph);
+  decompose_attention(g.graph);
   specialize_ifs(g.graph, g.module, false);
   invalidate_plan(g);
   find_points(g);
