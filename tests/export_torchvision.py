@@ -29,9 +29,30 @@ class RootBn(torch.nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class AdaptivePool(torch.nn.Module):
+    """AlexNet's shape in small: conv features (the feature map keeps the input's size), then
+    adaptive average pooling to 6x6 whatever that size is (windows that overlap and differ
+    in size), then the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(inplace=True),
+            torch.nn.MaxPool2d(3, stride=1, padding=1),
+            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(inplace=True))
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Dropout(), torch.nn.Linear(16 * 6 * 6, 32), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
 def main():
     out = sys.argv[1]
-    names = sys.argv[2:] or ["alexnet", "resnet18", "mobilenet_v2", "root_bn"]
+    names = sys.argv[2:] or ["alexnet", "resnet18", "mobilenet_v2", "root_bn", "adaptive_pool"]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     for name in names:
@@ -42,6 +63,9 @@ def main():
             if name == "root_bn":
                 torch.manual_seed(1)  # its own seed: the same model whichever files exist
                 model = RootBn().eval()
+            elif name == "adaptive_pool":
+                torch.manual_seed(2)
+                model = AdaptivePool().eval()
             else:
                 model = getattr(torchvision.models, name)(weights=None).eval()
             if mode == "script":

@@ -50,6 +50,10 @@ seed("add_pool", [2, 4, 4], [
     dict(op="flatten", name="f", inputs=["g:out"], output="f:out"),
     dict(op="concat", name="k", inputs=["f:out", "f:out"], output="k:out", axis=1, input_m0=[1 << 30, 1 << 30],
          input_shift=[0, 0], **q)], "k:out", np.zeros(1, np.int8))
+seed("adaptive_pool", [2, 5, 4], [
+    dict(op="adaptive_avgpool2d", name="a", inputs=["x"], output="a:out", output_size=[3, 6], **mq),
+    dict(op="adaptive_avgpool2d", name="b", inputs=["a:out"], output="b:out", output_size=[2, 2],
+         m0=[1276054934, 1276054934, 1073741824, 1073741824], shift=[3, 3, 2, 2], **q)], "b:out", np.zeros(1, np.int8))
 PY
 "$BUILD/fuzz_npy_manifest" -max_total_time="$SECONDS_FUZZ" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
   "$CORPUS" 2>"$BUILD/fuzz.log" || { tail -60 "$BUILD/fuzz.log"; exit 1; }

@@ -26,6 +26,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
 #include "anybit/graph/graph.h"
+#include "anybit/intsim/kernels.h"
 #include "anybit/intsim/requantize.h"
 #include "anybit/quant/spec.h"
 
@@ -69,6 +70,7 @@ struct Pending {
   // add, concat, pools: the inputs' quantization
   std::vector<QuantParams> ins;
   int64_t count = 1;           // pools: elements summed per output
+  std::vector<int64_t> counts; // adaptive pools: elements summed per output position
   double lo = -kInf, hi = kInf;  // ReLU / ReLU6 / clamp folded before the quantizer
   bool flatten_after = false;  // mean(dim=[2,3]) without keepdim
 };
@@ -603,7 +605,7 @@ class Exporter {
   Pending pool(jit::Node* n, OpKind kind, const IntTensor& t) {
     Pending p;
     p.op.kind = kind;
-    p.op.name = unique_op_name(op_name(n, kind == OpKind::kGlobalAvgPool ? "avgpool" : "avgpool2d"));
+    p.op.name = unique_op_name(op_name(n, kind == OpKind::kAvgPool2d ? "avgpool2d" : "avgpool"));
     p.what = "pooling " + p.op.name;
     p.op.inputs = {t.name};
     p.ins = {t.q};
@@ -638,12 +640,28 @@ class Exporter {
     pending_[n->output()] = p;
   }
 
+  // Any output size: 1x1 is the global pool, the input's own size the identity, and every
+  // other size an adaptive_avgpool2d, whose windows (PyTorch's, overlapping where the sizes
+  // do not divide) differ in size: each output position gets the multiplier of its count.
   void on_adaptive_avgpool(jit::Node* n) {
     const IntTensor& t = need_int(n->input(0), n);
     const auto size = eval_ints(n->input(1));
+    if (size.size() != 2 || size[0] < 1 || size[1] < 1)
+      throw Error(where(n) + ": adaptive average pooling to " + shape_str(size) + " has no integer export");
     if (size[0] == 1 && size[1] == 1) return global_pool(n, t, false);
-    if (t.shape.size() == 3 && size[0] == t.shape[1] && size[1] == t.shape[2]) return alias(n->output(), n->input(0));
-    throw Error(where(n) + ": adaptive average pooling to " + shape_str(size) + " has no integer export (only 1x1)");
+    if (t.shape.size() != 3)
+      throw Error(where(n) + ": adaptive average pooling of shape " + shape_str(t.shape) + " (not [C, H, W]) has no integer export");
+    if (size[0] == t.shape[1] && size[1] == t.shape[2]) return alias(n->output(), n->input(0));
+    Pending p = pool(n, OpKind::kAdaptiveAvgPool2d, t);
+    p.op.output_size = {size[0], size[1]};
+    p.shape = {t.shape[0], size[0], size[1]};
+    for (int64_t oy = 0; oy < size[0]; ++oy) {
+      const int64_t rows = intsim::adaptive_window_end(oy, t.shape[1], size[0]) - intsim::adaptive_window_begin(oy, t.shape[1], size[0]);
+      for (int64_t ox = 0; ox < size[1]; ++ox)
+        p.counts.push_back(rows * (intsim::adaptive_window_end(ox, t.shape[2], size[1]) -
+                                   intsim::adaptive_window_begin(ox, t.shape[2], size[1])));
+    }
+    pending_[n->output()] = p;
   }
 
   void on_mean(jit::Node* n) {
@@ -778,6 +796,12 @@ class Exporter {
       case OpKind::kAvgPool2d:
       case OpKind::kGlobalAvgPool:
         op.multiplier = {mult(p.ins[0].scale / (static_cast<double>(p.count) * sy))};
+        break;
+      case OpKind::kAdaptiveAvgPool2d:  // one multiplier per output position, or one for all
+        op.multiplier.clear();
+        for (int64_t c : p.counts) op.multiplier.push_back(mult(p.ins[0].scale / (static_cast<double>(c) * sy)));
+        if (std::all_of(op.multiplier.begin(), op.multiplier.end(), [&](DyadicMultiplier m) { return m == op.multiplier[0]; }))
+          op.multiplier.resize(1);
         break;
       case OpKind::kConcat:
         op.input_multipliers.clear();
@@ -969,6 +993,26 @@ std::vector<at::Tensor> run_integer_reference(const intsim::Model& model, const 
       case OpKind::kGlobalAvgPool:
         y = requant((x - xq.zero_point).sum({2, 3}, /*keepdim=*/true), op.multiplier, op.out);
         break;
+      case OpKind::kAdaptiveAvgPool2d: {
+        // The windows are ATen's own: its average times each window's count is the sum
+        // (exact after rounding: sums of integers far below 2^53).
+        const int64_t oh = op.output_size[0], ow = op.output_size[1], ih = x.size(2), iw = x.size(3);
+        std::vector<int64_t> counts;
+        for (int64_t oy = 0; oy < oh; ++oy)
+          for (int64_t ox = 0; ox < ow; ++ox)
+            counts.push_back((intsim::adaptive_window_end(oy, ih, oh) - intsim::adaptive_window_begin(oy, ih, oh)) *
+                             (intsim::adaptive_window_end(ox, iw, ow) - intsim::adaptive_window_begin(ox, iw, ow)));
+        const at::Tensor mean = at::adaptive_avg_pool2d((x - xq.zero_point).to(at::kDouble), {oh, ow});
+        const at::Tensor sum = (mean * at::tensor(counts, at::kDouble).reshape({1, 1, oh, ow})).round().to(at::kLong);
+        // one multiplier per output position: broadcast over [N, C, oh, ow]
+        std::vector<int64_t> m0, sh;
+        for (const auto& m : op.multiplier) m0.push_back(m.m0), sh.push_back(m.shift);
+        const std::vector<int64_t> mshape = op.multiplier.size() == 1 ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 1, oh, ow};
+        const at::Tensor a = sum.clamp(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+        y = (mul_dyadic(a, at::tensor(m0, at::kLong).reshape(mshape), at::tensor(sh, at::kLong).reshape(mshape)) + op.out.zero_point)
+                .clamp(op.out.qmin, op.out.qmax);
+        break;
+      }
       case OpKind::kFlatten:
         y = x.reshape({x.size(0), -1});
         break;

@@ -12,6 +12,8 @@
 #include <gtest/gtest.h>
 #include <torch/script.h>
 
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -216,6 +218,79 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"mobilenet_v2_script.pt", "int5:per_channel", "6",
                            "  - {match: 'features.1.*', role: weight, spec: int3}\n"}),
     [](const ::testing::TestParamInfo<Case>& i) { return "case" + std::to_string(i.index); });
+
+// --- adaptive average pooling to any size ---------------------------------------------------
+
+// AlexNet's shape in small (tests/export_torchvision.py, adaptive_pool): conv features that
+// keep the input's size, adaptive_avg_pool2d to 6x6, a classifier. The input size picks the
+// windows: 13 -> 6 overlapping windows of 3, 8 -> 6 overlapping windows of 2, 1 -> 6
+// replicated, 11 x 5 -> 6 x 6 windows of 2 or 3 rows and 1 or 2 columns.
+struct PoolCase {
+  std::string model;
+  int64_t h, w;
+  size_t multipliers;  // 1: every window has the same size
+};
+
+class AdaptivePoolExport : public ::testing::TestWithParam<PoolCase> {};
+
+TEST_P(AdaptivePoolExport, EngineAgreesWithItsTwinAndWithTheFakeQuantModel) {
+  const PoolCase& c = GetParam();
+  torch::manual_seed(0);
+  auto calib = tensor_data(at::rand({32, 3, c.h, c.w}), at::zeros({32}, at::kLong), "random images");
+  QuantizeResult q = quantize_model(fixture(c.model), int_config("int8:per_channel", "8"), *calib, true, /*int32_bias=*/true);
+  ExportResult ex = export_integer_model(q.model.module, {});
+  const intsim::Op* pool = nullptr;
+  for (const auto& op : ex.model.ops)
+    if (op.kind == intsim::OpKind::kAdaptiveAvgPool2d) pool = &op;
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->output_size, (std::array<int64_t, 2>{6, 6}));
+  EXPECT_EQ(pool->multiplier.size(), c.multipliers);  // one per output position where windows differ
+
+  const at::Tensor x = at::rand({64, 3, c.h, c.w});
+  const at::Tensor e = expect_engine_equals_twin(ex.model, x);
+  EXPECT_EQ(e.sizes(), (std::vector<int64_t>{64, 10}));
+
+  // The pool alone: PyTorch's float adaptive_avg_pool2d of the engine's own input to it,
+  // quantized as the fake-quant model's next quantizer does, against the engine's output.
+  intsim::Engine engine(ex.model);
+  std::map<std::string, intsim::Tensor> tensors;
+  engine.run({to_engine(quantize_input(x, ex.model.inputs[0].q))}, &tensors);
+  intsim::QuantParams xq;  // the pool input's quantization: its producer's output
+  for (const auto& op : engine.model().ops)
+    if (op.output == pool->inputs[0]) xq = op.out;
+  const at::Tensor xin = from_engine(tensors.at(pool->inputs[0])).to(at::kLong);
+  const at::Tensor real = ((xin - xq.zero_point).to(at::kFloat) * static_cast<float>(xq.scale));
+  const at::Tensor fq = quantize_input(at::adaptive_avg_pool2d(real, {6, 6}), pool->out);
+  const at::Tensor d = (fq - from_engine(tensors.at(pool->output)).to(at::kLong)).abs();
+  EXPECT_GE(d.eq(0).to(at::kDouble).mean().item<double>(), 0.999);
+  EXPECT_LE(d.max().item<int64_t>(), 1);
+
+  // The whole network against the fake-quant model (int32 biases: the same roundings).
+  IntegerEvalOptions o;
+  o.progress = false;
+  auto data = tensor_data(x, at::zeros({64}, at::kLong), "random images");
+  IntegerEvalResult r = evaluate_integer(ex.model, *data, o, &q.model.module);
+  EXPECT_GE(r.agreement, 98.0);
+  EXPECT_GE(r.equal + r.one_step, 99.0);
+  bool compared = false;
+  for (const LayerAgreement& l : r.layer_agreement) {
+    if (l.point != pool->output) continue;
+    compared = true;
+    EXPECT_GE(l.equal + l.one_step, 99.0) << l.point;
+  }
+  EXPECT_TRUE(compared) << pool->output << " is not among the compared tensors";
+  std::printf("%s at %lldx%lld: pool output %s, argmax agreement %.2f%%, outputs equal %.2f%% / one step %.2f%%\n",
+              c.model.c_str(), static_cast<long long>(c.h), static_cast<long long>(c.w), pool->output.c_str(),
+              r.agreement, r.equal, r.one_step);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, AdaptivePoolExport,
+                         ::testing::Values(PoolCase{"adaptive_pool_script.pt", 13, 13, 1},
+                                           PoolCase{"adaptive_pool_script.pt", 8, 8, 1},
+                                           PoolCase{"adaptive_pool_script.pt", 1, 1, 1},
+                                           PoolCase{"adaptive_pool_script.pt", 11, 5, 36},
+                                           PoolCase{"adaptive_pool_trace.pt", 11, 5, 36}),
+                         [](const ::testing::TestParamInfo<PoolCase>& i) { return "case" + std::to_string(i.index); });
 
 // --- what has no integer form is one clear error -----------------------------------------
 

@@ -163,6 +163,7 @@ Pool2dGeometry pool_geometry(const Op& op, const std::vector<int64_t>& in_nchw,
     g.kernel_h = g.in_h, g.kernel_w = g.in_w;  // one window: the whole plane
     return g;
   }
+  if (op.kind == OpKind::kAdaptiveAvgPool2d) return g;  // windows from the sizes alone
   g.kernel_h = op.kernel[0], g.kernel_w = op.kernel[1];
   g.stride_h = op.stride[0], g.stride_w = op.stride[1];
   g.pad_h = op.padding[0], g.pad_w = op.padding[1];
@@ -560,6 +561,21 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
       requantize_channels(w.acc64.data(), 1, 1, y.numel(), op.multiplier, yi.q, y.data.data());
       break;
     }
+    case OpKind::kAdaptiveAvgPool2d: {
+      w.acc64.resize(y.data.size());
+      Accumulator reg(options.accumulator);
+      const Pool2dGeometry g = pool_geometry(op, x.shape, yi.shape);
+      if (options.path == KernelPath::kReference)
+        adaptive_avgpool2d_sum_reference(g, x.data.data(), xi.q.zero_point, reg, w.acc64.data());
+      else
+        adaptive_avgpool2d_sum_int(g, x.data.data(), xi.q.zero_point, reg, w.acc64.data(), w.scratch);
+      st.overflows += reg.overflows();
+      // M[position] = s_x / (count * s_y) of that position's window (or one M for all):
+      // [batch * channels][positions] with the multipliers along the positions
+      requantize_channels(w.acc64.data(), batch * yi.shape[0], yi.shape[1] * yi.shape[2], 1,
+                          op.multiplier, yi.q, y.data.data());
+      break;
+    }
     case OpKind::kConcat: {
       // [outer][axis][inner] blocks, each input requantized into the output's scale
       const int64_t axis = op.axis - 1;  // in the shapes without batch
@@ -590,7 +606,8 @@ std::string format_stats(const std::vector<LayerStats>& stats) {
                 "dot products", "overflows", "mean |err|", "max |err|");
   os << line;
   for (const LayerStats& s : stats) {
-    if (s.op != "conv2d" && s.op != "linear" && s.op != "avgpool2d" && s.op != "global_avgpool")
+    if (s.op != "conv2d" && s.op != "linear" && s.op != "avgpool2d" && s.op != "global_avgpool" &&
+        s.op != "adaptive_avgpool2d")
       continue;
     const bool dot = s.op == "conv2d" || s.op == "linear";
     std::snprintf(line, sizeof line, "%-32s %-15s %5s %14lld %10lld %12.4g %10lld\n",

@@ -23,7 +23,8 @@
 //   product    product through the MacModel, every addition through the accumulator.
 //   reference  only on request (KernelPath::kReference): the plain int64 reference loops.
 // Pooling sums go through the accumulator one addition at a time, unless no window's sum
-// can leave it (then they are plain sums, the same numbers).
+// can leave it (then they are plain sums, the same numbers); KernelPath::kReference runs
+// adaptive average pooling on its reference loops too.
 //
 // Threads (EngineOptions::threads): unless a layer calls the MAC model, the batch is cut
 // into chunks of a few images, which threads take in turn through the whole network;

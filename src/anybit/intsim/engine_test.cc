@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <map>
 
@@ -21,7 +22,8 @@ using testing::TempDir;
 using testing::uniform_int;
 
 // input -> conv (fused relu?) -> depthwise conv -> add (residual) -> max/avg pools ->
-// concat -> global average pool -> flatten -> linear, with random sizes and quantization.
+// concat -> global average pool -> flatten -> linear, with random sizes and quantization;
+// the add also feeds an adaptive average pool to a random size (a third output).
 ModelBuilder random_model(uint64_t seed) {
   ModelBuilder b(seed);
   std::mt19937_64& rng = b.rng;
@@ -41,6 +43,7 @@ ModelBuilder random_model(uint64_t seed) {
   const std::string fc = b.linear(b.flatten(gap), uniform_int(rng, 3, 7), false, true);
   b.output(fc);
   b.output(r);
+  b.output(b.adaptive_avgpool(sum, uniform_int(rng, 1, 7), uniform_int(rng, 1, 7)));
   return b;
 }
 
@@ -266,6 +269,45 @@ TEST(Engine, ConvOutputIsTheFloatConvolutionToWithinOneStep) {
     const double q = std::min<double>(op.out.qmax, std::max<double>(op.out.qmin, std::round(real / op.out.scale) + op.out.zero_point));
     ASSERT_LE(std::fabs(out.data[i] - q), 1.0) << i;
   }
+}
+
+// Each output is the real average of its window (of PyTorch's adaptive_avg_pool2d),
+// quantized: y = clamp(z_y + round(s_x * mean(q - z_x) / s_y)), computed here in double, with
+// windows of different sizes side by side. Only the rounding of each position's M can
+// differ, on a value within 2^-31 of a tie.
+TEST(Engine, AdaptiveAveragePoolIsTheRealAverageOfEachWindowQuantized) {
+  const std::vector<std::array<int64_t, 4>> shapes = {
+      {1, 1, 6, 6}, {13, 13, 6, 6}, {8, 8, 6, 6}, {7, 7, 3, 3}, {5, 5, 5, 5}, {11, 5, 4, 3}, {2, 9, 3, 5}};
+  int64_t values = 0, equal = 0;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    const auto [ih, iw, oh, ow] = shapes[k];
+    ModelBuilder b(40 + k);
+    const std::string x = b.input("x", {3, ih, iw}, testing::random_quant(b.rng));
+    b.output(b.adaptive_avgpool(x, oh, ow));
+    const auto in = random_inputs(b, 2);
+    Engine e(b.model);
+    const Tensor out = e.run(in)[0];
+    ASSERT_EQ(out.shape, (std::vector<int64_t>{2, 3, oh, ow}));
+    const QuantParams xq = b.model.inputs[0].q, yq = e.model().ops[0].out;
+    for (int64_t nc = 0; nc < 2 * 3; ++nc) {
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t y0 = oy * ih / oh, y1 = ((oy + 1) * ih + oh - 1) / oh;
+          const int64_t x0 = ox * iw / ow, x1 = ((ox + 1) * iw + ow - 1) / ow;
+          double real = 0;
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) real += (in[0].data[(nc * ih + iy) * iw + ix] - xq.zero_point) * xq.scale;
+          real /= static_cast<double>((y1 - y0) * (x1 - x0));
+          const double q = std::min<double>(yq.qmax, std::max<double>(yq.qmin, std::nearbyint(real / yq.scale) + yq.zero_point));
+          const int32_t got = out.data[(nc * oh + oy) * ow + ox];
+          ASSERT_LE(std::fabs(got - q), 1.0) << ih << "x" << iw << " -> " << oh << "x" << ow;
+          equal += got == q;
+          ++values;
+        }
+      }
+    }
+  }
+  EXPECT_GE(equal, values - 2) << equal << " of " << values;
 }
 
 TEST(Engine, GaussWithSigmaZeroMatchesExactAndReportsZeroError) {
@@ -498,7 +540,8 @@ TEST(Engine, StatsTableListsEveryAccumulatingLayer) {
   for (const Op& op : b.model.ops) {
     const bool listed = table.find(op.name) != std::string::npos;
     const bool accumulates = op.kind == OpKind::kConv2d || op.kind == OpKind::kLinear ||
-                             op.kind == OpKind::kAvgPool2d || op.kind == OpKind::kGlobalAvgPool;
+                             op.kind == OpKind::kAvgPool2d || op.kind == OpKind::kGlobalAvgPool ||
+                             op.kind == OpKind::kAdaptiveAvgPool2d;
     EXPECT_EQ(listed, accumulates) << op.name << "\n" << table;
   }
 }

@@ -964,6 +964,73 @@ void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero
   }
 }
 
+namespace {
+
+// Every addition of each window's sum through `acc`, in the reference's order.
+void adaptive_avgpool2d_checked(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                                Accumulator& acc, int64_t* sum) {
+  for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
+    const int32_t* xc = x + nc * g.in_h * g.in_w;
+    int64_t* sc = sum + nc * g.out_h * g.out_w;
+    for (int64_t oy = 0; oy < g.out_h; ++oy) {
+      const int64_t y0 = adaptive_window_begin(oy, g.in_h, g.out_h), y1 = adaptive_window_end(oy, g.in_h, g.out_h);
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t x0 = adaptive_window_begin(ox, g.in_w, g.out_w), x1 = adaptive_window_end(ox, g.in_w, g.out_w);
+        int64_t s = 0;
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) s = acc.add(s, static_cast<int64_t>(xc[iy * g.in_w + ix]) - x_zero_point);
+        sc[oy * g.out_w + ox] = s;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void adaptive_avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                                Accumulator& acc, int64_t* sum, KernelScratch& scratch) {
+  int64_t rows_max = 0, cols_max = 0;  // the largest window
+  for (int64_t oy = 0; oy < g.out_h; ++oy)
+    rows_max = std::max(rows_max, adaptive_window_end(oy, g.in_h, g.out_h) - adaptive_window_begin(oy, g.in_h, g.out_h));
+  for (int64_t ox = 0; ox < g.out_w; ++ox)
+    cols_max = std::max(cols_max, adaptive_window_end(ox, g.in_w, g.out_w) - adaptive_window_begin(ox, g.in_w, g.out_w));
+  // As for avgpool2d_sum_int: unless no window's sum can leave the accumulator, whatever
+  // the order, every addition goes through it (the product is below 2^32 * 2^31).
+  const int64_t x_max = max_abs_offset(x, g.batch * g.channels * g.in_h * g.in_w, x_zero_point);
+  if (x_max * rows_max * cols_max > acc.max()) {
+    adaptive_avgpool2d_checked(g, x, x_zero_point, acc, sum);
+    return;
+  }
+  // Separable: each input row's sums over the column windows, then the rows of each window
+  // added up row by row (a loop over ox, which vectorizes). Overlapping windows share the
+  // row sums.
+  std::vector<int64_t>& rows = scratch.row_sums;
+  rows.resize(static_cast<size_t>(g.in_h * g.out_w));
+  for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
+    const int32_t* xc = x + nc * g.in_h * g.in_w;
+    int64_t* sc = sum + nc * g.out_h * g.out_w;
+    for (int64_t iy = 0; iy < g.in_h; ++iy) {
+      const int32_t* xr = xc + iy * g.in_w;
+      int64_t* r = rows.data() + iy * g.out_w;
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const int64_t x0 = adaptive_window_begin(ox, g.in_w, g.out_w), x1 = adaptive_window_end(ox, g.in_w, g.out_w);
+        int64_t s = 0;
+        for (int64_t ix = x0; ix < x1; ++ix) s += xr[ix];
+        r[ox] = s - (x1 - x0) * int64_t{x_zero_point};
+      }
+    }
+    for (int64_t oy = 0; oy < g.out_h; ++oy) {
+      const int64_t y0 = adaptive_window_begin(oy, g.in_h, g.out_h), y1 = adaptive_window_end(oy, g.in_h, g.out_h);
+      int64_t* so = sc + oy * g.out_w;
+      std::fill(so, so + g.out_w, int64_t{0});
+      for (int64_t iy = y0; iy < y1; ++iy) {
+        const int64_t* r = rows.data() + iy * g.out_w;
+        for (int64_t ox = 0; ox < g.out_w; ++ox) so[ox] += r[ox];
+      }
+    }
+  }
+}
+
 void add_int(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y) {
   const bool in_format = p.a_multiplier.m0 >= 0 && p.b_multiplier.m0 >= 0 &&
                          p.out_multiplier.m0 >= 0 && p.left_shift >= 0 && p.left_shift <= 31;

@@ -63,6 +63,17 @@ struct Pool2dGeometry {
   int64_t out_h = 1, out_w = 1;  // given: ceil_mode is decided by the caller
 };
 
+// The window of output index i of adaptive average pooling along an axis of input length
+// `in` pooled to `out` (PyTorch's start_index/end_index in AdaptiveAveragePooling.cpp):
+//   [floor(i * in / out), ceil((i + 1) * in / out))
+// Neighbouring windows overlap where in / out is not an integer, and their sizes differ
+// (13 -> 6: windows of 3; 8 -> 6: of 2 and 3; 1 -> 6: the one element, six times).
+// in, out < 2^31 and i < out, so the products fit int64.
+inline int64_t adaptive_window_begin(int64_t i, int64_t in, int64_t out) { return i * in / out; }
+inline int64_t adaptive_window_end(int64_t i, int64_t in, int64_t out) {
+  return ((i + 1) * in + out - 1) / out;
+}
+
 // --- reusable memory and packed weights ----------------------------------------------
 
 // Scratch memory of the kernels (padded images, patch matrices, the direct convolution's
@@ -71,6 +82,7 @@ struct Pool2dGeometry {
 struct KernelScratch {
   std::vector<int16_t> image16, patches16, sums16;
   std::vector<int32_t> image32, patches32, planes, grid, acc32;
+  std::vector<int64_t> row_sums;  // adaptive_avgpool2d_sum_int: one plane's window rows
 };
 
 // w - z_w of a conv2d or linear layer laid out for the *_acc32 GEMM: per group, one row per
@@ -201,6 +213,20 @@ void maxpool2d_int(const Pool2dGeometry& g, const int32_t* x, int32_t qmin, int3
 // window H x W.
 void avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                        Accumulator& acc, int64_t* sum);
+
+// Adaptive average pooling from in_h x in_w to out_h x out_w (the kernel, stride, padding
+// and dilation of g are not used): sum[n][c][oy][ox] = sum of (x - x_zero_point) over the
+// window rows adaptive_window_begin/end(oy, in_h, out_h) and columns (ox, in_w, out_w).
+// The divisor, the window's size, differs between positions and is folded into a
+// multiplier per output position (the model's adaptive_avgpool2d). Where a window's sum can
+// leave `acc`, every addition goes through it in the reference's order (rows, then columns
+// of the window); otherwise the sums are separable (first over each window's columns, row
+// by row, then over its rows), which gives the same numbers.
+void adaptive_avgpool2d_sum_int(const Pool2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                                Accumulator& acc, int64_t* sum, KernelScratch& scratch);
+// The specification: plain loops over each window, every addition through `acc`.
+void adaptive_avgpool2d_sum_reference(const Pool2dGeometry& g, const int32_t* x,
+                                      int32_t x_zero_point, Accumulator& acc, int64_t* sum);
 
 // --- add (TFLite's quantized ADD) --------------------------------------------------------
 

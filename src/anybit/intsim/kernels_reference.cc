@@ -65,6 +65,29 @@ void linear_int_reference(int64_t batch, int64_t in_features, int64_t out_featur
   if (overflows) *overflows += reg.overflows();
 }
 
+void adaptive_avgpool2d_sum_reference(const Pool2dGeometry& g, const int32_t* x,
+                                      int32_t x_zero_point, Accumulator& acc, int64_t* sum) {
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      for (int64_t oy = 0; oy < g.out_h; ++oy) {
+        for (int64_t ox = 0; ox < g.out_w; ++ox) {
+          // [floor(i * in / out), ceil((i + 1) * in / out)) along each axis
+          const int64_t y0 = oy * g.in_h / g.out_h, y1 = ((oy + 1) * g.in_h + g.out_h - 1) / g.out_h;
+          const int64_t x0 = ox * g.in_w / g.out_w, x1 = ((ox + 1) * g.in_w + g.out_w - 1) / g.out_w;
+          int64_t s = 0;
+          for (int64_t iy = y0; iy < y1; ++iy) {
+            for (int64_t ix = x0; ix < x1; ++ix) {
+              const int64_t xv = x[((n * g.channels + c) * g.in_h + iy) * g.in_w + ix];
+              s = acc.add(s, xv - x_zero_point);
+            }
+          }
+          sum[((n * g.channels + c) * g.out_h + oy) * g.out_w + ox] = s;
+        }
+      }
+    }
+  }
+}
+
 int32_t add_int_reference(const AddParams& p, int32_t a, int32_t b) {
   auto scaled = [&](int32_t q, int32_t z, DyadicMultiplier m) -> int64_t {
     const int64_t shifted = (static_cast<int64_t>(q) - z) * (int64_t{1} << p.left_shift);

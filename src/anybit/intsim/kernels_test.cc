@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
@@ -531,6 +533,112 @@ TEST(Pooling, GlobalAveragePoolSumsMatchAdditionsThroughTheAccumulator) {
       }
     }
   }
+}
+
+// Adaptive average pooling against its definition written directly: the window of output
+// index i along an axis of length `in` pooled to `out` is [floor(i * in / out), ceil((i + 1)
+// * in / out)), here in floating point.
+std::vector<int64_t> adaptive_sums_by_definition(const Pool2dGeometry& g, const std::vector<int32_t>& x, int32_t z) {
+  std::vector<int64_t> sum;
+  auto window = [](int64_t i, int64_t in, int64_t out) {
+    return std::pair<int64_t, int64_t>{static_cast<int64_t>(std::floor(static_cast<double>(i * in) / out)),
+                                       static_cast<int64_t>(std::ceil(static_cast<double>((i + 1) * in) / out))};
+  };
+  for (int64_t nc = 0; nc < g.batch * g.channels; ++nc) {
+    for (int64_t oy = 0; oy < g.out_h; ++oy) {
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        const auto [y0, y1] = window(oy, g.in_h, g.out_h);
+        const auto [x0, x1] = window(ox, g.in_w, g.out_w);
+        int64_t s = 0;
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) s += x[(nc * g.in_h + iy) * g.in_w + ix] - z;
+        sum.push_back(s);
+      }
+    }
+  }
+  return sum;
+}
+
+TEST(Pooling, AdaptiveWindowsAreFloorAndCeilOfTheScaledIndex) {
+  auto windows = [](int64_t in, int64_t out) {
+    std::vector<std::pair<int64_t, int64_t>> w;
+    for (int64_t i = 0; i < out; ++i) w.emplace_back(adaptive_window_begin(i, in, out), adaptive_window_end(i, in, out));
+    return w;
+  };
+  using W = std::vector<std::pair<int64_t, int64_t>>;
+  EXPECT_EQ(windows(1, 6), W(6, {0, 1}));  // 1 -> 6 replicates
+  EXPECT_EQ(windows(13, 6), (W{{0, 3}, {2, 5}, {4, 7}, {6, 9}, {8, 11}, {10, 13}}));  // overlapping
+  EXPECT_EQ(windows(8, 6), (W{{0, 2}, {1, 3}, {2, 4}, {4, 6}, {5, 7}, {6, 8}}));
+  EXPECT_EQ(windows(5, 3), (W{{0, 2}, {1, 4}, {3, 5}}));  // sizes 2, 3, 2
+  EXPECT_EQ(windows(2, 3), (W{{0, 1}, {0, 2}, {1, 2}}));  // sizes 1, 2, 1
+  EXPECT_EQ(windows(12, 4), (W{{0, 3}, {3, 6}, {6, 9}, {9, 12}}));  // divisible: avg_pool2d's windows
+  EXPECT_EQ(windows(5, 5), (W{{0, 1}, {1, 2}, {2, 3}, {3, 4}, {4, 5}}));  // the identity
+}
+
+TEST(Pooling, AdaptiveAveragePoolSumsEveryWindowOfTheDefinition) {
+  std::mt19937_64 rng(15);
+  // {in_h, in_w, out_h, out_w}: the brief's shapes, sizes that vary, non-square ones
+  const std::vector<std::array<int64_t, 4>> shapes = {
+      {1, 1, 6, 6}, {13, 13, 6, 6}, {8, 8, 6, 6}, {7, 7, 3, 3}, {5, 5, 5, 5}, {5, 2, 3, 3},
+      {11, 13, 4, 5}, {13, 8, 6, 3}, {3, 9, 7, 2}, {6, 6, 1, 1}, {12, 12, 4, 4}, {1, 7, 1, 3}};
+  for (const auto& [ih, iw, oh, ow] : shapes) {
+    Pool2dGeometry g;
+    g.batch = 2, g.channels = 3, g.in_h = ih, g.in_w = iw, g.out_h = oh, g.out_w = ow;
+    std::vector<int32_t> x(static_cast<size_t>(g.batch * g.channels * ih * iw));
+    for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, 0, 255));
+    const int32_t z = static_cast<int32_t>(uniform_int(rng, 0, 255));
+    const std::vector<int64_t> expected = adaptive_sums_by_definition(g, x, z);
+    std::vector<int64_t> fast(expected.size()), reference(expected.size());
+    Accumulator acc, ref_acc;
+    KernelScratch scratch;
+    adaptive_avgpool2d_sum_int(g, x.data(), z, acc, fast.data(), scratch);
+    adaptive_avgpool2d_sum_reference(g, x.data(), z, ref_acc, reference.data());
+    const std::string shape = std::to_string(ih) + "x" + std::to_string(iw) + " -> " + std::to_string(oh) + "x" + std::to_string(ow);
+    EXPECT_EQ(fast, expected) << shape;
+    EXPECT_EQ(reference, expected) << shape;
+    EXPECT_EQ(acc.overflows() + ref_acc.overflows(), 0) << shape;
+  }
+  // 1 -> 6 replicates each value; 2 -> 3 sums the middle window from both inputs
+  Pool2dGeometry g;
+  g.in_h = 1, g.in_w = 2, g.out_h = 6, g.out_w = 3;
+  const std::vector<int32_t> x = {10, 3};
+  std::vector<int64_t> sum(18);
+  Accumulator acc;
+  KernelScratch scratch;
+  adaptive_avgpool2d_sum_int(g, x.data(), 1, acc, sum.data(), scratch);
+  for (int64_t oy = 0; oy < 6; ++oy) EXPECT_EQ(std::vector<int64_t>(sum.begin() + 3 * oy, sum.begin() + 3 * oy + 3), (std::vector<int64_t>{9, 11, 2}));
+}
+
+// Narrow accumulators: the fast kernel leaves its separable sums for additions through the
+// accumulator in the reference's order, and overflows where the reference does.
+TEST(Pooling, AdaptiveAveragePoolMatchesItsReferenceThroughNarrowAccumulators) {
+  std::mt19937_64 rng(17);
+  int64_t narrow_overflows = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    Pool2dGeometry g;
+    g.batch = uniform_int(rng, 1, 2), g.channels = uniform_int(rng, 1, 3);
+    g.in_h = uniform_int(rng, 1, 14), g.in_w = uniform_int(rng, 1, 14);
+    g.out_h = uniform_int(rng, 1, 8), g.out_w = uniform_int(rng, 1, 8);
+    std::vector<int32_t> x(static_cast<size_t>(g.batch * g.channels * g.in_h * g.in_w));
+    for (auto& v : x) v = static_cast<int32_t>(uniform_int(rng, -128, 127));
+    const int32_t z = static_cast<int32_t>(uniform_int(rng, -20, 20));
+    for (int bits : {32, 12, 9}) {
+      for (Overflow mode : {Overflow::kWrap, Overflow::kSaturate}) {
+        Accumulator acc({bits, mode}), ref_acc({bits, mode});
+        KernelScratch scratch;
+        std::vector<int64_t> fast(static_cast<size_t>(g.batch * g.channels * g.out_h * g.out_w)), reference(fast.size());
+        adaptive_avgpool2d_sum_int(g, x.data(), z, acc, fast.data(), scratch);
+        adaptive_avgpool2d_sum_reference(g, x.data(), z, ref_acc, reference.data());
+        ASSERT_EQ(fast, reference) << "trial " << trial << ", " << bits << " bits, " << overflow_name(mode);
+        EXPECT_EQ(acc.overflows(), ref_acc.overflows()) << "trial " << trial << ", " << bits << " bits";
+        if (bits == 9) narrow_overflows += acc.overflows();
+        if (bits == 32) {
+          EXPECT_EQ(fast, adaptive_sums_by_definition(g, x, z)) << "trial " << trial;
+        }
+      }
+    }
+  }
+  EXPECT_GT(narrow_overflows, 0) << "a 9-bit accumulator should overflow somewhere";
 }
 
 AddParams random_add_params(std::mt19937_64& rng) {

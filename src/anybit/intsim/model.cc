@@ -461,6 +461,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::kMaxPool2d: return "maxpool2d";
     case OpKind::kAvgPool2d: return "avgpool2d";
     case OpKind::kGlobalAvgPool: return "global_avgpool";
+    case OpKind::kAdaptiveAvgPool2d: return "adaptive_avgpool2d";
     case OpKind::kFlatten: return "flatten";
     case OpKind::kConcat: return "concat";
   }
@@ -468,10 +469,10 @@ const char* op_kind_name(OpKind kind) {
 }
 
 OpKind parse_op_kind(const std::string& name) {
-  static const OpKind kAll[] = {OpKind::kConv2d,    OpKind::kLinear,    OpKind::kAdd,
-                                OpKind::kRelu,      OpKind::kClamp,     OpKind::kMaxPool2d,
-                                OpKind::kAvgPool2d, OpKind::kGlobalAvgPool, OpKind::kFlatten,
-                                OpKind::kConcat};
+  static const OpKind kAll[] = {OpKind::kConv2d,    OpKind::kLinear,         OpKind::kAdd,
+                                OpKind::kRelu,      OpKind::kClamp,          OpKind::kMaxPool2d,
+                                OpKind::kAvgPool2d, OpKind::kGlobalAvgPool,  OpKind::kAdaptiveAvgPool2d,
+                                OpKind::kFlatten,   OpKind::kConcat};
   std::string list;
   for (OpKind k : kAll) {
     if (name == op_kind_name(k)) return k;
@@ -670,6 +671,20 @@ std::map<std::string, TensorInfo> validate_model(Model& m, const std::string& or
         out.q = op.out;
         break;
       }
+      case OpKind::kAdaptiveAvgPool2d: {
+        need_rank(0, 3, "[C,H,W]");
+        for (int i = 0; i < 2; ++i)
+          if (op.output_size[i] < 1 || op.output_size[i] > kMaxDim)
+            fail(origin, path + ".output_size", "must be >= 1");
+        out.shape = {in[0]->shape[0], op.output_size[0], op.output_size[1]};
+        check_shape(out.shape, origin, path + ".output_size");
+        // one multiplier for all windows, or one per output position (their sizes differ)
+        check_multipliers(op.multiplier, 1, static_cast<size_t>(op.output_size[0] * op.output_size[1]),
+                          origin, path);
+        check_quant(op.out, origin, path);
+        out.q = op.out;
+        break;
+      }
       case OpKind::kFlatten: {
         out.shape = {shape_numel(in[0]->shape, origin)};
         out.q = in[0]->q;
@@ -848,6 +863,12 @@ Model parse_manifest(const std::string& text, const std::string& origin,
           o.only(with_common({"m0", "shift"}));
           op.multiplier = read_multipliers(o, "m0", "shift");
           break;
+        case OpKind::kAdaptiveAvgPool2d:
+          o.only(with_common({"output_size", "m0", "shift"}));
+          if (!o.has("output_size")) o.bad("output_size", "missing");
+          op.output_size = o.pair_or("output_size", one, 1, kMaxDim);
+          op.multiplier = read_multipliers(o, "m0", "shift");
+          break;
         case OpKind::kConcat:
           o.only(with_common({"axis", "input_m0", "input_shift"}));
           op.axis = o.integer_or("axis", 1, 1, 64);
@@ -979,6 +1000,10 @@ std::string manifest_json(const Model& model_in) {
         }
         break;
       case OpKind::kGlobalAvgPool:
+        put_multipliers(j, op.multiplier, "m0", "shift", false);
+        break;
+      case OpKind::kAdaptiveAvgPool2d:
+        j["output_size"] = pair_json(op.output_size);
         put_multipliers(j, op.multiplier, "m0", "shift", false);
         break;
       case OpKind::kConcat:

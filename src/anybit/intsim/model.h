@@ -39,6 +39,7 @@ enum class OpKind {
   kMaxPool2d,
   kAvgPool2d,
   kGlobalAvgPool,
+  kAdaptiveAvgPool2d,
   kFlatten,
   kConcat,
 };
@@ -93,7 +94,9 @@ struct Op {
   int64_t out_channels = 0;                 // O (conv2d out_channels, linear out_features)
 
   // Output requantization q = clamp(z_out + M * acc, qmin, qmax): 1 or O multipliers for
-  // conv2d/linear, 1 for add, avgpool2d and global_avgpool (whose M includes 1/count).
+  // conv2d/linear, 1 for add, avgpool2d and global_avgpool (whose M includes 1/count), 1
+  // or out_h * out_w for adaptive_avgpool2d (one per output position, row-major: its
+  // windows differ in size, and each M includes 1/count of its own window).
   std::vector<DyadicMultiplier> multiplier;
 
   // conv2d, maxpool2d, avgpool2d
@@ -103,6 +106,9 @@ struct Op {
   std::array<int64_t, 2> dilation{{1, 1}};  // conv2d, maxpool2d
   int64_t groups = 1;                       // conv2d
   bool ceil_mode = false;                   // maxpool2d
+  // adaptive_avgpool2d: (out_h, out_w); the windows follow from the input's size
+  // (adaptive_window_begin/end in kernels.h)
+  std::array<int64_t, 2> output_size{{1, 1}};
 
   // add, concat: one rescale per input into the output (concat) or into the common
   // high-precision domain (add, after a left shift by left_shift bits; TFLite's ADD).

@@ -39,8 +39,10 @@ Model model_with_every_op(uint64_t seed) {
   const std::string gap = b.global_avgpool(cat);
   const std::string flat = b.flatten(gap);
   const std::string fc = b.linear(flat, 5, false, /*per_channel=*/true, /*weight_bits=*/12);
+  const std::string ad = b.adaptive_avgpool(c1, 5, 2);  // 9x9 -> 5x2: windows of 2 and 3 rows
   b.output(fc);
   b.output(gap);
+  b.output(ad);
   b.model.metadata["producer"] = "model_test";
   return b.model;
 }
@@ -86,6 +88,11 @@ TEST(ModelFormat, ManifestIsPlainJsonWithTheDocumentedKeys) {
     EXPECT_TRUE(conv.contains(key)) << key;
   EXPECT_EQ(j["ops"][2]["op"], "add");
   EXPECT_EQ(j["ops"][2]["input_m0"].size(), 2u);
+  const json& adaptive = j["ops"][11];
+  EXPECT_EQ(adaptive["op"], "adaptive_avgpool2d");
+  EXPECT_EQ(adaptive["output_size"], json::array({5, 2}));
+  EXPECT_EQ(adaptive["m0"].size(), 10u);  // one per output position
+  EXPECT_EQ(adaptive["shift"].size(), 10u);
   EXPECT_TRUE(std::filesystem::exists(dir.file("layer10.fc.weight.npy")));
   EXPECT_EQ(read_npy(dir.file("layer10.fc.weight.npy")).dtype, DType::kInt16);
 }
@@ -282,6 +289,24 @@ TEST_F(CorruptModel, AddLeftShiftThatWouldOverflowIsAnError) {
      "input_m0": [1073741824, 1073741824], "input_shift": [1, 1], "left_shift": 24,
      "m0": 1073741824, "shift": 20, "scale": 0.1, "zero_point": 0, "qmin": -128, "qmax": 127})"));
   expect_error("ops[2].left_shift", "24 overflows int32 for input 'conv1:out' (range [-128, 127], zero point -128)");
+}
+
+TEST_F(CorruptModel, AdaptivePoolNeedsItsOutputSizeAndOneMultiplierPerPositionOrOne) {
+  manifest["ops"].push_back(json::parse(R"(
+    {"op": "adaptive_avgpool2d", "name": "pool", "inputs": ["relu1:out"], "output": "pool:out",
+     "output_size": [4, 3], "m0": [1073741824, 1073741824], "shift": [3, 4],
+     "scale": 0.05, "zero_point": 0, "qmin": -128, "qmax": 127})"));
+  expect_error("ops[4].m0", "expected 1 or 12 multipliers, got 2");
+  manifest["ops"][4]["m0"] = 1073741824;
+  manifest["ops"][4]["shift"] = 3;
+  EXPECT_EQ(load_error(), "(no error)");
+  manifest["ops"][4]["output_size"] = {4, 0};
+  expect_error("ops[4].output_size", "0 is outside the allowed range");
+  manifest["ops"][4].erase("output_size");
+  expect_error("ops[4].output_size", "missing");
+  manifest["ops"][4]["output_size"] = 2;
+  manifest["ops"][4]["inputs"] = {"flat:out"};
+  expect_error("ops[4].inputs[0]", "adaptive_avgpool2d needs a [C,H,W] input");
 }
 
 TEST_F(CorruptModel, NewerFormatVersionIsAnError) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "anybit/intsim/kernels.h"
 #include "anybit/intsim/model.h"
 #include "anybit/intsim/requantize.h"
 
@@ -166,6 +167,25 @@ class ModelBuilder {
     const double count = static_cast<double>(in.shape[1] * in.shape[2]);
     op.multiplier = {quantize_multiplier(in.q.scale / (op.out.scale * count))};
     return add_op(op, "gap");
+  }
+
+  // One multiplier per output position, s_x / (count * s_y) of its window.
+  std::string adaptive_avgpool(const std::string& x, int64_t out_h, int64_t out_w) {
+    const TensorInfo in = info(x);
+    Op op;
+    op.kind = OpKind::kAdaptiveAvgPool2d;
+    op.inputs = {x};
+    op.output_size = {{out_h, out_w}};
+    op.out = random_quant(rng);
+    op.out.scale = in.q.scale * uniform_real(rng, 0.5, 1.5);
+    for (int64_t oy = 0; oy < out_h; ++oy) {
+      for (int64_t ox = 0; ox < out_w; ++ox) {
+        const int64_t count = (adaptive_window_end(oy, in.shape[1], out_h) - adaptive_window_begin(oy, in.shape[1], out_h)) *
+                              (adaptive_window_end(ox, in.shape[2], out_w) - adaptive_window_begin(ox, in.shape[2], out_w));
+        op.multiplier.push_back(quantize_multiplier(in.q.scale / (op.out.scale * static_cast<double>(count))));
+      }
+    }
+    return add_op(op, "adaptive");
   }
 
   std::string concat(const std::vector<std::string>& xs, int64_t axis = 1) {
