@@ -222,3 +222,56 @@ def test_scaled_dot_product_attention_is_decomposed_exactly_and_gets_points(tmp_
         f, q = m(y), qm(y)
     sqnr = float(10 * torch.log10(f.pow(2).sum() / (f - q).pow(2).sum()))
     assert sqnr >= 25, sqnr
+
+
+class _IntAttrBranch(nn.Module):
+    """ShuffleNet's `if self.stride == 1`: an int attribute compared with a constant."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if self.stride == 1:
+            return self.a(x)
+        return self.b(x)
+
+
+class _MutatedListBranch(nn.Module):
+    """Swin's shift: a copy of a list attribute changed in place on the input size decides an if."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = [2, 2]
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, x):
+        shift = self.shift.copy()
+        if x.size(0) <= 2:
+            shift[0] = 0
+        if sum(shift) > 2:
+            return self.a(x)
+        return x
+
+
+def test_ifs_on_int_attributes_are_decided_and_lists_changed_in_place_are_not(tmp_path):
+    for stride, taken in ((1, "a"), (2, "b")):
+        p = str(tmp_path / f"s{stride}.pt")
+        torch.jit.script(_IntAttrBranch(stride).eval()).save(p)
+        info = inspect(p)
+        assert info["uncovered"] == [], info["uncovered"]
+        assert {q["name"] for q in info["points"] if q["role"] == "weight"} == {f"{taken}.weight"}
+    # sum(shift) is 4 or 2 depending on the batch size: the if must stay, reported, never decided
+    p = str(tmp_path / "m.pt")
+    m = torch.jit.script(_MutatedListBranch().eval())
+    m.save(p)
+    info = inspect(p)
+    assert [u["module"] for u in info["uncovered"]] == ["a"], info["uncovered"]
+    assert "depends on the data" in info["uncovered"][0]["reason"]
+    qm = anybit.quantize(torch.jit.load(p), {"rules": [{"role": "input", "spec": "int8"}]},
+                         calib_data=[torch.randn(4, 8)])
+    x1, x4 = torch.randn(1, 8), torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.allclose(qm(x1), m(x1), atol=0.05) and torch.allclose(qm(x4), m(x4), atol=0.05)

@@ -103,9 +103,15 @@ class Exporter {
       throw Error("the model has no anybit quantizers: quantize it first (anybit quantize)");
     g_ = analyze_module(m);
     specialize_fixed_ifs(g_, /*include_training=*/true);
-    for (const Point& p : g_.points)
-      if (p.role == Role::kActivation) value_point_[p.value] = p.name;
     self_ = g_.graph->inputs().at(0);
+    // A saved quantized model's graph has lost its module scopes (re-analyzed, its ops would be
+    // named `conv:out`, `bn:out`): values are named by the quantizer that reads them, whose
+    // parameters carry the point name the user knows (`features.3:out`).
+    for (jit::Node* n : g_.graph->nodes()) {
+      if (!is_quantizer(n)) continue;
+      const std::string point = quantizer_point(n);
+      if (!point.empty() && !value_point_.count(n->input(0))) value_point_[n->input(0)] = point;
+    }
   }
 
   ExportResult run() {
@@ -149,6 +155,24 @@ class Exporter {
       for (const auto& i : items) list.push_back(i);
       return list;
     }
+    // the shape of a tensor the export computes: known per sample (batch 1)
+    if ((n->kind() == c10::aten::size || n->kind() == c10::aten::dim) && (ints_.count(n->input(0)) || pending_.count(n->input(0)))) {
+      std::vector<int64_t> shape = {1};
+      const std::vector<int64_t>& s = ints_.count(n->input(0)) ? ints_.at(n->input(0)).shape : pending_.at(n->input(0)).shape;
+      shape.insert(shape.end(), s.begin(), s.end());
+      const int64_t rank = static_cast<int64_t>(shape.size());
+      if (n->kind() == c10::aten::dim) return rank;
+      if (n->inputs().size() == 1) return c10::List<int64_t>(shape);
+      int64_t d = eval(n->input(1)).toInt();
+      if (d < 0) d += rank;
+      if (d < 0 || d >= rank) throw Error(where(n) + ": size of dimension " + std::to_string(d) + " of a rank-" + std::to_string(rank) + " tensor");
+      return shape[d];
+    }
+    if ((n->kind() == c10::prim::ListUnpack || n->kind() == c10::prim::TupleUnpack) && n->inputs().size() == 1) {
+      c10::IValue l = eval(n->input(0));
+      if (l.isTuple() && v->offset() < l.toTupleRef().elements().size()) return l.toTupleRef().elements()[v->offset()];
+      if (l.isList() && v->offset() < l.toListRef().size()) return l.toListRef()[v->offset()];
+    }
     if (n->kind() == c10::prim::Constant || !n->maybeOperator())
       throw Error(where(n) + ": cannot evaluate " + std::string(n->kind().toQualString()) + " at export");
     jit::Stack stack;
@@ -185,13 +209,20 @@ class Exporter {
     return k.rfind("anybit::fake_quant", 0) == 0 || k.rfind("aten::fake_quantize", 0) == 0;
   }
 
-  std::string point_of(jit::Node* n) {
+  // the point a quantizer node belongs to, from its parameters' attribute names ("" if none)
+  std::string quantizer_point(jit::Node* n) const {
     for (size_t i = 1; i < n->inputs().size(); ++i) {
       jit::Value* in = n->input(i);
       if (in->node()->kind() != c10::prim::GetAttr) continue;
       auto it = param_point_.find(in->node()->s(c10::attr::name));
       if (it != param_point_.end()) return it->second;
     }
+    return "";
+  }
+
+  std::string point_of(jit::Node* n) {
+    const std::string p = quantizer_point(n);
+    if (!p.empty()) return p;
     auto it = value_point_.find(n->input(0));
     return it != value_point_.end() ? it->second : std::string(n->kind().toQualString());
   }
@@ -308,12 +339,23 @@ class Exporter {
                 std::string(v->node()->kind().toQualString()) + ")");
   }
 
+  static bool carries_tensor(const c10::TypePtr& t) {
+    if (t->kind() == c10::TypeKind::TensorType) return true;
+    for (const c10::TypePtr& c : t->containedTypes())
+      if (carries_tensor(c)) return true;
+    return false;
+  }
+
   bool tracked(jit::Value* v) const { return ints_.count(v) || pending_.count(v) || raw_inputs_.count(v); }
 
   void visit(jit::Node* n) {
     const std::string k = n->kind().toQualString();
     bool any_tracked = false;
-    for (jit::Value* in : n->inputs()) any_tracked = any_tracked || tracked(in);
+    for (jit::Value* in : n->inputs()) {
+      any_tracked = any_tracked || tracked(in);
+      if (in->node()->kind() == c10::prim::ListConstruct)  // cat's list of tensors
+        for (jit::Value* item : in->node()->inputs()) any_tracked = any_tracked || tracked(item);
+    }
     if (!any_tracked) {
       if (n->kind() == c10::prim::If || n->kind() == c10::prim::Loop)
         for (jit::Value* o : n->outputs())
@@ -322,6 +364,12 @@ class Exporter {
       return;  // constants, attributes, sizes, weight quantizers: read when used
     }
     if (is_quantizer(n)) return on_quantizer(n);
+    // ops that read only what a tensor is, not its values (sizes, dim, is_nested, dtype):
+    // evaluated when used; and the list of tensors a cat reads
+    if (k == "prim::ListConstruct" && n->output()->type()->isSubtypeOf(*c10::ListType::ofTensors())) return;
+    bool data_out = false;
+    for (jit::Value* o : n->outputs()) data_out = data_out || carries_tensor(o->type());
+    if (!data_out && n->blocks().empty()) return;
     if (k == "aten::_convolution" || k == "aten::conv2d") return on_conv(n, k == "aten::_convolution");
     if (k == "aten::linear") return on_linear(n);
     if (k == "aten::batch_norm") return on_batch_norm(n);
@@ -342,7 +390,6 @@ class Exporter {
         k == "aten::contiguous" || k == "aten::detach") {
       return alias(n->output(), n->input(0));
     }
-    if (k == "aten::size" || k == "aten::dim") return;  // shapes only: read when used
     throw Error(where(n) + ": op " + k + " has no integer export (supported: conv2d, linear, " +
                 "batch_norm, relu, relu6/hardtanh, clamp, add, max/avg/adaptive-avg pooling, mean, " +
                 "flatten/view, cat, dropout)");

@@ -326,6 +326,72 @@ bool fixed_none(jit::Value* v, jit::Value* self, const jit::Module& m, bool* is_
   return true;
 }
 
+// The value of v where it is fixed for this module instance and not a tensor: a constant, an
+// attribute path from self (`self.stride`, `self.shift_size`; `training` only with
+// include_training), or a pure op on such values (`self.stride == 1`, `sum(self.shift_size) > 0`,
+// `len(self.layers)`), which is run here. ShuffleNet's `if self.stride == 1` and Swin's shifted
+// windows are decided this way.
+// True when an op writes to v in place (a list changed by `l[0] = 0`, `l.append(x)`): its value
+// is then not the one it was made with.
+bool written_in_place(jit::Value* v) {
+  for (const jit::Use& u : v->uses()) {
+    const c10::FunctionSchema* schema = u.user->maybeSchema();
+    if (!schema) {
+      if (u.user->kind() == c10::prim::ListConstruct || u.user->kind() == c10::prim::TupleConstruct ||
+          u.user->kind() == c10::prim::Return || u.user->kind() == c10::prim::If)
+        continue;  // read (an If's block returning it is a read)
+      return true;  // unknown: assume the worst
+    }
+    if (u.offset < schema->arguments().size()) {
+      const auto* alias = schema->arguments()[u.offset].alias_info();
+      if (alias && alias->isWrite()) return true;
+    }
+  }
+  return false;
+}
+
+bool fixed_value(jit::Value* v, jit::Value* self, const jit::Module& m, c10::IValue* out, bool include_training,
+                 int depth = 0) {
+  if (depth > 16 || is_tensor(v)) return false;
+  // a list or dict may be changed in place after it is made (Swin's `shift_size[i] = 0` on a
+  // copy of self.shift_size when the window covers the input): not fixed
+  const auto tk = v->type()->kind();
+  if ((tk == c10::TypeKind::ListType || tk == c10::TypeKind::DictType) && written_in_place(v)) return false;
+  jit::Node* n = v->node();
+  if (n->kind() == c10::prim::Constant) {
+    auto iv = jit::toIValue(v);
+    if (!iv) return false;
+    *out = *iv;
+    return true;
+  }
+  std::string ap;
+  if (attr_path(v, self, &ap)) {
+    if (!include_training && (ap == "training" || (ap.size() > 9 && ap.compare(ap.size() - 9, 9, ".training") == 0)))
+      return false;
+    c10::IValue iv = resolve_attr(m, ap);
+    if (iv.isObject() || iv.isModule() || iv.isTensor() || iv.isTensorList()) return false;
+    *out = iv;
+    return true;
+  }
+  if (n->kind() == c10::prim::GetAttr || n->kind() == c10::prim::Param || !n->blocks().empty() ||
+      n->hasSideEffects() || n->isNondeterministic() || n->outputs().size() != 1 || !n->maybeOperator())
+    return false;
+  jit::Stack stack;
+  for (jit::Value* in : n->inputs()) {
+    c10::IValue iv;
+    if (!fixed_value(in, self, m, &iv, include_training, depth + 1)) return false;
+    stack.push_back(std::move(iv));
+  }
+  try {
+    n->getOperation()(stack);
+  } catch (const std::exception&) {
+    return false;  // left to run time
+  }
+  if (stack.size() != 1) return false;
+  *out = std::move(stack.back());
+  return true;
+}
+
 // Resolves a bool that is fixed for this module instance: a constant, or a chain of
 // GetAttr from self ending in a bool attribute (`self.use_res_connect`), or its negation.
 // `training` is left alone so that train()/eval() keep their meaning.
@@ -361,13 +427,8 @@ bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out
     *out = !b;
     return true;
   }
-  std::string ap;
-  if (!attr_path(v, self, &ap)) return false;
-  if (!include_training &&
-      (ap == "training" || (ap.size() > 9 && ap.compare(ap.size() - 9, 9, ".training") == 0)))
-    return false;
-  c10::IValue iv = resolve_attr(m, ap);
-  if (!iv.isBool()) return false;
+  c10::IValue iv;
+  if (!fixed_value(v, self, m, &iv, include_training) || !iv.isBool()) return false;
   *out = iv.toBool();
   return true;
 }
@@ -619,8 +680,9 @@ void find_points(ModelGraph& g) {
     if (it == op_kinds().end()) continue;
     std::string kind = it->second;
     if ((kind == "add" || kind == "mul") &&
-        (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1))))
-      continue;  // x + 1 is not a point
+        (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1)) ||
+         shape_or_integer(n->input(0), shape_memo) || shape_or_integer(n->input(1), shape_memo)))
+      continue;  // x + 1 is not a point, nor x * head_dim ** -0.5 with the size traced as a tensor
     if (n->outputs().size() != 1 || !is_tensor(n->output())) continue;
     if (shape_or_integer(n->output(), shape_memo)) {
       if (algebra) g.uncovered.push_back({op, module_of(n, g.module).path, "integer tensors (not a float value)"});
