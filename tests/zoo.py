@@ -110,6 +110,19 @@ KNOWN_NAME_DIFFERENCES = {
                "form keeps (the add stays float inside it)"),
 }
 
+# Random-weight models below the accuracy bar, listed with the reason (measured; tests/zoo.py's
+# W8A8 recipe at the sizes above). A model leaves this list when it passes.
+KNOWN_ACCURACY_LIMITS = {
+    "mobilenet_v2": "a deep random-weight depthwise-separable net: int8 weights alone give 32.0 dB, int8 "
+                    "activations alone 25.6 dB, both 24.7 dB; cross-layer equalization (cle='relu6') 24.8 dB",
+    "mobilenet_v3_small": "a deep random-weight depthwise-separable net, as mobilenet_v2 (24.4 dB)",
+    "efficientnet_b0": "with torchvision's initialization and random weights the activations shrink ~50x per "
+                       "stage to logits of ~1e-14, below anybit's smallest scale (1e-12): the outputs quantize "
+                       "to zero, and quantize reports it (ClippingWarning, clipped_low 49%)",
+    "swin_t": "traced: 24.97 dB, at the bar (scripted passes: there the shifted-window mask add stays float); "
+              "the mask's -100 entries widen the int8 range of `attn + attn_mask`",
+}
+
 IMG = (3, 64, 64)
 # name -> (constructor, input shape without the batch, note)
 ZOO = {
@@ -280,8 +293,13 @@ def run_form(name, form, sm, model, shape, tmp):
         fail("accuracy", "the float model's output does not depend on the input: nothing to compare")
     row["sqnr_db"] = sqnr
     if not (agree >= AGREEMENT_MIN or sqnr >= SQNR_MIN):
-        fail("accuracy", f"top-1 agreement {100 * agree:.1f}% < {100 * AGREEMENT_MIN:.0f}% and "
-                         f"output SQNR {sqnr:.1f} dB < {SQNR_MIN:.0f} dB")
+        msg = (f"top-1 agreement {100 * agree:.1f}% < {100 * AGREEMENT_MIN:.0f}% and "
+               f"output SQNR {sqnr:.1f} dB < {SQNR_MIN:.0f} dB")
+        if name in KNOWN_ACCURACY_LIMITS:  # listed with its reason (issue 15: passes or is listed)
+            row["notes"].append(f"accuracy listed: {msg}: {KNOWN_ACCURACY_LIMITS[name]}")
+            row["accuracy_listed"] = True
+        else:
+            fail("accuracy", msg)
 
     # save and load: bit-identical outputs
     xb = x[:EVAL_BATCH]
@@ -487,7 +505,7 @@ def _fmt_row(r):
     cov = f"{r['with_points']}/{r['linear_algebra_ops']}"
     return (f"| {r['model']} | {r['form']} | {r['points']} | {cov} | {100 * r['agreement']:.1f}% | "
             f"{r['sqnr_db']:.1f} dB | {'identical' if r.get('save_load_identical') else '**differs**'} | {bs} | "
-            f"{e} | {r['seconds']} | {'pass' if not r['failures'] else '**FAIL**'} |")
+            f"{e} | {r['seconds']} | {('listed' if r.get('accuracy_listed') else 'pass') if not r['failures'] else '**FAIL**'} |")
 
 
 def cmd_table(args):
@@ -594,6 +612,9 @@ def cmd_table(args):
                              f"({', '.join('`' + s + '`' for s in n['only_trace'][:6])}"
                              f"{', ...' if len(n['only_trace']) > 6 else ''})" +
                              "".join(f"; {x[len('names: '):]}" for x in r.get("notes", []) if x.startswith("names: ")))
+    lines += ["", "## Listed: below the accuracy bar, with the reason", ""]
+    lines += [f"- {r['model']} ({r['form']}): {x[len('accuracy listed: '):]}" for r in rows
+              for x in r.get("notes", []) if x.startswith("accuracy listed: ")] or ["None."]
     lines += ["", "## Failures", ""]
     fl = [f"- {r['model']} ({r['form']}): {f.splitlines()[0][:400]}" for r in rows for f in r.get("failures", [])]
     lines += fl or ["None."]
