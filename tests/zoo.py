@@ -55,7 +55,7 @@ WEIGHT_KINDS = ["conv", "linear"]
 # --- the zoo -------------------------------------------------------------------------------
 
 class TransformerClassifier(nn.Module):
-    """The classifier of issue 15 (as python/tests/test_architectures.py)."""
+    """The classifier of issue 15 (python/tests/test_architectures.py imports it from here)."""
 
     def __init__(self):
         super().__init__()

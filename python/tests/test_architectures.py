@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import anybit
+from zoo import TransformerClassifier  # tests/zoo.py: the classifier, one definition
 
 EXE = os.environ.get("ANYBIT_EXE", os.path.join(os.path.dirname(__file__), "..", "..", "build", "anybit"))
 
@@ -19,17 +20,6 @@ W8A8 = {"calibrator": "mse", "rules": [
     {"kind": "linear", "role": "weight", "spec": "int8:per_channel"},
     {"role": "input", "spec": "auto8"},
 ]}
-
-
-class TransformerClassifier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Linear(16, 64)
-        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2)
-        self.head = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.head(self.enc(self.embed(x)).mean(1))
 
 
 def model_files(tmp_path):
