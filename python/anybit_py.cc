@@ -55,6 +55,7 @@ py::dict coverage(const std::string& model_path) {
     d["op"] = u.op;
     d["module"] = u.module;
     d["reason"] = u.reason;
+    d["where"] = u.where();  // "aten::lstm in rnn", as the CLI's messages say it
     unc.append(d);
   }
   py::dict out;
@@ -517,12 +518,12 @@ PYBIND11_MODULE(_anybit, m) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const anybit::Error& e) {
-      error(e.what());
+    } catch (const anybit::Error& e) {  // PyErr_SetString: the one spelling every pybind11 version takes
+      PyErr_SetString(error.ptr(), e.what());
     } catch (const anybit::data::Error& e) {
-      error(e.what());
+      PyErr_SetString(error.ptr(), e.what());
     } catch (const anybit::intsim::Error& e) {
-      error(e.what());
+      PyErr_SetString(error.ptr(), e.what());
     }
   });
   m.def("points", &points, py::arg("model_path"));

@@ -74,7 +74,7 @@ int cmd_inspect(const std::string& model, bool as_json) {
   }
   fmt::print("{} points, {} quantizable parameters\n", g.points.size(), params);
   for (const auto& u : g.uncovered)
-    fmt::print("no points: {} in {}: {}\n", u.op, u.module.empty() ? "the root module" : u.module, u.reason);
+    fmt::print("no points: {}: {}\n", u.where(), u.reason);
   fmt::print("{}\n", coverage_line(g));
   return 0;
 }
@@ -156,8 +156,7 @@ int cmd_quantize(const Common& c) {
                  r.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", r.relu6_replaced) : "");
   }
   for (const auto& u : g.uncovered)
-    fmt::print(stderr, "warning: {} in {} has no points and stays float: {}\n", u.op,
-               u.module.empty() ? "the root module" : u.module, u.reason);
+    fmt::print(stderr, "warning: {} has no points and stays float: {}\n", u.where(), u.reason);
   if (c.dry_run) {
     auto pts = anybit::plan(g, cfg);
     if (c.json) {

@@ -162,7 +162,7 @@ def points(model, example_inputs=None):
 
 def coverage(model, example_inputs=None):
     """Which conv/linear/matmul ops have points (like the last lines of `anybit inspect`):
-    {"linear_algebra_ops": N, "with_points": K, "uncovered": [{"op", "module", "reason"}]}.
+    {"linear_algebra_ops": N, "with_points": K, "uncovered": [{"op", "module", "reason", "where"}]}.
     An uncovered op (a fused transformer kernel, an LSTM, an op inside data-dependent
     control flow) stays in float when the model is quantized."""
     with tempfile.TemporaryDirectory() as d:
@@ -207,7 +207,7 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
         out = os.path.join(d, "quantized.pt")
         if not strict:  # with strict, quantize itself refuses them
             for u in _anybit.coverage(src)["uncovered"]:
-                warnings.warn(f"{u['op']} in {u['module'] or 'the root module'} has no points and stays float: "
+                warnings.warn(f"{u['where']} has no points and stays float: "
                               f"{u['reason']}", CoverageWarning, stacklevel=2)
         report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
                                   fold_bn, adaround, bias_correction, int32_bias,

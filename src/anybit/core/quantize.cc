@@ -235,7 +235,7 @@ std::string percent(double share) {
 std::string clip_warning(const std::string& point, const QuantSpec& spec, const calib::Observer& obs,
                          const Params& P, double threshold) {
   if (P.clipped_low < 0) return "";
-  const bool fixed = spec.scheme == Scheme::kFixed || spec.scheme == Scheme::kUFixed;
+  const bool fixed = spec.is_fixed_point();
   const bool zero_floor = (spec.scheme == Scheme::kUInt && !spec.asymmetric) || spec.scheme == Scheme::kUFixed;
   const double forced = fixed ? P.clipped_low + P.clipped_high : zero_floor ? P.clipped_low : 0.0;
   if (!(forced > threshold)) return "";
@@ -265,7 +265,7 @@ double pow2_ceil(double s) { return std::exp2(std::ceil(std::log2(s))); }
 
 // Uniform scale and zero point from a float range, as docs/design.md's numeric definitions demand.
 void uniform_from_range(const QuantSpec& spec, double lo, double hi, float* s, float* z) {
-  if (spec.scheme == Scheme::kFixed || spec.scheme == Scheme::kUFixed) {
+  if (spec.is_fixed_point()) {
     *s = static_cast<float>(std::exp2(-spec.frac_bits));
     *z = 0;
     return;
@@ -614,9 +614,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   if (options.strict && !g.uncovered.empty()) {
     std::string msg = "strict: " + std::to_string(g.uncovered.size()) + " op(s) have no points and would stay float: ";
     for (size_t k = 0; k < g.uncovered.size(); ++k)
-      msg += (k ? "; " : "") + g.uncovered[k].op + " in " +
-             (g.uncovered[k].module.empty() ? "the root module" : g.uncovered[k].module) + " (" +
-             g.uncovered[k].reason + ")";
+      msg += (k ? "; " : "") + g.uncovered[k].where() + " (" + g.uncovered[k].reason + ")";
     throw Error(msg);
   }
   result.points = plan(g, config);
@@ -640,7 +638,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     const QuantSpec& s = result.points[i].assignment.spec;
     if (s.is_float() || p.role == Role::kWeight || p.role == Role::kBias) continue;
     // fixed point has a fixed step: observed only for the clipping report
-    const bool fixed = s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed;
+    const bool fixed = s.is_fixed_point();
     if (fixed && !calib) continue;
     if (!fixed) method_of(result.points[i].assignment.calibrator, p.name);  // fail before running anything
     const int64_t id = slots.add();
@@ -699,10 +697,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     a.spec = a.spec.resolve_sign(obs.min());
   }
   std::vector<size_t> observed;
-  for (const auto& kv : slot_of) {
-    const Scheme sc = result.points[kv.first].assignment.spec.scheme;
-    if (sc != Scheme::kFixed && sc != Scheme::kUFixed) observed.push_back(kv.first);
-  }
+  for (const auto& kv : slot_of)
+    if (!result.points[kv.first].assignment.spec.is_fixed_point()) observed.push_back(kv.first);
   std::vector<Params> observed_params(observed.size());
   std::vector<std::string> observed_errors(observed.size());
   at::parallel_for(0, static_cast<int64_t>(observed.size()), 1, [&](int64_t b, int64_t e) {
@@ -730,7 +726,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
         result.points[i].assignment.spec = a.spec.resolve_sign(w.numel() ? w.min().item<double>() : 0.0);
       }
       P = weight_params(a.spec, a.calibrator, w, p.channel_axis, p.name);
-    } else if (a.spec.scheme == Scheme::kFixed || a.spec.scheme == Scheme::kUFixed) {
+    } else if (a.spec.is_fixed_point()) {
       float s, z;
       uniform_from_range(a.spec, 0, 0, &s, &z);
       P.scale = at::full({1}, s);

@@ -31,6 +31,8 @@ struct Uncovered {
   std::string op;      // aten::lstm
   std::string module;  // its module path ("" for the root)
   std::string reason;
+  // "aten::lstm in rnn", "aten::einsum in the root module": how messages name it
+  std::string where() const { return op + " in " + (module.empty() ? "the root module" : module); }
 };
 
 struct ModelGraph {

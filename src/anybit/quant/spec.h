@@ -64,6 +64,8 @@ struct QuantSpec {
     return scheme == Scheme::kInt || scheme == Scheme::kUInt || scheme == Scheme::kFixed ||
            scheme == Scheme::kUFixed;
   }
+  // fixed point (Qm.n): the step is 2^-n, set by the spec, never calibrated
+  bool is_fixed_point() const { return scheme == Scheme::kFixed || scheme == Scheme::kUFixed; }
   bool is_signed() const {
     return scheme == Scheme::kInt || scheme == Scheme::kFixed || scheme == Scheme::kLog ||
            scheme == Scheme::kBinary || scheme == Scheme::kTernary;
