@@ -421,8 +421,8 @@ int cmd_demo(const Common& c) {
   o.models = {c.model.empty() ? default_model() : c.model};
   for (int b = 8; b >= 2; --b) o.pairs.push_back({b, b});
   o.methods = {"mse"};
-  o.calib_data = c.data.empty() ? "fmnist:/usr/share/datasets/fashion-mnist:train" : c.data;
-  o.eval_data = c.eval_data.empty() ? "fmnist:/usr/share/datasets/fashion-mnist:test" : c.eval_data;
+  o.calib_data = c.data.empty() ? "fmnist::train" : c.data;  // the data library knows where fmnist lives
+  o.eval_data = c.eval_data.empty() ? "fmnist::test" : c.eval_data;
   o.calib_batches = c.calib_batches;
   o.out_dir = c.out.empty() ? "anybit-demo" : c.out;
   o.resume = true;  // a demo run again continues or reprints what it has

@@ -27,16 +27,22 @@ constexpr int64_t kGrain = 1 << 15;
 constexpr float kRoundMagic = 12582912.0f;
 inline float round_half_even_small(float v) { return (v + kRoundMagic) - kRoundMagic; }
 
+// The ops take the rounding as the integer of anybit::Rounding (quant/spec.h).
+constexpr int64_t kHalfEven = static_cast<int64_t>(Rounding::kHalfEven);
+constexpr int64_t kHalfAway = static_cast<int64_t>(Rounding::kHalfAway);
+constexpr int64_t kFloor = static_cast<int64_t>(Rounding::kFloor);
+constexpr int64_t kStochastic = static_cast<int64_t>(Rounding::kStochastic);
+
 inline float round_by_mode(float v, int64_t mode) {
   switch (mode) {
-    case 1: return std::round(v);
-    case 2: return std::floor(v);
-    default: return std::nearbyint(v);
+    case kHalfAway: return std::round(v);
+    case kFloor: return std::floor(v);
+    default: return std::nearbyint(v);  // kHalfEven
   }
 }
 
 void check_rounding(int64_t rounding) {
-  if (rounding < 0 || rounding > 3)
+  if (rounding < kHalfEven || rounding > kStochastic)
     throw Error("anybit fake_quant: rounding must be 0 (half_even), 1 (half_away), 2 (floor) "
                 "or 3 (stochastic), got " + std::to_string(rounding));
 }
@@ -208,14 +214,14 @@ at::Tensor fake_quant_affine_reference(const at::Tensor& x_in, const at::Tensor&
   std::vector<float> s = float_params(scale, L.channels);
   std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
   at::Tensor noise;
-  if (rounding == 3) noise = at::rand(x.sizes(), x.options());
+  if (rounding == kStochastic) noise = at::rand(x.sizes(), x.options());
   at::Tensor y = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
   for (int64_t i = 0; i < x.numel(); ++i) {
     const int64_t c = (i / L.inner) % L.channels;
     const float v = px[i] * (1.0f / s[c]);
-    float r = rounding == 3 ? std::floor(v + noise.data_ptr<float>()[i]) : round_by_mode(v, rounding);
+    float r = rounding == kStochastic ? std::floor(v + noise.data_ptr<float>()[i]) : round_by_mode(v, rounding);
     float q = std::min(std::max(r + z[c], static_cast<float>(qmin)), static_cast<float>(qmax));
     py[i] = (q - z[c]) * s[c];
   }
@@ -260,7 +266,7 @@ at::Tensor fake_quant_affine_forward(const at::Tensor& x_in, const at::Tensor& s
                                      const at::Tensor& zero_point, int64_t axis,
                                      int64_t group_size, int64_t qmin, int64_t qmax,
                                      int64_t rounding) {
-  if (!fast_path_ok(x_in) || rounding == 3)
+  if (!fast_path_ok(x_in) || rounding == kStochastic)
     return fake_quant_affine_torchops(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
   at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
@@ -272,7 +278,7 @@ void fake_quant_affine_forward_out(const at::Tensor& x, const at::Tensor& scale,
                                    const at::Tensor& zero_point, int64_t axis, int64_t group_size,
                                    int64_t qmin, int64_t qmax, int64_t rounding, at::Tensor& y) {
   if (!fast_path_ok(x) || !x.is_contiguous() || !y.is_contiguous() || y.sizes() != x.sizes() ||
-      y.scalar_type() != at::kFloat || rounding == 3)
+      y.scalar_type() != at::kFloat || rounding == kStochastic)
     throw Error("fake_quant_affine_forward_out: needs contiguous CPU float32 x and y of one "
                 "shape and a deterministic rounding mode");
   check_range(qmin, qmax);
@@ -283,7 +289,7 @@ void fake_quant_affine_forward_out(const at::Tensor& x, const at::Tensor& scale,
   float* py = y.data_ptr<float>();
   for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
     const float sc = grid[c].scale, inv = grid[c].inv, lo = grid[c].lo, hi = grid[c].hi;
-    if (rounding == 0) {
+    if (rounding == kHalfEven) {
       fq_span_half_even(px + b, py + b, e - b, inv, sc, lo, hi);
     } else {
       for (int64_t i = b; i < e; ++i) {

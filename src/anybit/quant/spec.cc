@@ -282,8 +282,13 @@ QuantSpec parse_spec(const std::string& text_in) {
   if (s.learn == Learn::kLsq && !s.is_uniform() && s.scheme != Scheme::kBinary && s.scheme != Scheme::kTernary)
     bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint) or the scale (and ternary threshold) of "
                  "binary/ternary");
-  if (s.learn != Learn::kNone && (s.scheme == Scheme::kFixed || s.scheme == Scheme::kUFixed))
-    bad(text_in, "fixed point has a fixed step 2^-n; it cannot be learned");
+  if (s.learn != Learn::kNone && s.is_fixed_point()) {
+    // clip(round(w / step), a, b) with a learned step is a uniform spec of the same width
+    const std::string same = std::string(s.scheme == Scheme::kFixed ? "int" : "uint") + std::to_string(s.bits) +
+                             (s.learn == Learn::kPact ? ":pact" : ":lsq");
+    bad(text_in, "fixed point has a fixed step 2^-n; it cannot be learned: for a learned step of the same width, "
+                 "use " + same);
+  }
   if (s.threshold != 0.7 && s.scheme != Scheme::kTernary)
     bad(text_in, "'threshold' applies to ternary only");
   if (s.rounding != Rounding::kHalfEven && !s.is_uniform() && s.scheme != Scheme::kLog)

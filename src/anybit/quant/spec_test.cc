@@ -87,7 +87,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadSpec{"fixed:Q2", "Qm.n"}, BadSpec{"fixed", "Qm.n"},
                       BadSpec{"binary:asym", "asym"}, BadSpec{"log1", "at least 2 bits"},
                       BadSpec{"int8:group=0", "positive"}, BadSpec{"int8:round=up", "rounding"},
-                      BadSpec{"int4:pact", "pact"}, BadSpec{"log4:lsq", "binary/ternary"}, BadSpec{"fixed:Q2.5:lsq", "fixed step"},
+                      BadSpec{"int4:pact", "pact"}, BadSpec{"log4:lsq", "binary/ternary"}, BadSpec{"fixed:Q2.5:lsq", "use int8:lsq"}, BadSpec{"ufixed:Q3.4:lsq", "use uint7:lsq"},
                       BadSpec{"float:per_channel", "no modifiers"},
                       BadSpec{"int8:threshold=0.3", "ternary only"},
                       BadSpec{"uint2:narrow", "narrow"}, BadSpec{"auto1", "at least 2 bits"},
