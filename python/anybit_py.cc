@@ -14,10 +14,8 @@
 #include "anybit/ptq/cle.h"
 #include "anybit/ptq/fold_bn.h"
 
-#include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <map>
 #include <memory>
@@ -256,34 +254,6 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
 
 namespace intsim = anybit::intsim;
 
-// The CLI's atomic write: the export goes to a temporary sibling directory that is renamed
-// over DIR, so an interrupted export never leaves a half-written model; DIR is replaced
-// only when it is empty or holds an earlier export (manifest.json).
-void save_export_atomic(const intsim::Model& m, const std::string& dir) {
-  namespace fs = std::filesystem;
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();  // "out/": the temporary is "out.tmpPID"
-  std::error_code ec;
-  if (fs::exists(target) && !fs::is_directory(target))
-    throw anybit::Error(dir + ": exists and is not a directory; not overwriting it");
-  if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
-    throw anybit::Error(dir + ": exists and is not an anybit integer export; not overwriting it");
-  const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());
-  fs::remove_all(tmp, ec);
-  try {
-    intsim::save_model(m, tmp.string());
-  } catch (const intsim::Error& e) {
-    fs::remove_all(tmp, ec);
-    throw anybit::Error(e.what());
-  }
-  fs::remove_all(target, ec);
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove_all(tmp, ec);
-    throw anybit::Error(dir + ": cannot write (" + ec.message() + ")");
-  }
-}
-
 py::dict quant_dict(const intsim::TensorSpec& t) {
   py::dict d;
   d["name"] = t.name;
@@ -305,7 +275,7 @@ py::dict export_model(const std::string& model_path, const std::string& out_dir,
     o.input_shape = input_shape;
     o.source = source;
     r = anybit::export_integer_model(m, o);
-    save_export_atomic(r.model, out_dir);
+    anybit::save_integer_model_atomic(r.model, out_dir);
   }
   std::map<std::string, int> kinds;
   for (const auto& op : r.model.ops) kinds[intsim::op_kind_name(op.kind)]++;

@@ -6,7 +6,6 @@
 #include <torch/script.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -256,32 +255,6 @@ std::vector<int64_t> parse_shape(const std::string& text) {
   return shape;
 }
 
-// Writes the export to DIR through a temporary sibling directory and a rename, so an
-// interrupted export never leaves a half-written model; an existing export is replaced.
-void save_export_atomic(const anybit::intsim::Model& m, const std::string& dir) {
-  namespace fs = std::filesystem;
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();  // "out/" is "out"
-  if (target.empty()) throw anybit::Error("export: -o '" + dir + "' names no directory");
-  if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
-    throw anybit::Error(dir + ": exists and is not an anybit integer export; not overwriting it");
-  const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  try {
-    anybit::intsim::save_model(m, tmp.string());
-  } catch (const anybit::intsim::Error& e) {
-    fs::remove_all(tmp);
-    throw anybit::Error(e.what());
-  }
-  std::error_code ec;
-  fs::remove_all(target, ec);
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove_all(tmp);
-    throw anybit::Error(dir + ": cannot write (" + ec.message() + ")");
-  }
-}
-
 int cmd_export(const Common& c, const std::string& input_shape) {
   if (c.out.empty()) throw anybit::Error("export needs -o DIR");
   torch::jit::Module m = anybit::load_module(c.model);
@@ -289,7 +262,7 @@ int cmd_export(const Common& c, const std::string& input_shape) {
   if (!input_shape.empty()) o.input_shape = parse_shape(input_shape);
   o.source = c.model;
   anybit::ExportResult r = anybit::export_integer_model(m, o);
-  save_export_atomic(r.model, c.out);
+  anybit::save_integer_model_atomic(r.model, c.out);
   std::map<std::string, int> kinds;
   for (const auto& op : r.model.ops) kinds[anybit::intsim::op_kind_name(op.kind)]++;
   if (c.json) {

@@ -17,11 +17,14 @@
 #include <torch/script.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <set>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
@@ -1192,5 +1195,32 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
   r.layers = engine.stats();
   return r;
 }
+
+void save_integer_model_atomic(const intsim::Model& m, const std::string& dir) {
+  namespace fs = std::filesystem;
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "out/": the temporary is "out.tmpPID"
+  if (target.empty()) throw Error("export: '" + dir + "' names no directory");
+  std::error_code ec;
+  if (fs::exists(target) && !fs::is_directory(target))
+    throw Error(dir + ": exists and is not a directory; not overwriting it");
+  if (fs::exists(target) && !fs::is_empty(target) && !fs::exists(target / "manifest.json"))
+    throw Error(dir + ": exists and is not an anybit integer export; not overwriting it");
+  const fs::path tmp = target.string() + ".tmp" + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  try {
+    intsim::save_model(m, tmp.string());
+  } catch (const intsim::Error& e) {
+    fs::remove_all(tmp, ec);
+    throw Error(e.what());
+  }
+  fs::remove_all(target, ec);
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove_all(tmp, ec);
+    throw Error(dir + ": cannot write (" + ec.message() + ")");
+  }
+}
+
 
 }  // namespace anybit

@@ -51,6 +51,12 @@ struct ExportResult {
 // feeding a conv, a log or binary activation quantizer, an unsupported op).
 ExportResult export_integer_model(const torch::jit::Module& quantized, const ExportOptions& options);
 
+// Writes an integer model to `dir` through a temporary sibling directory renamed over it, so an
+// interrupted export never leaves a half-written model. `dir` is replaced only when it is empty
+// or holds an earlier export (manifest.json); anything else is refused (anybit::Error naming it).
+// The CLI's `export -o` and Python's `anybit.export` write through it.
+void save_integer_model_atomic(const intsim::Model& model, const std::string& dir);
+
 // The exported model run with LibTorch ops on integer inputs ([N, ...] int tensors, one
 // per model input); returns the integer outputs (int32). Assumes a 32-bit accumulator
 // that never overflows and throws Error if one would.
