@@ -147,10 +147,11 @@ void set_callstack(jit::Node* n, const c10::optional<jit::InlinedCallStackPtr>& 
 
 // Replaces every aten::scaled_dot_product_attention of the graph (any block) by its definition.
 void decompose_attention(std::shared_ptr<jit::Graph>& graph) {
+  static const c10::Symbol kSdpa = c10::Symbol::fromQualString("aten::scaled_dot_product_attention");
   std::vector<jit::Node*> found;
   std::function<void(jit::Block*)> collect = [&](jit::Block* b) {
     for (jit::Node* n : b->nodes()) {
-      if (n->kind() == c10::Symbol::fromQualString("aten::scaled_dot_product_attention")) found.push_back(n);
+      if (n->kind() == kSdpa) found.push_back(n);
       for (jit::Block* inner : n->blocks()) collect(inner);
     }
   };
@@ -326,11 +327,6 @@ bool fixed_none(jit::Value* v, jit::Value* self, const jit::Module& m, bool* is_
   return true;
 }
 
-// The value of v where it is fixed for this module instance and not a tensor: a constant, an
-// attribute path from self (`self.stride`, `self.shift_size`; `training` only with
-// include_training), or a pure op on such values (`self.stride == 1`, `sum(self.shift_size) > 0`,
-// `len(self.layers)`), which is run here. ShuffleNet's `if self.stride == 1` and Swin's shifted
-// windows are decided this way.
 // True when an op writes to v in place (a list changed by `l[0] = 0`, `l.append(x)`): its value
 // is then not the one it was made with.
 bool written_in_place(jit::Value* v) {
@@ -350,6 +346,11 @@ bool written_in_place(jit::Value* v) {
   return false;
 }
 
+// The value of v where it is fixed for this module instance and not a tensor: a constant, an
+// attribute path from self (`self.stride`, `self.shift_size`; `training` only with
+// include_training), or a pure op on such values (`self.stride == 1`, `sum(self.shift_size) > 0`,
+// `len(self.layers)`), which is run here. ShuffleNet's `if self.stride == 1` and Swin's shifted
+// windows are decided this way.
 bool fixed_value(jit::Value* v, jit::Value* self, const jit::Module& m, c10::IValue* out, bool include_training,
                  int depth = 0) {
   if (depth > 16 || is_tensor(v)) return false;
@@ -392,20 +393,13 @@ bool fixed_value(jit::Value* v, jit::Value* self, const jit::Module& m, c10::IVa
   return true;
 }
 
-// Resolves a bool that is fixed for this module instance: a constant, or a chain of
-// GetAttr from self ending in a bool attribute (`self.use_res_connect`), or its negation.
-// `training` is left alone so that train()/eval() keep their meaning.
+// Resolves a bool that is fixed for this module instance: identity tests (`k is v`, `x is None`)
+// decided here, their negation, and whatever fixed_value decides (a constant, a bool attribute
+// such as `self.use_res_connect`, a pure op on fixed values). `training` is left alone unless
+// include_training, so that train()/eval() keep their meaning.
 bool fixed_bool(jit::Value* v, jit::Value* self, const jit::Module& m, bool* out,
                 bool include_training) {
   jit::Node* n = v->node();
-  if (n->kind() == c10::prim::Constant) {
-    auto iv = jit::toIValue(v);
-    if (iv && iv->isBool()) {
-      *out = iv->toBool();
-      return true;
-    }
-    return false;
-  }
   // `k is v` on one and the same value (self-attention's query, key and value after inlining)
   if ((n->kind() == c10::aten::__is__ || n->kind() == c10::aten::__isnot__) && n->inputs().size() == 2 &&
       same_value(n->input(0), n->input(1))) {
