@@ -705,12 +705,7 @@ class Exporter {
     Pending p = pool(n, OpKind::kAdaptiveAvgPool2d, t);
     p.op.output_size = {size[0], size[1]};
     p.shape = {t.shape[0], size[0], size[1]};
-    for (int64_t oy = 0; oy < size[0]; ++oy) {
-      const int64_t rows = intsim::adaptive_window_end(oy, t.shape[1], size[0]) - intsim::adaptive_window_begin(oy, t.shape[1], size[0]);
-      for (int64_t ox = 0; ox < size[1]; ++ox)
-        p.counts.push_back(rows * (intsim::adaptive_window_end(ox, t.shape[2], size[1]) -
-                                   intsim::adaptive_window_begin(ox, t.shape[2], size[1])));
-    }
+    p.counts = intsim::adaptive_window_counts(t.shape[1], t.shape[2], size[0], size[1]);
     pending_[n->output()] = p;
   }
 
@@ -1047,11 +1042,7 @@ std::vector<at::Tensor> run_integer_reference(const intsim::Model& model, const 
         // The windows are ATen's own: its average times each window's count is the sum
         // (exact after rounding: sums of integers far below 2^53).
         const int64_t oh = op.output_size[0], ow = op.output_size[1], ih = x.size(2), iw = x.size(3);
-        std::vector<int64_t> counts;
-        for (int64_t oy = 0; oy < oh; ++oy)
-          for (int64_t ox = 0; ox < ow; ++ox)
-            counts.push_back((intsim::adaptive_window_end(oy, ih, oh) - intsim::adaptive_window_begin(oy, ih, oh)) *
-                             (intsim::adaptive_window_end(ox, iw, ow) - intsim::adaptive_window_begin(ox, iw, ow)));
+        const std::vector<int64_t> counts = intsim::adaptive_window_counts(ih, iw, oh, ow);
         const at::Tensor mean = at::adaptive_avg_pool2d((x - xq.zero_point).to(at::kDouble), {oh, ow});
         const at::Tensor sum = (mean * at::tensor(counts, at::kDouble).reshape({1, 1, oh, ow})).round().to(at::kLong);
         // one multiplier per output position: broadcast over [N, C, oh, ow]

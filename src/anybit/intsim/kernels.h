@@ -73,6 +73,18 @@ inline int64_t adaptive_window_begin(int64_t i, int64_t in, int64_t out) { retur
 inline int64_t adaptive_window_end(int64_t i, int64_t in, int64_t out) {
   return ((i + 1) * in + out - 1) / out;
 }
+// The elements each output position of an in_h x in_w -> out_h x out_w adaptive pool sums
+// (its window's rows times columns), row-major: what its per-position multipliers divide by.
+inline std::vector<int64_t> adaptive_window_counts(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
+  std::vector<int64_t> counts;
+  counts.reserve(static_cast<size_t>(out_h * out_w));
+  for (int64_t oy = 0; oy < out_h; ++oy) {
+    const int64_t rows = adaptive_window_end(oy, in_h, out_h) - adaptive_window_begin(oy, in_h, out_h);
+    for (int64_t ox = 0; ox < out_w; ++ox)
+      counts.push_back(rows * (adaptive_window_end(ox, in_w, out_w) - adaptive_window_begin(ox, in_w, out_w)));
+  }
+  return counts;
+}
 
 // --- reusable memory and packed weights ----------------------------------------------
 

@@ -178,13 +178,8 @@ class ModelBuilder {
     op.output_size = {{out_h, out_w}};
     op.out = random_quant(rng);
     op.out.scale = in.q.scale * uniform_real(rng, 0.5, 1.5);
-    for (int64_t oy = 0; oy < out_h; ++oy) {
-      for (int64_t ox = 0; ox < out_w; ++ox) {
-        const int64_t count = (adaptive_window_end(oy, in.shape[1], out_h) - adaptive_window_begin(oy, in.shape[1], out_h)) *
-                              (adaptive_window_end(ox, in.shape[2], out_w) - adaptive_window_begin(ox, in.shape[2], out_w));
-        op.multiplier.push_back(quantize_multiplier(in.q.scale / (op.out.scale * static_cast<double>(count))));
-      }
-    }
+    for (int64_t count : adaptive_window_counts(in.shape[1], in.shape[2], out_h, out_w))
+      op.multiplier.push_back(quantize_multiplier(in.q.scale / (op.out.scale * static_cast<double>(count))));
     return add_op(op, "adaptive");
   }
 
