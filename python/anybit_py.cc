@@ -45,10 +45,9 @@ py::list points(const std::string& model_path) {
   return out;
 }
 
-py::dict coverage(const std::string& model_path) {
-  anybit::ModelGraph g = anybit::load_model(model_path);
+py::list uncovered_list(const std::vector<anybit::Uncovered>& uncovered) {
   py::list unc;
-  for (const auto& u : g.uncovered) {
+  for (const auto& u : uncovered) {
     py::dict d;
     d["op"] = u.op;
     d["module"] = u.module;
@@ -56,23 +55,32 @@ py::dict coverage(const std::string& model_path) {
     d["where"] = u.where();  // "aten::lstm in rnn", as the CLI's messages say it
     unc.append(d);
   }
+  return unc;
+}
+
+py::dict coverage(const std::string& model_path) {
+  anybit::ModelGraph g = anybit::load_model(model_path);
   py::dict out;
   out["linear_algebra_ops"] = g.linear_algebra_ops;
   out["with_points"] = g.linear_algebra_ops - static_cast<int>(g.uncovered.size());
-  out["uncovered"] = unc;
+  out["uncovered"] = uncovered_list(g.uncovered);
   return out;
 }
 
-py::list quantize(const std::string& model_path, const std::string& config_text,
+// The per-point report and the ops without points (the uncovered list of coverage), from one
+// analysis of the model.
+py::tuple quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
                   int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
                   const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
                   bool int32_bias, int cle, int brecq, bool strict) {
   std::vector<anybit::PointReport> pts;
+  std::vector<anybit::Uncovered> uncovered;
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
     anybit::ModelGraph g = anybit::load_model(model_path);
+    uncovered = g.uncovered;
     if (fold_bn) anybit::fold_batch_norm(g);
     if (cle) {
       if (!fold_bn) throw anybit::Error("cle needs fold_bn=True (a BatchNorm between two layers stops equalization)");
@@ -116,7 +124,7 @@ py::list quantize(const std::string& model_path, const std::string& config_text,
     if (!r.clip_warning.empty()) d["clip_warning"] = r.clip_warning;
     out.append(d);
   }
-  return out;
+  return py::make_tuple(out, uncovered_list(uncovered));
 }
 
 py::dict evaluate(const std::string& model_path, const std::string& data_spec,

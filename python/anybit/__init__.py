@@ -173,8 +173,9 @@ def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
-        return _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "", fold_bn, 0,
-                                False, False)
+        report, _ = _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "",
+                                     fold_bn, 0, False, False)
+        return report
 
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
@@ -205,14 +206,13 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             batch_size = batch_size or bs
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
-        if not strict:  # with strict, quantize itself refuses them
-            for u in _anybit.coverage(src)["uncovered"]:
-                warnings.warn(f"{u['where']} has no points and stays float: "
-                              f"{u['reason']}", CoverageWarning, stacklevel=2)
-        report = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable, False, out,
-                                  fold_bn, adaround, bias_correction, int32_bias,
-                                  {False: 0, True: 1, "relu6": 2}[cle], brecq, strict)
+        # with strict, quantize refuses uncovered ops itself; otherwise they are warned about
+        report, uncovered = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable,
+                                             False, out, fold_bn, adaround, bias_correction, int32_bias,
+                                             {False: 0, True: 1, "relu6": 2}[cle], brecq, strict)
         qm = torch.jit.load(out)
+    for u in uncovered:
+        warnings.warn(f"{u['where']} has no points and stays float: {u['reason']}", CoverageWarning, stacklevel=2)
     for r in report:
         if "clip_warning" in r:
             warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
