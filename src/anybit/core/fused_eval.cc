@@ -1,10 +1,13 @@
 // Lowers a frozen TorchScript graph onto oneDNN primitives with fused post-ops; see
 // fused_eval.h. Two stages: compile() turns the graph into Steps (a layer plus the
-// element-wise ops fused after it, shapes unknown); a Plan instantiates the Steps as
-// oneDNN primitives and buffers for one input shape, cached per shape.
+// element-wise ops fused after it, or one op run through ATen; shapes unknown); a Plan
+// instantiates the Steps for one input shape, cached per shape. A plan is built during its
+// first forward, step by step, so that each step sees the shapes its inputs actually have
+// (an op run through ATen has no shape function here).
 #include "anybit/core/fused_eval.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/from_blob.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/constants.h>
@@ -29,16 +32,25 @@ using Dims = memory::dims;
 
 // One element-wise op of a fused chain, in oneDNN's terms.
 struct PostOp {
-  enum Kind { kLinear, kClip, kRound, kRelu, kMulChannel, kAddChannel, kMaxChannel, kMinChannel, kAddTensor };
+  enum Kind {
+    kLinear, kClip, kRound, kRelu, kMulChannel, kAddChannel, kMaxChannel, kMinChannel, kAddTensor, kDiv,
+    // activations (oneDNN eltwise algorithms without parameters)
+    kSilu, kSigmoid, kHardswish, kGeluErf, kGeluTanh
+  };
   PostOp(Kind k, float a_ = 0, float b_ = 0) : kind(k), a(a_), b(b_) {}
   Kind kind;
-  float a = 0, b = 0;      // kLinear: a * x + b; kClip: [a, b]
+  float a = 0, b = 0;      // kLinear: a * x + b; kClip: [a, b]; kDiv: x / a
   std::vector<float> chan;  // per-channel operand (channel = dim 1)
   int value = -1;           // kAddTensor: the value added
 };
 
+// How a value computed by oneDNN lies in memory: NHWC for a 4-D feature map (the
+// channel is dim 1), or row-major (the tensor's own order, seen by oneDNN as
+// [numel / last, last]: the channel of a post-op is the last dim).
+enum class Layout { kNone, kNHWC, kRows };
+
 struct Step {
-  enum Kind { kConv, kLinear, kPool, kEltwise, kAdd, kFlatten };
+  enum Kind { kConv, kLinear, kPool, kEltwise, kBinary, kFlatten, kGeneric };
   explicit Step(Kind k) : kind(k) {}
   Kind kind;
   int in = -1, in2 = -1, out = -1;
@@ -46,10 +58,20 @@ struct Step {
   std::vector<int64_t> stride, padding, dilation, kernel;
   int64_t groups = 1;
   bool max_pool = false, global_pool = false, count_include_pad = true;
+  dnnl::algorithm binary = dnnl::algorithm::binary_add;  // kBinary: add or mul
   std::vector<PostOp> post;
   // conv weights on an integer grid: weight = qweight * wstep[out channel], |qweight| <= 127
   at::Tensor qweight;  // int8, the weight's shape; undefined when the weight is not on one
   std::vector<float> wstep;
+  // kGeneric: the graph op run through its ATen operator, exactly as the interpreter runs it
+  std::shared_ptr<jit::Operation> op;
+  std::string op_name;
+  std::vector<int> args;             // per op input: a value, or -1 for consts[i]
+  std::vector<c10::IValue> consts;
+  std::vector<int> outs;             // one value per op output (tensors and others)
+  bool metadata_only = false;        // size(), dim(): reads no tensor data
+  bool strided = false;              // view(): depends on its input's strides, not only its values
+  std::vector<std::pair<int, bool>> guards;  // runs only when each (bool value, expected) holds
 };
 
 // Whether every weight of each output channel is k * s_c with an integer |k| <= 127, as a
@@ -125,12 +147,21 @@ bool reads_metadata_only(const jit::Node* n) {
   return k == "aten::size" || k == "aten::dim" || k == "aten::len" || k == "aten::numel";
 }
 
+// Whether an op's first output may be a view of one of its inputs (reshape, permute,
+// select, expand...), from its schema's alias annotation.
+bool may_return_view(const jit::Node* n) {
+  const c10::FunctionSchema* s = n->maybeSchema();
+  return !s || s->returns().empty() || s->returns()[0].alias_info() != nullptr;
+}
+
 class Compiler {
  public:
   std::vector<Step> steps;
   int num_values = 0;
   int output = -1;
   int fused = 0;
+  int onednn_ops = 0;                  // tensor ops that run as oneDNN layers, post-ops or no-ops
+  std::map<std::string, int> aten_ops;  // tensor ops that run through ATen, by name
 
   void run(const std::shared_ptr<jit::Graph>& graph) {
     if (graph->inputs().size() != 2 || !is_tensor(graph->inputs()[1]))
@@ -146,6 +177,9 @@ class Compiler {
   std::unordered_map<const jit::Value*, int> ids_;
   std::vector<int> producer_;  // value -> step writing it (-1: the input)
   std::vector<int> uses_;      // value -> graph uses that read its data
+  std::vector<bool> view_;     // value -> may be a view of another value's memory
+  std::vector<bool> onednn_root_;  // value -> its memory may be a oneDNN buffer (or the input's)
+  std::vector<std::pair<int, bool>> guards_;  // the If branches the op being lowered is in
 
   static int data_uses(const jit::Value* v) {
     int n = 0;
@@ -157,6 +191,8 @@ class Compiler {
     ids_[v] = num_values;
     producer_.push_back(step);
     uses_.push_back(data_uses(v));
+    view_.push_back(false);
+    onednn_root_.push_back(true);
     return num_values++;
   }
   int id(const jit::Value* v) const {
@@ -193,18 +229,35 @@ class Compiler {
     if (v.isTensor()) return v.toTensor().item<double>();
     return v.isInt() ? static_cast<double>(v.toInt()) : v.toDouble();
   }
+  // A scalar operand: a number, or a 0-dim constant tensor (broadcasting keeps the shape).
+  static bool scalar_operand(const jit::Node* n, size_t i, float* out) {
+    auto v = jit::toIValue(n->input(i));
+    if (!v) return false;
+    if (v->isTensor()) {
+      const at::Tensor& t = v->toTensor();
+      if (t.dim() != 0 || !t.is_floating_point()) return false;
+      *out = t.item<float>();
+      return true;
+    }
+    if (!v->isDouble() && !v->isInt()) return false;
+    *out = static_cast<float>(v->isInt() ? static_cast<double>(v->toInt()) : v->toDouble());
+    return true;
+  }
 
   int new_step(Step s, const jit::Value* out) {
     steps.push_back(std::move(s));
     const int idx = static_cast<int>(steps.size()) - 1;
     steps[idx].out = add_value(out, idx);
+    steps[idx].op_name = out->node()->kind().toQualString();
     return idx;
   }
   // Whether the next element-wise op on value v can run as a post-op of v's producer: v
   // is the producer's current output and nothing else reads it.
   int open_step(int v) const {
     const int s = producer_[v];
-    if (s < 0 || steps[s].out != v || uses_[v] != 1 || steps[s].kind == Step::kFlatten) return -1;
+    if (s < 0 || steps[s].out != v || uses_[v] != 1 || steps[s].kind == Step::kFlatten ||
+        steps[s].kind == Step::kGeneric)
+      return -1;
     return s;
   }
   void elementwise(const jit::Node* n, std::vector<PostOp> post) {
@@ -223,11 +276,16 @@ class Compiler {
   }
   void add(const jit::Node* n) {
     if (n->inputs().size() > 2 && constant_double(n, 2) != 1.0) throw Unsupported("aten::add with alpha != 1");
-    if (!is_tensor(n->input(1))) {
-      elementwise(n, {{PostOp::kLinear, 1.0f, static_cast<float>(constant_double(n, 1))}});
+    float c = 0;
+    if (scalar_operand(n, 1, &c)) {
+      elementwise(n, {{PostOp::kLinear, 1.0f, c}});
       return;
     }
+    if (!is_tensor(n->input(1))) throw Unsupported("aten::add of a number computed at run time");
     const int a = id(n->input(0)), b = id(n->input(1));
+    // an operand that ATen computed may broadcast (an attention mask): ATen adds it
+    for (int v : {a, b})
+      if (producer_[v] >= 0 && steps[producer_[v]].kind == Step::kGeneric) throw Unsupported("an add of an ATen result");
     // fuse into the producer of one operand when the other one is ready before it runs
     for (auto [x, other] : {std::pair<int, int>{a, b}, std::pair<int, int>{b, a}}) {
       const int s = open_step(x);
@@ -240,32 +298,101 @@ class Compiler {
         return;
       }
     }
-    Step e{Step::kAdd};
+    Step e{Step::kBinary};
     e.in = a;
     e.in2 = b;
     new_step(std::move(e), n->output());
   }
-
-  void lower(jit::Node* n) {
+  // The list and tuple ops that the interpreter runs as instructions, not operators
+  // (torch/csrc/jit/runtime/vararg_functions.cpp does the same).
+  static std::shared_ptr<jit::Operation> intrinsic(const jit::Node* n) {
+    const size_t ins = n->inputs().size(), outs = n->outputs().size();
     const std::string k = n->kind().toQualString();
-    bool tensor_out = false;
-    for (const jit::Value* o : n->outputs()) tensor_out |= is_tensor(o);
-    if (!tensor_out) {
-      // shape checks, constants, raising on bad input: nothing to compute, unless a block
-      // computes tensors (control flow on data is not lowered)
-      for (const jit::Block* b : n->blocks())
-        for (const jit::Node* m : b->nodes())
-          for (const jit::Value* o : m->outputs())
-            if (is_tensor(o)) throw Unsupported(k + " computes tensors in a block");
-      if (n->kind() == c10::prim::If && n->outputs().size() > 0) throw Unsupported("prim::If with outputs");
-      return;
+    if (k == "prim::ListUnpack")
+      return std::make_shared<jit::Operation>([outs](jit::Stack& st) {
+        c10::List<c10::IValue> list = st.back().toList();
+        st.pop_back();
+        if (list.size() != outs)
+          throw Error("a list of " + std::to_string(list.size()) + " values unpacked into " + std::to_string(outs));
+        for (size_t i = 0; i < outs; ++i) st.push_back(list.get(i));
+      });
+    if (k == "prim::TupleUnpack")
+      return std::make_shared<jit::Operation>([](jit::Stack& st) {
+        auto t = st.back().toTuple();
+        st.pop_back();
+        for (const c10::IValue& e : t->elements()) st.push_back(e);
+      });
+    if (k == "prim::TupleConstruct")
+      return std::make_shared<jit::Operation>([ins](jit::Stack& st) {
+        std::vector<c10::IValue> e(std::make_move_iterator(st.end() - ins), std::make_move_iterator(st.end()));
+        st.erase(st.end() - ins, st.end());
+        st.emplace_back(c10::ivalue::Tuple::create(std::move(e)));
+      });
+    if (k == "prim::ListConstruct") {
+      const c10::TypePtr elem = n->output()->type()->expectRef<c10::ListType>().getElementType();
+      return std::make_shared<jit::Operation>([ins, elem](jit::Stack& st) {
+        c10::List<c10::IValue> list(elem);
+        list.reserve(ins);
+        for (auto it = st.end() - ins; it != st.end(); ++it) list.push_back(std::move(*it));
+        st.erase(st.end() - ins, st.end());
+        st.emplace_back(std::move(list));
+      });
     }
-    if (n->kind() == c10::prim::Constant) return;
-    if (k.back() == '_' && k != "aten::relu_" && k != "aten::add_" && k != "aten::hardtanh_" && k != "aten::clamp_")
-      throw Unsupported("op " + k + " is not lowered");
-    if (k.back() == '_' && uses_[id(n->input(0))] != 1)
-      throw Unsupported(k + " writes a tensor that is read again");
+    return nullptr;
+  }
 
+  // Any other op: its ATen operator on the values, as the interpreter calls it.
+  void generic(jit::Node* n, bool counted) {
+    const std::string k = n->kind().toQualString();
+    Step s{Step::kGeneric};
+    s.op_name = k;
+    s.guards = guards_;
+    s.metadata_only = reads_metadata_only(n);
+    s.strided = k == "aten::view" || k == "aten::as_strided" || k == "aten::_unsafe_view";
+    s.op = intrinsic(n);
+    if (!s.op) {
+      try {
+        s.op = std::make_shared<jit::Operation>(n->getOperation());
+      } catch (const std::exception&) {  // an op without an operator (c10::Error, jit::ErrorReport)
+        throw Unsupported("op " + k + " is not lowered");
+      }
+    }
+    for (const jit::Value* v : n->inputs()) {
+      if (auto c = jit::toIValue(v)) {
+        s.args.push_back(-1);
+        s.consts.push_back(*c);
+      } else {
+        s.args.push_back(id(v));
+        s.consts.emplace_back();
+      }
+    }
+    // a vararg op (aten::format) reads its input count from the stack, as the interpreter pushes it
+    const c10::FunctionSchema* schema = n->maybeSchema();
+    if (schema && schema->is_vararg()) {
+      s.args.push_back(-1);
+      s.consts.emplace_back(static_cast<int64_t>(n->inputs().size()));
+    }
+    steps.push_back(std::move(s));
+    const int idx = static_cast<int>(steps.size()) - 1;
+    const bool view = may_return_view(n);
+    bool root = false;  // a view shares the memory of its inputs; anything else is ATen's own
+    if (view)
+      for (int a : steps[idx].args)
+        if (a >= 0) root = root || onednn_root_[a];
+    for (const jit::Value* o : n->outputs()) {
+      const int v = add_value(o, idx);
+      steps[idx].outs.push_back(v);
+      view_[v] = view;
+      onednn_root_[v] = root;
+    }
+    steps[idx].out = steps[idx].outs.empty() ? -1 : steps[idx].outs[0];
+    if (counted) ++aten_ops[k];
+  }
+
+  // The ops with a oneDNN lowering. Returns false for any other op; throws Unsupported,
+  // before changing anything, when this instance cannot be lowered (an argument computed
+  // at run time, a transposed conv...): the op then runs through ATen.
+  bool lower_on_onednn(jit::Node* n, const std::string& k) {
     if (k == "aten::conv2d" || k == "aten::_convolution") {
       Step s{Step::kConv};
       s.in = id(n->input(0));
@@ -284,6 +411,7 @@ class Compiler {
         s.groups = constant(n, 8).toInt();
       }
       if (!s.weight.defined() || s.weight.dim() != 4) throw Unsupported(k + " with a weight that is not 4-D");
+      if (s.stride.size() != 2 || s.padding.size() != 2 || s.dilation.size() != 2) throw Unsupported(k + " that is not 2-D");
       new_step(std::move(s), n->output());
     } else if (k == "aten::linear") {
       Step s{Step::kLinear};
@@ -332,8 +460,37 @@ class Compiler {
       elementwise(n, {{PostOp::kRelu}});
     } else if (k == "aten::relu6") {
       elementwise(n, {{PostOp::kClip, 0.0f, 6.0f}});
+    } else if (k == "aten::silu" || k == "aten::silu_") {
+      elementwise(n, {{PostOp::kSilu}});
+    } else if (k == "aten::sigmoid" || k == "aten::sigmoid_") {
+      elementwise(n, {{PostOp::kSigmoid}});
+    } else if (k == "aten::hardswish" || k == "aten::hardswish_") {
+      elementwise(n, {{PostOp::kHardswish}});
+    } else if (k == "aten::hardsigmoid" || k == "aten::hardsigmoid_") {
+      // ATen: min(max(x + 3, 0), 6) / 6, the same operations
+      elementwise(n, {{PostOp::kLinear, 1.0f, 3.0f}, {PostOp::kClip, 0.0f, 6.0f}, {PostOp::kDiv, 6.0f}});
+    } else if (k == "aten::gelu") {
+      const std::string approx = n->inputs().size() > 1 ? constant(n, 1).toStringRef() : "none";
+      if (approx != "none" && approx != "tanh") throw Unsupported("gelu with approximate='" + approx + "'");
+      elementwise(n, {{approx == "tanh" ? PostOp::kGeluTanh : PostOp::kGeluErf}});
+    } else if (k == "aten::mul") {
+      float c = 0;
+      if (scalar_operand(n, 1, &c)) {
+        elementwise(n, {{PostOp::kLinear, c, 0.0f}});
+      } else {  // a gate times a feature map (squeeze-excite): a oneDNN binary op, broadcasting
+        if (!is_tensor(n->input(1))) throw Unsupported("aten::mul of a number computed at run time");
+        const int a = id(n->input(0)), b = id(n->input(1));
+        for (int v : {a, b})
+          if (producer_[v] >= 0 && steps[producer_[v]].kind == Step::kGeneric) throw Unsupported("a product with an ATen result");
+        Step e{Step::kBinary};
+        e.in = a;
+        e.in2 = b;
+        e.binary = dnnl::algorithm::binary_mul;
+        new_step(std::move(e), n->output());
+      }
     } else if (k == "aten::hardtanh" || k == "aten::hardtanh_" || k == "aten::clamp" || k == "aten::clamp_") {
       c10::IValue lo = constant(n, 1), hi = constant(n, 2);
+      if ((!lo.isNone() && !lo.isScalar()) || (!hi.isNone() && !hi.isScalar())) throw Unsupported(k + " with tensor bounds");
       const float inf = std::numeric_limits<float>::infinity();
       elementwise(n, {{PostOp::kClip, lo.isNone() ? -inf : static_cast<float>(lo.toScalar().toDouble()),
                        hi.isNone() ? inf : static_cast<float>(hi.toScalar().toDouble())}});
@@ -343,6 +500,9 @@ class Compiler {
       if (constant(n, 2).toBool()) throw Unsupported(k + " in training mode");
       alias(n->output(), n->input(0));
     } else if (k == "aten::contiguous" || k == "aten::detach") {
+      // a oneDNN value is dense already; an ATen value may be a strided view
+      const int in = id(n->input(0));
+      if (producer_[in] >= 0 && steps[producer_[in]].kind == Step::kGeneric) return false;
       alias(n->output(), n->input(0));
     } else if (k == "aten::adaptive_avg_pool2d") {
       Step s{Step::kPool};
@@ -369,17 +529,130 @@ class Compiler {
       new_step(std::move(s), n->output());
     } else if (k == "aten::flatten") {
       if (constant(n, 1).toInt() != 1 || constant(n, 2).toInt() != -1) throw Unsupported("flatten other than (1, -1)");
+      const int in = id(n->input(0));
+      if (producer_[in] >= 0 && steps[producer_[in]].kind == Step::kGeneric) throw Unsupported("flatten of an ATen result");
       Step s{Step::kFlatten};
-      s.in = id(n->input(0));
+      s.in = in;
       new_step(std::move(s), n->output());
     } else {
-      throw Unsupported("op " + k + " is not lowered");
+      return false;
     }
+    return true;
+  }
+
+  // prim::If on a condition computed at run time (the shape checks and fast paths of
+  // nn.MultiheadAttention): both branches are lowered, their ops through ATen and guarded by
+  // the condition, and a select step names the taken branch's results as the If's outputs.
+  void lower_if(jit::Node* n) {
+    if (auto c = jit::toIValue(n->input(0))) {  // a constant condition: the branch taken, inline
+      jit::Block* b = n->blocks()[c->toBool() ? 0 : 1];
+      for (jit::Node* m : b->nodes()) lower(m);
+      select(n, -1, b->outputs(), b->outputs());
+      return;
+    }
+    const int cond = id(n->input(0));
+    for (int branch = 0; branch < 2; ++branch) {
+      guards_.push_back({cond, branch == 0});
+      for (jit::Node* m : n->blocks()[branch]->nodes()) lower(m);
+      guards_.pop_back();
+    }
+    select(n, cond, n->blocks()[0]->outputs(), n->blocks()[1]->outputs());
+  }
+  void select(const jit::Node* n, int cond, at::ArrayRef<jit::Value*> yes, at::ArrayRef<jit::Value*> no) {
+    const size_t outs = n->outputs().size();
+    Step s{Step::kGeneric};
+    s.op_name = "prim::If";
+    s.guards = guards_;
+    s.op = std::make_shared<jit::Operation>([outs](jit::Stack& st) {
+      const bool take_yes = st[st.size() - 2 * outs - 1].toBool();
+      std::vector<c10::IValue> r(st.end() - 2 * outs + (take_yes ? 0 : outs), st.end() - (take_yes ? outs : 0));
+      st.erase(st.end() - 2 * outs - 1, st.end());
+      for (c10::IValue& v : r) st.push_back(std::move(v));
+    });
+    auto arg = [&](const jit::Value* v) {
+      if (auto c = jit::toIValue(v)) {
+        s.args.push_back(-1);
+        s.consts.push_back(*c);
+      } else {
+        s.args.push_back(id(v));
+        s.consts.emplace_back();
+      }
+    };
+    if (cond >= 0) {
+      s.args.push_back(cond);
+      s.consts.emplace_back();
+    } else {
+      s.args.push_back(-1);
+      s.consts.emplace_back(true);
+    }
+    for (const jit::Value* v : yes) arg(v);
+    for (const jit::Value* v : no) arg(v);
+    steps.push_back(std::move(s));
+    const int idx = static_cast<int>(steps.size()) - 1;
+    for (const jit::Value* o : n->outputs()) {
+      const int v = add_value(o, idx);
+      steps[idx].outs.push_back(v);
+      view_[v] = true;  // it is one of the branch's values
+      bool root = false;
+      for (int a : steps[idx].args)
+        if (a >= 0) root = root || onednn_root_[a];
+      onednn_root_[v] = root;
+    }
+    steps[idx].out = steps[idx].outs.empty() ? -1 : steps[idx].outs[0];
+  }
+
+  void lower(jit::Node* n) {
+    const std::string k = n->kind().toQualString();
+    if (n->kind() == c10::prim::Constant) return;
+    bool tensor_out = false;
+    for (const jit::Value* o : n->outputs()) tensor_out |= is_tensor(o);
+    if (!n->blocks().empty()) {
+      // an If runs as the interpreter runs it: a shape check that raises, a list written
+      // in place (swin's shift sizes) and a branch computing tensors alike
+      if (n->kind() != c10::prim::If) throw Unsupported(k + " (a loop) is not lowered");
+      lower_if(n);
+      return;
+    }
+    if (n->outputs().empty()) {  // a raise, a warning, a list written in place: run, as the interpreter does
+      generic(n, false);
+      return;
+    }
+    if (!tensor_out) {  // sizes, numbers and lists that later ops read: computed as the interpreter does
+      generic(n, false);
+      return;
+    }
+    const bool in_place = k.back() == '_';
+    if (!guards_.empty()) {  // inside a branch every op runs through ATen, and only when taken
+      if (in_place && onednn_root_[id(n->input(0))]) throw Unsupported(k + " in a branch writes a oneDNN buffer");
+      generic(n, true);
+      return;
+    }
+    if (in_place) {
+      const int v = id(n->input(0));
+      if (!onednn_root_[v]) {  // a tensor of ATen's own: the in-place op runs there, with ATen's aliasing
+        generic(n, true);
+        return;
+      }
+      if (uses_[v] != 1) throw Unsupported(k + " writes a tensor that is read again");
+      if (view_[v]) throw Unsupported(k + " writes into a view of another tensor");
+    }
+    try {
+      if (lower_on_onednn(n, k)) {
+        ++onednn_ops;
+        return;
+      }
+    } catch (const Unsupported&) {
+    }
+    // An in-place op through ATen writes the oneDNN buffer it reads, which nothing else
+    // reads (checked above), except that the input's buffer can be the caller's tensor.
+    if (in_place && id(n->input(0)) == 0) throw Unsupported("op " + k + " writes the model's input in place");
+    generic(n, true);
   }
 };
 
-memory::desc activation_desc(const Dims& d) {
-  return memory::desc(d, memory::data_type::f32, d.size() == 4 ? Tag::nhwc : Tag::nc);
+memory::desc layout_desc(const Dims& d, memory::data_type t, Layout l) {
+  if (l == Layout::kNHWC) return memory::desc(d, t, Tag::nhwc);
+  return memory::desc(d, t, Tag::nc);
 }
 
 Dims per_channel_dims(const Dims& d) {
@@ -388,9 +661,32 @@ Dims per_channel_dims(const Dims& d) {
   return c;
 }
 
-// The plain twin of the post-ops, for chains no primitive carries (an element-wise op
-// on the input, an add of two finished values) and for primitives that refuse a post-op.
-// Channel-last layouts (NHWC, NC) make the channel the fastest index.
+// oneDNN's dims of a tensor of semantic sizes `sizes` laid out as `l`.
+Dims memory_dims(const std::vector<int64_t>& sizes, Layout l) {
+  if (l == Layout::kNHWC) return Dims(sizes.begin(), sizes.end());
+  const int64_t last = sizes.empty() ? 1 : sizes.back();
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) rows *= sizes[i];
+  return {rows, last};
+}
+
+float apply_activation(PostOp::Kind k, float v) {
+  // the scalar forms of ATen's CPU kernels (aten/src/ATen/native/cpu/Activation.cpp)
+  switch (k) {
+    case PostOp::kSilu: return v / (1.0f + std::exp(-v));
+    case PostOp::kSigmoid: return 1.0f / (1.0f + std::exp(-v));
+    case PostOp::kHardswish: return v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case PostOp::kGeluErf: return v * 0.5f * (1.0f + std::erf(v * static_cast<float>(M_SQRT1_2)));
+    case PostOp::kGeluTanh: {
+      const float inner = static_cast<float>(M_2_SQRTPI * M_SQRT1_2) * (v + 0.044715f * v * v * v);
+      return 0.5f * v * (1.0f + std::tanh(inner));
+    }
+    default: return v;
+  }
+}
+
+// The plain twin of the post-ops, for primitives that refuse a post-op. Channel-last
+// layouts (NHWC, rows) make the channel the fastest index.
 void apply_post_ops(float* y, int64_t n, int64_t channels, const std::vector<PostOp>& post,
                     const std::vector<const float*>& added) {
   at::parallel_for(0, n / channels, std::max<int64_t>(1, 16384 / channels), [&](int64_t b, int64_t e) {
@@ -410,6 +706,8 @@ void apply_post_ops(float* y, int64_t n, int64_t channels, const std::vector<Pos
             case PostOp::kMaxChannel: v = std::max(v, p.chan[c]); break;
             case PostOp::kMinChannel: v = std::min(v, p.chan[c]); break;
             case PostOp::kAddTensor: v = v + added[a++][i]; break;
+            case PostOp::kDiv: v = v / p.a; break;
+            default: v = apply_activation(p.kind, v); break;
           }
         }
         y[i] = v;
@@ -417,17 +715,31 @@ void apply_post_ops(float* y, int64_t n, int64_t channels, const std::vector<Pos
   });
 }
 
+std::string shape_str(const std::vector<int64_t>& s) { return c10::str(c10::IntArrayRef(s)); }
+
 }  // namespace
 
 struct FusedModel::Impl {
   std::vector<Step> steps;
-  int num_values = 0, output = -1, fused = 0;
+  int num_values = 0, output = -1, fused = 0, onednn_ops = 0;
+  std::map<std::string, int> aten_ops;
+  std::shared_ptr<jit::Graph> graph;  // owns the nodes the generic steps' operations came from
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
 
+  // A value that a oneDNN step reads in a layout it does not have (an ATen result, or a
+  // oneDNN value laid out otherwise): copied into that layout by ATen before the step.
+  struct Stage {
+    int value = -1;
+    Layout layout = Layout::kRows;
+    std::vector<int64_t> sizes;
+    memory mem;  // no buffer of its own: pointed at the staged tensor each forward
+  };
   struct Exec {
-    const Step* step = nullptr;
     dnnl::primitive prim;
     std::unordered_map<int, memory> args;  // besides src and dst
+    memory src, src2;                      // the inputs as the primitive reads them
+    std::vector<Stage> stages;
+    std::vector<memory> added;  // kAddTensor operands, in post-op order
     bool posts_on_cpu = false;
     bool alias = false;  // a flatten that keeps the bytes: dst is src under another shape
     bool int8 = false;         // an int8 conv: reads the integer form of its input
@@ -436,19 +748,41 @@ struct FusedModel::Impl {
     dnnl::reorder quantize;    // float form of the output -> its integer form
   };
   struct Plan {
-    std::vector<Dims> dims;
-    std::vector<memory> values;   // float form of each value
+    bool use_int8 = true;
+    bool built = false;  // every step has its Exec (after the first forward)
+    std::vector<std::vector<int64_t>> sizes;  // each value's shape (as torch sees it)
+    std::vector<Layout> layout;               // oneDNN values: how they lie in `values`
+    std::vector<memory> values;   // float form of each oneDNN value
     std::vector<memory> qvalues;  // integer form k = x / s of a value an int8 conv reads
+    std::vector<c10::IValue> ivals;  // the values the ATen steps computed, this forward
+    std::vector<at::Tensor> keep;    // staged tensors, this forward
     std::vector<Exec> execs;
     bool input_reorder = false;
+    // which convs run in int8 (from the graph; no shapes needed)
+    std::vector<memory::data_type> qtype;
+    std::vector<float> qscale;
+    std::vector<bool> int8_conv, need_float;
   };
   bool int8 = true;  // FusedModel::compile's int8 argument
   std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
 
-  Plan& plan_for(const at::Tensor& x);
-  void build(Plan& p, const Dims& input, bool use_int8);
-  dnnl::primitive_attr attributes(const std::vector<PostOp>& post, const Plan& p, const Dims& out,
-                                  std::unordered_map<int, memory>& args);
+  void prepare(Plan& p, bool use_int8) const;
+  void build_step(Plan& p, size_t si, bool posts_on_cpu = false);
+  void run_step(Plan& p, size_t si, dnnl::stream& st);
+  at::Tensor run(Plan& p, const at::Tensor& x);
+  dnnl::primitive_attr attributes(const std::vector<PostOp>& post, Exec& ex, const Dims& out, Layout out_layout,
+                                  const std::vector<int64_t>& out_sizes);
+  // The kAddTensor operands of a chain into ex.added, in the step's output layout.
+  void resolve_added(Plan& p, Exec& ex, const std::vector<PostOp>& post, Layout out_layout,
+                     const std::vector<int64_t>& out_sizes) {
+    ex.added.clear();
+    for (const PostOp& op : post) {
+      if (op.kind != PostOp::kAddTensor) continue;
+      if (sizes_of(p, op.value) != out_sizes)
+        throw Error("an add of tensors of shapes " + shape_str(out_sizes) + " and " + shape_str(sizes_of(p, op.value)));
+      ex.added.push_back(input_memory(p, ex, op.value, out_layout));
+    }
+  }
   memory owned(const memory::desc& d) { return memory(d, engine); }
   // The weights (plain layout `plain`, at `data`) in the layout a primitive chose.
   memory reordered_weights(const memory::desc& plain, void* data, const memory::desc& chosen) {
@@ -458,14 +792,60 @@ struct FusedModel::Impl {
     st.wait();
     return w;
   }
+  // Value v as a float tensor of its own shape (a view of oneDNN's buffer when oneDNN
+  // computed it).
+  at::Tensor tensor_of(Plan& p, int v) const {
+    if (p.layout[v] == Layout::kNone) return p.ivals[v].toTensor();
+    const std::vector<int64_t>& s = p.sizes[v];
+    std::vector<int64_t> strides(s.size(), 1);
+    if (p.layout[v] == Layout::kNHWC) {
+      strides = {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
+    } else {
+      for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * s[i + 1];
+    }
+    if (!p.values[v]) {  // only int8 convs read its data: a view of the integers for size() and dim()
+      return at::from_blob(p.qvalues[v].get_data_handle(), s, strides,
+                           at::TensorOptions(p.qtype[v] == memory::data_type::s8 ? at::kChar : at::kByte));
+    }
+    return at::from_blob(p.values[v].get_data_handle(), s, strides, at::TensorOptions(at::kFloat));
+  }
+  c10::IValue ivalue_of(Plan& p, int v) const {
+    if (p.layout[v] == Layout::kNone) return p.ivals[v];
+    return tensor_of(p, v);
+  }
+  std::vector<int64_t> sizes_of(Plan& p, int v) const {
+    if (p.layout[v] != Layout::kNone) return p.sizes[v];
+    const c10::IValue& i = p.ivals[v];
+    if (!i.isTensor()) throw Error("a oneDNN layer reads a value that is not a tensor");
+    const at::Tensor& t = i.toTensor();
+    if (t.scalar_type() != at::kFloat) throw Error(std::string("a oneDNN layer reads a ") + c10::toString(t.scalar_type()) + " tensor");
+    return t.sizes().vec();
+  }
+  // The memory a oneDNN step reads value v from, in layout `want` (kNone: the value's own
+  // layout, or for an ATen value NHWC when 4-D, else rows).
+  memory input_memory(Plan& p, Exec& ex, int v, Layout want, Layout* got = nullptr) {
+    const std::vector<int64_t> s = sizes_of(p, v);
+    if (want == Layout::kNone) want = p.layout[v] != Layout::kNone ? p.layout[v] : (s.size() == 4 ? Layout::kNHWC : Layout::kRows);
+    if (want == Layout::kNHWC && s.size() != 4) throw Error("a layer that takes [N, C, H, W] gets " + shape_str(s));
+    if (got) *got = want;
+    if (p.layout[v] == want) return p.values[v];
+    Stage st;
+    st.value = v;
+    st.layout = want;
+    st.sizes = s;
+    st.mem = memory(layout_desc(memory_dims(s, want), memory::data_type::f32, want), engine, DNNL_MEMORY_NONE);
+    ex.stages.push_back(st);
+    return st.mem;
+  }
 };
 
-dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& post, const Plan& p,
-                                                  const Dims& out, std::unordered_map<int, memory>& args) {
+dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& post, Exec& ex, const Dims& out,
+                                                  Layout out_layout, const std::vector<int64_t>& out_sizes) {
   // Every op with a parameter is a binary post-op with its own operand: oneDNN 2.6's conv
   // kernels share one constant per eltwise algorithm across a chain, so two
   // eltwise_linear (or eltwise_clip) post-ops of one chain would both use the first's
-  // parameters. Eltwise post-ops are kept for round and relu, which have none.
+  // parameters. Eltwise post-ops are kept for the ops without parameters (round, relu,
+  // the activations; swish's alpha is always 1).
   using A = dnnl::algorithm;
   dnnl::post_ops po;
   auto binary = [&](A alg, const std::vector<float>& values) {
@@ -473,13 +853,17 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& pos
     if (!scalar && static_cast<int64_t>(values.size()) != out[1])
       throw Error("a per-channel op has " + std::to_string(values.size()) + " values for " +
                   std::to_string(out[1]) + " channels");
+    if (!scalar && out_layout == Layout::kRows && out_sizes.size() != 2)
+      throw Error("a per-channel op along dim 1 of a tensor of shape " + shape_str(out_sizes) +
+                  " (oneDNN's channel is its last dim)");
     const memory::desc d(scalar ? Dims(out.size(), 1) : per_channel_dims(out), memory::data_type::f32,
                          out.size() == 4 ? Tag::nchw : Tag::nc);
     memory m = owned(d);
     std::memcpy(m.get_data_handle(), values.data(), values.size() * sizeof(float));
-    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(po.len()) | DNNL_ARG_SRC_1] = m;
+    ex.args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(po.len()) | DNNL_ARG_SRC_1] = m;
     po.append_binary(alg, d);
   };
+  size_t added = 0;  // ex.added holds the kAddTensor operands (resolve_added)
   for (const PostOp& op : post) {
     switch (op.kind) {
       case PostOp::kLinear:
@@ -490,17 +874,23 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& pos
         if (op.a > -std::numeric_limits<float>::infinity()) binary(A::binary_max, {op.a});
         if (op.b < std::numeric_limits<float>::infinity()) binary(A::binary_min, {op.b});
         break;
+      case PostOp::kDiv: binary(A::binary_div, {op.a}); break;
       case PostOp::kRound: po.append_eltwise(1.0f, A::eltwise_round, 0.0f, 0.0f); break;
       case PostOp::kRelu: po.append_eltwise(1.0f, A::eltwise_relu, 0.0f, 0.0f); break;
+      case PostOp::kSilu: po.append_eltwise(1.0f, A::eltwise_swish, 1.0f, 0.0f); break;
+      case PostOp::kSigmoid: po.append_eltwise(1.0f, A::eltwise_logistic, 0.0f, 0.0f); break;
+      case PostOp::kHardswish: po.append_eltwise(1.0f, A::eltwise_hardswish, 0.0f, 0.0f); break;
+      case PostOp::kGeluErf: po.append_eltwise(1.0f, A::eltwise_gelu_erf, 0.0f, 0.0f); break;
+      case PostOp::kGeluTanh: po.append_eltwise(1.0f, A::eltwise_gelu_tanh, 0.0f, 0.0f); break;
       case PostOp::kMulChannel: binary(A::binary_mul, op.chan); break;
       case PostOp::kAddChannel: binary(A::binary_add, op.chan); break;
       case PostOp::kMaxChannel: binary(A::binary_max, op.chan); break;
       case PostOp::kMinChannel: binary(A::binary_min, op.chan); break;
-      case PostOp::kAddTensor:
-        if (p.dims[op.value] != out) throw Error("an add of tensors of different shapes");
-        args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(po.len()) | DNNL_ARG_SRC_1] = p.values[op.value];
-        po.append_binary(A::binary_add, activation_desc(out));
+      case PostOp::kAddTensor: {
+        ex.args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(po.len()) | DNNL_ARG_SRC_1] = ex.added.at(added++);
+        po.append_binary(A::binary_add, layout_desc(out, memory::data_type::f32, out_layout));
         break;
+      }
     }
   }
   dnnl::primitive_attr attr;
@@ -508,17 +898,17 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& pos
   return attr;
 }
 
-void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
-  p.dims.assign(num_values, {});
-  p.values.assign(num_values, memory());
-  p.dims[0] = input;
-  p.values[0] = owned(activation_desc(input));
-  // NCHW and NHWC are the same bytes when C == 1 or H * W == 1: no reorder then
-  p.input_reorder = input.size() == 4 && input[1] != 1 && input[2] * input[3] != 1;
-  using A = dnnl::algorithm;
+// Which convs run in int8 and which values need a float form; see build_step.
+void FusedModel::Impl::prepare(Plan& p, bool use_int8) const {
   using DT = memory::data_type;
-  const auto inference = dnnl::prop_kind::forward_inference;
-
+  p.use_int8 = use_int8;
+  p.sizes.assign(num_values, {});
+  p.layout.assign(num_values, Layout::kNone);
+  p.values.assign(num_values, memory());
+  p.qvalues.assign(num_values, memory());
+  p.ivals.assign(num_values, c10::IValue());
+  p.execs.clear();
+  p.built = false;
   // Integer layers. A value whose layer ends in a per-tensor fake-quantizer
   // (x * inv, clamp to [lo, hi], round, * s) is k * s with k an integer in [lo, hi]. A conv
   // reading such a value with at most 8 bits, whose weights lie on an integer grid, runs
@@ -526,16 +916,18 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
   // producing layer then writes k (its chain without the final * s), and a reorder makes
   // the float form k * s (the same float product the chain ends with) when anything else
   // reads the value too.
-  std::vector<DT> qtype(num_values, DT::undef);
-  std::vector<float> qscale(num_values, 0.0f);
-  std::vector<bool> int8_conv(steps.size(), false), need_float(num_values, false);
+  p.qtype.assign(num_values, DT::undef);
+  p.qscale.assign(num_values, 0.0f);
+  p.int8_conv.assign(steps.size(), false);
+  p.need_float.assign(num_values, false);
   std::vector<const Step*> producer(num_values, nullptr);  // the step whose final output a value is
-  for (const Step& s : steps) producer[s.out] = &s;
+  for (const Step& s : steps)
+    if (s.kind != Step::kGeneric) producer[s.out] = &s;
   for (size_t i = 0; i < steps.size() && use_int8; ++i) {
     const Step& s = steps[i];
     if (s.kind != Step::kConv || !s.qweight.defined() || s.groups != 1) continue;
     const Step* prod = producer[s.in];
-    if (!prod || prod->kind == Step::kFlatten) continue;
+    if (!prod || prod->kind == Step::kFlatten || prod->kind == Step::kLinear) continue;
     const std::vector<PostOp>& pp = prod->post;
     const size_t n = pp.size();
     if (n < 4 || pp[n - 4].kind != PostOp::kLinear || pp[n - 4].b != 0.0f || pp[n - 3].kind != PostOp::kClip ||
@@ -544,195 +936,378 @@ void FusedModel::Impl::build(Plan& p, const Dims& input, bool use_int8) {
     const float lo = pp[n - 3].a, hi = pp[n - 3].b;
     const DT t = lo >= -128 && hi <= 127 ? DT::s8 : (lo >= 0 && hi <= 255 ? DT::u8 : DT::undef);
     if (t == DT::undef) continue;
-    qtype[s.in] = t;
-    qscale[s.in] = pp[n - 1].a;
-    int8_conv[i] = true;
+    p.qtype[s.in] = t;
+    p.qscale[s.in] = pp[n - 1].a;
+    p.int8_conv[i] = true;
   }
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step& s = steps[i];
-    if (!int8_conv[i]) need_float[s.in] = true;
-    if (s.in2 >= 0) need_float[s.in2] = true;
+    if (s.kind == Step::kGeneric) {
+      // every read of a oneDNN value by ATen needs its float form, but size() and dim()
+      if (!s.metadata_only)
+        for (int a : s.args)
+          if (a >= 0) p.need_float[a] = true;
+      continue;
+    }
+    if (!p.int8_conv[i]) p.need_float[s.in] = true;
+    if (s.in2 >= 0) p.need_float[s.in2] = true;
     for (const PostOp& op : s.post)
-      if (op.kind == PostOp::kAddTensor) need_float[op.value] = true;
+      if (op.kind == PostOp::kAddTensor) p.need_float[op.value] = true;
   }
-  need_float[output] = true;
-  p.qvalues.assign(num_values, memory());
-
-  for (size_t si = 0; si < steps.size(); ++si) {
-    const Step& s = steps[si];
-    Exec ex;
-    ex.step = &s;
-    ex.int8 = int8_conv[si];
-    const Dims& in = p.dims[s.in];
-    Dims out;
-    // only integer layers write integers; a float layer's output is quantized by a reorder
-    const DT out_type = qtype[s.out] != DT::undef && ex.int8 ? qtype[s.out] : DT::f32;
-    ex.writes_int8 = out_type != DT::f32;
-    std::vector<PostOp> post = s.post;
-    if (out_type != DT::f32) post.pop_back();  // write k, not k * s
-    if (ex.int8 && s.bias.defined()) {  // the bias after the output scale: s_x s_w sum + b
-      PostOp b{PostOp::kAddChannel};
-      b.chan.assign(s.bias.data_ptr<float>(), s.bias.data_ptr<float>() + s.bias.numel());
-      post.insert(post.begin(), b);
-    }
-    auto out_desc = [&]() { return memory::desc(out, out_type, out.size() == 4 ? Tag::nhwc : Tag::nc); };
-    auto make = [&](auto make_pd) {
-      // post-ops on the primitive when oneDNN takes them, else the plain loops after it
-      try {
-        dnnl::primitive_attr attr = attributes(post, p, out, ex.args);
-        if (ex.int8) {
-          std::vector<float> scales(s.wstep.size());
-          for (size_t c = 0; c < scales.size(); ++c) scales[c] = qscale[s.in] * s.wstep[c];
-          attr.set_output_scales(1 << 1, scales);
-        }
-        return make_pd(attr);
-      } catch (const dnnl::error&) {
-        if (ex.int8) throw;  // no plain-loop twin for integer layers
-        ex.args.clear();
-        ex.posts_on_cpu = true;
-        return make_pd(dnnl::primitive_attr());
-      }
-    };
-    switch (s.kind) {
-      case Step::kConv: {
-        if (in.size() != 4) throw Error("a conv input has " + std::to_string(in.size()) + " dimensions");
-        const int64_t O = s.weight.size(0), KH = s.weight.size(2), KW = s.weight.size(3), g = s.groups;
-        if (in[1] != s.weight.size(1) * g)
-          throw Error("a conv with " + std::to_string(s.weight.size(1) * g) + " input channels gets " +
-                      std::to_string(in[1]));
-        auto extent = [&](int64_t size, int64_t k, int i) {
-          return (size + 2 * s.padding[i] - s.dilation[i] * (k - 1) - 1) / s.stride[i] + 1;
-        };
-        out = {in[0], O, extent(in[2], KH, 0), extent(in[3], KW, 1)};
-        if (out[2] <= 0 || out[3] <= 0) throw Error("a conv input of " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " is smaller than its kernel");
-        const Dims wdims = g == 1 ? Dims{O, in[1], KH, KW} : Dims{g, O / g, in[1] / g, KH, KW};
-        const DT wtype = ex.int8 ? DT::s8 : DT::f32;
-        const memory::desc wplain(wdims, wtype, g == 1 ? Tag::oihw : Tag::goihw);
-        const memory::desc wany(wdims, wtype, Tag::any);
-        const memory::desc bias = s.bias.defined() && !ex.int8 ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
-        const memory::desc src = ex.int8 ? memory::desc(in, qtype[s.in], Tag::nhwc) : activation_desc(in);
-        auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::convolution_forward::desc d(inference, A::convolution_direct, src, wany, bias,
-                                            out_desc(), {s.stride[0], s.stride[1]},
-                                            {s.dilation[0] - 1, s.dilation[1] - 1}, {s.padding[0], s.padding[1]},
-                                            {s.padding[0], s.padding[1]});
-          return dnnl::convolution_forward::primitive_desc(d, attr, engine);
-        });
-        ex.args[DNNL_ARG_WEIGHTS] =
-            reordered_weights(wplain, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr(), pd.weights_desc());
-        if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
-        ex.prim = dnnl::convolution_forward(pd);
-        break;
-      }
-      case Step::kLinear: {
-        if (in.size() != 2) throw Error("a linear input has " + std::to_string(in.size()) + " dimensions");
-        const int64_t O = s.weight.size(0);
-        if (in[1] != s.weight.size(1))
-          throw Error("a linear layer with " + std::to_string(s.weight.size(1)) + " inputs gets " + std::to_string(in[1]));
-        out = {in[0], O};
-        const memory::desc wplain({O, in[1]}, memory::data_type::f32, Tag::oi);
-        const memory::desc wany({O, in[1]}, memory::data_type::f32, Tag::any);
-        const memory::desc bias = s.bias.defined() ? memory::desc({O}, memory::data_type::f32, Tag::x) : memory::desc();
-        auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::inner_product_forward::desc d(inference, activation_desc(in), wany, bias, out_desc());
-          return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
-        });
-        ex.args[DNNL_ARG_WEIGHTS] = reordered_weights(wplain, s.weight.data_ptr(), pd.weights_desc());
-        if (s.bias.defined()) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
-        ex.prim = dnnl::inner_product_forward(pd);
-        break;
-      }
-      case Step::kPool: {
-        if (in.size() != 4) throw Error("a pooling input has " + std::to_string(in.size()) + " dimensions");
-        Dims kernel, stride, pad;
-        if (s.global_pool) {  // adaptive average pooling to a size that divides the input
-          const int64_t oh = s.kernel[0], ow = s.kernel[1];
-          if (oh < 1 || ow < 1 || in[2] % oh != 0 || in[3] % ow != 0)
-            throw Error("adaptive_avg_pool2d from " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " to " +
-                        std::to_string(oh) + "x" + std::to_string(ow) + " (not a whole number of inputs per output)");
-          kernel = {in[2] / oh, in[3] / ow};
-          stride = kernel;
-          pad = {0, 0};
-          out = {in[0], in[1], oh, ow};
-        } else {
-          kernel = {s.kernel[0], s.kernel[1]};
-          stride = {s.stride[0], s.stride[1]};
-          pad = {s.padding[0], s.padding[1]};
-          out = {in[0], in[1], (in[2] + 2 * pad[0] - kernel[0]) / stride[0] + 1,
-                 (in[3] + 2 * pad[1] - kernel[1]) / stride[1] + 1};
-        }
-        const A alg = s.max_pool ? A::pooling_max
-                                 : (s.count_include_pad ? A::pooling_avg_include_padding : A::pooling_avg_exclude_padding);
-        auto pd = make([&](const dnnl::primitive_attr& attr) {
-          dnnl::pooling_forward::desc d(inference, alg, activation_desc(in), out_desc(), stride, kernel, pad, pad);
-          return dnnl::pooling_forward::primitive_desc(d, attr, engine);
-        });
-        ex.prim = dnnl::pooling_forward(pd);
-        break;
-      }
-      case Step::kEltwise:
-        out = in;
-        ex.posts_on_cpu = true;
-        break;
-      case Step::kAdd:
-        if (p.dims[s.in2] != in) throw Error("an add of tensors of different shapes");
-        out = in;
-        ex.posts_on_cpu = true;
-        break;
-      case Step::kFlatten: {
-        int64_t f = 1;
-        for (size_t i = 1; i < in.size(); ++i) f *= in[i];
-        out = {in[0], f};
-        break;
-      }
-    }
-    p.dims[s.out] = out;
-    if (out_type != DT::f32) {
-      p.qvalues[s.out] = owned(out_desc());
-      if (need_float[s.out]) {
-        p.values[s.out] = owned(activation_desc(out));
-        dnnl::primitive_attr ra;
-        ra.set_output_scales(0, {qscale[s.out]});
-        ex.dequantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.qvalues[s.out], p.values[s.out], ra));
-      }
-      p.execs.push_back(std::move(ex));
-      continue;
-    }
-    if (qtype[s.out] != DT::undef) {  // k = x * (1 / s) rounds back to the integer exactly
-      p.values[s.out] = owned(activation_desc(out));
-      p.qvalues[s.out] = owned(memory::desc(out, qtype[s.out], out.size() == 4 ? Tag::nhwc : Tag::nc));
-      dnnl::primitive_attr ra;
-      ra.set_output_scales(0, {1.0f / qscale[s.out]});
-      ex.quantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.values[s.out], p.qvalues[s.out], ra));
-      p.execs.push_back(std::move(ex));
-      continue;
-    }
-    ex.alias = s.kind == Step::kFlatten && (in.size() == 2 || in[2] * in[3] == 1);
-    if (ex.alias)
-      p.values[s.out] = memory(activation_desc(out), engine, p.values[s.in].get_data_handle());
-    else
-      p.values[s.out] = owned(activation_desc(out));
-    p.execs.push_back(std::move(ex));
-  }
+  p.need_float[output] = true;
 }
 
-FusedModel::Impl::Plan& FusedModel::Impl::plan_for(const at::Tensor& x) {
-  std::vector<int64_t> key = x.sizes().vec();
-  auto it = plans.find(key);
-  if (it != plans.end()) return *it->second;
-  auto p = std::make_unique<Plan>();
-  try {
-    try {
-      build(*p, Dims(key.begin(), key.end()), int8);
-    } catch (const dnnl::error&) {
-      if (!int8) throw;
-      p = std::make_unique<Plan>();  // an integer layer oneDNN does not take: all float
-      build(*p, Dims(key.begin(), key.end()), false);
-    }
-  } catch (const dnnl::error& e) {
-    throw Error(std::string("oneDNN cannot run this model on inputs of shape ") + c10::str(x.sizes()) + ": " + e.what());
+void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
+  using A = dnnl::algorithm;
+  using DT = memory::data_type;
+  const auto inference = dnnl::prop_kind::forward_inference;
+  const Step& s = steps[si];
+  p.execs.emplace_back();
+  Exec& ex = p.execs.back();
+  if (s.kind == Step::kGeneric) return;  // ATen allocates its results
+  ex.int8 = p.int8_conv[si];
+  Layout in_layout = Layout::kNone;
+  const std::vector<int64_t> in_sizes = sizes_of(p, s.in);
+  if (ex.int8) {
+    if (p.layout[s.in] != Layout::kNHWC) throw dnnl::error(dnnl_unimplemented, "an int8 conv input that is not NHWC");
+    in_layout = Layout::kNHWC;
+  } else {
+    const Layout want = s.kind == Step::kConv || s.kind == Step::kPool ? Layout::kNHWC
+                        : s.kind == Step::kLinear                       ? Layout::kRows
+                                                                        : Layout::kNone;
+    ex.src = input_memory(p, ex, s.in, want, &in_layout);
   }
-  return *(plans[key] = std::move(p));
+  const Dims in = memory_dims(in_sizes, in_layout);
+  Dims out;
+  std::vector<int64_t> out_sizes;
+  Layout out_layout = in_layout;
+  // only integer layers write integers; a float layer's output is quantized by a reorder
+  const DT out_type = p.qtype[s.out] != DT::undef && ex.int8 ? p.qtype[s.out] : DT::f32;
+  ex.writes_int8 = out_type != DT::f32;
+  std::vector<PostOp> post = s.post;
+  if (out_type != DT::f32) post.pop_back();  // write k, not k * s
+  if (ex.int8 && s.bias.defined()) {  // the bias after the output scale: s_x s_w sum + b
+    PostOp b{PostOp::kAddChannel};
+    b.chan.assign(s.bias.data_ptr<float>(), s.bias.data_ptr<float>() + s.bias.numel());
+    post.insert(post.begin(), b);
+  }
+  auto out_desc = [&]() { return layout_desc(out, out_type, out_layout); };
+  auto make = [&](auto make_pd) {
+    // post-ops on the primitive when oneDNN takes them, else the plain loops after it
+    resolve_added(p, ex, post, out_layout, out_sizes);
+    try {
+      if (posts_on_cpu && !ex.int8) throw dnnl::error(dnnl_unimplemented, "post-ops refused at run time");
+      dnnl::primitive_attr attr = attributes(post, ex, out, out_layout, out_sizes);
+      if (ex.int8) {
+        std::vector<float> scales(s.wstep.size());
+        for (size_t c = 0; c < scales.size(); ++c) scales[c] = p.qscale[s.in] * s.wstep[c];
+        attr.set_output_scales(1 << 1, scales);
+      }
+      auto pd = make_pd(attr);
+      // oneDNN's reference kernels (ref:any) take a chain it has no JIT kernel for at a
+      // hundredth of the speed: the plain loops are faster
+      if (!ex.int8 && !post.empty() && std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+        throw dnnl::error(dnnl_unimplemented, "reference kernel");
+      return pd;
+    } catch (const dnnl::error&) {
+      if (ex.int8) throw;  // no plain-loop twin for integer layers
+      ex.args.clear();
+      ex.posts_on_cpu = true;
+      return make_pd(dnnl::primitive_attr());
+    }
+  };
+  switch (s.kind) {
+    case Step::kConv: {
+      const int64_t O = s.weight.size(0), KH = s.weight.size(2), KW = s.weight.size(3), g = s.groups;
+      if (in[1] != s.weight.size(1) * g)
+        throw Error("a conv with " + std::to_string(s.weight.size(1) * g) + " input channels gets " +
+                    std::to_string(in[1]));
+      auto extent = [&](int64_t size, int64_t k, int i) {
+        return (size + 2 * s.padding[i] - s.dilation[i] * (k - 1) - 1) / s.stride[i] + 1;
+      };
+      out = {in[0], O, extent(in[2], KH, 0), extent(in[3], KW, 1)};
+      out_sizes = out;
+      if (out[2] <= 0 || out[3] <= 0) throw Error("a conv input of " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " is smaller than its kernel");
+      const Dims wdims = g == 1 ? Dims{O, in[1], KH, KW} : Dims{g, O / g, in[1] / g, KH, KW};
+      const DT wtype = ex.int8 ? DT::s8 : DT::f32;
+      const memory::desc wplain(wdims, wtype, g == 1 ? Tag::oihw : Tag::goihw);
+      const memory::desc wany(wdims, wtype, Tag::any);
+      const memory::desc bias = s.bias.defined() && !ex.int8 ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
+      const memory::desc src = ex.int8 ? memory::desc(in, p.qtype[s.in], Tag::nhwc) : layout_desc(in, DT::f32, Layout::kNHWC);
+      auto pd = make([&](const dnnl::primitive_attr& attr) {
+        dnnl::convolution_forward::desc d(inference, A::convolution_direct, src, wany, bias,
+                                          out_desc(), {s.stride[0], s.stride[1]},
+                                          {s.dilation[0] - 1, s.dilation[1] - 1}, {s.padding[0], s.padding[1]},
+                                          {s.padding[0], s.padding[1]});
+        return dnnl::convolution_forward::primitive_desc(d, attr, engine);
+      });
+      ex.args[DNNL_ARG_WEIGHTS] =
+          reordered_weights(wplain, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr(), pd.weights_desc());
+      if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
+      ex.prim = dnnl::convolution_forward(pd);
+      break;
+    }
+    case Step::kLinear: {
+      const int64_t O = s.weight.size(0);
+      if (in[1] != s.weight.size(1))
+        throw Error("a linear layer with " + std::to_string(s.weight.size(1)) + " inputs gets " + std::to_string(in[1]));
+      out = {in[0], O};
+      out_sizes = in_sizes;
+      out_sizes.back() = O;
+      const memory::desc wplain({O, in[1]}, DT::f32, Tag::oi);
+      const memory::desc wany({O, in[1]}, DT::f32, Tag::any);
+      const memory::desc bias = s.bias.defined() ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
+      auto pd = make([&](const dnnl::primitive_attr& attr) {
+        dnnl::inner_product_forward::desc d(inference, layout_desc(in, DT::f32, Layout::kRows), wany, bias, out_desc());
+        return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
+      });
+      ex.args[DNNL_ARG_WEIGHTS] = reordered_weights(wplain, s.weight.data_ptr(), pd.weights_desc());
+      if (s.bias.defined()) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
+      ex.prim = dnnl::inner_product_forward(pd);
+      break;
+    }
+    case Step::kPool: {
+      Dims kernel, stride, pad;
+      if (s.global_pool) {  // adaptive average pooling to a size that divides the input
+        const int64_t oh = s.kernel[0], ow = s.kernel[1];
+        if (oh < 1 || ow < 1 || in[2] % oh != 0 || in[3] % ow != 0)
+          throw Error("adaptive_avg_pool2d from " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " to " +
+                      std::to_string(oh) + "x" + std::to_string(ow) + " (not a whole number of inputs per output)");
+        kernel = {in[2] / oh, in[3] / ow};
+        stride = kernel;
+        pad = {0, 0};
+        out = {in[0], in[1], oh, ow};
+      } else {
+        kernel = {s.kernel[0], s.kernel[1]};
+        stride = {s.stride[0], s.stride[1]};
+        pad = {s.padding[0], s.padding[1]};
+        out = {in[0], in[1], (in[2] + 2 * pad[0] - kernel[0]) / stride[0] + 1,
+               (in[3] + 2 * pad[1] - kernel[1]) / stride[1] + 1};
+      }
+      out_sizes = out;
+      const A alg = s.max_pool ? A::pooling_max
+                               : (s.count_include_pad ? A::pooling_avg_include_padding : A::pooling_avg_exclude_padding);
+      auto pd = make([&](const dnnl::primitive_attr& attr) {
+        dnnl::pooling_forward::desc d(inference, alg, layout_desc(in, DT::f32, Layout::kNHWC), out_desc(), stride,
+                                      kernel, pad, pad);
+        return dnnl::pooling_forward::primitive_desc(d, attr, engine);
+      });
+      ex.prim = dnnl::pooling_forward(pd);
+      break;
+    }
+    case Step::kEltwise: {  // the chain on a binary primitive multiplying by 1 (exact)
+      out = in;
+      out_sizes = in_sizes;
+      ex.src2 = owned(memory::desc(Dims(in.size(), 1), DT::f32, in.size() == 4 ? Tag::nchw : Tag::nc));
+      *static_cast<float*>(ex.src2.get_data_handle()) = 1.0f;
+      auto pd = make([&](const dnnl::primitive_attr& attr) {
+        const memory::desc d0 = layout_desc(in, DT::f32, in_layout);
+        dnnl::binary::desc d(A::binary_mul, d0, ex.src2.get_desc(), d0);
+        return dnnl::binary::primitive_desc(d, attr, engine);
+      });
+      ex.prim = dnnl::binary(pd);
+      break;
+    }
+    case Step::kBinary: {  // two values, one of them broadcast (a gate of [N, C, 1, 1]) or not
+      std::vector<int64_t> s1 = sizes_of(p, s.in2);
+      auto covers = [](const std::vector<int64_t>& full, const std::vector<int64_t>& b) {
+        if (full.size() != b.size()) return false;
+        for (size_t i = 0; i < full.size(); ++i)
+          if (b[i] != full[i] && b[i] != 1) return false;
+        return true;
+      };
+      out_sizes = in_sizes;
+      if (covers(in_sizes, s1)) {
+        ex.src2 = input_memory(p, ex, s.in2, in_layout);
+      } else if (covers(s1, in_sizes)) {  // the first operand is the broadcast one: swap (add and mul commute)
+        ex.src2 = ex.src;
+        ex.src = input_memory(p, ex, s.in2, in_layout);
+        std::swap(s1, out_sizes);
+      } else {
+        throw Error(std::string(s.binary == A::binary_mul ? "a product" : "an add") + " of tensors of shapes " +
+                    shape_str(in_sizes) + " and " + shape_str(s1));
+      }
+      if (s1 != out_sizes && in_layout == Layout::kRows && out_sizes.size() != 2)
+        throw Error("a broadcast of " + shape_str(s1) + " onto " + shape_str(out_sizes) + " outside [N, C, H, W] and [N, C]");
+      out = memory_dims(out_sizes, in_layout);
+      auto pd = make([&](const dnnl::primitive_attr& attr) {
+        dnnl::binary::desc d(s.binary, layout_desc(out, DT::f32, in_layout), ex.src2.get_desc(),
+                             layout_desc(out, DT::f32, in_layout));
+        return dnnl::binary::primitive_desc(d, attr, engine);
+      });
+      ex.prim = dnnl::binary(pd);
+      break;
+    }
+    case Step::kFlatten: {
+      if (in_sizes.empty()) throw Error("flatten of a scalar");
+      int64_t f = 1;
+      for (size_t i = 1; i < in_sizes.size(); ++i) f *= in_sizes[i];
+      out = {in_sizes[0], f};
+      out_sizes = out;
+      out_layout = Layout::kRows;
+      ex.alias = in_layout == Layout::kRows || in_sizes[2] * in_sizes[3] == 1;
+      break;
+    }
+    case Step::kGeneric:
+      break;
+  }
+  p.sizes[s.out] = out_sizes;
+  p.layout[s.out] = out_layout;
+  if (out_type != DT::f32) {
+    p.qvalues[s.out] = owned(out_desc());
+    if (p.need_float[s.out]) {
+      p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
+      dnnl::primitive_attr ra;
+      ra.set_output_scales(0, {p.qscale[s.out]});
+      ex.dequantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.qvalues[s.out], p.values[s.out], ra));
+    }
+    return;
+  }
+  if (p.qtype[s.out] != DT::undef) {  // k = x * (1 / s) rounds back to the integer exactly
+    if (out_layout != Layout::kNHWC) throw dnnl::error(dnnl_unimplemented, "an int8 conv input that is not NHWC");
+    p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
+    p.qvalues[s.out] = owned(layout_desc(out, p.qtype[s.out], out_layout));
+    dnnl::primitive_attr ra;
+    ra.set_output_scales(0, {1.0f / p.qscale[s.out]});
+    ex.quantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.values[s.out], p.qvalues[s.out], ra));
+    return;
+  }
+  if (ex.alias)
+    p.values[s.out] = memory(layout_desc(out, DT::f32, out_layout), engine, DNNL_MEMORY_NONE);
+  else
+    p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
+}
+
+void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
+  const Step& s = steps[si];
+  Exec& ex = p.execs[si];
+  if (s.kind == Step::kGeneric) {
+    jit::Stack stack;
+    stack.reserve(s.args.size());
+    for (size_t i = 0; i < s.args.size(); ++i) {
+      const int a = s.args[i];
+      if (a >= 0 && s.strided && i == 0) {
+        // view() needs strides that the interpreter's tensor has and ours may not: a oneDNN
+        // value is NHWC, and ATen's ops keep that layout in what they compute from it
+        c10::IValue v = ivalue_of(p, a);
+        stack.push_back(v.isTensor() ? v.toTensor().contiguous() : v);
+        continue;
+      }
+      stack.push_back(a >= 0 ? ivalue_of(p, a) : s.consts[i]);
+    }
+    (*s.op)(stack);
+    if (stack.size() != s.outs.size())
+      throw Error(s.op_name + " returned " + std::to_string(stack.size()) + " values, not " + std::to_string(s.outs.size()));
+    for (size_t k = 0; k < s.outs.size(); ++k) p.ivals[s.outs[k]] = std::move(stack[k]);
+    return;
+  }
+  for (Stage& g : ex.stages) {
+    at::Tensor t = tensor_of(p, g.value);
+    if (t.scalar_type() != at::kFloat) throw Error(std::string("a oneDNN layer reads a ") + c10::toString(t.scalar_type()) + " tensor");
+    if (t.sizes() != c10::IntArrayRef(g.sizes))
+      throw Error("a tensor changed shape between batches of one shape: " + shape_str(g.sizes) + " then " + c10::str(t.sizes()));
+    t = g.layout == Layout::kNHWC ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
+    g.mem.set_data_handle(t.data_ptr());
+    p.keep.push_back(std::move(t));
+  }
+  memory& dst = ex.writes_int8 ? p.qvalues[s.out] : p.values[s.out];
+  memory src = ex.int8 ? p.qvalues[s.in] : ex.src;
+  int64_t n = 1;
+  for (int64_t d : dst.get_desc().dims()) n *= d;
+  if (s.kind == Step::kFlatten) {
+    if (ex.alias) {
+      dst.set_data_handle(src.get_data_handle());
+    } else {  // NHWC -> NCHW order, as torch.flatten reads it
+      const std::vector<int64_t>& in = sizes_of(p, s.in);
+      memory nchw(memory::desc(Dims(in.begin(), in.end()), memory::data_type::f32, Tag::nchw), engine,
+                  dst.get_data_handle());
+      dnnl::reorder(src, nchw).execute(st, src, nchw);
+      st.wait();
+    }
+    return;
+  }
+  if (ex.posts_on_cpu && s.kind == Step::kEltwise) {
+    std::memcpy(dst.get_data_handle(), src.get_data_handle(), n * sizeof(float));
+  } else {
+    std::unordered_map<int, memory> args = ex.args;
+    args[DNNL_ARG_SRC] = src;
+    if (s.kind == Step::kBinary || s.kind == Step::kEltwise) args[DNNL_ARG_SRC_1] = ex.src2;
+    args[DNNL_ARG_DST] = dst;
+    ex.prim.execute(st, args);
+    st.wait();
+  }
+  if (ex.posts_on_cpu && !s.post.empty()) {
+    std::vector<const float*> added;
+    for (const memory& m : ex.added) added.push_back(static_cast<const float*>(m.get_data_handle()));
+    const Dims d = dst.get_desc().dims();
+    apply_post_ops(static_cast<float*>(dst.get_data_handle()), n, d[1], s.post, added);
+  }
+  if (ex.dequantize) ex.dequantize.execute(st, p.qvalues[s.out], p.values[s.out]);
+  if (ex.quantize) ex.quantize.execute(st, p.values[s.out], p.qvalues[s.out]);
+  if (ex.dequantize || ex.quantize) st.wait();
+}
+
+at::Tensor FusedModel::Impl::run(Plan& p, const at::Tensor& x) {
+  dnnl::stream st(engine);
+  if (!p.built && p.execs.empty()) {
+    p.sizes[0] = x.sizes().vec();
+    p.layout[0] = x.dim() == 4 ? Layout::kNHWC : Layout::kRows;
+    const memory::desc d = layout_desc(memory_dims(p.sizes[0], p.layout[0]), memory::data_type::f32, p.layout[0]);
+    // NCHW and NHWC are the same bytes when C == 1 or H * W == 1: no reorder then
+    p.input_reorder = x.dim() == 4 && x.size(1) != 1 && x.size(2) * x.size(3) != 1;
+    p.values[0] = p.input_reorder ? owned(d) : memory(d, engine, DNNL_MEMORY_NONE);
+  }
+  if (p.input_reorder) {
+    memory xin(memory::desc(p.values[0].get_desc().dims(), memory::data_type::f32, Tag::nchw), engine,
+               const_cast<float*>(x.data_ptr<float>()));
+    dnnl::reorder(xin, p.values[0]).execute(st, xin, p.values[0]);
+    st.wait();
+  } else {
+    p.values[0].set_data_handle(const_cast<float*>(x.data_ptr<float>()));
+  }
+  p.keep.clear();
+  for (size_t si = 0; si < steps.size(); ++si) {
+    const bool first = si >= p.execs.size();
+    if (first) build_step(p, si);
+    bool taken = true;
+    for (const auto& [cond, expect] : steps[si].guards) taken = taken && p.ivals[cond].toBool() == expect;
+    if (!taken) continue;
+    try {
+      run_step(p, si, st);
+    } catch (const dnnl::error& e) {
+      // oneDNN 2.6 can accept a post-op chain and still refuse to run it (a gemm inner
+      // product with a tensor added): the chain then runs as the plain loops after it
+      if (first && p.execs[si].int8) throw;  // forward() retries the plan in float
+      if (!first || p.execs[si].posts_on_cpu || steps[si].kind == Step::kGeneric)
+        throw Error("oneDNN failed on the layer of " + steps[si].op_name + " (inputs of shape " + c10::str(x.sizes()) +
+                    "): " + e.what());
+      p.execs.pop_back();
+      build_step(p, si, /*posts_on_cpu=*/true);
+      run_step(p, si, st);
+    }
+  }
+  p.built = true;
+  st.wait();
+  at::Tensor out;
+  const int o = output;
+  if (p.layout[o] == Layout::kNone) {
+    const c10::IValue& v = p.ivals[o];
+    if (!v.isTensor()) throw Error("the model's output is not a tensor");
+    out = v.toTensor().clone(at::MemoryFormat::Contiguous);
+  } else {
+    out = at::empty(p.sizes[o], x.options());
+    memory& ov = p.values[o];
+    if (p.layout[o] == Layout::kNHWC) {
+      memory m(memory::desc(ov.get_desc().dims(), memory::data_type::f32, Tag::nchw), engine, out.data_ptr());
+      dnnl::reorder(ov, m).execute(st, ov, m);
+      st.wait();
+    } else {
+      std::memcpy(out.data_ptr(), ov.get_data_handle(), out.numel() * sizeof(float));
+    }
+  }
+  p.keep.clear();
+  for (c10::IValue& v : p.ivals) v = c10::IValue();
+  return out;
 }
 
 FusedModel::FusedModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -748,6 +1323,8 @@ int FusedModel::conv_layers() const {
   return n;
 }
 int FusedModel::fused_ops() const { return impl_->fused; }
+int FusedModel::onednn_ops() const { return impl_->onednn_ops; }
+std::map<std::string, int> FusedModel::aten_ops() const { return impl_->aten_ops; }
 int FusedModel::int8_layers(const at::Tensor& x) const {
   auto it = impl_->plans.find(x.sizes().vec());
   int n = 0;
@@ -755,18 +1332,34 @@ int FusedModel::int8_layers(const at::Tensor& x) const {
     for (const Impl::Exec& e : it->second->execs) n += e.int8;
   return n;
 }
+std::string FusedModel::summary(const at::Tensor& x) const {
+  int aten = 0;
+  std::string names;
+  for (const auto& [name, count] : impl_->aten_ops) {
+    aten += count;
+    names += (names.empty() ? "" : ", ") + name + (count > 1 ? " x" + std::to_string(count) : "");
+  }
+  std::string s = std::to_string(impl_->onednn_ops) + " of " + std::to_string(impl_->onednn_ops + aten) +
+                  " ops on oneDNN, " + std::to_string(int8_layers(x)) + " of " + std::to_string(conv_layers()) +
+                  " convs in int8";
+  if (aten) s += "; through ATen: " + names;
+  return s;
+}
 
 std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen, std::string* why_not, bool int8) {
   auto impl = std::make_unique<Impl>();
   impl->int8 = int8;
   try {
     Compiler c;
-    c.run(frozen.get_method("forward").graph());
+    impl->graph = frozen.get_method("forward").graph();
+    c.run(impl->graph);
     if (c.output == 0) throw Unsupported("forward returns its input");
     impl->steps = std::move(c.steps);
     impl->num_values = c.num_values;
     impl->output = c.output;
     impl->fused = c.fused;
+    impl->onednn_ops = c.onednn_ops;
+    impl->aten_ops = c.aten_ops;
     if (int8)
       for (Step& s : impl->steps)
         if (s.kind == Step::kConv && !integer_grid(s.weight, &s.qweight, &s.wstep)) s.qweight = at::Tensor();
@@ -781,73 +1374,34 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
 }
 
 at::Tensor FusedModel::forward(const at::Tensor& x_in) {
-  if (x_in.dim() != 4 && x_in.dim() != 2) throw Error("the compiled model takes [N, C, H, W] or [N, F] inputs, got " + c10::str(x_in.sizes()));
+  if (x_in.dim() < 1) throw Error("the compiled model takes a batch of inputs, got a scalar");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  Impl::Plan& p = impl_->plan_for(x);
-  dnnl::stream st(impl_->engine);
-  const memory::desc plain(p.dims[0], memory::data_type::f32, x.dim() == 4 ? Tag::nchw : Tag::nc);
-  memory xin(plain, impl_->engine, const_cast<float*>(x.data_ptr<float>()));
-  if (p.input_reorder) {
-    dnnl::reorder(xin, p.values[0]).execute(st, xin, p.values[0]);
-  } else {
-    p.values[0].set_data_handle(xin.get_data_handle());
+  const std::vector<int64_t> key = x.sizes().vec();
+  auto it = impl_->plans.find(key);
+  if (it == impl_->plans.end()) {
+    auto p = std::make_unique<Impl::Plan>();
+    impl_->prepare(*p, impl_->int8);
+    it = impl_->plans.emplace(key, std::move(p)).first;
   }
-  for (Impl::Exec& ex : p.execs) {
-    const Step& s = *ex.step;
-    memory& dst = ex.writes_int8 ? p.qvalues[s.out] : p.values[s.out];
-    memory& src = ex.int8 ? p.qvalues[s.in] : p.values[s.in];
-    int64_t n = 1;
-    for (int64_t d : p.dims[s.out]) n *= d;
-    if (s.kind == Step::kFlatten) {
-      if (ex.alias) {
-        dst.set_data_handle(src.get_data_handle());
-      } else {  // NHWC -> NCHW order, as torch.flatten reads it
-        memory nchw(memory::desc(p.dims[s.in], memory::data_type::f32, Tag::nchw), impl_->engine,
-                    dst.get_data_handle());
-        dnnl::reorder(src, nchw).execute(st, src, nchw);
-      }
-      continue;
+  Impl::Plan& p = *it->second;
+  try {
+    try {
+      return impl_->run(p, x);
+    } catch (const dnnl::error&) {
+      if (!p.use_int8 || p.built) throw;
+      impl_->prepare(p, false);  // an integer layer oneDNN does not take: all float
+      return impl_->run(p, x);
     }
-    if (ex.prim) {
-      std::unordered_map<int, memory> args = ex.args;
-      args[DNNL_ARG_SRC] = src;
-      args[DNNL_ARG_DST] = dst;
-      ex.prim.execute(st, args);
-      st.wait();
-    } else {
-      const float* a = static_cast<const float*>(src.get_data_handle());
-      float* y = static_cast<float*>(dst.get_data_handle());
-      if (s.kind == Step::kAdd) {
-        const float* b = static_cast<const float*>(p.values[s.in2].get_data_handle());
-        at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) {
-          for (int64_t i = lo; i < hi; ++i) y[i] = a[i] + b[i];
-        });
-      } else {
-        std::memcpy(y, a, n * sizeof(float));
-      }
-    }
-    if (ex.posts_on_cpu && !s.post.empty()) {
-      std::vector<const float*> added;
-      for (const PostOp& op : s.post)
-        if (op.kind == PostOp::kAddTensor) added.push_back(static_cast<const float*>(p.values[op.value].get_data_handle()));
-      apply_post_ops(static_cast<float*>(dst.get_data_handle()), n, p.dims[s.out][1], s.post, added);
-    }
-    if (ex.dequantize) ex.dequantize.execute(st, p.qvalues[s.out], p.values[s.out]);
-    if (ex.quantize) ex.quantize.execute(st, p.values[s.out], p.qvalues[s.out]);
-    if (ex.dequantize || ex.quantize) st.wait();
+  } catch (const dnnl::error& e) {
+    if (!p.built) impl_->plans.erase(key);
+    throw Error(std::string("oneDNN cannot run this model on inputs of shape ") + c10::str(x.sizes()) + ": " + e.what());
+  } catch (const c10::Error& e) {
+    if (!p.built) impl_->plans.erase(key);
+    throw Error(e.what_without_backtrace());
+  } catch (...) {
+    if (!p.built) impl_->plans.erase(key);
+    throw;
   }
-  st.wait();
-  const Dims& od = p.dims[impl_->output];
-  at::Tensor out = at::empty(od, x.options());
-  memory& ov = p.values[impl_->output];
-  if (od.size() == 4) {
-    memory o(memory::desc(od, memory::data_type::f32, Tag::nchw), impl_->engine, out.data_ptr());
-    dnnl::reorder(ov, o).execute(st, ov, o);
-    st.wait();
-  } else {
-    std::memcpy(out.data_ptr(), ov.get_data_handle(), out.numel() * sizeof(float));
-  }
-  return out;
 }
 
 }  // namespace anybit

@@ -927,8 +927,7 @@ class FusedRunner {
       fused_.reset();
       note(why);
     } else {
-      note(std::to_string(fused_->int8_layers(x)) + " of " + std::to_string(fused_->conv_layers()) +
-           " convs in int8");
+      note(fused_->summary(x));
     }
     return expect;
   }
