@@ -7,7 +7,9 @@
 #include "anybit/core/fused_eval.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/constants.h>
@@ -42,6 +44,7 @@ struct PostOp {
   float a = 0, b = 0;      // kLinear: a * x + b; kClip: [a, b]; kDiv: x / a
   std::vector<float> chan;  // per-channel operand (channel = dim 1)
   int value = -1;           // kAddTensor: the value added
+  bool last_dim = false;    // a per-channel operand along the last dim (a linear layer's bias)
 };
 
 // How a value computed by oneDNN lies in memory: NHWC for a 4-D feature map (the
@@ -59,6 +62,7 @@ struct Step {
   int64_t groups = 1;
   bool max_pool = false, global_pool = false, count_include_pad = true;
   dnnl::algorithm binary = dnnl::algorithm::binary_add;  // kBinary: add or mul
+  bool rows_for_linear = false;  // kEltwise, kBinary: a linear layer reads the result (row-major then)
   std::vector<PostOp> post;
   // conv weights on an integer grid: weight = qweight * wstep[out channel], |qweight| <= 127
   at::Tensor qweight;  // int8, the weight's shape; undefined when the weight is not on one
@@ -743,6 +747,7 @@ struct FusedModel::Impl {
     bool posts_on_cpu = false;
     bool alias = false;  // a flatten that keeps the bytes: dst is src under another shape
     bool int8 = false;         // an int8 conv: reads the integer form of its input
+    bool aten_linear = false;  // a float linear layer run by ATen's addmm, its chain after it
     bool writes_int8 = false;  // an int8 conv writing the integer form of its output
     dnnl::reorder dequantize;  // integer form of the output -> its float form
     dnnl::reorder quantize;    // float form of the output -> its integer form
@@ -848,12 +853,12 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& pos
   // the activations; swish's alpha is always 1).
   using A = dnnl::algorithm;
   dnnl::post_ops po;
-  auto binary = [&](A alg, const std::vector<float>& values) {
+  auto binary = [&](A alg, const std::vector<float>& values, bool last_dim = false) {
     const bool scalar = values.size() == 1;
     if (!scalar && static_cast<int64_t>(values.size()) != out[1])
       throw Error("a per-channel op has " + std::to_string(values.size()) + " values for " +
                   std::to_string(out[1]) + " channels");
-    if (!scalar && out_layout == Layout::kRows && out_sizes.size() != 2)
+    if (!scalar && !last_dim && out_layout == Layout::kRows && out_sizes.size() != 2)
       throw Error("a per-channel op along dim 1 of a tensor of shape " + shape_str(out_sizes) +
                   " (oneDNN's channel is its last dim)");
     const memory::desc d(scalar ? Dims(out.size(), 1) : per_channel_dims(out), memory::data_type::f32,
@@ -883,7 +888,7 @@ dnnl::primitive_attr FusedModel::Impl::attributes(const std::vector<PostOp>& pos
       case PostOp::kGeluErf: po.append_eltwise(1.0f, A::eltwise_gelu_erf, 0.0f, 0.0f); break;
       case PostOp::kGeluTanh: po.append_eltwise(1.0f, A::eltwise_gelu_tanh, 0.0f, 0.0f); break;
       case PostOp::kMulChannel: binary(A::binary_mul, op.chan); break;
-      case PostOp::kAddChannel: binary(A::binary_add, op.chan); break;
+      case PostOp::kAddChannel: binary(A::binary_add, op.chan, op.last_dim); break;
       case PostOp::kMaxChannel: binary(A::binary_max, op.chan); break;
       case PostOp::kMinChannel: binary(A::binary_min, op.chan); break;
       case PostOp::kAddTensor: {
@@ -925,9 +930,14 @@ void FusedModel::Impl::prepare(Plan& p, bool use_int8) const {
     if (s.kind != Step::kGeneric) producer[s.out] = &s;
   for (size_t i = 0; i < steps.size() && use_int8; ++i) {
     const Step& s = steps[i];
-    if (s.kind != Step::kConv || !s.qweight.defined() || s.groups != 1) continue;
+    if ((s.kind != Step::kConv && s.kind != Step::kLinear) || !s.qweight.defined() || s.groups != 1) continue;
     const Step* prod = producer[s.in];
-    if (!prod || prod->kind == Step::kFlatten || prod->kind == Step::kLinear) continue;
+    // the producer writes the integers in the layout this layer reads (NHWC for a conv,
+    // rows for a linear layer), which a conv or pooling (NHWC), a linear layer (rows) or
+    // an element-wise step (its input's layout, checked when the plan is built) does
+    if (!prod || prod->kind == Step::kFlatten || (s.kind == Step::kConv && prod->kind == Step::kLinear) ||
+        (s.kind == Step::kLinear && (prod->kind == Step::kConv || prod->kind == Step::kPool)))
+      continue;
     const std::vector<PostOp>& pp = prod->post;
     const size_t n = pp.size();
     if (n < 4 || pp[n - 4].kind != PostOp::kLinear || pp[n - 4].b != 0.0f || pp[n - 3].kind != PostOp::kClip ||
@@ -969,11 +979,11 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
   Layout in_layout = Layout::kNone;
   const std::vector<int64_t> in_sizes = sizes_of(p, s.in);
   if (ex.int8) {
-    if (p.layout[s.in] != Layout::kNHWC) throw dnnl::error(dnnl_unimplemented, "an int8 conv input that is not NHWC");
-    in_layout = Layout::kNHWC;
+    in_layout = s.kind == Step::kConv ? Layout::kNHWC : Layout::kRows;
+    if (p.layout[s.in] != in_layout) throw dnnl::error(dnnl_unimplemented, "an int8 layer's input in another layout");
   } else {
-    const Layout want = s.kind == Step::kConv || s.kind == Step::kPool ? Layout::kNHWC
-                        : s.kind == Step::kLinear                       ? Layout::kRows
+    const Layout want = s.kind == Step::kConv || s.kind == Step::kPool        ? Layout::kNHWC
+                        : s.kind == Step::kLinear || s.rows_for_linear ? Layout::kRows
                                                                         : Layout::kNone;
     ex.src = input_memory(p, ex, s.in, want, &in_layout);
   }
@@ -989,6 +999,7 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
   if (ex.int8 && s.bias.defined()) {  // the bias after the output scale: s_x s_w sum + b
     PostOp b{PostOp::kAddChannel};
     b.chan.assign(s.bias.data_ptr<float>(), s.bias.data_ptr<float>() + s.bias.numel());
+    b.last_dim = s.kind == Step::kLinear;
     post.insert(post.begin(), b);
   }
   auto out_desc = [&]() { return layout_desc(out, out_type, out_layout); };
@@ -1054,15 +1065,35 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
       out = {in[0], O};
       out_sizes = in_sizes;
       out_sizes.back() = O;
-      const memory::desc wplain({O, in[1]}, DT::f32, Tag::oi);
-      const memory::desc wany({O, in[1]}, DT::f32, Tag::any);
-      const memory::desc bias = s.bias.defined() ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
+      if (!ex.int8) {
+        // A float linear layer is ATen's own addmm, the interpreter's kernel (here faster than
+        // oneDNN 2.6's inner product, and bit-identical to the interpreter), written into
+        // the output buffer; its chain runs after it, in place, on a binary primitive
+        // multiplying by 1 (exact).
+        ex.aten_linear = true;
+        if (post.empty()) break;
+        ex.src2 = owned(memory::desc({1, 1}, DT::f32, Tag::nc));
+        *static_cast<float*>(ex.src2.get_data_handle()) = 1.0f;
+        auto pd = make([&](const dnnl::primitive_attr& attr) {
+          const memory::desc d0 = layout_desc(out, DT::f32, Layout::kRows);
+          dnnl::binary::desc d(A::binary_mul, d0, ex.src2.get_desc(), d0);
+          return dnnl::binary::primitive_desc(d, attr, engine);
+        });
+        ex.prim = dnnl::binary(pd);
+        break;
+      }
+      const DT wtype = ex.int8 ? DT::s8 : DT::f32;
+      const memory::desc wplain({O, in[1]}, wtype, Tag::oi);
+      const memory::desc wany({O, in[1]}, wtype, Tag::any);
+      const memory::desc bias = s.bias.defined() && !ex.int8 ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
+      const memory::desc src = ex.int8 ? memory::desc(in, p.qtype[s.in], Tag::nc) : layout_desc(in, DT::f32, Layout::kRows);
       auto pd = make([&](const dnnl::primitive_attr& attr) {
-        dnnl::inner_product_forward::desc d(inference, layout_desc(in, DT::f32, Layout::kRows), wany, bias, out_desc());
+        dnnl::inner_product_forward::desc d(inference, src, wany, bias, out_desc());
         return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
       });
-      ex.args[DNNL_ARG_WEIGHTS] = reordered_weights(wplain, s.weight.data_ptr(), pd.weights_desc());
-      if (s.bias.defined()) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
+      ex.args[DNNL_ARG_WEIGHTS] =
+          reordered_weights(wplain, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr(), pd.weights_desc());
+      if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
       ex.prim = dnnl::inner_product_forward(pd);
       break;
     }
@@ -1164,7 +1195,6 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
     return;
   }
   if (p.qtype[s.out] != DT::undef) {  // k = x * (1 / s) rounds back to the integer exactly
-    if (out_layout != Layout::kNHWC) throw dnnl::error(dnnl_unimplemented, "an int8 conv input that is not NHWC");
     p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
     p.qvalues[s.out] = owned(layout_desc(out, p.qtype[s.out], out_layout));
     dnnl::primitive_attr ra;
@@ -1226,7 +1256,23 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
     }
     return;
   }
-  if (ex.posts_on_cpu && s.kind == Step::kEltwise) {
+  if (ex.aten_linear) {
+    const Dims d = src.get_desc().dims();
+    const at::Tensor a = at::from_blob(src.get_data_handle(), {d[0], d[1]}, at::TensorOptions(at::kFloat));
+    at::Tensor y = at::from_blob(dst.get_data_handle(), {d[0], s.weight.size(0)}, at::TensorOptions(at::kFloat));
+    if (s.bias.defined())
+      at::addmm_out(y, s.bias, a, s.weight.t());
+    else
+      at::mm_out(y, a, s.weight.t());
+    if (ex.prim) {
+      std::unordered_map<int, memory> args = ex.args;
+      args[DNNL_ARG_SRC] = dst;
+      args[DNNL_ARG_SRC_1] = ex.src2;
+      args[DNNL_ARG_DST] = dst;
+      ex.prim.execute(st, args);
+      st.wait();
+    }
+  } else if (ex.posts_on_cpu && s.kind == Step::kEltwise) {
     std::memcpy(dst.get_data_handle(), src.get_data_handle(), n * sizeof(float));
   } else {
     std::unordered_map<int, memory> args = ex.args;
@@ -1339,9 +1385,11 @@ std::string FusedModel::summary(const at::Tensor& x) const {
     aten += count;
     names += (names.empty() ? "" : ", ") + name + (count > 1 ? " x" + std::to_string(count) : "");
   }
+  int layers = 0;
+  for (const Step& st : impl_->steps) layers += st.kind == Step::kConv || st.kind == Step::kLinear;
   std::string s = std::to_string(impl_->onednn_ops) + " of " + std::to_string(impl_->onednn_ops + aten) +
-                  " ops on oneDNN, " + std::to_string(int8_layers(x)) + " of " + std::to_string(conv_layers()) +
-                  " convs in int8";
+                  " ops on oneDNN, " + std::to_string(int8_layers(x)) + " of " + std::to_string(layers) +
+                  " conv and linear layers in int8";
   if (aten) s += "; through ATen: " + names;
   return s;
 }
@@ -1354,6 +1402,14 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
     impl->graph = frozen.get_method("forward").graph();
     c.run(impl->graph);
     if (c.output == 0) throw Unsupported("forward returns its input");
+    // an element-wise step on an ATen result lays its output out as the linear layer
+    // reading it wants it (rows), which an int8 linear layer needs (ConvNeXt's LayerNorm,
+    // quantizer, linear)
+    std::vector<int> producer(c.num_values, -1);
+    for (size_t i = 0; i < c.steps.size(); ++i)
+      if (c.steps[i].kind != Step::kGeneric) producer[c.steps[i].out] = static_cast<int>(i);
+    for (const Step& s : c.steps)
+      if (s.kind == Step::kLinear && producer[s.in] >= 0) c.steps[producer[s.in]].rows_for_linear = true;
     impl->steps = std::move(c.steps);
     impl->num_values = c.num_values;
     impl->output = c.output;
@@ -1362,7 +1418,8 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
     impl->aten_ops = c.aten_ops;
     if (int8)
       for (Step& s : impl->steps)
-        if (s.kind == Step::kConv && !integer_grid(s.weight, &s.qweight, &s.wstep)) s.qweight = at::Tensor();
+        if ((s.kind == Step::kConv || s.kind == Step::kLinear) && !integer_grid(s.weight, &s.qweight, &s.wstep))
+          s.qweight = at::Tensor();
   } catch (const Unsupported& e) {
     if (why_not) *why_not = e.what();
     return nullptr;

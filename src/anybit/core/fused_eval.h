@@ -41,8 +41,9 @@ class FusedModel {
  public:
   // `frozen` is a module after torch::jit::freeze (weights and quantizer parameters are
   // constants). Returns null, with the reason in *why_not, when an op is not lowered.
-  // With int8, a conv whose input comes from a per-tensor quantizer of at most 8 bits and
-  // whose weights lie on an integer grid of at most 8 bits runs as an int8 conv:
+  // With int8, a conv (ungrouped) or linear layer whose input comes from a per-tensor
+  // quantizer of at most 8 bits and whose weights lie on an integer grid of at most 8 bits
+  // runs in int8:
   // s_x * s_w * sum(q_x * q_w), exact integer arithmetic, which the float conv of the
   // fake-quantized values approximates (the results differ by the float conv's rounding).
   static std::unique_ptr<FusedModel> compile(const torch::jit::Module& frozen,
@@ -56,10 +57,11 @@ class FusedModel {
   int fused_ops() const;   // graph ops that run as post-ops of a layer
   int onednn_ops() const;  // tensor ops lowered to oneDNN (layers, post-ops, no-ops)
   std::map<std::string, int> aten_ops() const;  // tensor ops run through ATen, by name
-  // "41 of 44 ops on oneDNN, 12 of 16 convs in int8; through ATen: aten::softmax x2, ..."
+  // "41 of 44 ops on oneDNN, 12 of 16 conv and linear layers in int8; through ATen:
+  // aten::softmax x2, ..."
   // (the int8 count is that of the plan for x's shape, after forward ran on it)
   std::string summary(const at::Tensor& x) const;
-  // int8 convs of the plan for this input shape (after forward ran on it)
+  // int8 convs and linear layers of the plan for this input shape (after forward ran on it)
   int int8_layers(const at::Tensor& x) const;
 
  private:

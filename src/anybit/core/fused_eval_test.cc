@@ -136,6 +136,33 @@ TEST(FusedEval, AConvBetweenQuantizersRunsInInt8AndAgreesWithTheFloatConv) {
   }
 }
 
+// A linear layer between a per-tensor int8 quantizer and weights on an integer grid runs
+// in int8 (its bias added after the output scale, along the last dim), on [N, F] and on
+// [N, T, F] (a transformer's tokens) alike.
+TEST(FusedEval, ALinearLayerBetweenQuantizersRunsInInt8) {
+  at::manual_seed(12);
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    y = anybit.fake_quant_affine(torch.layer_norm(x, [16], None, None, 1e-5), self.s, self.z, -1, 0, -128, 127, 0, 1.0)
+    y = torch.linear(y, self.w, self.b)
+    return anybit.fake_quant_affine(y, self.s2, self.z, -1, 0, -128, 127, 0, 1.0)
+)",
+                                {{"s", at::full({1}, 0.03)},
+                                 {"z", at::zeros({1})},
+                                 {"w", at::round(at::randn({12, 16}) * 20).clamp(-127, 127) * 0.01},
+                                 {"b", at::randn({12}) * 0.1},
+                                 {"s2", at::full({1}, 0.05)}});
+  for (const std::vector<int64_t> shape : {std::vector<int64_t>{6, 16}, std::vector<int64_t>{3, 5, 16}}) {
+    auto f = compile_or_fail(m);
+    ASSERT_TRUE(f);
+    const at::Tensor x = randn(shape, 13);
+    const Match r = compare(m, *f, x);
+    EXPECT_EQ(f->int8_layers(x), 1) << f->summary(x);
+    EXPECT_GE(r.equal, 0.95);
+    EXPECT_LE(r.max_diff, 0.05 + 1e-6);  // at most one step of the output quantizer
+  }
+}
+
 TEST(FusedEval, WeightsOffAnIntegerGridStayFloat) {
   torch::jit::Module m = frozen(kQuantizedBlock, block_buffers(1, 16));  // random float weights
   auto f = compile_or_fail(m);

@@ -918,9 +918,11 @@ class FusedRunner {
     if (why.empty() && got.sizes() != expect.sizes()) why = "the compiled layers give another output shape";
     if (why.empty() && expect.dim() == 2 && expect.size(0) > 0) {
       const double agree = (got.argmax(1) == expect.argmax(1)).to(at::kDouble).mean().item<double>();
-      if (agree < 0.99)
+      if (agree < 0.99) {
+        const double sqnr = 10 * std::log10(expect.pow(2).sum().item<double>() / (got - expect).pow(2).sum().item<double>());
         why = "the compiled layers agree with the interpreter on " + std::to_string(100 * agree) +
-              "% of the first batch's argmax";
+              "% of the first batch's argmax (SQNR " + std::to_string(sqnr) + " dB)";
+      }
     }
     checked_ = true;
     if (!why.empty()) {
