@@ -930,7 +930,7 @@ void FusedModel::Impl::prepare(Plan& p, bool use_int8) const {
     if (s.kind != Step::kGeneric) producer[s.out] = &s;
   for (size_t i = 0; i < steps.size() && use_int8; ++i) {
     const Step& s = steps[i];
-    if ((s.kind != Step::kConv && s.kind != Step::kLinear) || !s.qweight.defined() || s.groups != 1) continue;
+    if ((s.kind != Step::kConv && s.kind != Step::kLinear) || !s.qweight.defined()) continue;
     const Step* prod = producer[s.in];
     // the producer writes the integers in the layout this layer reads (NHWC for a conv,
     // rows for a linear layer), which a conv or pooling (NHWC), a linear layer (rows) or
