@@ -31,6 +31,7 @@
 #include "anybit/graph/graph.h"
 #include "anybit/intsim/kernels.h"
 #include "anybit/intsim/requantize.h"
+#include "anybit/quant/node.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -207,10 +208,7 @@ class Exporter {
 
   // ---- quantizers ------------------------------------------------------------------
 
-  static bool is_quantizer(jit::Node* n) {
-    const std::string k = n->kind().toQualString();
-    return k.rfind("anybit::fake_quant", 0) == 0 || k.rfind("aten::fake_quantize", 0) == 0;
-  }
+  static bool is_quantizer(jit::Node* n) { return qnode::is_quantizer(n); }
 
   // the point a quantizer node belongs to, from its parameters' attribute names ("" if none)
   std::string quantizer_point(jit::Node* n) const {
@@ -240,28 +238,19 @@ class Exporter {
         out.push_back(static_cast<int32_t>(std::min<double>(std::max<double>(std::nearbyint(v), q.qmin), q.qmax)));
       return out;
     };
-    if (q.kind == "anybit::fake_quant_affine") {
-      if (eval(n->input(4)).toInt() != 0)
+    const qnode::Op op = qnode::op_of(n);
+    const qnode::OpInfo& in = qnode::info(op);
+    if (in.uniform) {
+      if (in.group >= 0 && eval(n->input(in.group)).toInt() != 0)
         throw Error(q.point + ": per-group quantization has no integer export (one scale per output channel at most)");
-      q.axis = eval(n->input(3)).toInt();
-      q.qmin = static_cast<int32_t>(eval(n->input(5)).toInt());
-      q.qmax = static_cast<int32_t>(eval(n->input(6)).toInt());
-      q.scale = float32_values(eval(n->input(1)).toTensor());
-      q.zero_point = zps(eval(n->input(2)).toTensor());
-    } else if (q.kind == "aten::fake_quantize_per_tensor_affine") {
-      q.qmin = static_cast<int32_t>(eval(n->input(3)).toInt());
-      q.qmax = static_cast<int32_t>(eval(n->input(4)).toInt());
-      c10::IValue s = eval(n->input(1)), z = eval(n->input(2));
+      if (in.axis >= 0) q.axis = eval(n->input(in.axis)).toInt();
+      q.qmin = static_cast<int32_t>(eval(n->input(in.qmin)).toInt());
+      q.qmax = static_cast<int32_t>(eval(n->input(in.qmax)).toInt());
+      c10::IValue s = eval(n->input(in.scale)), z = eval(n->input(in.zero_point));
       q.scale = s.isTensor() ? float32_values(s.toTensor()) : std::vector<double>{static_cast<float>(s.toDouble())};
       q.zero_point = z.isTensor() ? zps(z.toTensor()) : std::vector<int32_t>{static_cast<int32_t>(z.toInt())};
-    } else if (q.kind == "aten::fake_quantize_per_channel_affine") {
-      q.axis = eval(n->input(3)).toInt();
-      q.qmin = static_cast<int32_t>(eval(n->input(4)).toInt());
-      q.qmax = static_cast<int32_t>(eval(n->input(5)).toInt());
-      q.scale = float32_values(eval(n->input(1)).toTensor());
-      q.zero_point = zps(eval(n->input(2)).toTensor());
-    } else if (q.kind == "anybit::fake_quant_pact") {
-      const int64_t bits = eval(n->input(2)).toInt();
+    } else if (op == qnode::Op::kPact) {
+      const int64_t bits = eval(n->input(in.bits)).toInt();
       const int64_t qmax = (int64_t{1} << bits) - 1;
       // the scale exactly as the PACT kernel computes it (fake_quant.cc)
       at::Tensor a = eval(n->input(1)).toTensor().detach().to(at::kFloat).reshape({1}).clamp_min(1e-8);
@@ -269,10 +258,10 @@ class Exporter {
       q.zero_point = {0};
       q.qmin = 0;
       q.qmax = static_cast<int32_t>(qmax);
-    } else if (q.kind == "anybit::fake_quant_binary" || q.kind == "anybit::fake_quant_ternary") {
+    } else if (op == qnode::Op::kBinary || op == qnode::Op::kTernary) {
       q.two_level_sign = true;
-      q.scale = float32_values(eval(n->input(1)).toTensor());
-      q.axis = eval(n->input(q.kind == "anybit::fake_quant_binary" ? 2 : 3)).toInt();
+      q.scale = float32_values(eval(n->input(1)).toTensor());  // alpha
+      q.axis = eval(n->input(in.axis)).toInt();
       q.zero_point = {0};
       q.qmin = -1;
       q.qmax = 1;

@@ -16,6 +16,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/fold_bn.h"
+#include "anybit/quant/node.h"
 
 namespace anybit {
 
@@ -164,10 +165,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     for (const auto& p : model.named_parameters(true)) {
       if (!p.value.requires_grad()) continue;
       trained.push_back(p.value);
-      const bool quantizer = p.name.find("anybit__") != std::string::npos;
-      if (quantizer && (ends_with(p.name, "__scale") || ends_with(p.name, "__clip") || ends_with(p.name, "__alpha") ||
-                        ends_with(p.name, "__delta")))
-        positive.push_back(p.value);
+      const bool quantizer = !qnode::what_of(p.name).empty();
+      if (qnode::is_range_parameter(p.name)) positive.push_back(p.value);
       const bool bias = ends_with(p.name, "bias");
       (quantizer || bias || p.value.dim() <= 1 ? no_decay : decay).push_back(p.value);
     }

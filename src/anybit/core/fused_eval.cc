@@ -23,6 +23,7 @@
 #include <unordered_map>
 
 #include "anybit/quant/fake_quant.h"
+#include "anybit/quant/node.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -424,25 +425,18 @@ class Compiler {
       s.bias = constant_tensor(n, 2);
       if (!s.weight.defined() || s.weight.dim() != 2) throw Unsupported("aten::linear with a weight that is not 2-D");
       new_step(std::move(s), n->output());
-    } else if (k == "anybit::fake_quant_affine") {
-      const at::Tensor scale = constant_tensor(n, 1), zp = constant_tensor(n, 2);
-      const int64_t axis = constant(n, 3).toInt(), group = constant(n, 4).toInt();
-      const int64_t qmin = constant(n, 5).toInt(), qmax = constant(n, 6).toInt();
-      if (constant(n, 7).toInt() != 0) throw Unsupported("fake_quant_affine rounds other than half to even");
-      if (group > 0) throw Unsupported("fake_quant_affine per group");
-      if (scale.numel() > 1 && axis != 1) throw Unsupported("fake_quant_affine per channel along axis " + std::to_string(axis));
+    } else if (qnode::info(qnode::op_of(n)).uniform) {  // anybit's or aten's uniform fake-quantizer
+      const qnode::OpInfo& q = qnode::info(qnode::op_of(n));
+      const c10::IValue sv = constant(n, q.scale), zv = constant(n, q.zero_point);
+      const at::Tensor scale = sv.isTensor() ? sv.toTensor().detach().contiguous() : at::full({1}, sv.toDouble());
+      const at::Tensor zp = zv.isTensor() ? zv.toTensor().detach().contiguous()
+                                          : at::full({1}, static_cast<double>(zv.toInt()));
+      const int64_t axis = q.axis >= 0 ? constant(n, q.axis).toInt() : -1;
+      if (q.rounding >= 0 && constant(n, q.rounding).toInt() != 0) throw Unsupported(k + " rounds other than half to even");
+      if (q.group >= 0 && constant(n, q.group).toInt() > 0) throw Unsupported(k + " per group");
+      if (scale.numel() > 1 && axis != 1) throw Unsupported(k + " per channel along axis " + std::to_string(axis));
       std::vector<PostOp> post;
-      append_fake_quant(post, affine_grid(scale, zp, scale.numel(), qmin, qmax));
-      elementwise(n, std::move(post));
-    } else if (k == "aten::fake_quantize_per_tensor_affine" || k == "aten::fake_quantize_per_channel_affine") {
-      const bool per_channel = k == "aten::fake_quantize_per_channel_affine";
-      c10::IValue s = constant(n, 1), z = constant(n, 2);
-      const at::Tensor scale = s.isTensor() ? s.toTensor() : at::full({1}, s.toDouble());
-      const at::Tensor zp = z.isTensor() ? z.toTensor() : at::full({1}, static_cast<double>(z.toInt()));
-      const size_t lim = per_channel ? 4 : 3;
-      if (per_channel && constant(n, 3).toInt() != 1) throw Unsupported(k + " along an axis other than 1");
-      std::vector<PostOp> post;
-      append_fake_quant(post, affine_grid(scale, zp, scale.numel(), constant(n, lim).toInt(), constant(n, lim + 1).toInt()));
+      append_fake_quant(post, affine_grid(scale, zp, scale.numel(), constant(n, q.qmin).toInt(), constant(n, q.qmax).toInt()));
       elementwise(n, std::move(post));
     } else if (k == "aten::batch_norm") {
       if (constant(n, 5).toBool()) throw Unsupported("aten::batch_norm in training mode");

@@ -34,6 +34,7 @@
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/bias_correction.h"
 #include "anybit/ptq/brecq.h"
+#include "anybit/quant/node.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -195,12 +196,6 @@ jit::Value* insert_op(jit::Graph& graph, const char* name, std::vector<jit::Valu
   graph.insertNode(n);
   n->output()->setType(c10::TensorType::get());
   return n->output();
-}
-
-std::string mangle(const std::string& point) {
-  std::string out = "anybit__";
-  for (char c : point) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-  return out;
 }
 
 // ---- quantizer parameters -----------------------------------------------------------
@@ -431,10 +426,10 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
              bool portable, PointReport* report) {
   jit::Graph& graph = *g.graph;
   jit::Value* self = graph.inputs().at(0);
-  const std::string base = mangle(p.name);
+
   const bool learn = spec.learn != Learn::kNone;
   auto reg = [&](const std::string& suffix, const at::Tensor& t, bool param) {
-    const std::string name = base + "__" + suffix;
+    const std::string name = qnode::attribute(p.name, suffix);
     if (report->first_param.empty()) report->first_param = name;
     if (g.module.hasattr(name))
       throw Error(p.name + ": the model already has a quantizer here (attribute " + name + ")");
@@ -463,14 +458,14 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
   if (spec.is_uniform() && spec.learn == Learn::kPact) {
     const std::string an = reg("clip", P.alpha, true);
     build = [&, an](jit::Value* x) {
-      return insert_op(graph, "anybit::fake_quant_pact",
+      return insert_op(graph, qnode::info(qnode::Op::kPact).name,
                        {x, graph.insertGetAttr(self, an), graph.insertConstant(int64_t{spec.bits}),
                         graph.insertConstant(static_cast<int64_t>(spec.rounding))});
     };
   } else if (spec.is_uniform() && portable) {
     if (axis < 0) {
       build = [&](jit::Value* x) {
-        return insert_op(graph, "aten::fake_quantize_per_tensor_affine",
+        return insert_op(graph, qnode::info(qnode::Op::kAtenPerTensor).name,
                          {x, graph.insertConstant(static_cast<double>(P.scale.item<float>())),
                           graph.insertConstant(static_cast<int64_t>(P.zero_point.item<float>())),
                           graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()})});
@@ -479,7 +474,7 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
       const std::string sn = reg("scale", P.scale, false);
       const std::string zn = reg("zero_point", P.zero_point.to(at::kInt), false);
       build = [&, sn, zn](jit::Value* x) {
-        return insert_op(graph, "aten::fake_quantize_per_channel_affine",
+        return insert_op(graph, qnode::info(qnode::Op::kAtenPerChannel).name,
                          {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
                           graph.insertConstant(axis), graph.insertConstant(int64_t{spec.qmin()}),
                           graph.insertConstant(int64_t{spec.qmax()})});
@@ -490,7 +485,7 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
     const std::string sn = reg("scale", P.scale, lsq);
     const std::string zn = reg("zero_point", P.zero_point, lsq && spec.asymmetric);
     build = [&, sn, zn](jit::Value* x) {
-      return insert_op(graph, "anybit::fake_quant_affine",
+      return insert_op(graph, qnode::info(qnode::Op::kAffine).name,
                        {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
                         graph.insertConstant(axis), graph.insertConstant(group),
                         graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()}),
@@ -500,14 +495,14 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
   } else if (spec.scheme == Scheme::kLog) {
     const std::string hn = reg("hi", P.hi, false);
     build = [&, hn](jit::Value* x) {
-      return insert_op(graph, "anybit::fake_quant_log",
+      return insert_op(graph, qnode::info(qnode::Op::kLog).name,
                        {x, graph.insertGetAttr(self, hn), graph.insertConstant(int64_t{spec.log_exponents()}),
                         graph.insertConstant(axis)});
     };
   } else if (spec.scheme == Scheme::kBinary) {
     const std::string an = reg("alpha", P.alpha, learn);
     build = [&, an](jit::Value* x) {
-      return insert_op(graph, "anybit::fake_quant_binary",
+      return insert_op(graph, qnode::info(qnode::Op::kBinary).name,
                        {x, graph.insertGetAttr(self, an), graph.insertConstant(axis), graph.insertConstant(P.ste_clip),
                         graph.insertConstant(learn ? P.grad_factor : 1.0)});
     };
@@ -515,7 +510,7 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
     const std::string an = reg("alpha", P.alpha, learn);
     const std::string dn = reg("delta", P.delta, learn);  // ternary:lsq learns the threshold too
     build = [&, an, dn](jit::Value* x) {
-      return insert_op(graph, "anybit::fake_quant_ternary",
+      return insert_op(graph, qnode::info(qnode::Op::kTernary).name,
                        {x, graph.insertGetAttr(self, an), graph.insertGetAttr(self, dn), graph.insertConstant(axis),
                         graph.insertConstant(P.ste_clip), graph.insertConstant(learn ? P.grad_factor : 1.0)});
     };
@@ -529,16 +524,14 @@ void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params&
 // The scale of a uniform quantizer node as a tensor value ([1] or [C]); null if the node
 // is not a uniform quantizer.
 jit::Value* quantizer_scale(jit::Graph& graph, jit::Node* n) {
-  const std::string k = n->kind().toQualString();
-  if (k == "anybit::fake_quant_affine" || k == "aten::fake_quantize_per_channel_affine") return n->input(1);
-  if (k == "aten::fake_quantize_per_tensor_affine") {
-    if (n->input(1)->type()->cast<c10::TensorType>()) return n->input(1);
-    auto s = jit::toIValue(n->input(1));
-    if (!s) return nullptr;
-    jit::WithInsertPoint guard(n);
-    return graph.insertConstant(at::full({1}, static_cast<float>(s->toDouble())));
-  }
-  return nullptr;
+  const qnode::OpInfo& q = qnode::info(qnode::op_of(n));
+  if (!q.uniform) return nullptr;
+  jit::Value* scale = n->input(q.scale);
+  if (scale->type()->cast<c10::TensorType>()) return scale;
+  auto s = jit::toIValue(scale);  // aten's per-tensor op takes the step as a number
+  if (!s) return nullptr;
+  jit::WithInsertPoint guard(n);
+  return graph.insertConstant(at::full({1}, static_cast<float>(s->toDouble())));
 }
 
 // int32 biases at s_in * s_w (QuantizeOptions::int32_bias): b + detach(round(b / s) * s - b).
@@ -569,7 +562,7 @@ int quantize_biases_int32(ModelGraph& g) {
     jit::Value* sx = quantizer_scale(graph, src);
     jit::Value* sw = quantizer_scale(graph, n->input(1)->node());
     if (!sx || !sw) continue;
-    if (src->kind() == c10::Symbol::fromQualString("aten::fake_quantize_per_channel_affine")) continue;
+    if (qnode::op_of(src) == qnode::Op::kAtenPerChannel) continue;
     jit::WithInsertPoint guard(n);
     auto op = [&](const char* name, std::vector<jit::Value*> in) { return insert_op(graph, name, std::move(in)); };
     jit::Value* one = graph.insertConstant(int64_t{1});
@@ -782,10 +775,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
           !g.module.hasattr(r.first_param))
         continue;
       const at::Tensor s = g.module.attr(r.first_param).toTensor();
-      std::string zp_name = r.first_param;
-      const size_t at_scale = zp_name.rfind("__scale");
-      if (s.numel() != 1 || at_scale == std::string::npos) continue;
-      zp_name.replace(at_scale, std::string::npos, "__zero_point");
+      if (s.numel() != 1 || qnode::what_of(r.first_param) != "scale") continue;
+      const std::string zp_name = qnode::sibling(r.first_param, "zero_point");
       const double z = g.module.hasattr(zp_name) ? g.module.attr(zp_name).toTensor().item<double>() : 0.0;
       const std::string learned = fmt_scale(s.item<double>(), z) + " (learned, brecq)";
       if (r.params.rfind(fmt_scale(s.item<double>(), z), 0) != 0) r.params = learned;
@@ -859,10 +850,9 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
   std::vector<jit::Value*> outs;
   std::vector<QuantizerOutput> result;
   for (jit::Node* n : graph->nodes()) {
-    const std::string k = n->kind().toQualString();
-    if (k.rfind("anybit::fake_quant", 0) != 0 && k.rfind("aten::fake_quantize", 0) != 0) continue;
+    if (!qnode::is_quantizer(n)) continue;
     QuantizerOutput q;
-    q.op = k;
+    q.op = n->kind().toQualString();
     if (n->inputs().size() > 1 && n->input(1)->node()->kind() == c10::prim::GetAttr) {
       auto it = names.find(n->input(1)->node()->s(c10::attr::name));
       if (it != names.end()) q.point = it->second;

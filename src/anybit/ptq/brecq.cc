@@ -15,6 +15,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/capture.h"
+#include "anybit/quant/node.h"
 
 namespace anybit {
 namespace jit = torch::jit;
@@ -23,10 +24,7 @@ namespace {
 
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
 
-bool is_quantizer(const jit::Node* n) {
-  const std::string k = n->kind().toQualString();
-  return starts_with(k, "anybit::fake_quant") || starts_with(k, "aten::fake_quantize");
-}
+bool is_quantizer(const jit::Node* n) { return qnode::is_quantizer(n); }
 
 // What later ops read of a point's value: its quantizer's output where it has one.
 jit::Value* quantized_value(jit::Value* v) {
@@ -240,8 +238,8 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     for (const auto& p : q.points) {
       if (!is_act(p) || !p.value) continue;
       jit::Value* y = quantized_value(p.value);
-      if (y == p.value || y->node()->kind() != c10::Symbol::fromQualString("anybit::fake_quant_affine")) continue;
-      jit::Value* s = y->node()->input(1);
+      if (y == p.value || qnode::op_of(y->node()) != qnode::Op::kAffine) continue;
+      jit::Value* s = y->node()->input(qnode::info(qnode::Op::kAffine).scale);
       if (s->node()->kind() != c10::prim::GetAttr || s->node()->input(0) != self) continue;
       const std::string attr = s->node()->s(c10::attr::name);
       if (!q.module.hasattr(attr) || !q.module.attr(attr).isTensor() || q.module.attr(attr).toTensor().numel() != 1)

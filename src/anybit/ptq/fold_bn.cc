@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "anybit/quant/node.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -59,12 +60,9 @@ int fold_batch_norm(ModelGraph& g) {
     // weight reaches the conv through its quantizer, whose per-channel range scales with k
     jit::Node* wq = conv->input(1)->node();
     std::vector<std::string> qranges;  // attribute paths of the quantizer's scale / alpha / delta
-    const std::string wqk = wq->kind().toQualString();
-    const bool quantized = wqk == "anybit::fake_quant_affine" || wqk == "anybit::fake_quant_binary" ||
-                           wqk == "anybit::fake_quant_ternary" || wqk == "aten::fake_quantize_per_channel_affine";
-    if (quantized) {
+    const int nranges = qnode::info(qnode::op_of(wq)).ranges;  // the quantizer's ranges that scale with k
+    if (nranges > 0) {
       if (!attr_path(wq->input(0), self, &wpath)) continue;
-      const int nranges = wqk == "anybit::fake_quant_ternary" ? 2 : 1;
       for (int i = 1; i <= nranges; ++i) {
         std::string rp;
         if (!attr_path(wq->input(i), self, &rp))

@@ -1,0 +1,94 @@
+// The quantizer node contract; see node.h. The input indices follow the op schemas in
+// quant/ops.cc and PyTorch's aten::fake_quantize_per_{tensor,channel}_affine.
+#include "anybit/quant/node.h"
+
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <array>
+#include <cctype>
+
+namespace anybit {
+namespace qnode {
+namespace {
+
+OpInfo make(Op op, const char* name) {
+  OpInfo i;
+  i.op = op;
+  i.name = name;
+  return i;
+}
+
+const std::array<OpInfo, 8>& table() {
+  static const std::array<OpInfo, 8> t = [] {
+    std::array<OpInfo, 8> a;
+    a[0] = make(Op::kNone, "");
+    // fake_quant_affine(x, scale, zero_point, axis, group_size, qmin, qmax, rounding, grad_factor)
+    OpInfo& affine = a[1] = make(Op::kAffine, "anybit::fake_quant_affine");
+    affine.scale = 1, affine.zero_point = 2, affine.axis = 3, affine.group = 4, affine.qmin = 5, affine.qmax = 6;
+    affine.rounding = 7, affine.ranges = 1, affine.uniform = true;
+    // fake_quant_pact(x, alpha, bits, rounding)
+    OpInfo& pact = a[2] = make(Op::kPact, "anybit::fake_quant_pact");
+    pact.bits = 2, pact.rounding = 3;
+    // fake_quant_log(x, hi, num_exponents, axis)
+    OpInfo& log = a[3] = make(Op::kLog, "anybit::fake_quant_log");
+    log.axis = 3;
+    // fake_quant_binary(x, alpha, axis, ste_clip, grad_factor)
+    OpInfo& binary = a[4] = make(Op::kBinary, "anybit::fake_quant_binary");
+    binary.axis = 2, binary.ranges = 1;
+    // fake_quant_ternary(x, alpha, delta, axis, ste_clip, grad_factor)
+    OpInfo& ternary = a[5] = make(Op::kTernary, "anybit::fake_quant_ternary");
+    ternary.axis = 3, ternary.ranges = 2;
+    // fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+    OpInfo& pt = a[6] = make(Op::kAtenPerTensor, "aten::fake_quantize_per_tensor_affine");
+    pt.scale = 1, pt.zero_point = 2, pt.qmin = 3, pt.qmax = 4, pt.uniform = true;
+    // fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
+    OpInfo& pc = a[7] = make(Op::kAtenPerChannel, "aten::fake_quantize_per_channel_affine");
+    pc.scale = 1, pc.zero_point = 2, pc.axis = 3, pc.qmin = 4, pc.qmax = 5, pc.ranges = 1, pc.uniform = true;
+    return a;
+  }();
+  return t;
+}
+
+const std::string kPrefix = "anybit__";
+
+}  // namespace
+
+const OpInfo& info(Op op) { return table()[static_cast<size_t>(op)]; }
+
+Op op_of(const torch::jit::Node* n) {
+  const c10::Symbol k = n->kind();
+  for (const OpInfo& i : table())
+    if (i.op != Op::kNone && k == c10::Symbol::fromQualString(i.name)) return i.op;
+  return Op::kNone;
+}
+
+std::string attribute_prefix(const std::string& point) {
+  std::string out = kPrefix;
+  for (char c : point) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return out;
+}
+
+std::string attribute(const std::string& point, const std::string& what) {
+  return attribute_prefix(point) + "__" + what;
+}
+
+std::string what_of(const std::string& name) {
+  const size_t leaf = name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1;
+  if (name.compare(leaf, kPrefix.size(), kPrefix) != 0) return "";
+  const size_t sep = name.rfind("__");
+  if (sep == std::string::npos || sep < leaf + kPrefix.size()) return "";
+  return name.substr(sep + 2);
+}
+
+std::string sibling(const std::string& name, const std::string& what) {
+  if (what_of(name).empty()) return "";
+  return name.substr(0, name.rfind("__") + 2) + what;
+}
+
+bool is_range_parameter(const std::string& name) {
+  const std::string w = what_of(name);
+  return w == "scale" || w == "clip" || w == "alpha" || w == "delta";
+}
+
+}  // namespace qnode
+}  // namespace anybit
