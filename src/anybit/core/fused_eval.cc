@@ -308,6 +308,33 @@ class Compiler {
     e.in2 = b;
     new_step(std::move(e), n->output());
   }
+  void add_arg(Step& s, const jit::Value* v) const {  // a value, or a constant
+    if (auto c = jit::toIValue(v)) {
+      s.args.push_back(-1);
+      s.consts.push_back(*c);
+    } else {
+      s.args.push_back(id(v));
+      s.consts.emplace_back();
+    }
+  }
+  // Appends an ATen step and names n's outputs as its values. A view shares the memory of
+  // its inputs (a oneDNN buffer, maybe); anything else is ATen's own.
+  void add_outputs(Step s, const jit::Node* n, bool view) {
+    steps.push_back(std::move(s));
+    const int idx = static_cast<int>(steps.size()) - 1;
+    bool root = false;
+    if (view)
+      for (int a : steps[idx].args)
+        if (a >= 0) root = root || onednn_root_[a];
+    for (const jit::Value* o : n->outputs()) {
+      const int v = add_value(o, idx);
+      steps[idx].outs.push_back(v);
+      view_[v] = view;
+      onednn_root_[v] = root;
+    }
+    steps[idx].out = steps[idx].outs.empty() ? -1 : steps[idx].outs[0];
+  }
+
   // The list and tuple ops that the interpreter runs as instructions, not operators
   // (torch/csrc/jit/runtime/vararg_functions.cpp does the same).
   static std::shared_ptr<jit::Operation> intrinsic(const jit::Node* n) {
@@ -362,35 +389,14 @@ class Compiler {
         throw Unsupported("op " + k + " is not lowered");
       }
     }
-    for (const jit::Value* v : n->inputs()) {
-      if (auto c = jit::toIValue(v)) {
-        s.args.push_back(-1);
-        s.consts.push_back(*c);
-      } else {
-        s.args.push_back(id(v));
-        s.consts.emplace_back();
-      }
-    }
+    for (const jit::Value* v : n->inputs()) add_arg(s, v);
     // a vararg op (aten::format) reads its input count from the stack, as the interpreter pushes it
     const c10::FunctionSchema* schema = n->maybeSchema();
     if (schema && schema->is_vararg()) {
       s.args.push_back(-1);
       s.consts.emplace_back(static_cast<int64_t>(n->inputs().size()));
     }
-    steps.push_back(std::move(s));
-    const int idx = static_cast<int>(steps.size()) - 1;
-    const bool view = may_return_view(n);
-    bool root = false;  // a view shares the memory of its inputs; anything else is ATen's own
-    if (view)
-      for (int a : steps[idx].args)
-        if (a >= 0) root = root || onednn_root_[a];
-    for (const jit::Value* o : n->outputs()) {
-      const int v = add_value(o, idx);
-      steps[idx].outs.push_back(v);
-      view_[v] = view;
-      onednn_root_[v] = root;
-    }
-    steps[idx].out = steps[idx].outs.empty() ? -1 : steps[idx].outs[0];
+    add_outputs(std::move(s), n, may_return_view(n));
     if (counted) ++aten_ops[k];
   }
 
@@ -567,15 +573,6 @@ class Compiler {
       st.erase(st.end() - 2 * outs - 1, st.end());
       for (c10::IValue& v : r) st.push_back(std::move(v));
     });
-    auto arg = [&](const jit::Value* v) {
-      if (auto c = jit::toIValue(v)) {
-        s.args.push_back(-1);
-        s.consts.push_back(*c);
-      } else {
-        s.args.push_back(id(v));
-        s.consts.emplace_back();
-      }
-    };
     if (cond >= 0) {
       s.args.push_back(cond);
       s.consts.emplace_back();
@@ -583,20 +580,9 @@ class Compiler {
       s.args.push_back(-1);
       s.consts.emplace_back(true);
     }
-    for (const jit::Value* v : yes) arg(v);
-    for (const jit::Value* v : no) arg(v);
-    steps.push_back(std::move(s));
-    const int idx = static_cast<int>(steps.size()) - 1;
-    for (const jit::Value* o : n->outputs()) {
-      const int v = add_value(o, idx);
-      steps[idx].outs.push_back(v);
-      view_[v] = true;  // it is one of the branch's values
-      bool root = false;
-      for (int a : steps[idx].args)
-        if (a >= 0) root = root || onednn_root_[a];
-      onednn_root_[v] = root;
-    }
-    steps[idx].out = steps[idx].outs.empty() ? -1 : steps[idx].outs[0];
+    for (const jit::Value* v : yes) add_arg(s, v);
+    for (const jit::Value* v : no) add_arg(s, v);
+    add_outputs(std::move(s), n, /*view=*/true);  // each output is one of a branch's values
   }
 
   void lower(jit::Node* n) {
@@ -1021,6 +1007,18 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
       return make_pd(dnnl::primitive_attr());
     }
   };
+  // A chain with no layer to carry it (after an element-wise step's input, after ATen's
+  // linear layer): a binary primitive multiplying by 1 (exact) takes it as post-ops.
+  auto carrier = [&](const Dims& d, Layout l) {
+    ex.src2 = owned(memory::desc(Dims(d.size(), 1), DT::f32, d.size() == 4 ? Tag::nchw : Tag::nc));
+    *static_cast<float*>(ex.src2.get_data_handle()) = 1.0f;
+    auto pd = make([&](const dnnl::primitive_attr& attr) {
+      const memory::desc d0 = layout_desc(d, DT::f32, l);
+      dnnl::binary::desc bd(A::binary_mul, d0, ex.src2.get_desc(), d0);
+      return dnnl::binary::primitive_desc(bd, attr, engine);
+    });
+    ex.prim = dnnl::binary(pd);
+  };
   switch (s.kind) {
     case Step::kConv: {
       const int64_t O = s.weight.size(0), KH = s.weight.size(2), KW = s.weight.size(3), g = s.groups;
@@ -1065,29 +1063,17 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
         // the output buffer; its chain runs after it, in place, on a binary primitive
         // multiplying by 1 (exact).
         ex.aten_linear = true;
-        if (post.empty()) break;
-        ex.src2 = owned(memory::desc({1, 1}, DT::f32, Tag::nc));
-        *static_cast<float*>(ex.src2.get_data_handle()) = 1.0f;
-        auto pd = make([&](const dnnl::primitive_attr& attr) {
-          const memory::desc d0 = layout_desc(out, DT::f32, Layout::kRows);
-          dnnl::binary::desc d(A::binary_mul, d0, ex.src2.get_desc(), d0);
-          return dnnl::binary::primitive_desc(d, attr, engine);
-        });
-        ex.prim = dnnl::binary(pd);
+        if (!post.empty()) carrier(out, Layout::kRows);
         break;
       }
-      const DT wtype = ex.int8 ? DT::s8 : DT::f32;
-      const memory::desc wplain({O, in[1]}, wtype, Tag::oi);
-      const memory::desc wany({O, in[1]}, wtype, Tag::any);
-      const memory::desc bias = s.bias.defined() && !ex.int8 ? memory::desc({O}, DT::f32, Tag::x) : memory::desc();
-      const memory::desc src = ex.int8 ? memory::desc(in, p.qtype[s.in], Tag::nc) : layout_desc(in, DT::f32, Layout::kRows);
+      // int8: the integers of the input and the weights, the bias a post-op after the scale
+      const memory::desc wplain({O, in[1]}, DT::s8, Tag::oi), wany({O, in[1]}, DT::s8, Tag::any);
       auto pd = make([&](const dnnl::primitive_attr& attr) {
-        dnnl::inner_product_forward::desc d(inference, src, wany, bias, out_desc());
+        dnnl::inner_product_forward::desc d(inference, memory::desc(in, p.qtype[s.in], Tag::nc), wany,
+                                            memory::desc(), out_desc());
         return dnnl::inner_product_forward::primitive_desc(d, attr, engine);
       });
-      ex.args[DNNL_ARG_WEIGHTS] =
-          reordered_weights(wplain, ex.int8 ? s.qweight.data_ptr() : s.weight.data_ptr(), pd.weights_desc());
-      if (s.bias.defined() && !ex.int8) ex.args[DNNL_ARG_BIAS] = memory(bias, engine, s.bias.data_ptr());
+      ex.args[DNNL_ARG_WEIGHTS] = reordered_weights(wplain, s.qweight.data_ptr(), pd.weights_desc());
       ex.prim = dnnl::inner_product_forward(pd);
       break;
     }
@@ -1120,19 +1106,11 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
       ex.prim = dnnl::pooling_forward(pd);
       break;
     }
-    case Step::kEltwise: {  // the chain on a binary primitive multiplying by 1 (exact)
+    case Step::kEltwise:
       out = in;
       out_sizes = in_sizes;
-      ex.src2 = owned(memory::desc(Dims(in.size(), 1), DT::f32, in.size() == 4 ? Tag::nchw : Tag::nc));
-      *static_cast<float*>(ex.src2.get_data_handle()) = 1.0f;
-      auto pd = make([&](const dnnl::primitive_attr& attr) {
-        const memory::desc d0 = layout_desc(in, DT::f32, in_layout);
-        dnnl::binary::desc d(A::binary_mul, d0, ex.src2.get_desc(), d0);
-        return dnnl::binary::primitive_desc(d, attr, engine);
-      });
-      ex.prim = dnnl::binary(pd);
+      carrier(in, in_layout);
       break;
-    }
     case Step::kBinary: {  // two values, one of them broadcast (a gate of [N, C, 1, 1]) or not
       std::vector<int64_t> s1 = sizes_of(p, s.in2);
       auto covers = [](const std::vector<int64_t>& full, const std::vector<int64_t>& b) {
