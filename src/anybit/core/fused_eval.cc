@@ -5,6 +5,7 @@
 #include "anybit/core/fused_eval.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/adaptive_avg_pool2d.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -125,7 +126,7 @@ struct FusedModel::Impl {
     bool posts_on_cpu = false;
     bool alias = false;  // a flatten that keeps the bytes: dst is src under another shape
     bool int8 = false;         // an int8 conv: reads the integer form of its input
-    bool aten_linear = false;  // a float linear layer run by ATen's addmm, its chain after it
+    bool aten_layer = false;  // a float linear layer (ATen's addmm) or an uneven adaptive pooling (ATen's), its chain after it
     bool writes_int8 = false;  // an int8 conv writing the integer form of its output
     dnnl::reorder dequantize;  // integer form of the output -> its float form
     dnnl::reorder quantize;    // float form of the output -> its integer form
@@ -308,7 +309,7 @@ void FusedModel::Impl::prepare(Plan& p, bool use_int8) const {
     if (s.kind != Step::kGeneric) producer[s.out] = &s;
   for (size_t i = 0; i < steps.size() && use_int8; ++i) {
     const Step& s = steps[i];
-    if ((s.kind != Step::kConv && s.kind != Step::kLinear) || !s.qweight.defined()) continue;
+    if ((s.kind != Step::kConv && s.kind != Step::kLinear) || !s.qweight.defined() || s.groups != 1) continue;
     const Step* prod = producer[s.in];
     // the producer writes the integers in the layout this layer reads (NHWC for a conv,
     // rows for a linear layer), which a conv or pooling (NHWC), a linear layer (rows) or
@@ -460,7 +461,7 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
         // oneDNN 2.6's inner product, and bit-identical to the interpreter), written into
         // the output buffer; its chain runs after it, in place, on a binary primitive
         // multiplying by 1 (exact).
-        ex.aten_linear = true;
+        ex.aten_layer = true;
         if (!post.empty()) carrier(out, Layout::kRows);
         break;
       }
@@ -477,11 +478,18 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
     }
     case Step::kPool: {
       Dims kernel, stride, pad;
-      if (s.global_pool) {  // adaptive average pooling to a size that divides the input
+      if (s.global_pool) {  // adaptive average pooling
         const int64_t oh = s.kernel[0], ow = s.kernel[1];
-        if (oh < 1 || ow < 1 || in[2] % oh != 0 || in[3] % ow != 0)
-          throw Error("adaptive_avg_pool2d from " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " to " +
-                      std::to_string(oh) + "x" + std::to_string(ow) + " (not a whole number of inputs per output)");
+        if (oh < 1 || ow < 1) throw Error("adaptive_avg_pool2d to " + std::to_string(oh) + "x" + std::to_string(ow));
+        if (in[2] % oh != 0 || in[3] % ow != 0) {
+          // windows of different sizes (VGG's 7x7 from 2x2, AlexNet's 6x6 from 1x1): ATen's
+          // own kernel writes the output, the chain runs after it
+          ex.aten_layer = true;
+          out = {in[0], in[1], oh, ow};
+          out_sizes = out;
+          if (!post.empty()) carrier(out, Layout::kNHWC);
+          break;
+        }
         kernel = {in[2] / oh, in[3] / ow};
         stride = kernel;
         pad = {0, 0};
@@ -595,7 +603,11 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
       }
       stack.push_back(a >= 0 ? ivalue_of(p, a) : s.consts[i]);
     }
-    (*s.op)(stack);
+    try {
+      (*s.op)(stack);
+    } catch (const c10::Error& e) {
+      throw Error(s.op_name + " (through ATen): " + e.what_without_backtrace());
+    }
     if (stack.size() != s.outs.size())
       throw Error(s.op_name + " returned " + std::to_string(stack.size()) + " values, not " + std::to_string(s.outs.size()));
     for (size_t k = 0; k < s.outs.size(); ++k) p.ivals[s.outs[k]] = std::move(stack[k]);
@@ -626,14 +638,23 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
     }
     return;
   }
-  if (ex.aten_linear) {
+  if (ex.aten_layer) {
     const Dims d = src.get_desc().dims();
-    const at::Tensor a = at::from_blob(src.get_data_handle(), {d[0], d[1]}, at::TensorOptions(at::kFloat));
-    at::Tensor y = at::from_blob(dst.get_data_handle(), {d[0], s.weight.size(0)}, at::TensorOptions(at::kFloat));
-    if (s.bias.defined())
-      at::addmm_out(y, s.bias, a, s.weight.t());
-    else
-      at::mm_out(y, a, s.weight.t());
+    if (s.kind == Step::kLinear) {
+      const at::Tensor a = at::from_blob(src.get_data_handle(), {d[0], d[1]}, at::TensorOptions(at::kFloat));
+      at::Tensor y = at::from_blob(dst.get_data_handle(), {d[0], s.weight.size(0)}, at::TensorOptions(at::kFloat));
+      if (s.bias.defined())
+        at::addmm_out(y, s.bias, a, s.weight.t());
+      else
+        at::mm_out(y, a, s.weight.t());
+    } else {  // adaptive average pooling, NHWC in and out
+      auto nhwc = [](void* data, const Dims& e) {
+        return at::from_blob(data, {e[0], e[1], e[2], e[3]}, {e[1] * e[2] * e[3], 1, e[3] * e[1], e[1]},
+                             at::TensorOptions(at::kFloat));
+      };
+      const Dims od = dst.get_desc().dims();
+      nhwc(dst.get_data_handle(), od).copy_(at::adaptive_avg_pool2d(nhwc(src.get_data_handle(), d), {od[2], od[3]}));
+    }
     if (ex.prim) {
       std::unordered_map<int, memory> args = ex.args;
       args[DNNL_ARG_SRC] = dst;
@@ -769,7 +790,7 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
   impl->int8 = int8;
   try {
     impl->graph = frozen.get_method("forward").graph();
-    fused::CompiledGraph c = fused::compile_graph(impl->graph, int8);
+    fused::CompiledGraph c = fused::compile_graph(impl->graph, c10::IValue(frozen._ivalue()), int8);
     impl->steps = std::move(c.steps);
     impl->num_values = c.num_values;
     impl->output = c.output;

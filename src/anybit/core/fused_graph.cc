@@ -102,14 +102,23 @@ class Compiler {
   int onednn_ops = 0;                  // tensor ops that run as oneDNN layers, post-ops or no-ops
   std::map<std::string, int> aten_ops;  // tensor ops that run through ATen, by name
 
+  c10::IValue self;  // the module (the graph's input 0): what prim::GetAttr reads
+
   void run(const std::shared_ptr<jit::Graph>& graph) {
     if (graph->inputs().size() != 2 || !is_tensor(graph->inputs()[1]))
       throw Unsupported("forward must take one tensor");
+    self_ = graph->inputs()[0];
     add_value(graph->inputs()[1], -1);
     for (jit::Node* n : graph->nodes()) lower(n);
     if (graph->outputs().size() != 1 || !is_tensor(graph->outputs()[0]))
       throw Unsupported("forward must return one tensor");
     output = id(graph->outputs()[0]);
+    // A shape check (size(), dim()) of a value that a later element-wise op was fused into
+    // reads the chain's final value instead: the same shape, and the one that is computed.
+    for (Step& s : steps)
+      if (s.metadata_only)
+        for (int& a : s.args)
+          if (a >= 0 && producer_[a] >= 0 && steps[producer_[a]].kind != Step::kGeneric) a = steps[producer_[a]].out;
   }
 
  private:
@@ -119,6 +128,7 @@ class Compiler {
   std::vector<bool> view_;     // value -> may be a view of another value's memory
   std::vector<bool> onednn_root_;  // value -> its memory may be a oneDNN buffer (or the input's)
   std::vector<std::pair<int, bool>> guards_;  // the If branches the op being lowered is in
+  const jit::Value* self_ = nullptr;
 
   static int data_uses(const jit::Value* v) {
     int n = 0;
@@ -243,6 +253,11 @@ class Compiler {
     new_step(std::move(e), n->output());
   }
   void add_arg(Step& s, const jit::Value* v) const {  // a value, or a constant
+    if (v == self_ && !self.isNone()) {
+      s.args.push_back(-1);
+      s.consts.push_back(self);
+      return;
+    }
     if (auto c = jit::toIValue(v)) {
       s.args.push_back(-1);
       s.consts.push_back(*c);
@@ -282,6 +297,14 @@ class Compiler {
           throw Error("a list of " + std::to_string(list.size()) + " values unpacked into " + std::to_string(outs));
         for (size_t i = 0; i < outs; ++i) st.push_back(list.get(i));
       });
+    if (k == "prim::GetAttr") {  // an attribute freezing kept (the module is frozen: a constant read)
+      const std::string name = n->s(c10::attr::name);
+      return std::make_shared<jit::Operation>([name](jit::Stack& st) {
+        c10::IValue obj = st.back();
+        st.pop_back();
+        st.push_back(obj.toObjectRef().getAttr(name));
+      });
+    }
     if (k == "prim::TupleUnpack")
       return std::make_shared<jit::Operation>([](jit::Stack& st) {
         auto t = st.back().toTuple();
@@ -570,8 +593,9 @@ class Compiler {
 
 }  // namespace
 
-CompiledGraph compile_graph(const std::shared_ptr<jit::Graph>& graph, bool int8) {
+CompiledGraph compile_graph(const std::shared_ptr<jit::Graph>& graph, const c10::IValue& self, bool int8) {
   Compiler c;
+  c.self = self;
   c.run(graph);
   if (c.output == 0) throw Unsupported("forward returns its input");
   // an element-wise step on an ATen result lays its output out as the linear layer

@@ -87,9 +87,10 @@ struct CompiledGraph {
   std::map<std::string, int> aten_ops;  // tensor ops that run through ATen, by name
 };
 
-// Throws Unsupported. With int8, the conv and linear weights that lie on an integer grid of
-// at most 8 bits get their integers (Step::qweight, wstep).
-CompiledGraph compile_graph(const std::shared_ptr<torch::jit::Graph>& graph, bool int8);
+// Throws Unsupported. `self` is the module object (graph input 0), for the attributes
+// freezing kept. With int8, the conv and linear weights that lie on an integer grid of at
+// most 8 bits get their integers (Step::qweight, wstep).
+CompiledGraph compile_graph(const std::shared_ptr<torch::jit::Graph>& graph, const c10::IValue& self, bool int8);
 
 }  // namespace fused
 }  // namespace anybit
