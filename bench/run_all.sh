@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine, one after another (each compares
-# anybit with its peer inside one run). `make bench` builds first. About 15 minutes on 2
+# anybit with its peer inside one run). `make bench` builds first. About 25 minutes on 2
 # cores; THREADS (default 2) sets the thread count where a benchmark takes one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +21,7 @@ echo "== QAT epoch against a float training epoch"
 $PY bench/qat_vs_float.py --threads "$THREADS"
 echo "== integer engine against LibTorch float inference"
 $PY bench/intsim_vs_float.py --threads "1,$THREADS"
+echo "== modern networks: fused evaluation against the interpreter and PyTorch eager"
+PYTHONPATH=python:tests ANYBIT_EXE=build/anybit OMP_NUM_THREADS=$THREADS $PY bench/modern_eval.py --threads "$THREADS"
+echo "== where every zoo model evaluates, fused or in the interpreter"
+PYTHONPATH=python:tests ANYBIT_EXE=build/anybit OMP_NUM_THREADS=$THREADS $PY bench/fused_zoo.py
