@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md on this machine, one after another (each compares
-# anybit with its peer inside one run). `make bench` builds first. About 25 minutes on 2
-# cores; THREADS (default 2) sets the thread count where a benchmark takes one.
+# anybit with its peer inside one run). `make bench` builds first. About 15 minutes on 2
+# cores, and 4 more for the two evaluation benchmarks at the end; THREADS (default 2) sets
+# the thread count where a benchmark takes one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
