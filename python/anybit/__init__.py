@@ -221,8 +221,10 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
 
 def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True):
     """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`.
-    The frozen model runs as fused oneDNN layers when every op lowers (fused=False keeps the
-    TorchScript interpreter); the result's "runtime" says which ran."""
+    The frozen model runs as fused oneDNN layers, the ops oneDNN has no layer for through
+    ATen, unless it has a loop that computes tensors or its first batch disagrees with the
+    interpreter (fused=False keeps the TorchScript interpreter); the result's "runtime" says
+    which ran and "runtime_note" how much ran where."""
     with tempfile.TemporaryDirectory() as d:
         mp = _save(model, example_inputs, d)
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
