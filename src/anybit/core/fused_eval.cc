@@ -38,6 +38,14 @@ memory::desc layout_desc(const Dims& d, memory::data_type t, Layout l) {
   return memory::desc(d, t, Tag::nc);
 }
 
+// The strides of a tensor of `sizes` laid out as `l` (NHWC: channels fastest; rows: its own order).
+std::vector<int64_t> strides_of(const std::vector<int64_t>& s, Layout l) {
+  if (l == Layout::kNHWC) return {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
+  std::vector<int64_t> strides(s.size(), 1);
+  for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * s[i + 1];
+  return strides;
+}
+
 Dims per_channel_dims(const Dims& d) {
   Dims c(d.size(), 1);
   c[1] = d[1];
@@ -181,12 +189,7 @@ struct FusedModel::Impl {
   at::Tensor tensor_of(Plan& p, int v) const {
     if (p.layout[v] == Layout::kNone) return p.ivals[v].toTensor();
     const std::vector<int64_t>& s = p.sizes[v];
-    std::vector<int64_t> strides(s.size(), 1);
-    if (p.layout[v] == Layout::kNHWC) {
-      strides = {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
-    } else {
-      for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * s[i + 1];
-    }
+    const std::vector<int64_t> strides = strides_of(s, p.layout[v]);
     if (!p.values[v]) {  // only int8 convs read its data: a view of the integers for size() and dim()
       return at::from_blob(p.qvalues[v].get_data_handle(), s, strides,
                            at::TensorOptions(p.qtype[v] == memory::data_type::s8 ? at::kChar : at::kByte));
@@ -638,7 +641,7 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
     }
     return;
   }
-  if (ex.aten_layer) {
+  if (ex.aten_layer) {  // ATen writes the output; the chain's carrier (if any) then runs on it in place
     const Dims d = src.get_desc().dims();
     if (s.kind == Step::kLinear) {
       const at::Tensor a = at::from_blob(src.get_data_handle(), {d[0], d[1]}, at::TensorOptions(at::kFloat));
@@ -649,26 +652,20 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
         at::mm_out(y, a, s.weight.t());
     } else {  // adaptive average pooling, NHWC in and out
       auto nhwc = [](void* data, const Dims& e) {
-        return at::from_blob(data, {e[0], e[1], e[2], e[3]}, {e[1] * e[2] * e[3], 1, e[3] * e[1], e[1]},
-                             at::TensorOptions(at::kFloat));
+        const std::vector<int64_t> sizes(e.begin(), e.end());
+        return at::from_blob(data, sizes, strides_of(sizes, Layout::kNHWC), at::TensorOptions(at::kFloat));
       };
       const Dims od = dst.get_desc().dims();
       nhwc(dst.get_data_handle(), od).copy_(at::adaptive_avg_pool2d(nhwc(src.get_data_handle(), d), {od[2], od[3]}));
     }
-    if (ex.prim) {
-      std::unordered_map<int, memory> args = ex.args;
-      args[DNNL_ARG_SRC] = dst;
-      args[DNNL_ARG_SRC_1] = ex.src2;
-      args[DNNL_ARG_DST] = dst;
-      ex.prim.execute(st, args);
-      st.wait();
-    }
-  } else if (ex.posts_on_cpu && s.kind == Step::kEltwise) {
+    src = dst;
+  }
+  if (ex.posts_on_cpu && s.kind == Step::kEltwise) {
     std::memcpy(dst.get_data_handle(), src.get_data_handle(), n * sizeof(float));
-  } else {
+  } else if (ex.prim) {
     std::unordered_map<int, memory> args = ex.args;
     args[DNNL_ARG_SRC] = src;
-    if (s.kind == Step::kBinary || s.kind == Step::kEltwise) args[DNNL_ARG_SRC_1] = ex.src2;
+    if (ex.src2) args[DNNL_ARG_SRC_1] = ex.src2;  // the second operand of a binary op or carrier
     args[DNNL_ARG_DST] = dst;
     ex.prim.execute(st, args);
     st.wait();

@@ -56,9 +56,15 @@ const std::string kPrefix = "anybit__";
 const OpInfo& info(Op op) { return table()[static_cast<size_t>(op)]; }
 
 Op op_of(const torch::jit::Node* n) {
+  // the ops' symbols, interned once (op_of runs for every node of every pass that asks)
+  static const std::array<c10::Symbol, 8> symbols = [] {
+    std::array<c10::Symbol, 8> a;
+    for (size_t i = 1; i < a.size(); ++i) a[i] = c10::Symbol::fromQualString(table()[i].name);
+    return a;
+  }();
   const c10::Symbol k = n->kind();
-  for (const OpInfo& i : table())
-    if (i.op != Op::kNone && k == c10::Symbol::fromQualString(i.name)) return i.op;
+  for (size_t i = 1; i < symbols.size(); ++i)
+    if (k == symbols[i]) return table()[i].op;
   return Op::kNone;
 }
 
