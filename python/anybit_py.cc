@@ -177,8 +177,10 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
 py::list sweep(const std::vector<std::string>& models, const std::vector<std::pair<int, int>>& pairs,
                const std::vector<std::string>& methods, const std::string& calib_data,
                const std::string& eval_data, int64_t calib_batches, bool fold_bn, bool first_last_8bit,
-               const std::string& out_dir, bool resume, int adaround_iterations, int brecq_iterations) {
+               const std::string& out_dir, bool resume, int adaround_iterations, int brecq_iterations,
+               const std::vector<std::string>& formats) {
   anybit::SweepOptions o;
+  o.formats = formats;
   o.adaround_iterations = adaround_iterations;
   o.brecq_iterations = brecq_iterations;
   o.models = models;
@@ -203,6 +205,7 @@ py::list sweep(const std::vector<std::string>& models, const std::vector<std::pa
     d["method"] = r.method;
     d["wbits"] = r.wbits;
     d["abits"] = r.abits;
+    if (!r.format.empty()) d["format"] = r.format;
     d["top1"] = r.top1;
     d["top5"] = r.top5;
     d["seconds"] = r.seconds;
@@ -516,7 +519,7 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
         py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
         py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"),
-        py::arg("brecq_iterations") = 2000);
+        py::arg("brecq_iterations") = 2000, py::arg("formats") = std::vector<std::string>{});
   m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),

@@ -363,17 +363,22 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
 std::string default_model() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
 
 void print_row(const anybit::SweepRow& r, double float_top1) {
-  const std::string bits = r.method == "float" ? "float" : fmt::format("W{}A{}", r.wbits, r.abits);
-  fmt::print("{:<22} {:<10} {:<8} {:>7.2f}% {:>8} {:>10} {:>8.1f}\n", r.model, r.method, bits, r.top1,
+  const std::string bits = r.method == "float"    ? "float"
+                           : !r.format.empty()     ? r.format
+                                                   : fmt::format("W{}A{}", r.wbits, r.abits);
+  fmt::print("{:<22} {:<10} {:<12} {:>7.2f}% {:>8} {:>10} {:>8.1f}\n", r.model, r.method, bits, r.top1,
              r.method == "float" ? "" : fmt::format("{:+.2f}", r.top1 - float_top1),
              r.agreement >= 0 ? fmt::format("{:.2f}%", r.agreement) : "", r.seconds);
 }
 
 int run_sweep_cli(anybit::SweepOptions o) {
-  fmt::print("{:<22} {:<10} {:<8} {:>8} {:>8} {:>10} {:>8}\n", "model", "method", "bits", "top-1", "drop", "agreement",
-             "seconds");
   std::map<std::string, double> float_acc;
+  bool header = false;  // printed with the first row: a sweep that fails its checks prints only the error
   auto rows = anybit::run_sweep(o, [&](const anybit::SweepRow& r) {
+    if (!header)
+      fmt::print("{:<22} {:<10} {:<12} {:>8} {:>8} {:>10} {:>8}\n", "model", "method", "bits", "top-1", "drop",
+                 "agreement", "seconds");
+    header = true;
     if (r.method == "float") float_acc[r.model] = r.top1;
     print_row(r, float_acc[r.model]);
     std::fflush(stdout);
@@ -540,6 +545,10 @@ int main(int argc, char** argv) {
   sweep->add_option("--weights", wlist, "weight bit widths, e.g. 8,6,4");
   sweep->add_option("--acts", alist, "activation bit widths");
   sweep->add_option("--pairs", pairs, "explicit pairs instead of the grid, e.g. W4A4,W2A4");
+  std::string formats;
+  sweep->add_option("--formats", formats,
+                    "number formats for weights and activations instead of bit pairs, e.g. "
+                    "int4,fp4:e2m1,mxfp4,nvfp4,nf4,lut4 (docs/formats.md)");
   sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround, brecq (comma-separated)");
   sweep->add_option("--adaround-iters", sw.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
   sweep->add_option("--brecq-iters", sw.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
@@ -596,7 +605,12 @@ int main(int argc, char** argv) {
       sw.methods.clear();
       std::stringstream ms(methods);
       for (std::string m; std::getline(ms, m, ',');) sw.methods.push_back(m);
-      if (!pairs.empty()) {
+      if (!formats.empty()) {
+        if (!pairs.empty() || sweep->count("--weights") || sweep->count("--acts"))
+          throw anybit::Error("sweep: --formats replaces --weights/--acts/--pairs; give one or the other");
+        std::stringstream fs(formats);
+        for (std::string f; std::getline(fs, f, ',');) sw.formats.push_back(f);
+      } else if (!pairs.empty()) {
         std::stringstream ps(pairs);
         for (std::string p; std::getline(ps, p, ',');) {
           int w = 0, a = 0;

@@ -234,11 +234,16 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
-          first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000):
+          first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None):
     """Post-training quantization at every (weight, activation) bit pair and method
     (minmax, mse, percentile, entropy, adaround, brecq), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
+    `formats` (e.g. ["int4", "fp4:e2m1", "mxfp4", "nvfp4", "nf4", "lut4"]) sweeps number formats,
+    each for the weights and the activations, instead of bit pairs (`anybit sweep --formats`;
+    the rows then have a "format").
     `models` are TorchScript files or modules (saved into out_dir)."""
+    if formats is not None and pairs is not None:
+        raise Error("sweep: give formats or pairs, not both")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i, m in enumerate(models if isinstance(models, (list, tuple)) else [models]):
@@ -247,10 +252,13 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
         else:
             name = getattr(m, "original_name", type(m).__name__)
             paths.append(_save(m, None, out_dir, f"{name}_{i}.pt"))
-    pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
+    if formats is not None:
+        pairs = []
+    else:
+        pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
     return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
                          fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations,
-                         brecq_iterations)
+                         brecq_iterations, list(formats or []))
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,

@@ -108,6 +108,7 @@ Grid grid_for_range(double lo, double hi, const QuantTarget& t) {
     lo = std::min(lo, 0.0);
     hi = std::max(hi, 0.0);
     g.scale = std::max((hi - lo) / (t.qmax - t.qmin), kMinScale);
+    if (t.pow2_scale) g.scale = std::exp2(std::ceil(std::log2(g.scale)));
     g.zero_point = std::min<double>(
         std::max<double>(t.qmin - std::nearbyint(lo / g.scale), t.qmin), t.qmax);
     return g;
@@ -117,6 +118,7 @@ Grid grid_for_range(double lo, double hi, const QuantTarget& t) {
                                 std::to_string(t.qmin) + ", " + std::to_string(t.qmax) + "]");
   const double top = t.is_signed_data_range ? std::max(std::fabs(lo), std::fabs(hi)) : std::max(hi, 0.0);
   g.scale = std::max(top / t.qmax, kMinScale);
+  if (t.pow2_scale) g.scale = std::exp2(std::ceil(std::log2(g.scale)));
   return g;
 }
 

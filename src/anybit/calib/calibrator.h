@@ -63,15 +63,17 @@ std::string method_name(const MethodSpec& m);
 //                                      with lo' = min(lo, 0), hi' = max(hi, 0)
 //   neither (unsigned, zero point 0)   s = max(hi, 0) / qmax,                   z = 0
 // and q = clamp(round(x / s) + z, qmin, qmax), x^ = (q - z) * s. `asymmetric` wins when
-// both flags are set.
+// both flags are set. With pow2_scale, s is rounded up to a power of two before z is
+// chosen (`int4:pow2scale`); range searches leave it off and apply it to their result.
 struct QuantTarget {
   int qmin = -128, qmax = 127;
   bool is_signed_data_range = true;
   bool asymmetric = false;
+  bool pow2_scale = false;
 };
 
-// Scale and zero point of `range` on the target's grid, by the formulas above (the same
-// ones core/quantize.cc uses, without its power-of-two option). Throws
+// Scale and zero point of `range` on the target's grid, by the formulas above (the one
+// place they are computed: quant/scheme.cc asks here too). Throws
 // std::invalid_argument when the target's grid is empty or not representable.
 struct Grid {
   double scale = 1, zero_point = 0;

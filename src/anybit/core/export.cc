@@ -238,9 +238,9 @@ class Exporter {
         out.push_back(static_cast<int32_t>(std::min<double>(std::max<double>(std::nearbyint(v), q.qmin), q.qmax)));
       return out;
     };
-    const qnode::Op op = qnode::op_of(n);
-    const qnode::OpInfo& in = qnode::info(op);
-    if (in.uniform) {
+    const qnode::OpInfo& in = qnode::info(qnode::op_of(n));
+    switch (in.integer) {
+    case qnode::IntegerForm::kUniform: {
       if (in.group >= 0 && eval(n->input(in.group)).toInt() != 0)
         throw Error(q.point + ": per-group quantization has no integer export (one scale per output channel at most)");
       if (in.axis >= 0) q.axis = eval(n->input(in.axis)).toInt();
@@ -249,7 +249,9 @@ class Exporter {
       c10::IValue s = eval(n->input(in.scale)), z = eval(n->input(in.zero_point));
       q.scale = s.isTensor() ? float32_values(s.toTensor()) : std::vector<double>{static_cast<float>(s.toDouble())};
       q.zero_point = z.isTensor() ? zps(z.toTensor()) : std::vector<int32_t>{static_cast<int32_t>(z.toInt())};
-    } else if (op == qnode::Op::kPact) {
+      break;
+    }
+    case qnode::IntegerForm::kPact: {
       const int64_t bits = eval(n->input(in.bits)).toInt();
       const int64_t qmax = (int64_t{1} << bits) - 1;
       // the scale exactly as the PACT kernel computes it (fake_quant.cc)
@@ -258,16 +260,18 @@ class Exporter {
       q.zero_point = {0};
       q.qmin = 0;
       q.qmax = static_cast<int32_t>(qmax);
-    } else if (op == qnode::Op::kBinary || op == qnode::Op::kTernary) {
+      break;
+    }
+    case qnode::IntegerForm::kSign:
       q.two_level_sign = true;
       q.scale = float32_values(eval(n->input(1)).toTensor());  // alpha
       q.axis = eval(n->input(in.axis)).toInt();
       q.zero_point = {0};
       q.qmin = -1;
       q.qmax = 1;
-    } else {
-      throw Error(q.point + ": " + q.kind + " (logarithmic) has no integer export: integer hardware " +
-                  "needs uniform (int/uint/fixed), binary or ternary weights");
+      break;
+    case qnode::IntegerForm::kNone:
+      throw Error(q.point + ": " + q.kind + ": " + in.no_integer);
     }
     for (double s : q.scale)
       if (!(s > 0) || !std::isfinite(s))

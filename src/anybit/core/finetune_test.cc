@@ -9,6 +9,7 @@
 
 #include "anybit/core/quantize.h"
 #include "anybit/ptq/fold_bn.h"
+#include "anybit/quant/node.h"
 
 namespace anybit {
 namespace {
@@ -104,6 +105,40 @@ void expect_resumed_run_equals_uninterrupted(FinetuneOptions o, const std::strin
       }
   }
   EXPECT_GT(compared, 10);
+}
+
+// The other formats train too: FP4 weights and activations with learned scales (fp4:e2m1:lsq),
+// and 16 learned levels per channel (lut4:lsq); their parameters move and the loss falls.
+TEST(Finetune, MinifloatScalesAndCodebookLevelsLearn) {
+  auto data = open_data("fmnist::train:limit=512");
+  for (const std::string rules : {std::string("  - {kind: [conv, linear], role: weight, spec: 'fp4:e2m1:per_channel:lsq'}\n"
+                                              "  - {kind: [relu, pool, add], spec: 'fp4:e2m1:lsq'}\n"),
+                                  std::string("  - {kind: [conv, linear], role: weight, spec: 'lut3:per_channel:lsq'}\n"
+                                              "  - {kind: [relu, pool], spec: 'nf4:lsq'}\n")}) {
+    ModelGraph g = load_model(kFloatModel);
+    fold_batch_norm(g);
+    QuantizeOptions qo;
+    qo.progress = false;
+    qo.calib_batches = 1;
+    torch::jit::Module m = quantize(std::move(g), parse_config_string("rules:\n" + rules), data.get(), qo).model.module;
+    std::map<std::string, at::Tensor> start;
+    for (const auto& p : m.named_parameters(false))
+      if (!qnode::what_of(p.name).empty()) start[p.name] = p.value.detach().clone();
+    ASSERT_GT(start.size(), 10u) << rules;
+    const double before = loss_on(m, *data);
+    FinetuneOptions o;
+    o.epochs = 10;
+    o.batch_size = 64;
+    o.max_steps = 40;
+    o.lr = 0.01;
+    o.progress = false;
+    finetune(m, *data, o);
+    int moved = 0;
+    for (const auto& p : m.named_parameters(false))
+      if (start.count(p.name)) moved += !at::equal(p.value, start[p.name]);
+    EXPECT_GT(moved, static_cast<int>(start.size()) / 2) << rules;
+    EXPECT_LT(loss_on(m, *data), before * 0.95) << rules;
+  }
 }
 
 // ternary:lsq learns alpha and the threshold of every ternary weight, binary:lsq its alpha:

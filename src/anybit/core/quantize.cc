@@ -35,11 +35,10 @@
 #include "anybit/ptq/bias_correction.h"
 #include "anybit/ptq/brecq.h"
 #include "anybit/quant/node.h"
+#include "anybit/quant/scheme.h"
 
 namespace anybit {
 namespace jit = torch::jit;
-
-std::string fmt_scale(double s, double z);
 
 // ------------------------------------------------------------------------------------
 // Data
@@ -198,326 +197,39 @@ jit::Value* insert_op(jit::Graph& graph, const char* name, std::vector<jit::Valu
   return n->output();
 }
 
-// ---- quantizer parameters -----------------------------------------------------------
-
-struct Params {
-  at::Tensor scale, zero_point;  // uniform
-  at::Tensor hi;                 // log: top exponent
-  at::Tensor alpha, delta;       // binary / ternary / pact
-  double ste_clip = 1.0;
-  double grad_factor = 1.0;
-  std::string summary;
-  double clipped_low = -1, clipped_high = -1;  // shares of the calibration values outside the range
-};
-
-// The shares of the observed values outside the representable range of a uniform quantizer
-// with scale s and zero point z.
-void measure_clipping(const QuantSpec& spec, const calib::Observer& obs, float s, float z, Params* P) {
-  const calib::Histogram& h = obs.histogram();
-  if (h.count() == 0) return;
-  const double lo = (static_cast<double>(spec.qmin()) - z) * s, hi = (static_cast<double>(spec.qmax()) - z) * s;
-  P->clipped_low = h.share_below(lo);
-  P->clipped_high = h.share_above(hi);
-}
-
-std::string percent(double share) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), share >= 0.001 ? "%.1f%%" : "%.2g%%", 100.0 * share);
-  return buf;
-}
-
-// The warning for clipping that the spec forces (not the calibrator's choice of range), or "".
-std::string clip_warning(const std::string& point, const QuantSpec& spec, const calib::Observer& obs,
-                         const Params& P, double threshold) {
-  if (P.clipped_low < 0) return "";
-  const bool fixed = spec.is_fixed_point();
-  const bool zero_floor = (spec.scheme == Scheme::kUInt && !spec.asymmetric) || spec.scheme == Scheme::kUFixed;
-  const double forced = fixed ? P.clipped_low + P.clipped_high : zero_floor ? P.clipped_low : 0.0;
-  if (!(forced > threshold)) return "";
-  std::string range = "[" + c10::str(static_cast<float>(obs.min())) + ", " + c10::str(static_cast<float>(obs.max())) + "]";
-  std::string what;
-  if (zero_floor && P.clipped_low > threshold) {
-    QuantSpec suggest = spec;
-    if (spec.scheme == Scheme::kUInt) {
-      suggest.scheme = Scheme::kInt;
-      suggest.auto_sign = true;
-      suggest.asymmetric = true;
-      if (suggest.learn == Learn::kPact) suggest.learn = Learn::kNone;
-      what = "; use " + suggest.str() + " (signed where the data is) or int" + std::to_string(spec.bits) + ":asym";
-    } else {
-      what = "; use a signed fixed:Qm.n";
-    }
-    return point + ": " + spec.str() + " clips the " + percent(P.clipped_low) +
-           " of calibration values below 0 (the data spans " + range + ")" + what;
-  }
-  return point + ": " + spec.str() + " clips " + percent(forced) + " of calibration values (the data spans " +
-         range + ", the format holds [" + c10::str((spec.qmin()) * std::exp2(-spec.frac_bits)) + ", " +
-         c10::str((spec.qmax()) * std::exp2(-spec.frac_bits)) + "]); use more integer bits (a larger m in Qm.n)";
-}
-
-double clamp_scale(double s) { return std::max(s, 1e-12); }
-double pow2_ceil(double s) { return std::exp2(std::ceil(std::log2(s))); }
-
-// Uniform scale and zero point from a float range, as docs/design.md's numeric definitions demand.
-void uniform_from_range(const QuantSpec& spec, double lo, double hi, float* s, float* z) {
-  if (spec.is_fixed_point()) {
-    *s = static_cast<float>(std::exp2(-spec.frac_bits));
-    *z = 0;
-    return;
-  }
-  const int qmin = spec.qmin(), qmax = spec.qmax();
-  double scale;
-  double zp = 0;
-  if (spec.asymmetric) {
-    lo = std::min(lo, 0.0);
-    hi = std::max(hi, 0.0);
-    scale = clamp_scale((hi - lo) / (qmax - qmin));
-    if (spec.pow2_scale) scale = pow2_ceil(scale);
-    zp = std::min<double>(std::max<double>(qmin - std::nearbyint(lo / scale), qmin), qmax);
-  } else if (spec.scheme == Scheme::kUInt) {
-    scale = clamp_scale(std::max(hi, 0.0) / qmax);
-    if (spec.pow2_scale) scale = pow2_ceil(scale);
-  } else {
-    scale = clamp_scale(std::max(std::fabs(lo), std::fabs(hi)) / qmax);
-    if (spec.pow2_scale) scale = pow2_ceil(scale);
-  }
-  *s = static_cast<float>(scale);
-  *z = static_cast<float>(zp);
-}
-
-// Per-channel view [C, rest] of a weight along its output-channel axis.
-at::Tensor channels_first(const at::Tensor& w, int axis) {
-  at::Tensor t = w.detach().to(at::kFloat);
-  if (t.dim() == 0) t = t.reshape({1});
-  return t.transpose(0, axis).contiguous().reshape({t.size(axis), -1});
-}
-
-Params weight_params(const QuantSpec& spec, const std::string& calibrator, const at::Tensor& w,
-                     int axis, const std::string& where) {
-  Params P;
-  const bool per_channel = spec.granularity == Granularity::kPerChannel;
-  const bool per_group = spec.granularity == Granularity::kPerGroup;
-  if (spec.axis >= 0) axis = spec.axis;
-  if (axis >= std::max<int64_t>(w.dim(), 1))
-    throw Error(where + ": channel axis " + std::to_string(axis) + " is outside a weight of rank " +
-                std::to_string(w.dim()));
-  at::Tensor rows;  // [C, n]: the values sharing one parameter
-  if (per_group) {
-    if (w.numel() % spec.group_size != 0 || (w.numel() / w.size(0)) % spec.group_size != 0)
-      throw Error(where + ": group size " + std::to_string(spec.group_size) +
-                  " does not divide the rows of a weight of shape " + c10::str(w.sizes()));
-    rows = w.detach().to(at::kFloat).contiguous().reshape({-1, spec.group_size});
-  } else if (per_channel) {
-    rows = channels_first(w, axis);
-  } else {
-    rows = w.detach().to(at::kFloat).contiguous().reshape({1, -1});
-  }
-  const int64_t C = rows.size(0), n = rows.size(1);
-  at::Tensor absrows = rows.abs();
-  if (spec.is_uniform()) {
-    at::Tensor s = at::empty({C}), z = at::empty({C});
-    at::Tensor mn = std::get<0>(rows.min(1)), mx = std::get<0>(rows.max(1));
-    for (int64_t c = 0; c < C; ++c) {
-      double lo = mn[c].item<double>(), hi = mx[c].item<double>();
-      if (calibrator == "mse" && !spec.asymmetric && spec.scheme == Scheme::kInt) {
-        const at::Tensor r = rows[c].contiguous();
-        double clip = calib::mse_optimal_clip(r.data_ptr<float>(), n, spec.qmin(), spec.qmax(), true);
-        lo = -clip;
-        hi = clip;
-      } else if (calibrator != "minmax" && calibrator != "mse") {
-        throw Error(where + ": weight calibrator '" + calibrator + "' is not one of minmax, mse");
-      }
-      float sc, zp;
-      uniform_from_range(spec, lo, hi, &sc, &zp);
-      s[c] = sc;
-      z[c] = zp;
-    }
-    P.scale = s;
-    P.zero_point = z;
-    if (C == 1) {
-      P.scale = s.reshape({1});
-      P.zero_point = z.reshape({1});
-    }
-    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()) * std::max(spec.qmax(), 1));
-    P.summary = C == 1 ? fmt_scale(s[0].item<double>(), z[0].item<double>())
-                       : "scale " + c10::str(s.min().item<float>()) + ".." + c10::str(s.max().item<float>()) +
-                             " (" + std::to_string(C) + (per_group ? " groups)" : " channels)");
-  } else if (spec.scheme == Scheme::kLog) {
-    at::Tensor amax = std::get<0>(absrows.max(1)).clamp_min(1e-30);
-    P.hi = amax.log2().round();
-    P.summary = "2^" + c10::str(P.hi.min().item<float>() - (spec.log_exponents() - 1)) + "..2^" +
-                c10::str(P.hi.max().item<float>());
-  } else if (spec.scheme == Scheme::kBinary) {
-    P.alpha = absrows.mean(1);
-    P.ste_clip = 1.0;
-    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()));  // LSQ's scale, Qp = 1 (binary/ternary:lsq)
-    P.summary = "alpha " + c10::str(P.alpha.mean().item<float>());
-  } else if (spec.scheme == Scheme::kTernary) {
-    at::Tensor delta = absrows.mean(1) * spec.threshold;
-    at::Tensor mask = absrows > delta.unsqueeze(1);
-    at::Tensor alpha = (absrows * mask).sum(1) / mask.sum(1).clamp_min(1);
-    P.alpha = alpha;
-    P.delta = delta;
-    P.ste_clip = 1.0;
-    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(w.numel()));
-    P.summary = "alpha " + c10::str(alpha.mean().item<float>()) + " delta " + c10::str(delta.mean().item<float>());
-  }
-  return P;
-}
-
-
-calib::MethodSpec method_of(const std::string& calibrator, const std::string& where) {
-  try {
-    return calib::parse_method(calibrator);
-  } catch (const std::exception& e) {
-    throw Error(where + ": " + e.what());
-  }
-}
-
-Params activation_params(const QuantSpec& spec, const std::string& calibrator, const Slot& slot,
-                         const std::string& where) {
-  Params P;
-  const calib::Observer& obs = slot.observer;
-  if (obs.count() == 0)
-    throw Error(where + ": no calibration data reached this point (is it inside control flow?)");
-  calib::QuantTarget target;
-  target.qmin = spec.is_uniform() ? spec.qmin() : -(1 << 15);
-  target.qmax = spec.is_uniform() ? spec.qmax() : (1 << 15) - 1;
-  target.asymmetric = spec.asymmetric;
-  target.is_signed_data_range = !(spec.scheme == Scheme::kUInt || spec.scheme == Scheme::kUFixed) && !spec.asymmetric;
-  const calib::MethodSpec method = method_of(calibrator, where);
-  calib::Range r = calib::choose_range(obs, method, target);
-  const double amax = std::max(std::fabs(r.lo), std::fabs(r.hi));
-  if (spec.is_uniform()) {
-    float s, z;
-    uniform_from_range(spec, r.lo, r.hi, &s, &z);
-    P.scale = at::full({1}, s);
-    P.zero_point = at::full({1}, z);
-    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slot.per_sample_numel, 1)) *
-                                    std::max(spec.qmax(), 1));
-    P.summary = fmt_scale(s, z) + " range [" + c10::str(static_cast<float>(r.lo)) + ", " +
-                c10::str(static_cast<float>(r.hi)) + "]";
-    measure_clipping(spec, obs, s, z, &P);
-    if (spec.learn == Learn::kPact) {
-      P.alpha = at::full({1}, static_cast<float>(std::max(r.hi, 1e-6)));
-      P.summary = "clip " + c10::str(P.alpha.item<float>());
-      P.clipped_low = obs.histogram().share_below(0.0);
-      P.clipped_high = obs.histogram().share_above(P.alpha.item<float>());
-    }
-  } else if (spec.scheme == Scheme::kLog) {
-    P.hi = at::full({1}, static_cast<float>(std::nearbyint(std::log2(std::max(amax, 1e-30)))));
-    P.summary = "2^" + c10::str(P.hi.item<float>() - (spec.log_exponents() - 1)) + "..2^" + c10::str(P.hi.item<float>());
-  } else if (spec.scheme == Scheme::kBinary || spec.scheme == Scheme::kTernary) {
-    if (spec.scheme == Scheme::kBinary && obs.min() >= 0)
-      throw Error(where + ": binary (alpha * sign(x)) of an output that is never negative is a constant; "
-                  "use uint1 for the two levels {0, s}");
-    const double mean_abs = obs.mean_abs();
-    P.alpha = at::full({1}, static_cast<float>(mean_abs));
-    P.delta = at::full({1}, static_cast<float>(spec.threshold * mean_abs));
-    P.ste_clip = std::max(amax, 1e-6);
-    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slot.per_sample_numel, 1)));
-    P.summary = "alpha " + c10::str(static_cast<float>(mean_abs));
-  }
-  return P;
-}
-
-// Registers the point's tensors on the root module and inserts its quantizer node.
-void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const Params& P,
+// Registers the point's tensors on the root module and inserts its scheme's quantizer node.
+void install(ModelGraph& g, const Point& p, const QuantSpec& spec, const scheme::Params& P,
              bool portable, PointReport* report) {
   jit::Graph& graph = *g.graph;
   jit::Value* self = graph.inputs().at(0);
-
-  const bool learn = spec.learn != Learn::kNone;
-  auto reg = [&](const std::string& suffix, const at::Tensor& t, bool param) {
-    const std::string name = qnode::attribute(p.name, suffix);
+  const scheme::Entry& entry = scheme::entry_of(spec);
+  report->portable = entry.portable(spec);
+  if (portable && !report->portable)
+    throw Error(p.name + ": spec " + spec.str() +
+                " has no stock aten::fake_quantize_* form (portable save needs uniform, "
+                "half-even, per-tensor or per-channel, not learned)");
+  scheme::Site site;
+  site.graph = &graph;
+  site.portable = portable;
+  auto reg = [&](const std::string& what, const at::Tensor& t, bool learned) {
+    const std::string name = qnode::attribute(p.name, what);
     if (report->first_param.empty()) report->first_param = name;
     if (g.module.hasattr(name))
       throw Error(p.name + ": the model already has a quantizer here (attribute " + name + ")");
-    if (param)
+    if (learned)
       g.module.register_parameter(name, t.clone().set_requires_grad(true), false);
     else
       g.module.register_buffer(name, t.clone());
     return name;
   };
-  const int axis_param = (spec.granularity == Granularity::kPerChannel)
-                             ? (spec.axis >= 0 ? spec.axis : p.channel_axis)
-                             : -1;
-  const int64_t axis = (P.scale.defined() && P.scale.numel() > 1) || (P.alpha.defined() && P.alpha.numel() > 1) ||
-                               (P.hi.defined() && P.hi.numel() > 1)
-                           ? axis_param
-                           : -1;
-  const int64_t group = spec.granularity == Granularity::kPerGroup ? spec.group_size : 0;
-  const bool can_be_portable = spec.is_uniform() && spec.learn == Learn::kNone &&
-                               spec.rounding == Rounding::kHalfEven && group == 0;
-  report->portable = can_be_portable;
-  if (portable && !can_be_portable)
-    throw Error(p.name + ": spec " + spec.str() +
-                " has no stock aten::fake_quantize_* form (portable save needs uniform, "
-                "half-even, per-tensor or per-channel, not learned)");
-  std::function<jit::Value*(jit::Value*)> build;
-  if (spec.is_uniform() && spec.learn == Learn::kPact) {
-    const std::string an = reg("clip", P.alpha, true);
-    build = [&, an](jit::Value* x) {
-      return insert_op(graph, qnode::info(qnode::Op::kPact).name,
-                       {x, graph.insertGetAttr(self, an), graph.insertConstant(int64_t{spec.bits}),
-                        graph.insertConstant(static_cast<int64_t>(spec.rounding))});
-    };
-  } else if (spec.is_uniform() && portable) {
-    if (axis < 0) {
-      build = [&](jit::Value* x) {
-        return insert_op(graph, qnode::info(qnode::Op::kAtenPerTensor).name,
-                         {x, graph.insertConstant(static_cast<double>(P.scale.item<float>())),
-                          graph.insertConstant(static_cast<int64_t>(P.zero_point.item<float>())),
-                          graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()})});
-      };
-    } else {
-      const std::string sn = reg("scale", P.scale, false);
-      const std::string zn = reg("zero_point", P.zero_point.to(at::kInt), false);
-      build = [&, sn, zn](jit::Value* x) {
-        return insert_op(graph, qnode::info(qnode::Op::kAtenPerChannel).name,
-                         {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
-                          graph.insertConstant(axis), graph.insertConstant(int64_t{spec.qmin()}),
-                          graph.insertConstant(int64_t{spec.qmax()})});
-      };
-    }
-  } else if (spec.is_uniform()) {
-    const bool lsq = spec.learn == Learn::kLsq;
-    const std::string sn = reg("scale", P.scale, lsq);
-    const std::string zn = reg("zero_point", P.zero_point, lsq && spec.asymmetric);
-    build = [&, sn, zn](jit::Value* x) {
-      return insert_op(graph, qnode::info(qnode::Op::kAffine).name,
-                       {x, graph.insertGetAttr(self, sn), graph.insertGetAttr(self, zn),
-                        graph.insertConstant(axis), graph.insertConstant(group),
-                        graph.insertConstant(int64_t{spec.qmin()}), graph.insertConstant(int64_t{spec.qmax()}),
-                        graph.insertConstant(static_cast<int64_t>(spec.rounding)),
-                        graph.insertConstant(lsq ? P.grad_factor : 1.0)});
-    };
-  } else if (spec.scheme == Scheme::kLog) {
-    const std::string hn = reg("hi", P.hi, false);
-    build = [&, hn](jit::Value* x) {
-      return insert_op(graph, qnode::info(qnode::Op::kLog).name,
-                       {x, graph.insertGetAttr(self, hn), graph.insertConstant(int64_t{spec.log_exponents()}),
-                        graph.insertConstant(axis)});
-    };
-  } else if (spec.scheme == Scheme::kBinary) {
-    const std::string an = reg("alpha", P.alpha, learn);
-    build = [&, an](jit::Value* x) {
-      return insert_op(graph, qnode::info(qnode::Op::kBinary).name,
-                       {x, graph.insertGetAttr(self, an), graph.insertConstant(axis), graph.insertConstant(P.ste_clip),
-                        graph.insertConstant(learn ? P.grad_factor : 1.0)});
-    };
-  } else if (spec.scheme == Scheme::kTernary) {
-    const std::string an = reg("alpha", P.alpha, learn);
-    const std::string dn = reg("delta", P.delta, learn);  // ternary:lsq learns the threshold too
-    build = [&, an, dn](jit::Value* x) {
-      return insert_op(graph, qnode::info(qnode::Op::kTernary).name,
-                       {x, graph.insertGetAttr(self, an), graph.insertGetAttr(self, dn), graph.insertConstant(axis),
-                        graph.insertConstant(P.ste_clip), graph.insertConstant(learn ? P.grad_factor : 1.0)});
-    };
-  } else {
-    return;
-  }
-  insert_at_point(graph, p, build);
+  site.param = [&](const std::string& what, const at::Tensor& t, bool learned) {
+    return graph.insertGetAttr(self, reg(what, t, learned));
+  };
+  const bool many = (P.scale.defined() && P.scale.numel() > 1) || (P.alpha.defined() && P.alpha.numel() > 1) ||
+                    (P.hi.defined() && P.hi.numel() > 1);
+  if (many && spec.granularity == Granularity::kPerChannel) site.axis = spec.axis >= 0 ? spec.axis : p.channel_axis;
+  site.group = spec.granularity == Granularity::kPerGroup ? spec.group_size : 0;
+  insert_at_point(graph, p, [&](jit::Value* x) { return entry.insert(site, spec, P, x); });
   report->params = P.summary;
 }
 
@@ -579,11 +291,6 @@ int quantize_biases_int32(ModelGraph& g) {
 
 }  // namespace
 
-std::string fmt_scale(double s, double z) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "scale=%.6g zp=%g", s, z);
-  return buf;
-}
 
 std::vector<PointReport> plan(const ModelGraph& g, const Config& config) {
   std::vector<const PointDesc*> descs;
@@ -630,10 +337,11 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     const Point& p = g.points[i];
     const QuantSpec& s = result.points[i].assignment.spec;
     if (s.is_float() || p.role == Role::kWeight || p.role == Role::kBias) continue;
-    // fixed point has a fixed step: observed only for the clipping report
-    const bool fixed = s.is_fixed_point();
-    if (fixed && !calib) continue;
-    if (!fixed) method_of(result.points[i].assignment.calibrator, p.name);  // fail before running anything
+    // a scheme whose parameters need no data (fixed point's step, the block formats' scales)
+    // is observed only for the clipping report, when there is data
+    const bool needs = scheme::needs_data(s);
+    if (!needs && !calib) continue;
+    if (needs) scheme::check_calibrator(result.points[i].assignment.calibrator, p.name);  // fail before running anything
     const int64_t id = slots.add();
     slot_of[i] = id;
     jit::Value* y = insert_at_point(graph, p, [&](jit::Value* x) {
@@ -691,15 +399,16 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   }
   std::vector<size_t> observed;
   for (const auto& kv : slot_of)
-    if (!result.points[kv.first].assignment.spec.is_fixed_point()) observed.push_back(kv.first);
-  std::vector<Params> observed_params(observed.size());
+    if (scheme::needs_data(result.points[kv.first].assignment.spec)) observed.push_back(kv.first);
+  std::vector<scheme::Params> observed_params(observed.size());
   std::vector<std::string> observed_errors(observed.size());
   at::parallel_for(0, static_cast<int64_t>(observed.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       const size_t i = observed[k];
       const Assignment& a = result.points[i].assignment;
       try {
-        observed_params[k] = activation_params(a.spec, a.calibrator, *slots.get(slot_of.at(i)), g.points[i].name);
+        const Slot& slot = *slots.get(slot_of.at(i));
+        observed_params[k] = scheme::data_params(a.spec, a.calibrator, slot.observer, slot.per_sample_numel, g.points[i].name);
       } catch (const std::exception& ex) {
         observed_errors[k] = ex.what();
       }
@@ -711,21 +420,16 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     const Point& p = g.points[i];
     const Assignment& a = result.points[i].assignment;
     if (a.spec.is_float()) continue;
-    Params P;
+    scheme::Params P;
     if (p.role == Role::kWeight || p.role == Role::kBias) {
       const at::Tensor w = resolve_attr(g.module, p.attr_path).toTensor();
       if (a.spec.auto_sign) {
         result.points[i].auto_spec = a.spec.str();
         result.points[i].assignment.spec = a.spec.resolve_sign(w.numel() ? w.min().item<double>() : 0.0);
       }
-      P = weight_params(a.spec, a.calibrator, w, p.channel_axis, p.name);
-    } else if (a.spec.is_fixed_point()) {
-      float s, z;
-      uniform_from_range(a.spec, 0, 0, &s, &z);
-      P.scale = at::full({1}, s);
-      P.zero_point = at::zeros({1});
-      P.summary = fmt_scale(s, z);
-      if (slot_of.count(i)) measure_clipping(a.spec, slots.get(slot_of.at(i))->observer, s, z, &P);
+      P = scheme::weight_params(a.spec, a.calibrator, w, p.channel_axis, p.name);
+    } else if (!scheme::needs_data(a.spec)) {
+      P = scheme::params_without_data(a.spec, slot_of.count(i) ? &slots.get(slot_of.at(i))->observer : nullptr);
     } else {
       P = observed_params[std::lower_bound(observed.begin(), observed.end(), i) - observed.begin()];
     }
@@ -734,7 +438,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     report.clipped_high = P.clipped_high;
     if (slot_of.count(i)) {
       report.clip_warning =
-          clip_warning(p.name, a.spec, slots.get(slot_of.at(i))->observer, P, options.clip_warn_share);
+          scheme::clip_warning(p.name, a.spec, slots.get(slot_of.at(i))->observer, P, options.clip_warn_share);
       if (!report.clip_warning.empty()) result.clipping.push_back(report.clip_warning);
     }
     install(g, p, a.spec, P, options.portable, &report);
@@ -778,8 +482,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       if (s.numel() != 1 || qnode::what_of(r.first_param) != "scale") continue;
       const std::string zp_name = qnode::sibling(r.first_param, "zero_point");
       const double z = g.module.hasattr(zp_name) ? g.module.attr(zp_name).toTensor().item<double>() : 0.0;
-      const std::string learned = fmt_scale(s.item<double>(), z) + " (learned, brecq)";
-      if (r.params.rfind(fmt_scale(s.item<double>(), z), 0) != 0) r.params = learned;
+      const std::string learned = scheme::fmt_scale(s.item<double>(), z) + " (learned, brecq)";
+      if (r.params.rfind(scheme::fmt_scale(s.item<double>(), z), 0) != 0) r.params = learned;
     }
   } else if (reference && !ada_layers.empty()) {
     AdaRoundOptions ao;

@@ -63,15 +63,54 @@ std::string sweep_config(const std::string& method, int w, int a, bool first_las
   return c;
 }
 
+std::string sweep_format_config(const std::string& method, const std::string& format, bool first_last_8bit) {
+  QuantSpec spec;
+  try {
+    spec = parse_spec(format);
+  } catch (const Error& e) {
+    throw Error(std::string("--formats: ") + e.what());
+  }
+  if (spec.is_float()) throw Error("--formats: 'float' is the baseline every sweep evaluates; give a format to sweep");
+  const bool plain_int = spec.scheme == Scheme::kInt && spec.str() == "int" + std::to_string(spec.bits);
+  if (plain_int) return sweep_config(method, spec.bits, spec.bits, first_last_8bit);
+  if (method == "adaround" || method == "brecq")
+    throw Error("sweep: " + method + " learns the rounding of integer weights; it does not apply to " + format +
+                " (use minmax, mse, percentile or entropy)");
+  sweep_config(method, 8, 8, false);  // the method is known
+  std::string wcal = method == "mse" ? "mse" : "minmax";
+  std::string acal = method == "percentile" ? "percentile:99.99" : method;
+  if (spec.scheme == Scheme::kNvfp4) acal = "minmax";  // its tensor scale is a maximum
+  else if (acal == "entropy" && !spec.is_uniform()) acal = "mse";  // entropy searches integer grids
+  const std::string wspec = spec.is_block() || spec.granularity != Granularity::kPerTensor
+                                ? spec.str()
+                                : spec.str() + ":per_channel";
+  std::string c = fmt::format(
+      "weight_calibrator: {0}\n"
+      "calibrator: {1}\n"
+      "rules:\n"
+      "  - {{kind: [conv, linear], role: weight, spec: '{2}'}}\n"
+      "  - {{role: input, spec: '{3}', optional: true}}\n"
+      "  - {{kind: [relu, pool, add], spec: '{3}', optional: true}}\n",
+      wcal, acal, wspec, spec.str());
+  if (first_last_8bit)
+    c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
+         "  - {kind: linear, role: weight, position: last, spec: 'int8:per_channel', optional: true}\n"
+         "  - {role: input, spec: auto8, optional: true}\n";
+  return c;
+}
+
 namespace {
 
-std::string key_of(const std::string& model, const std::string& method, int w, int a) {
-  return model + "|" + method + "|" + std::to_string(w) + "|" + std::to_string(a);
+std::string key_of(const std::string& model, const std::string& method, int w, int a, const std::string& format) {
+  return model + "|" + method + "|" + std::to_string(w) + "|" + std::to_string(a) + "|" + format;
 }
+
+std::string key_of(const SweepRow& r) { return key_of(r.model, r.method, r.wbits, r.abits, r.format); }
 
 json row_json(const SweepRow& r) {
   json j = {{"model", r.model}, {"method", r.method}, {"wbits", r.wbits}, {"abits", r.abits},
             {"top1", r.top1},   {"top5", r.top5},     {"seconds", r.seconds}};
+  if (!r.format.empty()) j["format"] = r.format;
   if (r.agreement >= 0) j["agreement"] = r.agreement;
   return j;
 }
@@ -86,6 +125,7 @@ SweepRow row_from(const json& j) {
   r.top5 = j.at("top5").get<double>();
   r.seconds = j.at("seconds").get<double>();
   r.agreement = j.contains("agreement") ? j.at("agreement").get<double>() : -1;
+  r.format = j.contains("format") ? j.at("format").get<std::string>() : "";
   return r;
 }
 
@@ -105,7 +145,24 @@ std::string base_name(const std::string& p) {
 std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(const SweepRow&)>& on_row) {
   if (o.models.empty()) throw Error("sweep: no model given");
   if (o.out_dir.empty()) throw Error("sweep: no output directory (-o DIR)");
-  for (const auto& m : o.methods) sweep_config(m, 8, 8, false);  // validate before any work
+  if (!o.formats.empty() && !o.pairs.empty())
+    throw Error("sweep: give formats (--formats) or bit pairs (--weights/--acts, --pairs), not both");
+  // each (method, format or pair): its config, validated before any work
+  struct Run {
+    std::string method, format;
+    int w, a;
+    std::string config;
+  };
+  std::vector<Run> runs;
+  for (const auto& m : o.methods) {
+    sweep_config(m, 8, 8, false);
+    for (const auto& f : o.formats) {
+      std::string config = sweep_format_config(m, f, o.first_last_8bit);  // names the flag on a bad format
+      const QuantSpec spec = parse_spec(f);
+      runs.push_back({m, spec.str(), spec.bits, spec.bits, std::move(config)});
+    }
+    for (const auto& [w, a] : o.pairs) runs.push_back({m, "", w, a, sweep_config(m, w, a, o.first_last_8bit)});
+  }
   ::mkdir(o.out_dir.c_str(), 0755);
   const std::string log = o.out_dir + "/results.jsonl";
   std::vector<SweepRow> rows;
@@ -118,7 +175,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
     while (std::getline(f, line)) {
       try {
         SweepRow r = row_from(json::parse(line));
-        done.insert(key_of(r.model, r.method, r.wbits, r.abits));
+        done.insert(key_of(r));
         rows.push_back(r);
       } catch (const std::exception&) {
         // a line cut by a kill: that run is redone
@@ -131,12 +188,12 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
     f.flush();
     if (!f) throw Error(log + ": cannot append");
     rows.push_back(r);
-    done.insert(key_of(r.model, r.method, r.wbits, r.abits));
+    done.insert(key_of(r));
     if (on_row) on_row(r);
   };
   auto calib = open_data(o.calib_data);
   auto test = open_data(o.eval_data);
-  const int64_t total = static_cast<int64_t>(o.models.size() * (1 + o.methods.size() * o.pairs.size()));
+  const int64_t total = static_cast<int64_t>(o.models.size() * (1 + runs.size()));
   data::ProgressBar bar("sweep", total, o.progress);
   int64_t step = 0;
   EvalOptions eo;
@@ -144,45 +201,43 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   for (const auto& model : o.models) {
     const std::string name = base_name(model);
     torch::jit::Module fm = load_module(model);
-    if (!done.count(key_of(name, "float", 32, 32))) {
+    if (!done.count(key_of(name, "float", 32, 32, ""))) {
       EvalResult f = evaluate(fm, *test, eo);
-      SweepRow r{name, "float", 32, 32, f.top1, f.top5, -1, f.seconds};
+      SweepRow r{name, "float", 32, 32, "", f.top1, f.top5, -1, f.seconds};
       append(r);
     } else if (on_row) {
       for (const auto& r : rows)
         if (r.model == name && r.method == "float") on_row(r);
     }
     bar.update(++step);
-    for (const auto& method : o.methods) {
-      for (const auto& [w, a] : o.pairs) {
-        const std::string k = key_of(name, method, w, a);
-        if (done.count(k)) {
-          if (on_row)
-            for (const auto& r : rows)
-              if (key_of(r.model, r.method, r.wbits, r.abits) == k) on_row(r);
-          bar.update(++step);
-          continue;
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        ModelGraph g = load_model(model);
-        if (o.fold_bn) fold_batch_norm(g);
-        QuantizeOptions qo;
-        qo.calib_batches = o.calib_batches;
-        qo.batch_size = o.batch_size;
-        qo.progress = false;
-        if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
-        if (method == "brecq") {
-          qo.brecq_iterations = o.brecq_iterations;
-          qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);
-        }
-        QuantizeResult q = quantize(std::move(g), parse_config_string(sweep_config(method, w, a, o.first_last_8bit),
-                                                                      "sweep " + method), calib.get(), qo);
-        EvalResult e = evaluate(q.model.module, *test, eo, &fm);
-        // seconds: the whole pair (load, fold, quantize + calibrate, evaluate)
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        append(SweepRow{name, method, w, a, e.top1, e.top5, e.agreement, seconds});
+    for (const Run& run : runs) {
+      const std::string& method = run.method;
+      const std::string k = key_of(name, method, run.w, run.a, run.format);
+      if (done.count(k)) {
+        if (on_row)
+          for (const auto& r : rows)
+            if (key_of(r) == k) on_row(r);
         bar.update(++step);
+        continue;
       }
+      const auto t0 = std::chrono::steady_clock::now();
+      ModelGraph g = load_model(model);
+      if (o.fold_bn) fold_batch_norm(g);
+      QuantizeOptions qo;
+      qo.calib_batches = o.calib_batches;
+      qo.batch_size = o.batch_size;
+      qo.progress = false;
+      if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
+      if (method == "brecq") {
+        qo.brecq_iterations = o.brecq_iterations;
+        qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);
+      }
+      QuantizeResult q = quantize(std::move(g), parse_config_string(run.config, "sweep " + method), calib.get(), qo);
+      EvalResult e = evaluate(q.model.module, *test, eo, &fm);
+      // seconds: the whole pair (load, fold, quantize + calibrate, evaluate)
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      append(SweepRow{name, method, run.w, run.a, run.format, e.top1, e.top5, e.agreement, seconds});
+      bar.update(++step);
     }
   }
   bar.finish();
@@ -191,22 +246,26 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
 }
 
 void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& rows) {
-  std::string csv = "model,method,wbits,abits,top1,top5,agreement,seconds\n";
+  std::string csv = "model,method,format,wbits,abits,top1,top5,agreement,seconds\n";
   json all = json::array();
   for (const auto& r : rows) {
-    csv += fmt::format("{},{},{},{},{:.2f},{:.2f},{},{:.2f}\n", r.model, r.method, r.wbits, r.abits, r.top1,
-                       r.top5, r.agreement >= 0 ? fmt::format("{:.2f}", r.agreement) : "", r.seconds);
+    csv += fmt::format("{},{},{},{},{},{:.2f},{:.2f},{},{:.2f}\n", r.model, r.method, r.format, r.wbits, r.abits,
+                       r.top1, r.top5, r.agreement >= 0 ? fmt::format("{:.2f}", r.agreement) : "", r.seconds);
     all.push_back(row_json(r));
   }
   write_text_atomic(dir + "/results.csv", csv);
   write_text_atomic(dir + "/results.json", all.dump(2) + "\n");
 
-  // SVG: accuracy against the bit pair, one line per (model, method), float as a dashed line
-  std::vector<std::pair<int, int>> pairs;
+  // SVG: accuracy against the bit pair or format, one line per (model, method), float as a
+  // dashed line; the x axis runs from the widest to the narrowest (formats: in bits, then as given)
+  auto label = [](const SweepRow& r) { return r.format.empty() ? fmt::format("W{}A{}", r.wbits, r.abits) : r.format; };
+  std::vector<std::pair<std::string, int>> pairs;  // (label, wbits + abits)
   for (const auto& r : rows)
-    if (r.method != "float" && std::find(pairs.begin(), pairs.end(), std::make_pair(r.wbits, r.abits)) == pairs.end())
-      pairs.push_back({r.wbits, r.abits});
-  std::sort(pairs.begin(), pairs.end(), [](auto x, auto y) { return x.first + x.second > y.first + y.second; });
+    if (r.method != "float" && std::find_if(pairs.begin(), pairs.end(), [&](const auto& p) {
+                                 return p.first == label(r);
+                               }) == pairs.end())
+      pairs.push_back({label(r), r.wbits + r.abits});
+  std::stable_sort(pairs.begin(), pairs.end(), [](const auto& x, const auto& y) { return x.second > y.second; });
   const int W = 720, H = 440, L = 70, R = 200, T = 40, B = 60;
   const double pw = W - L - R, ph = H - T - B;
   auto X = [&](size_t i) { return L + (pairs.size() > 1 ? pw * i / (pairs.size() - 1) : pw / 2); };
@@ -221,9 +280,8 @@ void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& ro
                        "text-anchor='end'>{}%</text>\n",
                        L, Y(t), L + pw, Y(t), L - 6, Y(t) + 4, t);
   for (size_t i = 0; i < pairs.size(); ++i)
-    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>W{}A{}</text>\n", X(i), T + ph + 20,
-                       pairs[i].first, pairs[i].second);
-  svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>bits (weights, activations)</text>\n",
+    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{}</text>\n", X(i), T + ph + 20, pairs[i].first);
+  svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>bits (weights, activations) or format</text>\n",
                      L + pw / 2, H - 15);
   static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"};
   std::vector<std::pair<std::string, std::string>> series;
@@ -236,7 +294,7 @@ void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& ro
     std::string pts;
     for (size_t i = 0; i < pairs.size(); ++i)
       for (const auto& r : rows)
-        if (r.model == model && r.method == method && r.wbits == pairs[i].first && r.abits == pairs[i].second)
+        if (r.model == model && r.method == method && label(r) == pairs[i].first)
           pts += fmt::format("{:.1f},{:.1f} ", X(i), Y(r.top1));
     if (method == "float") {
       for (const auto& r : rows)

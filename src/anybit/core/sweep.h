@@ -14,6 +14,9 @@ namespace anybit {
 struct SweepOptions {
   std::vector<std::string> models;
   std::vector<std::pair<int, int>> pairs;  // (weight bits, activation bits)
+  // instead of pairs: number formats, each for the weights and the activations
+  // (int4, fp4:e2m1, mxfp4, nvfp4, nf4, lut4, ...; sweep_format_config)
+  std::vector<std::string> formats;
   std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround, brecq
   int adaround_iterations = 3000;
   int brecq_iterations = 2000;  // method brecq: iterations per block
@@ -31,6 +34,7 @@ struct SweepOptions {
 struct SweepRow {
   std::string model, method;
   int wbits = 0, abits = 0;  // 32 = float
+  std::string format;        // a --formats row: the format ("" for a bit pair)
   double top1 = 0, top5 = 0, agreement = -1;
   double seconds = 0;  // wall time of the row: quantize + calibrate + evaluate (float: evaluate)
 };
@@ -42,6 +46,14 @@ std::vector<SweepRow> run_sweep(const SweepOptions& options,
 
 // The config a method and a bit pair stand for (what a user would write by hand).
 std::string sweep_config(const std::string& method, int wbits, int abits, bool first_last_8bit);
+
+// The config of a method and a number format for weights and activations: a plain `intN`
+// is sweep_config(method, N, N); any other format quantizes the conv/linear weights (per
+// output channel where the format has a scale of its own, per block for MX and NVFP4) and
+// the input and the relu, pool and add outputs. Activation calibrators a format cannot use
+// are replaced as docs/formats.md says (NVFP4: minmax; entropy on a non-integer format: mse);
+// AdaRound and BRECQ learn integer rounding and refuse any other format.
+std::string sweep_format_config(const std::string& method, const std::string& format, bool first_last_8bit);
 
 // Parses "8,6,4" into {8,6,4}; throws anybit::Error naming the flag.
 std::vector<int> parse_bits_list(const std::string& text, const std::string& flag);

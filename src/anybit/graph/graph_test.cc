@@ -291,7 +291,8 @@ TEST(Rules, LaterRulesOverrideEarlierOnesAndPositionPicksAmongSelected) {
       "  - {kind: conv, role: weight, spec: binary}\n"
       "  - {kind: conv, role: weight, position: first, spec: int8}\n"
       "  - {role: input, spec: int8}\n"
-      "  - {match: 'layer4.*', role: weight, spec: float}\n");
+      "  - {match: 'layer4.*', role: weight, spec: float}\n"
+      "  - {match: 'layer2.0.*', role: [activation, weight], spec: int6}\n");
   auto pts = plan(g, c);
   std::map<std::string, std::string> got;
   for (const auto& r : pts) got[r.point.name] = r.assignment.spec.str();
@@ -300,6 +301,17 @@ TEST(Rules, LaterRulesOverrideEarlierOnesAndPositionPicksAmongSelected) {
   EXPECT_EQ(got["layer1.0.conv1.weight"], "binary");
   EXPECT_EQ(got["layer4.0.conv1.weight"], "float");
   EXPECT_EQ(got["fc.weight"], "float");
+  // a list of roles selects each of them
+  int weights = 0, activations = 0;
+  for (const auto& r : pts) {
+    if (r.point.name.rfind("layer2.0.", 0) != 0) continue;
+    const bool listed = r.point.role == Role::kWeight || r.point.role == Role::kActivation;
+    EXPECT_EQ(r.assignment.spec.str() == "int6", listed) << r.point.name;
+    weights += r.point.role == Role::kWeight;
+    activations += r.point.role == Role::kActivation;
+  }
+  EXPECT_GT(weights, 0);
+  EXPECT_GT(activations, 0);
 }
 
 TEST(Rules, ConfigErrorsNameTheFileLineAndKey) {
@@ -318,6 +330,9 @@ TEST(Rules, ConfigErrorsNameTheFileLineAndKey) {
   expect_error("rules: [{kind: conv}]\n", "neither 'spec' nor 'calibrator'");
   expect_error("rules: [{kind: conv, spec: int8, position: middle}]\n", "position must be");
   expect_error("rules: [ {kind: conv\n", "not valid YAML");
+  expect_error("rules: [{kind: conv, spec: [int8, int4]}]\n", "rules[0]: 'spec' must be a single value");
+  expect_error("rules: [{kind: conv, role: [weight, wieght], spec: int8}]\n", "unknown role 'wieght'");
+  expect_error("calibrator: [mse]\nrules: [{kind: conv, spec: int8}]\n", "c.yaml:1: 'calibrator' must be one");
   // JSON is accepted
   Config j = parse_config_string(R"({"rules": [{"kind": "conv", "spec": "int4"}]})");
   EXPECT_EQ(j.rules.size(), 1u);

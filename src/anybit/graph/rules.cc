@@ -4,6 +4,7 @@
 #include <fnmatch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -42,13 +43,28 @@ std::vector<std::string> strings(const YAML::Node& n, const std::string& where, 
   return out;
 }
 
+void parse_rule_key(const std::string& key, const YAML::Node& v, const std::string& where, Rule* r);
+
 Rule parse_rule(const YAML::Node& n, const std::string& where) {
   if (!n.IsMap()) throw Error(where + ": a rule must be a mapping such as {kind: conv, spec: int8}");
   Rule r;
   r.where = where;
   for (const auto& kv : n) {
     const std::string key = kv.first.as<std::string>();
-    const YAML::Node& v = kv.second;
+    try {
+      parse_rule_key(key, kv.second, where, &r);
+    } catch (const YAML::Exception&) {
+      throw Error(where + ": '" + key + "' must be a single value (a string), not a list or a mapping");
+    }
+  }
+  if (!r.has_spec && r.calibrator.empty())
+    throw Error(where + ": the rule sets neither 'spec' nor 'calibrator'");
+  return r;
+}
+
+void parse_rule_key(const std::string& key, const YAML::Node& v, const std::string& where, Rule* rp) {
+  Rule& r = *rp;
+  {
     if (key == "match" || key == "name") {
       r.match = strings(v, where, "match");
     } else if (key == "kind" || key == "op") {
@@ -59,11 +75,15 @@ Rule parse_rule(const YAML::Node& n, const std::string& where) {
                       "' (expected conv, linear, matmul, relu, act, softmax, norm, add, mul, cat, pool, bn, embedding, "
                       "mean, input, any)");
     } else if (key == "role") {
-      r.role = v.as<std::string>();
-      if (r.role != "weight" && r.role != "bias" && r.role != "activation" && r.role != "input" &&
-          r.role != "any")
-        throw Error(where + ": unknown role '" + r.role +
-                    "' (expected weight, bias, activation, input or any)");
+      for (const std::string& role : strings(v, where, "role")) {
+        if (role != "weight" && role != "bias" && role != "activation" && role != "input" && role != "any")
+          throw Error(where + ": unknown role '" + role + "' (expected weight, bias, activation, input or any)");
+        if (role == "any") {  // any role: no filter
+          r.roles.clear();
+          break;
+        }
+        r.roles.push_back(role);
+      }
     } else if (key == "position") {
       r.position = v.as<std::string>();
       if (r.position != "first" && r.position != "last") {
@@ -95,9 +115,6 @@ Rule parse_rule(const YAML::Node& n, const std::string& where) {
                   "' (expected match, kind, role, position, spec, calibrator, optional)");
     }
   }
-  if (!r.has_spec && r.calibrator.empty())
-    throw Error(where + ": the rule sets neither 'spec' nor 'calibrator'");
-  return r;
 }
 
 Config parse_yaml(const YAML::Node& root, const std::string& source) {
@@ -115,10 +132,10 @@ Config parse_yaml(const YAML::Node& root, const std::string& source) {
         c.rules.push_back(parse_rule(rn, at_line(source, rn) + ": rules[" + std::to_string(i) + "]"));
         ++i;
       }
-    } else if (key == "calibrator") {
-      c.calibrator = kv.second.as<std::string>();
-    } else if (key == "weight_calibrator") {
-      c.weight_calibrator = kv.second.as<std::string>();
+    } else if (key == "calibrator" || key == "weight_calibrator") {
+      if (!kv.second.IsScalar())
+        throw Error(at_line(source, kv.second) + ": '" + key + "' must be one calibrator name, not a list or a mapping");
+      (key == "calibrator" ? c.calibrator : c.weight_calibrator) = kv.second.as<std::string>();
     } else {
       throw Error(at_line(source, kv.first) + ": unknown key '" + key +
                   "' (expected rules, calibrator, weight_calibrator)");
@@ -181,7 +198,7 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
         for (const auto& kind : r.kinds) k = k || kind == "any" || kind == p.kind;
         if (!k) continue;
       }
-      if (r.role != "any" && r.role != role_name(p.role)) continue;
+      if (!r.roles.empty() && std::find(r.roles.begin(), r.roles.end(), role_name(p.role)) == r.roles.end()) continue;
       sel.push_back(i);
     }
     if (!r.position.empty() && !sel.empty()) {
@@ -201,7 +218,7 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
       std::string desc;
       for (const auto& g : r.match) desc += (desc.empty() ? "match '" : ", '") + g + "'";
       for (const auto& k : r.kinds) desc += (desc.empty() ? "" : ", ") + std::string("kind ") + k;
-      if (r.role != "any") desc += (desc.empty() ? "" : ", ") + std::string("role ") + r.role;
+      for (const auto& role : r.roles) desc += (desc.empty() ? "" : ", ") + std::string("role ") + role;
       throw Error(r.where + " (" + desc + ") matches no point; `anybit inspect MODEL` lists them");
     }
     for (size_t i : sel) {

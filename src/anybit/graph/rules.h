@@ -11,7 +11,7 @@
 //
 // Selectors (all optional, all must hold): match (glob on the point name, or a list of
 // globs), kind (conv, linear, relu, act, add, mul, cat, pool, bn, mean, input, any; or a
-// list), role (weight, bias, activation, input, any), position (first, last, or an
+// list), role (weight, bias, activation, input, any; or a list), position (first, last, or an
 // index, negative from the end, among the points the other selectors picked).
 // A rule that matches no point is an error: a typo must never quantize nothing
 // (unless the rule says `optional: true`).
@@ -28,7 +28,7 @@ namespace anybit {
 struct Rule {
   std::vector<std::string> match;  // globs; empty = any
   std::vector<std::string> kinds;  // empty = any
-  std::string role = "any";
+  std::vector<std::string> roles;  // empty = any
   std::string position;            // "", first, last, or an integer
   QuantSpec spec;
   bool has_spec = false;

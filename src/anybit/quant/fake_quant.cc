@@ -6,10 +6,13 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "anybit/quant/fake_quant_internal.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -17,8 +20,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-constexpr int64_t kGrain = 1 << 15;
+using namespace fq;  // NOLINT: the kernels' shared helpers
 
 // Adding and subtracting 1.5 * 2^23 rounds a float to the nearest integer, ties to
 // even, under the default FP rounding mode, for |v| < 2^22. Inputs are clamped to the
@@ -68,48 +70,6 @@ std::vector<float> integer_zero_points(const at::Tensor& zp, int64_t n, int64_t 
     out[c] = std::min(std::max(v, static_cast<float>(qmin)), static_cast<float>(qmax));
   }
   return out;
-}
-
-std::vector<float> float_params(const at::Tensor& t, int64_t n) {
-  at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
-  std::vector<float> out(n);
-  const float* p = c.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) out[i] = c.numel() == 1 ? p[0] : p[i];
-  return out;
-}
-
-// Calls fn(begin, end, channel) over [0, n) split into runs sharing one channel,
-// in parallel.
-template <typename Fn>
-void for_each_channel_run(int64_t n, const ChannelLayout& L, Fn fn) {
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    int64_t i = b;
-    while (i < e) {
-      const int64_t blk = i / L.inner;
-      const int64_t c = blk % L.channels;
-      const int64_t end = std::min(e, (blk + 1) * L.inner);
-      fn(i, end, c);
-      i = end;
-    }
-  });
-}
-
-bool fast_path_ok(const at::Tensor& x) {
-  return x.device().is_cpu() && x.scalar_type() == at::kFloat;
-}
-
-// Shape that broadcasts one value per channel against x (for the ATen-op fallbacks).
-at::Tensor per_channel_view(const at::Tensor& p, const at::Tensor& x, int64_t axis,
-                            int64_t group_size, int64_t channels) {
-  if (channels == 1) return p.reshape({});
-  if (group_size > 0) return p.reshape({channels, 1});
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[axis] = channels;
-  return p.reshape(shape);
-}
-
-at::Tensor grouped(const at::Tensor& x, int64_t group_size) {
-  return group_size > 0 ? x.reshape({-1, group_size}) : x;
 }
 
 // The hot loop of the uniform forward, kept free of aliasing so it vectorizes.
@@ -611,3 +571,4 @@ at::Tensor fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int64_t
 }
 
 }  // namespace anybit
+

@@ -111,4 +111,61 @@ at::Tensor fake_quant_ternary(const at::Tensor& x, const at::Tensor& alpha,
 at::Tensor fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
                            int64_t rounding);
 
+// --- minifloat eXmY (quant/spec.h): x^ = s * cast(x * (1/s)) ------------------------
+// cast rounds to the nearest value of the format, ties to the even code (the even
+// mantissa, as IEEE 754's roundTiesToEven), and saturates at +-minifloat_max (inf too,
+// the OCP "saturating" conversion); NaN stays NaN. x * (1/s) and the product with s are
+// float32, as in the uniform kernel. Gradients: dx = dy where |x * (1/s)| <= max (STE);
+// a scale that requires grad (fpN:eXmY:lsq) gets LSQ's
+//   ds = grad_factor * sum dy * ((x^ - x) / s inside, sign(x) * max outside)
+// per channel or group. The float32 CPU kernel reads the float's exponent bits; other
+// devices and dtypes use an ATen-op composition; the reference enumerates the format.
+at::Tensor fake_quant_minifloat(const at::Tensor& x, const at::Tensor& scale, int64_t axis,
+                                int64_t group_size, int64_t exp_bits, int64_t man_bits,
+                                double grad_factor = 1.0);
+at::Tensor fake_quant_minifloat_forward(const at::Tensor& x, const at::Tensor& scale, int64_t axis,
+                                        int64_t group_size, int64_t exp_bits, int64_t man_bits);
+at::Tensor fake_quant_minifloat_torchops(const at::Tensor& x, const at::Tensor& scale, int64_t axis,
+                                         int64_t group_size, int64_t exp_bits, int64_t man_bits);
+at::Tensor fake_quant_minifloat_reference(const at::Tensor& x, const at::Tensor& scale, int64_t axis,
+                                          int64_t group_size, int64_t exp_bits, int64_t man_bits);
+// Every non-negative number of the format in code order (increasing; inf and NaN codes left
+// out): the reference's table.
+std::vector<double> minifloat_values(int exp_bits, int man_bits);
+
+// --- block formats: OCP Microscaling (MX v1.0) and NVFP4 --------------------------------
+// Blocks of `block` consecutive elements along `axis` share a scale computed from the block
+// itself, at every call (activations too: nothing to calibrate but NVFP4's tensor scale).
+// axis < 0 is the reduction axis of the usual consumer: 1 (channels) for a 4-D tensor, the
+// last dim otherwise. A last block shorter than `block` is its own block.
+//   MX     X = 2^clamp(floor(log2 max|block|) - emax, -127, 127) (the E8M0 shared scale;
+//          emax = floor(log2 of the element's largest value)), x^ = X * elem(x / X) with
+//          elem the saturating minifloat cast eXmY (exp_bits > 0) or, for MXINT (exp_bits = 0,
+//          man_bits = element bits b), k * 2^-(b-2), k = round_half_even(.) clamped to
+//          +-(2^(b-1) - 1). A block holding inf or NaN gives NaN.
+//   NVFP4  blocks of 16 by default: d = e4m3(max|block| / 6 * (1/ts)) * ts in float32 with the
+//          saturating E4M3 cast, x^ = e2m1(x * (1/d)) * d; ts is the per-tensor scale
+//          (max|x| / (6 * 448) for a weight); d = 0 gives 0.
+// Gradients are straight through (dx = dy), as in the microxcaling reference library.
+at::Tensor fake_quant_mx(const at::Tensor& x, int64_t axis, int64_t block, int64_t exp_bits, int64_t man_bits);
+at::Tensor fake_quant_mx_reference(const at::Tensor& x, int64_t axis, int64_t block, int64_t exp_bits,
+                                   int64_t man_bits);
+at::Tensor fake_quant_nvfp4(const at::Tensor& x, const at::Tensor& tensor_scale, int64_t axis, int64_t block);
+at::Tensor fake_quant_nvfp4_reference(const at::Tensor& x, const at::Tensor& tensor_scale, int64_t axis,
+                                      int64_t block);
+
+// --- codebooks: NF4 and learned levels (lutN) ---------------------------------------
+// x^ = s * l[k], k the index of the level l[k] nearest to x * (1/s) (a tie goes to the even
+// index), per channel or group like the uniform kernel; `levels` holds L sorted levels
+// shared by every channel ([L]) or one row per channel ([C, L]). NF4 is the 16 QLoRA levels
+// (nf4_levels()) with s = max|x| per block; lutN has 2^N levels from k-means.
+// Gradients: dx = dy where l[0] <= x / s <= l[L-1] (STE), 0 outside; a scale that requires
+// grad gets g * dy * (l[k] - x / s) inside and g * dy * l[k] outside; levels that require
+// grad get g * dy * s summed over the elements that chose each level.
+at::Tensor fake_quant_lut(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& levels, int64_t axis,
+                          int64_t group_size, double grad_factor = 1.0);
+at::Tensor fake_quant_lut_reference(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& levels,
+                                    int64_t axis, int64_t group_size);
+const std::vector<double>& nf4_levels();  // QLoRA's NormalFloat4 (Dettmers et al. 2023), -1..1
+
 }  // namespace anybit

@@ -16,7 +16,16 @@ struct Node;
 namespace anybit {
 namespace qnode {
 
-enum class Op { kNone, kAffine, kPact, kLog, kBinary, kTernary, kAtenPerTensor, kAtenPerChannel };
+enum class Op { kNone, kAffine, kPact, kLog, kBinary, kTernary, kAtenPerTensor, kAtenPerChannel, kMinifloat,
+                kMx, kNvfp4, kLut };
+
+// The integer form export gives a quantizer op (core/export.cc reads its parameters by it).
+enum class IntegerForm {
+  kNone,     // none: OpInfo::no_integer says why
+  kUniform,  // q = clamp(round(x / s) + z, qmin, qmax) from scale, zero_point, qmin, qmax, axis
+  kPact,     // uniform on [0, clip], s = clip / (2^bits - 1), z = 0
+  kSign,     // two or three levels alpha * {-1, (0,) 1} per channel
+};
 
 // The inputs of a quantizer op (input 0 is always the value quantized); -1 where the op
 // has no such input.
@@ -34,6 +43,8 @@ struct OpInfo {
   // per output channel (the step; binary's alpha; ternary's alpha and threshold)
   int ranges = 0;
   bool uniform = false;   // x^ = s * (clamp(round(x / s) + z, qmin, qmax) - z)
+  IntegerForm integer = IntegerForm::kNone;
+  const char* no_integer = "";  // kNone: why there is no integer form
 };
 
 const OpInfo& info(Op op);
@@ -42,7 +53,9 @@ inline bool is_quantizer(const torch::jit::Node* n) { return op_of(n) != Op::kNo
 
 // Parameters live on the root module as "anybit__<point>__<what>", the point's name with
 // every character other than a letter or digit made '_'; <what> is scale, zero_point (a
-// uniform grid), clip (PACT), hi (logarithmic), alpha, delta (binary, ternary).
+// uniform grid), clip (PACT), hi (logarithmic), alpha, delta (binary, ternary), levels
+// (codebooks), format (MX). Every quantizer node reads at least one of them: that is how the
+// export and the reports name its point.
 std::string attribute_prefix(const std::string& point);  // "anybit__layer1_0_conv1_weight"
 std::string attribute(const std::string& point, const std::string& what);
 // What a parameter name holds ("scale"), "" if it is not a quantizer parameter. `name` may

@@ -27,7 +27,8 @@ std::string arg(const qnode::OpInfo& i, int index) {
 
 TEST(QuantizerNode, TheTableNamesTheInputsTheSchemasHave) {
   const Op ops[] = {Op::kAffine, Op::kPact, Op::kLog, Op::kBinary, Op::kTernary, Op::kAtenPerTensor,
-                    Op::kAtenPerChannel};
+                    Op::kAtenPerChannel, Op::kMinifloat, Op::kMx, Op::kNvfp4,
+                    Op::kLut};
   for (Op op : ops) {
     const qnode::OpInfo& i = qnode::info(op);
     EXPECT_EQ(i.op, op);

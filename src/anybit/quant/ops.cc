@@ -2,9 +2,11 @@
 // Each op is a CompositeImplicitAutograd kernel that calls a custom autograd Function,
 // so one registration serves TorchScript graphs, C++, Python and every device (the
 // fast CPU kernels fall back to ATen-op compositions elsewhere).
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "anybit/quant/fake_quant.h"
+#include "anybit/quant/spec.h"
 
 namespace {
 
@@ -37,6 +39,28 @@ at::Tensor op_fake_quant_pact(const at::Tensor& x, const at::Tensor& alpha, int6
   return anybit::fake_quant_pact(x, alpha, bits, rounding);
 }
 
+at::Tensor op_fake_quant_minifloat(const at::Tensor& x, const at::Tensor& scale, int64_t axis, int64_t group_size,
+                                   int64_t exp_bits, int64_t man_bits, double grad_factor) {
+  return anybit::fake_quant_minifloat(x, scale, axis, group_size, exp_bits, man_bits, grad_factor);
+}
+
+// format: [block, exp_bits, man_bits] (the point's attribute, see quant/scheme.cc)
+at::Tensor op_fake_quant_mx(const at::Tensor& x, const at::Tensor& format, int64_t axis) {
+  if (format.numel() != 3) throw anybit::Error("fake_quant_mx: format must hold [block, exp_bits, man_bits]");
+  const at::Tensor f = format.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* p = f.data_ptr<int64_t>();
+  return anybit::fake_quant_mx(x, axis, p[0], p[1], p[2]);
+}
+
+at::Tensor op_fake_quant_nvfp4(const at::Tensor& x, const at::Tensor& scale, int64_t axis, int64_t block) {
+  return anybit::fake_quant_nvfp4(x, scale, axis, block);
+}
+
+at::Tensor op_fake_quant_lut(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& levels, int64_t axis,
+                             int64_t group_size, double grad_factor) {
+  return anybit::fake_quant_lut(x, scale, levels, axis, group_size, grad_factor);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(anybit, m) {
@@ -53,4 +77,12 @@ TORCH_LIBRARY(anybit, m) {
         &op_fake_quant_ternary);
   m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int rounding=0) -> Tensor",
         &op_fake_quant_pact);
+  m.def("fake_quant_minifloat(Tensor x, Tensor scale, int axis, int group_size, int exp_bits, int man_bits, "
+        "float grad_factor=1.0) -> Tensor",
+        &op_fake_quant_minifloat);
+  m.def("fake_quant_mx(Tensor x, Tensor format, int axis=-1) -> Tensor", &op_fake_quant_mx);
+  m.def("fake_quant_nvfp4(Tensor x, Tensor scale, int axis, int block=16) -> Tensor", &op_fake_quant_nvfp4);
+  m.def("fake_quant_lut(Tensor x, Tensor scale, Tensor levels, int axis, int group_size, float grad_factor=1.0) "
+        "-> Tensor",
+        &op_fake_quant_lut);
 }

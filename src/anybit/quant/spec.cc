@@ -2,6 +2,7 @@
 #include "anybit/quant/spec.h"
 
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 #include <vector>
@@ -31,8 +32,8 @@ std::string lower(std::string s) {
 
 [[noreturn]] void bad(const std::string& text, const std::string& why) {
   throw Error("invalid quantizer spec '" + text + "': " + why +
-              " (expected e.g. int8, uint4:asym, auto8, int6:per_channel, fixed:Q2.5, log4, binary, "
-              "ternary, int4:pow2scale, float)");
+              " (expected e.g. int8, uint4:asym, auto8, int6:per_channel, fixed:Q2.5, log4, fp8:e4m3, "
+              "binary, ternary, int4:pow2scale, float)");
 }
 
 // Strict decimal integer: digits only, so "int4x" or "int" are rejected.
@@ -95,6 +96,24 @@ int QuantSpec::qmax() const {
   }
 }
 
+MinifloatSpecial minifloat_special(int exp_bits, int man_bits) {
+  if (exp_bits >= 5) return MinifloatSpecial::kIeee;
+  return 1 + exp_bits + man_bits >= 8 ? MinifloatSpecial::kNanOnly : MinifloatSpecial::kNone;
+}
+
+double minifloat_max(int exp_bits, int man_bits) {
+  const int bias = (1 << (exp_bits - 1)) - 1;
+  const int top = (1 << exp_bits) - 1;  // the largest exponent code
+  switch (minifloat_special(exp_bits, man_bits)) {
+    case MinifloatSpecial::kIeee: return std::ldexp(2.0 - std::ldexp(1.0, -man_bits), top - 1 - bias);
+    case MinifloatSpecial::kNanOnly:
+      // the top code's mantissa of all ones is NaN: the largest has mantissa 1..10 (Y >= 3 here)
+      return std::ldexp(2.0 - std::ldexp(1.0, 1 - man_bits), top - bias);
+    case MinifloatSpecial::kNone: break;
+  }
+  return std::ldexp(2.0 - std::ldexp(1.0, -man_bits), top - bias);
+}
+
 const char* rounding_name(Rounding r) {
   switch (r) {
     case Rounding::kHalfEven: return "half_even";
@@ -138,7 +157,20 @@ std::string QuantSpec::str() const {
     case Scheme::kLog: os << "log" << bits; break;
     case Scheme::kBinary: os << "binary"; break;
     case Scheme::kTernary: os << "ternary"; break;
+    case Scheme::kMinifloat: os << "fp" << bits << ":e" << exp_bits << "m" << man_bits; break;
+    case Scheme::kMx:
+      if (exp_bits == 0) {
+        os << "mxint" << bits;
+      } else {
+        os << "mxfp" << bits;
+        if (!(exp_bits == 2 && man_bits == 1)) os << ":e" << exp_bits << "m" << man_bits;
+      }
+      break;
+    case Scheme::kNvfp4: os << "nvfp4"; break;
+    case Scheme::kNf4: os << "nf4"; break;
+    case Scheme::kLut: os << "lut" << bits; break;
   }
+  if ((scheme == Scheme::kMx && block != 32) || (scheme == Scheme::kNvfp4 && block != 16)) os << ":block=" << block;
   if (auto_sign ? !asymmetric : asymmetric) os << (auto_sign ? ":sym" : ":asym");
   if (narrow) os << ":narrow";
   if (pow2_scale && scheme != Scheme::kFixed && scheme != Scheme::kUFixed) os << ":pow2scale";
@@ -174,6 +206,71 @@ QuantSpec parse_spec(const std::string& text_in) {
   } else if (base == "ternary") {
     s.scheme = Scheme::kTernary;
     s.bits = 2;
+  } else if (base == "nf4") {
+    s.scheme = Scheme::kNf4;
+    s.bits = 4;
+  } else if (base.rfind("lut", 0) == 0) {
+    s.scheme = Scheme::kLut;
+    if (!parse_int(base.substr(3), &bits) || bits < 1 || bits > 8)
+      bad(text_in, "'lut' must be followed by the codebook's bits, 1..8 (2^N levels), as in lut4");
+    s.bits = bits;
+  } else if (base == "nvfp4") {
+    s.scheme = Scheme::kNvfp4;
+    s.bits = 4;
+    s.exp_bits = 2;
+    s.man_bits = 1;
+    s.block = 16;
+  } else if (base.rfind("mxint", 0) == 0) {
+    s.scheme = Scheme::kMx;
+    if (!parse_int(base.substr(5), &bits) || bits < 2 || bits > 16)
+      bad(text_in, "'mxint' must be followed by an element width of 2..16 bits, as in mxint8");
+    s.bits = s.man_bits = bits;
+    s.block = 32;
+  } else if (base.rfind("mxfp", 0) == 0) {
+    s.scheme = Scheme::kMx;
+    s.block = 32;
+    if (!parse_int(base.substr(4), &bits)) bad(text_in, "'mxfp' must be followed by a bit width, as in mxfp8:e4m3");
+    s.bits = bits;
+    std::string fmt = parts.size() > 1 && !parts[1].empty() && parts[1][0] == 'e' ? parts[1] : "";
+    if (fmt.empty() && bits != 4)
+      bad(text_in, "an MX float needs its element format, as in mxfp8:e4m3, mxfp8:e5m2, mxfp6:e3m2, mxfp6:e2m3");
+    if (fmt.empty()) fmt = "e2m1";  // mxfp4
+    else first_mod = 2;
+    const size_t mpos = fmt.find('m');
+    if (mpos == std::string::npos || !parse_int(fmt.substr(1, mpos - 1), &s.exp_bits) ||
+        !parse_int(fmt.substr(mpos + 1), &s.man_bits))
+      bad(text_in, "element format '" + fmt + "' must be eXmY with integers X and Y, as in e4m3");
+    if (s.exp_bits < 1 || s.exp_bits > 8 || s.man_bits < 0 || s.man_bits > 10 || 1 + s.exp_bits + s.man_bits != bits)
+      bad(text_in, "mxfp" + std::to_string(bits) + " elements must be e" + "XmY with 1 + X + Y = " +
+                       std::to_string(bits) + ", 1 <= X <= 8, 0 <= Y <= 10");
+  } else if (base == "bf16" || (base.size() > 2 && base[0] == 'f' && base[1] == 'p' && base != "fp32")) {
+    s.scheme = Scheme::kMinifloat;
+    std::string fmt;
+    if (base == "bf16") {
+      s.bits = 16;
+      fmt = "e8m7";
+    } else {
+      if (!parse_int(base.substr(2), &bits))
+        bad(text_in, "'fp' must be followed by a bit width, as in fp8:e4m3");
+      if (parts.size() < 2 || parts[1].empty() || parts[1][0] != 'e')
+        bad(text_in, "a minifloat needs its exponent and mantissa widths, as in fp8:e4m3, fp8:e5m2, fp6:e3m2, "
+                     "fp6:e2m3, fp4:e2m1");
+      s.bits = bits;
+      fmt = parts[1];
+      first_mod = 2;
+    }
+    const size_t mpos = fmt.find('m');
+    if (mpos == std::string::npos || !parse_int(fmt.substr(1, mpos - 1), &s.exp_bits) ||
+        !parse_int(fmt.substr(mpos + 1), &s.man_bits))
+      bad(text_in, "minifloat format '" + fmt + "' must be eXmY with integers X and Y, as in e4m3");
+    if (s.exp_bits < 1 || s.exp_bits > 8 || s.man_bits < 0 || s.man_bits > 10)
+      bad(text_in, "minifloat e" + std::to_string(s.exp_bits) + "m" + std::to_string(s.man_bits) +
+                       " is outside 1 <= X <= 8 exponent and 0 <= Y <= 10 mantissa bits");
+    if (1 + s.exp_bits + s.man_bits != s.bits)
+      bad(text_in, "fp" + std::to_string(s.bits) + " has " + std::to_string(s.bits) + " bits but e" +
+                       std::to_string(s.exp_bits) + "m" + std::to_string(s.man_bits) + " needs 1 + " +
+                       std::to_string(s.exp_bits) + " + " + std::to_string(s.man_bits) + " = " +
+                       std::to_string(1 + s.exp_bits + s.man_bits));
   } else if (base == "fixed" || base == "ufixed") {
     s.scheme = base == "fixed" ? Scheme::kFixed : Scheme::kUFixed;
     if (parts.size() < 2 || parts[1].size() < 4 || parts[1][0] != 'q')
@@ -241,7 +338,11 @@ QuantSpec parse_spec(const std::string& text_in) {
       s.granularity = Granularity::kPerChannel;
     } else if (key == "axis") {
       if (!parse_int(val, &s.axis) || s.axis < 0) bad(text_in, "axis must be a non-negative integer");
-      s.granularity = Granularity::kPerChannel;
+      // a block format's axis is the one its blocks run along; anything else gets a scale per channel
+      if (!s.is_block()) s.granularity = Granularity::kPerChannel;
+    } else if (key == "block") {
+      if (!s.is_block()) bad(text_in, "'block' applies to the block formats (mxfp*, mxint*, nvfp4); use group=K");
+      if (!parse_int(val, &s.block) || s.block < 1) bad(text_in, "block must be a positive integer");
     } else if (key == "group") {
       if (!parse_int(val, &s.group_size) || s.group_size < 1)
         bad(text_in, "group must be a positive integer");
@@ -264,6 +365,10 @@ QuantSpec parse_spec(const std::string& text_in) {
     }
   }
   // Combinations that have no meaning.
+  if (s.is_block() && (s.granularity != Granularity::kPerTensor || s.learn != Learn::kNone || s.asymmetric ||
+                       s.narrow || s.pow2_scale || s.rounding != Rounding::kHalfEven))
+    bad(text_in, "a block format computes its scales from each block (block=K, axis=K change the block); "
+                 "per_channel, group, lsq, pact, asym, narrow, pow2scale and round do not apply");
   if (s.auto_sign && s.narrow) bad(text_in, "'narrow' applies to signed int/fixed quantizers only, not auto");
   if (s.auto_sign && s.learn == Learn::kPact)
     bad(text_in, "'pact' learns the clip of an unsigned activation quantizer (use uintN:pact)");
@@ -279,9 +384,14 @@ QuantSpec parse_spec(const std::string& text_in) {
     bad(text_in, "'narrow' needs at least 3 bits");
   if (s.learn == Learn::kPact && !(s.scheme == Scheme::kUInt))
     bad(text_in, "'pact' learns the clip of an unsigned activation quantizer (use uintN:pact)");
-  if (s.learn == Learn::kLsq && !s.is_uniform() && s.scheme != Scheme::kBinary && s.scheme != Scheme::kTernary)
-    bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint) or the scale (and ternary threshold) of "
-                 "binary/ternary");
+  if (s.learn == Learn::kLsq && !s.is_uniform() && s.scheme != Scheme::kBinary && s.scheme != Scheme::kTernary &&
+      s.scheme != Scheme::kMinifloat && s.scheme != Scheme::kNf4 && s.scheme != Scheme::kLut)
+    bad(text_in, "'lsq' learns the step of a uniform quantizer (int/uint), the scale of a minifloat or nf4, the levels "
+                 "of a lut, or the scale (and ternary threshold) of binary/ternary");
+  if ((s.scheme == Scheme::kNf4 || s.scheme == Scheme::kLut) && s.pow2_scale)
+    bad(text_in, "'pow2scale' does not apply to a codebook");
+  if (s.scheme == Scheme::kLut && s.granularity == Granularity::kPerGroup)
+    bad(text_in, "a lut learns its levels per tensor or per channel (per_channel), not per group");
   if (s.learn != Learn::kNone && s.is_fixed_point()) {
     // clip(round(w / step), a, b) with a learned step is a uniform spec of the same width
     const std::string same = std::string(s.scheme == Scheme::kFixed ? "int" : "uint") + std::to_string(s.bits) +
@@ -292,7 +402,7 @@ QuantSpec parse_spec(const std::string& text_in) {
   if (s.threshold != 0.7 && s.scheme != Scheme::kTernary)
     bad(text_in, "'threshold' applies to ternary only");
   if (s.rounding != Rounding::kHalfEven && !s.is_uniform() && s.scheme != Scheme::kLog)
-    bad(text_in, "rounding modes apply to uniform and log quantizers only");
+    bad(text_in, "rounding modes apply to uniform and log quantizers only (minifloats round to nearest even)");
   return s;
 }
 

@@ -92,7 +92,75 @@ INSTANTIATE_TEST_SUITE_P(
                       BadSpec{"int8:threshold=0.3", "ternary only"},
                       BadSpec{"uint2:narrow", "narrow"}, BadSpec{"auto1", "at least 2 bits"},
                       BadSpec{"auto4:pact", "pact"}, BadSpec{"auto8:narrow", "narrow"},
-                      BadSpec{"auto", "bit width"}));
+                      BadSpec{"auto", "bit width"}, BadSpec{"fp8", "exponent and mantissa"},
+                      BadSpec{"fp8:e4m4", "needs 1 + 4 + 4 = 9"}, BadSpec{"fp11:e9m1", "outside 1 <= X <= 8"},
+                      BadSpec{"fp13:e1m11", "outside"}, BadSpec{"fp8:e4x3", "eXmY"},
+                      BadSpec{"fp8:e4m3:asym", "asym"}, BadSpec{"fp8:e4m3:round=floor", "nearest even"},
+                      BadSpec{"fp8:e4m3:narrow", "narrow"}, BadSpec{"fp8:e4m3:pact", "pact"},
+                      BadSpec{"fp1:e1m0", "needs 1 + 1 + 0 = 2"}, BadSpec{"mxfp8", "element format"},
+                      BadSpec{"mxfp8:e4m4", "1 + X + Y = 8"}, BadSpec{"nvfp4:per_channel", "block format"},
+                      BadSpec{"mxint8:lsq", "block format"}, BadSpec{"int8:block=16", "use group=K"},
+                      BadSpec{"mxfp4:block=0", "positive"}, BadSpec{"mxint1", "2..16"}));
+
+TEST(QuantSpec, BlockFormatsParsePrintBackAndKeepTheirAxisApartFromPerChannel) {
+  struct Case {
+    const char* text;
+    const char* canonical;
+    Scheme scheme;
+    int bits, e, m, block;
+  };
+  for (const Case& c : {Case{"mxfp8:e4m3", "mxfp8:e4m3", Scheme::kMx, 8, 4, 3, 32},
+                        Case{"MXFP8:E5M2:block=16", "mxfp8:e5m2:block=16", Scheme::kMx, 8, 5, 2, 16},
+                        Case{"mxfp6:e3m2", "mxfp6:e3m2", Scheme::kMx, 6, 3, 2, 32},
+                        Case{"mxfp6:e2m3", "mxfp6:e2m3", Scheme::kMx, 6, 2, 3, 32},
+                        Case{"mxfp4", "mxfp4", Scheme::kMx, 4, 2, 1, 32},
+                        Case{"mxfp4:e2m1", "mxfp4", Scheme::kMx, 4, 2, 1, 32},
+                        Case{"mxint8", "mxint8", Scheme::kMx, 8, 0, 8, 32},
+                        Case{"nvfp4", "nvfp4", Scheme::kNvfp4, 4, 2, 1, 16},
+                        Case{"nvfp4:axis=0:block=32", "nvfp4:block=32:axis=0", Scheme::kNvfp4, 4, 2, 1, 32}}) {
+    const QuantSpec s = parse_spec(c.text);
+    EXPECT_EQ(s.scheme, c.scheme) << c.text;
+    EXPECT_EQ(s.str(), c.canonical) << c.text;
+    EXPECT_EQ(parse_spec(s.str()), s) << c.text;
+    EXPECT_EQ(s.bits, c.bits) << c.text;
+    EXPECT_EQ(s.exp_bits, c.e) << c.text;
+    EXPECT_EQ(s.man_bits, c.m) << c.text;
+    EXPECT_EQ(s.block, c.block) << c.text;
+    EXPECT_TRUE(s.is_block());
+    EXPECT_EQ(s.granularity, Granularity::kPerTensor) << c.text;  // axis= names the blocks' axis
+  }
+}
+
+// fpN:eXmY: the OCP formats and any other width, with the integer specs' modifiers
+TEST(QuantSpec, MinifloatsParsePrintBackAndKnowTheirLargestValue) {
+  struct Case {
+    const char* text;
+    int bits, e, m;
+    double max;
+  };
+  for (const Case& c : {Case{"fp8:e4m3", 8, 4, 3, 448}, Case{"fp8:e5m2", 8, 5, 2, 57344},
+                        Case{"fp6:e3m2", 6, 3, 2, 28}, Case{"fp6:e2m3", 6, 2, 3, 7.5}, Case{"fp4:e2m1", 4, 2, 1, 6},
+                        Case{"fp16:e5m10", 16, 5, 10, 65504}, Case{"bf16", 16, 8, 7, 3.3895313892515355e38},
+                        Case{"fp5:e2m2", 5, 2, 2, 7}, Case{"fp3:e1m1", 3, 1, 1, 3}}) {
+    const QuantSpec s = parse_spec(c.text);
+    EXPECT_EQ(s.scheme, Scheme::kMinifloat) << c.text;
+    EXPECT_EQ(s.bits, c.bits) << c.text;
+    EXPECT_EQ(s.exp_bits, c.e) << c.text;
+    EXPECT_EQ(s.man_bits, c.m) << c.text;
+    EXPECT_TRUE(s.is_signed());
+    EXPECT_FALSE(s.is_uniform());
+    EXPECT_EQ(parse_spec(s.str()), s) << s.str();
+    EXPECT_DOUBLE_EQ(minifloat_max(c.e, c.m), c.max) << c.text;
+  }
+  EXPECT_EQ(parse_spec("bf16").str(), "fp16:e8m7");
+  EXPECT_EQ(minifloat_special(4, 3), MinifloatSpecial::kNanOnly);
+  EXPECT_EQ(minifloat_special(5, 2), MinifloatSpecial::kIeee);
+  EXPECT_EQ(minifloat_special(2, 1), MinifloatSpecial::kNone);
+  const QuantSpec g = parse_spec("FP4:E2M1:group=32:lsq");
+  EXPECT_EQ(g.str(), "fp4:e2m1:group=32:lsq");
+  EXPECT_EQ(g.granularity, Granularity::kPerGroup);
+  EXPECT_EQ(parse_spec("fp8:e4m3:per_channel:pow2scale").str(), "fp8:e4m3:pow2scale:per_channel");
+}
 
 TEST(QuantSpec, AutoSignIsUnsignedForNonNegativeDataAndAsymmetricSignedOtherwise) {
   const QuantSpec a = parse_spec("auto4:lsq");
