@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include "anybit/quant/fake_quant.h"
 
@@ -147,6 +148,52 @@ void BM_AnybitLsqPerTensorFwdBwd(benchmark::State& st) {
   set_bytes(st, 5);
 }
 
+// the other formats, forward into a fresh tensor (against clone): per-tensor and per-channel
+// minifloats, the block formats (blocks along the last dim) and the codebooks
+void BM_MinifloatE4m3(benchmark::State& st) {
+  at::Tensor x = input(), s = at::full({1}, 0.01);
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_minifloat_forward(x, s, -1, 0, 4, 3));
+  set_bytes(st, 2);
+}
+
+void BM_MinifloatE2m1PerChannel(benchmark::State& st) {
+  at::Tensor x = input(), s = at::full({kRows}, 0.5);
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_minifloat_forward(x, s, 0, 0, 2, 1));
+  set_bytes(st, 2);
+}
+
+void BM_Mxfp8(benchmark::State& st) {
+  at::Tensor x = input();
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_mx(x, -1, 32, 4, 3));
+  set_bytes(st, 2);
+}
+
+void BM_Mxfp4(benchmark::State& st) {
+  at::Tensor x = input();
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_mx(x, -1, 32, 2, 1));
+  set_bytes(st, 2);
+}
+
+void BM_Mxint8(benchmark::State& st) {
+  at::Tensor x = input();
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_mx(x, -1, 32, 0, 8));
+  set_bytes(st, 2);
+}
+
+void BM_Nvfp4(benchmark::State& st) {
+  at::Tensor x = input(), ts = at::full({1}, x.abs().max().item<float>() / (6.0f * 448.0f));
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_nvfp4(x, ts, -1, 16));
+  set_bytes(st, 2);
+}
+
+void BM_Nf4PerChannel(benchmark::State& st) {
+  at::Tensor x = input(), s = at::full({kRows}, 4.0);
+  const std::vector<double>& l = anybit::nf4_levels();
+  at::Tensor levels = at::tensor(std::vector<float>(l.begin(), l.end()));
+  for (auto _ : st) benchmark::DoNotOptimize(anybit::fake_quant_lut(x, s, levels, 0, 0));
+  set_bytes(st, 2);
+}
+
 }  // namespace
 
 BENCHMARK(BM_Copy)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -163,6 +210,13 @@ BENCHMARK(BM_AtenPerChannelFwdBwd)->Unit(benchmark::kMillisecond)->UseRealTime()
 BENCHMARK(BM_AnybitPerChannelFwdBwd)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AtenLsqPerTensorFwdBwd)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AnybitLsqPerTensorFwdBwd)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MinifloatE4m3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MinifloatE2m1PerChannel)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Mxfp8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Mxfp4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Mxint8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Nvfp4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Nf4PerChannel)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
   const char* t = std::getenv("ANYBIT_BENCH_THREADS");

@@ -24,6 +24,15 @@ def main():
         bw = f"{peer / o:.2f} of {'clone' if peer == clone else 'copy_'}" if peer else "-"
         print(f"| {name} | {a:.1f} | {o:.1f} | {a / o:.1f}x | {bw} |")
     print(f"\ncopy_ into a preallocated tensor: {copy:.2f} ms; clone (allocating copy): {clone:.2f} ms")
+    formats = [("fp8:e4m3, per tensor", "BM_MinifloatE4m3"), ("fp4:e2m1, per channel", "BM_MinifloatE2m1PerChannel"),
+               ("mxfp8:e4m3 (blocks of 32)", "BM_Mxfp8"), ("mxfp4", "BM_Mxfp4"), ("mxint8", "BM_Mxint8"),
+               ("nvfp4 (blocks of 16)", "BM_Nvfp4"), ("nf4, per channel", "BM_Nf4PerChannel")]
+    present = [(n, k) for n, k in formats if k in runs]
+    if present:
+        print("\n| format kernel, forward (16M floats) | ms | bandwidth vs clone |")
+        print("|---|---:|---:|")
+        for name, key in present:
+            print(f"| {name} | {runs[key]:.1f} | {clone / runs[key]:.2f} |")
 
 
 if __name__ == "__main__":

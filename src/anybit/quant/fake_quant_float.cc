@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "anybit/quant/fake_quant.h"
@@ -42,12 +43,81 @@ inline double pow2d(int k) {
 // for |v| < 2^51 (here v < 2^12).
 constexpr double kRoundMagicD = 6755399441055744.0;
 
+inline uint32_t bits_of(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+inline float float_of(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// Adding and subtracting 1.5 * 2^23 rounds a float to the nearest integer, ties to even, for
+// |v| < 2^22 (here v < 2^12).
+constexpr float kRoundMagicF = 12582912.0f;
+
+// The cast in float32 only and branch-free, so that the loops over it vectorize. For
+// exp_bits <= 7, where 2^(man - e) and 2^(e - man) are normal floats, and man >= 1 (without
+// mantissa bits ties need the code's parity: MinifloatCast's scalar cast does those); the same
+// values as the scalar cast (the tests hold them together).
+inline float minifloat_cast_f(float v, int man, int emin, float max) {
+  const uint32_t vb = bits_of(v);
+  const uint32_t sign = vb & 0x80000000u;
+  float a = float_of(vb & 0x7fffffffu);
+  a = a > max ? max : a;  // saturating, inf too; NaN stays NaN
+  int32_t e = static_cast<int32_t>(bits_of(a) >> 23) - 127;
+  e = e < emin ? emin : e;
+  const float up = float_of(static_cast<uint32_t>(man - e + 127) << 23);    // 2^(man - e)
+  const float down = float_of(static_cast<uint32_t>(e - man + 127) << 23);  // 2^(e - man)
+  const float t = a * up;
+  const float r = (t + kRoundMagicF) - kRoundMagicF;
+  return float_of(bits_of(r * down) | sign);
+}
+
+// y[i] = cast(x[i] * inv) * sc
+__attribute__((noinline)) void minifloat_span(const float* __restrict x, float* __restrict y, int64_t n, float inv,
+                                              float sc, int man, int emin, float max) {
+  for (int64_t i = 0; i < n; ++i) y[i] = minifloat_cast_f(x[i] * inv, man, emin, max) * sc;
+}
+
+// y[i] = cast(x[i] * inv[i]) * sc[i]
+__attribute__((noinline)) void minifloat_span_scaled(const float* __restrict x, float* __restrict y, int64_t n,
+                                                     const float* __restrict inv, const float* __restrict sc, int man,
+                                                     int emin, float max) {
+  for (int64_t i = 0; i < n; ++i) y[i] = minifloat_cast_f(x[i] * inv[i], man, emin, max) * sc[i];
+}
+
+// MXINT elements of b bits: y[i] = clamp(round_half_even(x[i] * inv[i] * 2^(b-2)), +-qmax) * 2^-(b-2) * sc[i]
+// (|x * inv| < 2 here: the rounding trick is exact)
+__attribute__((noinline)) void mxint_span_scaled(const float* __restrict x, float* __restrict y, int64_t n,
+                                                 const float* __restrict inv, const float* __restrict sc, float up,
+                                                 float step, float qmax) {
+  for (int64_t i = 0; i < n; ++i) {
+    float r = ((x[i] * inv[i]) * up + kRoundMagicF) - kRoundMagicF;
+    r = r > qmax ? qmax : r;
+    r = r < -qmax ? -qmax : r;
+    y[i] = r * step * sc[i];
+  }
+}
+
 struct MinifloatCast {
-  int man, emin, bias;
+  int exp_bits, man, emin, bias;
   double max;
   MinifloatCast(int64_t e, int64_t m)
-      : man(static_cast<int>(m)), emin(2 - (1 << (e - 1))), bias((1 << (e - 1)) - 1),
+      : exp_bits(static_cast<int>(e)), man(static_cast<int>(m)), emin(2 - (1 << (e - 1))), bias((1 << (e - 1)) - 1),
         max(minifloat_max(static_cast<int>(e), static_cast<int>(m))) {}
+  // y[i] = cast(x[i] * inv) * sc over a span
+  void span(const float* x, float* y, int64_t n, float inv, float sc) const {
+    if (exp_bits <= 7 && man >= 1) return minifloat_span(x, y, n, inv, sc, man, emin, static_cast<float>(max));
+    for (int64_t i = 0; i < n; ++i) y[i] = (*this)(x[i] * inv) * sc;
+  }
+  void span(const float* x, float* y, int64_t n, const float* inv, const float* sc) const {
+    if (exp_bits <= 7 && man >= 1)
+      return minifloat_span_scaled(x, y, n, inv, sc, man, emin, static_cast<float>(max));
+    for (int64_t i = 0; i < n; ++i) y[i] = (*this)(x[i] * inv[i]) * sc[i];
+  }
   // the cast of a float32 value (docs/design.md): nearest, ties to the even code, saturating
   float operator()(float v) const {
     if (v != v) return v;  // NaN
@@ -126,7 +196,7 @@ at::Tensor fake_quant_minifloat_forward(const at::Tensor& x_in, const at::Tensor
   float* py = y.data_ptr<float>();
   for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
     const float sc = s[c], inv = 1.0f / sc;
-    for (int64_t i = b; i < e; ++i) py[i] = cast(px[i] * inv) * sc;
+    cast.span(px + b, py + b, e - b, inv, sc);
   });
   return y;
 }
@@ -230,14 +300,67 @@ BlockLayout block_layout(const at::Tensor& x, int64_t axis, int64_t block, const
 // Calls fn(first, count, stride) for every block: `count` elements x[first + k * stride], in
 // parallel over (outer, block) pairs; fn gets the pair's blocks for all inner positions at once
 // as fn(base, count, inner) (element (k, j) at base + k * inner + j).
+// fn(base, count, scratch) for every (outer, block) pair, `scratch` a per-thread buffer of
+// 3 * max(inner, block) floats.
 template <typename Fn>
 void for_each_block_row(const BlockLayout& L, Fn fn) {
   at::parallel_for(0, L.outer * L.blocks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(3 * std::max(L.inner, L.block));
     for (int64_t t = b; t < e; ++t) {
       const int64_t o = t / L.blocks, blk = t % L.blocks;
       const int64_t k0 = blk * L.block, count = std::min(L.block, L.length - k0);
-      fn((o * L.length + k0) * L.inner, count);
+      fn((o * L.length + k0) * L.inner, count, scratch.data());
     }
+  });
+}
+
+// y = span(x, inv, sc) with each block's (inv, sc) = scale_of(max|block|, holds NaN), for
+// every block. Contiguous blocks (inner == 1) go in segments of 64 blocks, their scales spread
+// over the elements, one span per segment; strided blocks one span per element row k over the
+// inner positions.
+template <typename ScaleOf, typename Span>
+void apply_blocks(const BlockLayout& L, const float* px, float* py, ScaleOf scale_of, Span span) {
+  if (L.inner == 1) {
+    const int64_t seg = 64 * L.block, segs = (L.length + seg - 1) / seg;
+    at::parallel_for(0, L.outer * segs, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> inv(seg), sc(seg);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t s0 = (t % segs) * seg, n = std::min(seg, L.length - s0);
+        const float* x = px + (t / segs) * L.length + s0;
+        float* y = py + (t / segs) * L.length + s0;
+        for (int64_t k0 = 0; k0 < n; k0 += L.block) {
+          const int64_t c = std::min(L.block, n - k0);
+          float m = 0;
+          int nan = 0;
+          for (int64_t k = 0; k < c; ++k) {
+            const float a = std::fabs(x[k0 + k]);
+            m = a > m ? a : m;
+            nan |= a != a;
+          }
+          const std::pair<float, float> is = scale_of(m, nan != 0);
+          std::fill(inv.data() + k0, inv.data() + k0 + c, is.first);
+          std::fill(sc.data() + k0, sc.data() + k0 + c, is.second);
+        }
+        span(x, y, n, inv.data(), sc.data());
+      }
+    });
+    return;
+  }
+  const int64_t width = std::max(L.inner, L.block);
+  for_each_block_row(L, [&](int64_t base, int64_t count, float* scratch) {
+    float *amax = scratch, *inv = scratch + width, *sc = scratch + 2 * width;
+    std::fill(amax, amax + L.inner, 0.0f);
+    for (int64_t k = 0; k < count; ++k)
+      for (int64_t j = 0; j < L.inner; ++j) {
+        const float a = std::fabs(px[base + k * L.inner + j]);
+        amax[j] = (a > amax[j] || a != a) ? a : amax[j];  // NaN sticks
+      }
+    for (int64_t j = 0; j < L.inner; ++j) {
+      const std::pair<float, float> is = scale_of(amax[j], amax[j] != amax[j]);
+      inv[j] = is.first;
+      sc[j] = is.second;
+    }
+    for (int64_t k = 0; k < count; ++k) span(px + base + k * L.inner, py + base + k * L.inner, L.inner, inv, sc);
   });
 }
 
@@ -279,32 +402,17 @@ at::Tensor fake_quant_mx_forward(const at::Tensor& x_in, int64_t axis, int64_t b
   at::Tensor y = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
-  for_each_block_row(L, [&](int64_t base, int64_t count) {
-    std::vector<float> amax(L.inner, 0.0f);
-    for (int64_t k = 0; k < count; ++k)
-      for (int64_t j = 0; j < L.inner; ++j) {
-        const float a = std::fabs(px[base + k * L.inner + j]);
-        amax[j] = (a > amax[j] || a != a) ? a : amax[j];  // NaN sticks
-      }
-    for (int64_t j = 0; j < L.inner; ++j) {
-      const float m = amax[j];
-      if (!std::isfinite(m)) {  // inf or NaN in the block
-        for (int64_t k = 0; k < count; ++k) py[base + k * L.inner + j] = NAN;
-        continue;
-      }
-      const int e = std::min(std::max((m > 0 ? floor_log2(m) : -127) - emax, -127), 127);
-      const float X = std::ldexp(1.0f, e), inv = std::ldexp(1.0f, -e);  // 2^-e <= 2^127: a float
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t i = base + k * L.inner + j;
-        const float v = px[i] * inv;
-        float q;
-        if (exp_bits == 0) {
-          q = std::min(std::max(std::nearbyint(v / int_step), -int_max), int_max) * int_step;
-        } else {
-          q = cast(v);
-        }
-        py[i] = q * X;
-      }
+  const float up = exp_bits == 0 ? std::ldexp(1.0f, static_cast<int>(man_bits - 2)) : 0.0f;
+  auto scale_of = [&](float m, bool nan) -> std::pair<float, float> {
+    if (nan || !std::isfinite(m)) return {NAN, NAN};  // inf or NaN in the block: the whole block is NaN
+    const int e = std::min(std::max((m > 0 ? floor_log2(m) : -127) - emax, -127), 127);
+    return {std::ldexp(1.0f, -e), std::ldexp(1.0f, e)};  // 2^-e <= 2^127: a float
+  };
+  apply_blocks(L, px, py, scale_of, [&](const float* xs, float* ys, int64_t n, const float* inv, const float* X) {
+    if (exp_bits == 0) {
+      mxint_span_scaled(xs, ys, n, inv, X, up, int_step, int_max);
+    } else {
+      cast.span(xs, ys, n, inv, X);
     }
   });
   return y.to(x_in.scalar_type());
@@ -377,21 +485,13 @@ at::Tensor fake_quant_nvfp4_forward(const at::Tensor& x_in, const at::Tensor& te
   at::Tensor y = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
-  for_each_block_row(L, [&](int64_t base, int64_t count) {
-    std::vector<float> amax(L.inner, 0.0f);
-    for (int64_t k = 0; k < count; ++k)
-      for (int64_t j = 0; j < L.inner; ++j) {
-        const float a = std::fabs(px[base + k * L.inner + j]);
-        amax[j] = (a > amax[j] || a != a) ? a : amax[j];
-      }
-    for (int64_t j = 0; j < L.inner; ++j) {
-      const float d = e4m3(amax[j] / static_cast<float>(kE2M1Max) * gs) * ts;
-      const float inv = d != 0 ? 1.0f / d : 0.0f;
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t i = base + k * L.inner + j;
-        py[i] = d != 0 ? e2m1(px[i] * inv) * d : 0.0f * px[i];  // 0 * NaN keeps NaN
-      }
-    }
+  auto scale_of = [&](float m, bool nan) -> std::pair<float, float> {
+    if (nan) return {NAN, NAN};
+    const float d = e4m3(m / static_cast<float>(kE2M1Max) * gs) * ts;  // inf: E4M3 saturates
+    return {d != 0 ? 1.0f / d : 0.0f, d};  // d = 0: e2m1(x * 0) * 0, 0 (NaN stays NaN)
+  };
+  apply_blocks(L, px, py, scale_of, [&](const float* xs, float* ys, int64_t n, const float* inv, const float* d) {
+    e2m1.span(xs, ys, n, inv, d);
   });
   return y.to(x_in.scalar_type());
 }

@@ -460,6 +460,10 @@ TEST(FakeQuantMx, KernelMatchesTheReferenceOnEveryElementFormatAlongEitherAxis) 
     EXPECT_TRUE(at::equal(fake_quant_mx(b, -1, 32, e, m), fake_quant_mx_reference(b, 1, 32, e, m))) << e << m;
     EXPECT_TRUE(at::equal(fake_quant_mx(a, 3, 2, e, m), fake_quant_mx_reference(a, 3, 2, e, m))) << e << m;
   }
+  // rows longer than the kernel's segments of 64 blocks, and a last block of 8
+  const at::Tensor d = at::randn({3, 2 * 64 * 32 + 8}) * at::exp2(at::randint(-6, 6, {3, 4104}).to(at::kFloat));
+  EXPECT_TRUE(at::equal(fake_quant_mx(d, -1, 32, 4, 3), fake_quant_mx_reference(d, 1, 32, 4, 3)));
+  EXPECT_TRUE(at::equal(fake_quant_mx(d, -1, 32, 0, 8), fake_quant_mx_reference(d, 1, 32, 0, 8)));
   // a NaN poisons its own block only
   at::Tensor c = at::ones({64});
   c[3] = NAN;
@@ -480,6 +484,8 @@ TEST(FakeQuantNvfp4, KernelMatchesTheReferenceAndBlocksUseTheirE4m3Scale) {
   EXPECT_TRUE(at::equal(y, fake_quant_nvfp4_reference(w, ts, -1, 16)));
   const at::Tensor x = at::randn({2, 20, 3, 3});
   EXPECT_TRUE(at::equal(fake_quant_nvfp4(x, ts, -1, 16), fake_quant_nvfp4_reference(x, ts, 1, 16)));
+  const at::Tensor longer = at::randn({2, 64 * 16 * 3 + 5});
+  EXPECT_TRUE(at::equal(fake_quant_nvfp4(longer, ts, -1, 16), fake_quant_nvfp4_reference(longer, ts, -1, 16)));
   // each block is E2M1 values times one d = e4m3(max / 6 / ts) * ts
   const std::vector<double> e2m1 = minifloat_values(2, 1);
   for (int64_t r = 0; r < 8; ++r)
