@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -364,6 +365,19 @@ void apply_blocks(const BlockLayout& L, const float* px, float* py, ScaleOf scal
   });
 }
 
+// The references' plain walk: fn(indices) with the element indices of every block, one block
+// after another.
+void for_each_block_plain(const BlockLayout& L, const std::function<void(const std::vector<int64_t>&)>& fn) {
+  std::vector<int64_t> idx;
+  for (int64_t o = 0; o < L.outer; ++o)
+    for (int64_t j = 0; j < L.inner; ++j)
+      for (int64_t k0 = 0; k0 < L.length; k0 += L.block) {
+        idx.clear();
+        for (int64_t k = k0; k < std::min(k0 + L.block, L.length); ++k) idx.push_back((o * L.length + k) * L.inner + j);
+        fn(idx);
+      }
+}
+
 // The largest exponent of the element format: floor(log2 of its largest value).
 int element_emax(int64_t exp_bits, int64_t man_bits) {
   if (exp_bits == 0) return 0;  // MXINT: k * 2^-(b-2) < 2
@@ -430,41 +444,37 @@ at::Tensor fake_quant_mx_reference(const at::Tensor& x_in, int64_t axis, int64_t
   at::Tensor y = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
-  for (int64_t o = 0; o < L.outer; ++o)
-    for (int64_t j = 0; j < L.inner; ++j)
-      for (int64_t k0 = 0; k0 < L.length; k0 += L.block) {
-        const int64_t k1 = std::min(k0 + L.block, L.length);
-        auto idx = [&](int64_t k) { return (o * L.length + k) * L.inner + j; };
-        double amax = 0;
-        bool finite = true;
-        for (int64_t k = k0; k < k1; ++k) {
-          finite = finite && std::isfinite(px[idx(k)]);
-          amax = std::max(amax, std::fabs(static_cast<double>(px[idx(k)])));
-        }
-        const double e = amax > 0 ? std::floor(std::log2(amax)) - emax : -127;
-        const double X = std::exp2(std::min(std::max(e, -127.0), 127.0));
-        for (int64_t k = k0; k < k1; ++k) {
-          if (!finite) {
-            py[idx(k)] = NAN;
-            continue;
-          }
-          const at::Tensor v = at::full({1}, static_cast<float>(px[idx(k)] / X));
-          float q;
-          if (exp_bits == 0) {
-            const double step = std::ldexp(1.0, -static_cast<int>(man_bits - 2));
-            q = static_cast<float>(std::min(std::max(std::nearbyint(v.item<float>() / step) * step, -elem_max), elem_max));
-          } else {
-            q = fake_quant_minifloat_reference(v, at::ones({1}), -1, 0, exp_bits, man_bits).item<float>();
-          }
-          py[idx(k)] = static_cast<float>(q * X);
-        }
+  for_each_block_plain(L, [&](const std::vector<int64_t>& block_idx) {
+    double amax = 0;
+    bool finite = true;
+    for (int64_t i : block_idx) {
+      finite = finite && std::isfinite(px[i]);
+      amax = std::max(amax, std::fabs(static_cast<double>(px[i])));
+    }
+    const double e = amax > 0 ? std::floor(std::log2(amax)) - emax : -127;
+    const double X = std::exp2(std::min(std::max(e, -127.0), 127.0));
+    for (int64_t i : block_idx) {
+      if (!finite) {
+        py[i] = NAN;
+        continue;
       }
+      const at::Tensor v = at::full({1}, static_cast<float>(px[i] / X));
+      float q;
+      if (exp_bits == 0) {
+        const double step = std::ldexp(1.0, -static_cast<int>(man_bits - 2));
+        q = static_cast<float>(std::min(std::max(std::nearbyint(v.item<float>() / step) * step, -elem_max), elem_max));
+      } else {
+        q = fake_quant_minifloat_reference(v, at::ones({1}), -1, 0, exp_bits, man_bits).item<float>();
+      }
+      py[i] = static_cast<float>(q * X);
+    }
+  });
   return y.to(x_in.scalar_type());
 }
 
 namespace {
 
-constexpr double kE2M1Max = 6.0, kE4M3Max = 448.0;
+constexpr double kE2M1Max = 6.0;
 
 void check_tensor_scale(const at::Tensor& ts) {
   if (ts.numel() != 1) throw Error("fake_quant_nvfp4: the tensor scale must hold one value");
@@ -508,17 +518,12 @@ at::Tensor fake_quant_nvfp4_reference(const at::Tensor& x_in, const at::Tensor& 
   at::Tensor y = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
-  for (int64_t o = 0; o < L.outer; ++o)
-    for (int64_t j = 0; j < L.inner; ++j)
-      for (int64_t k0 = 0; k0 < L.length; k0 += L.block) {
-        const int64_t k1 = std::min(k0 + L.block, L.length);
-        auto idx = [&](int64_t k) { return (o * L.length + k) * L.inner + j; };
-        float amax = 0;
-        for (int64_t k = k0; k < k1; ++k) amax = std::isnan(px[idx(k)]) ? NAN : std::max(amax, std::fabs(px[idx(k)]));
-        const float d = cast(amax / static_cast<float>(kE2M1Max) * gs, 4, 3) * ts;
-        for (int64_t k = k0; k < k1; ++k)
-          py[idx(k)] = d != 0 ? cast(px[idx(k)] * (1.0f / d), 2, 1) * d : 0.0f * px[idx(k)];
-      }
+  for_each_block_plain(L, [&](const std::vector<int64_t>& block_idx) {
+    float amax = 0;
+    for (int64_t i : block_idx) amax = std::isnan(px[i]) ? NAN : std::max(amax, std::fabs(px[i]));
+    const float d = cast(amax / static_cast<float>(kE2M1Max) * gs, 4, 3) * ts;
+    for (int64_t i : block_idx) py[i] = d != 0 ? cast(px[i] * (1.0f / d), 2, 1) * d : 0.0f * px[i];
+  });
   return y.to(x_in.scalar_type());
 }
 

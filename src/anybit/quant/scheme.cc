@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 
 #include "anybit/calib/calibrator.h"
@@ -248,24 +249,68 @@ int64_t positive_levels(const QuantSpec& spec) {
   return static_cast<int64_t>(minifloat_values(spec.exp_bits, spec.man_bits).size()) - 1;
 }
 
-Params minifloat_from_weight(const QuantSpec& spec, const std::string& calibrator, const at::Tensor& rows,
-                             int64_t numel, const std::string& where) {
+// A scaled format's fake quantization of x with clip c (per row of x, or one for all).
+using ClipQuantizer = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& clip)>;
+
+// The clip of each weight row [C, n]: max|row| (minmax), or among r * max|row| the one with
+// the smallest squared error of fq (mse).
+at::Tensor weight_clips(const std::string& calibrator, const at::Tensor& rows, const std::string& where,
+                        const ClipQuantizer& fq) {
   if (calibrator != "minmax" && calibrator != "mse")
     throw Error(where + ": weight calibrator '" + calibrator + "' is not one of minmax, mse");
   const at::Tensor amax = std::get<0>(rows.abs().max(1)).to(at::kDouble);
   at::Tensor clip = amax.clone();
-  if (calibrator == "mse") {  // per row, the clip ratio with the smallest squared error
+  if (calibrator == "mse") {
     at::Tensor best = at::full_like(amax, std::numeric_limits<double>::infinity());
     for (int k = 0; k < kMseRatios; ++k) {
       const at::Tensor c = amax * mse_ratio(k);
-      const at::Tensor s = minifloat_scales(spec, c);
-      const at::Tensor err = (fake_quant_minifloat_forward(rows, s, 0, 0, spec.exp_bits, spec.man_bits) -
-                              rows).to(at::kDouble).square().sum(1);
+      const at::Tensor err = (fq(rows, c) - rows).to(at::kDouble).square().sum(1);
       const at::Tensor better = err < best;
       best = at::where(better, err, best);
       clip = at::where(better, c, clip);
     }
   }
+  return clip;
+}
+
+// The clip of an activation: the calibrator's symmetric range (minmax, ema, percentile), or
+// among r * max|x| the one with the smallest squared error of fq on the histogram's bin
+// centres weighted by their counts (mse); entropy (which searches integer grids) is refused.
+double data_clip(const std::string& format, const std::string& calibrator, const calib::Observer& obs,
+                 const std::string& where, const ClipQuantizer& fq) {
+  const calib::MethodSpec method = method_of(calibrator, where);
+  const calib::Histogram& h = obs.histogram();
+  if (method.method == calib::Method::kEntropy)
+    throw Error(where + ": the entropy calibrator chooses a range for an integer grid; calibrate " + format +
+                " with minmax, ema, percentile or mse");
+  if (method.method != calib::Method::kMse) {
+    calib::QuantTarget t;  // a symmetric range: the formats are
+    t.qmin = -(1 << 15);
+    t.qmax = (1 << 15) - 1;
+    const calib::Range r = calib::choose_range(obs, method, t);
+    return std::max(std::fabs(r.lo), std::fabs(r.hi));
+  }
+  const at::Tensor centres = at::empty({h.bins()});
+  const at::Tensor counts = at::empty({h.bins()}, at::kDouble);
+  for (int b = 0; b < h.bins(); ++b) {
+    centres[b] = h.bin_center(b);
+    counts[b] = static_cast<double>(h.counts()[b]);
+  }
+  double best = std::numeric_limits<double>::infinity(), clip = h.amax();
+  for (int k = 0; k < kMseRatios; ++k) {
+    const double c = h.amax() * mse_ratio(k);
+    const double err =
+        ((fq(centres, at::full({1}, c, at::kDouble)) - centres).to(at::kDouble).square() * counts).sum().item<double>();
+    if (err < best) best = err, clip = c;
+  }
+  return clip;
+}
+
+Params minifloat_from_weight(const QuantSpec& spec, const std::string& calibrator, const at::Tensor& rows,
+                             int64_t numel, const std::string& where) {
+  const at::Tensor clip = weight_clips(calibrator, rows, where, [&](const at::Tensor& x, const at::Tensor& c) {
+    return fake_quant_minifloat_forward(x, minifloat_scales(spec, c), 0, 0, spec.exp_bits, spec.man_bits);
+  });
   Params P;
   const int64_t C = rows.size(0);
   P.scale = minifloat_scales(spec, clip);
@@ -279,36 +324,10 @@ Params minifloat_from_weight(const QuantSpec& spec, const std::string& calibrato
 
 Params minifloat_from_data(const QuantSpec& spec, const std::string& calibrator, const calib::Observer& obs,
                            int64_t per_sample, const std::string& where) {
-  const calib::MethodSpec method = method_of(calibrator, where);
   const calib::Histogram& h = obs.histogram();
-  double clip;
-  if (method.method == calib::Method::kEntropy) {
-    throw Error(where + ": the entropy calibrator chooses a range for an integer grid; calibrate a minifloat with "
-                "minmax, ema, percentile or mse");
-  } else if (method.method == calib::Method::kMse) {
-    // the histogram's expected squared error on the format's grid (bin centres), per clip
-    const at::Tensor centres = at::empty({h.bins()});
-    const at::Tensor counts = at::empty({h.bins()}, at::kDouble);
-    for (int b = 0; b < h.bins(); ++b) {
-      centres[b] = h.bin_center(b);
-      counts[b] = static_cast<double>(h.counts()[b]);
-    }
-    double best = std::numeric_limits<double>::infinity();
-    clip = h.amax();
-    for (int k = 0; k < kMseRatios; ++k) {
-      const double c = h.amax() * mse_ratio(k);
-      const at::Tensor s = at::full({1}, static_cast<float>(minifloat_scale(spec, c)));
-      const at::Tensor q = fake_quant_minifloat_forward(centres, s, -1, 0, spec.exp_bits, spec.man_bits);
-      const double err = ((q - centres).to(at::kDouble).square() * counts).sum().item<double>();
-      if (err < best) best = err, clip = c;
-    }
-  } else {
-    calib::QuantTarget t;  // a symmetric range: the format is
-    t.qmin = -(1 << 15);
-    t.qmax = (1 << 15) - 1;
-    const calib::Range r = calib::choose_range(obs, method, t);
-    clip = std::max(std::fabs(r.lo), std::fabs(r.hi));
-  }
+  const double clip = data_clip("a minifloat", calibrator, obs, where, [&](const at::Tensor& x, const at::Tensor& c) {
+    return fake_quant_minifloat_forward(x, minifloat_scales(spec, c), -1, 0, spec.exp_bits, spec.man_bits);
+  });
   Params P;
   const double s = minifloat_scale(spec, clip);
   P.scale = at::full({1}, static_cast<float>(s));
@@ -406,23 +425,11 @@ at::Tensor nf4_table() {
 
 Params nf4_from_weight(const QuantSpec& spec, const std::string& calibrator, const at::Tensor& rows, int64_t numel,
                        const std::string& where) {
-  if (calibrator != "minmax" && calibrator != "mse")
-    throw Error(where + ": weight calibrator '" + calibrator + "' is not one of minmax, mse");
   Params P;
   P.levels = nf4_table();
-  const at::Tensor amax = std::get<0>(rows.abs().max(1)).to(at::kDouble);
-  at::Tensor clip = amax.clone();
-  if (calibrator == "mse") {  // per row, the clip ratio with the smallest squared error
-    at::Tensor best = at::full_like(amax, std::numeric_limits<double>::infinity());
-    for (int k = 0; k < kMseRatios; ++k) {
-      const at::Tensor c = amax * mse_ratio(k);
-      const at::Tensor s = c.clamp_min(1e-12).to(at::kFloat);
-      const at::Tensor err = (fake_quant_lut(rows, s, P.levels, 0, 0) - rows).to(at::kDouble).square().sum(1);
-      const at::Tensor better = err < best;
-      best = at::where(better, err, best);
-      clip = at::where(better, c, clip);
-    }
-  }
+  const at::Tensor clip = weight_clips(calibrator, rows, where, [&](const at::Tensor& x, const at::Tensor& c) {
+    return fake_quant_lut(x, c.clamp_min(1e-12).to(at::kFloat), P.levels, 0, 0);
+  });
   P.scale = clip.clamp_min(1e-12).to(at::kFloat);
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(numel) * 8);
   const int64_t C = rows.size(0);
@@ -435,36 +442,12 @@ Params nf4_from_weight(const QuantSpec& spec, const std::string& calibrator, con
 
 Params nf4_from_data(const QuantSpec& spec, const std::string& calibrator, const calib::Observer& obs,
                      int64_t per_sample, const std::string& where) {
-  const calib::MethodSpec method = method_of(calibrator, where);
   const calib::Histogram& h = obs.histogram();
   Params P;
   P.levels = nf4_table();
-  double clip;
-  if (method.method == calib::Method::kEntropy) {
-    throw Error(where + ": the entropy calibrator chooses a range for an integer grid; calibrate nf4 with minmax, "
-                "ema, percentile or mse");
-  } else if (method.method == calib::Method::kMse) {
-    const at::Tensor centres = at::empty({h.bins()});
-    const at::Tensor counts = at::empty({h.bins()}, at::kDouble);
-    for (int b = 0; b < h.bins(); ++b) {
-      centres[b] = h.bin_center(b);
-      counts[b] = static_cast<double>(h.counts()[b]);
-    }
-    double best = std::numeric_limits<double>::infinity();
-    clip = h.amax();
-    for (int k = 0; k < kMseRatios; ++k) {
-      const double c = std::max(h.amax() * mse_ratio(k), 1e-12);
-      const at::Tensor q = fake_quant_lut(centres, at::full({1}, static_cast<float>(c)), P.levels, -1, 0);
-      const double err = ((q - centres).to(at::kDouble).square() * counts).sum().item<double>();
-      if (err < best) best = err, clip = c;
-    }
-  } else {
-    calib::QuantTarget t;
-    t.qmin = -(1 << 15);
-    t.qmax = (1 << 15) - 1;
-    const calib::Range r = calib::choose_range(obs, method, t);
-    clip = std::max(std::fabs(r.lo), std::fabs(r.hi));
-  }
+  const double clip = data_clip("nf4", calibrator, obs, where, [&](const at::Tensor& x, const at::Tensor& c) {
+    return fake_quant_lut(x, c.clamp_min(1e-12).to(at::kFloat), P.levels, -1, 0);
+  });
   P.scale = at::full({1}, static_cast<float>(std::max(clip, 1e-12)));
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(per_sample, 1)) * 8);
   P.summary = "scale=" + c10::str(P.scale.item<float>()) + " nf4";
