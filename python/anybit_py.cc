@@ -9,10 +9,9 @@
 #include "anybit/core/export.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
+#include "anybit/core/pipeline.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
-#include "anybit/ptq/cle.h"
-#include "anybit/ptq/fold_bn.h"
 
 
 #include <cstring>
@@ -79,15 +78,13 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
-    anybit::ModelGraph g = anybit::load_model(model_path);
-    uncovered = g.uncovered;
-    if (fold_bn) anybit::fold_batch_norm(g);
-    if (cle) {
-      if (!fold_bn) throw anybit::Error("cle needs fold_bn=True (a BatchNorm between two layers stops equalization)");
-      anybit::CleOptions co;
-      co.relu6_to_relu = cle == 2;
-      anybit::equalize_cross_layer(g, co);
-    }
+    anybit::PrepareOptions po;
+    po.fold_bn = fold_bn;
+    po.cle = cle == 1;
+    po.cle_relu6 = cle == 2;
+    anybit::PreparedModel prepared = anybit::prepare_model(model_path, po);
+    anybit::ModelGraph& g = prepared.graph;
+    uncovered = prepared.uncovered;
     if (dry_run) {
       pts = anybit::plan(g, c);
     } else {

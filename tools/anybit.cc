@@ -14,10 +14,9 @@
 #include "anybit/core/export.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
+#include "anybit/core/pipeline.h"
 #include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
-#include "anybit/ptq/cle.h"
-#include "anybit/ptq/fold_bn.h"
 #include "launch.h"
 
 #ifndef ANYBIT_SOURCE_DIR
@@ -143,17 +142,16 @@ anybit::EvalOptions eval_options(const Common& c) {
 
 int cmd_quantize(const Common& c) {
   anybit::Config cfg = load_config(c.config, c.rules);
-  anybit::ModelGraph g = anybit::load_model(c.model);
-  if (c.fold_bn) anybit::fold_batch_norm(g);
-  if (c.cle || c.cle_relu6) {
-    if (!c.fold_bn) throw anybit::Error("--cle needs --fold-bn (a BatchNorm between two layers stops equalization)");
-    anybit::CleOptions co;
-    co.relu6_to_relu = c.cle_relu6;
-    const anybit::CleResult r = anybit::equalize_cross_layer(g, co);
-    if (!c.json)
-      fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", r.pairs,
-                 r.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", r.relu6_replaced) : "");
-  }
+  anybit::PrepareOptions po;
+  po.fold_bn = c.fold_bn;
+  po.cle = c.cle;
+  po.cle_relu6 = c.cle_relu6;
+  anybit::PreparedModel prepared = anybit::prepare_model(c.model, po);
+  anybit::ModelGraph& g = prepared.graph;
+  if ((c.cle || c.cle_relu6) && !c.json)
+    fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", prepared.cle.pairs,
+               prepared.cle.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", prepared.cle.relu6_replaced)
+                                           : "");
   for (const auto& u : g.uncovered)
     fmt::print(stderr, "warning: {} has no points and stays float: {}\n", u.where(), u.reason);
   if (c.dry_run) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "anybit/core/export.h"
+#include "anybit/core/pipeline.h"
 #include "anybit/quant/node.h"
 
 namespace anybit {
@@ -229,6 +230,21 @@ TEST(ShippedModel, CodebooksQuantizeWithNf4AndKmeansLevels) {
   // normal-distribution levels do (post-ReLU activations are one-sided)
   EXPECT_GT(rl.top1, rn.top1);
   EXPECT_GT(rl.top1, 85.0);  // measured 86.54 (int4 with the same rules: 46)
+  // a codebook given in the spec: no data needed, and the weights take only those values
+  QuantizeResult given = quantize(load_model(shipped_model()),
+                                  parse_config_string("rules:\n  - {kind: conv, role: weight, spec: "
+                                                      "'lut2:levels=-1/-0.25/0.25/1'}\n  - {kind: relu, "
+                                                      "spec: 'lut2:levels=0/0.5/1/2'}\n"),
+                                  nullptr, opt);
+  int probed = 0;
+  for (const auto& q : probe_quantizers(given.model.module, train->batch(0, 4).first)) {
+    const at::Tensor u = std::get<0>(at::_unique(q.value));
+    const bool weight = q.point.find(".weight") != std::string::npos;
+    const at::Tensor allowed = weight ? at::tensor({-1.0f, -0.25f, 0.25f, 1.0f}) : at::tensor({0.0f, 0.5f, 1.0f, 2.0f});
+    EXPECT_TRUE(at::isin(u, allowed).all().item<bool>()) << q.point << " " << u;
+    ++probed;
+  }
+  EXPECT_GT(probed, 10);
   int learned = 0;
   for (const auto& p : lut.model.module.named_parameters(false))
     if (qnode::what_of(p.name) == "levels") {
@@ -244,6 +260,26 @@ TEST(ShippedModel, CodebooksQuantizeWithNf4AndKmeansLevels) {
     EXPECT_NE(std::string(e.what()).find("codebook levels (nf4, lut) have no integer export"), std::string::npos)
         << e.what();
   }
+}
+
+// The preparation the CLI, Python and the sweep share: folding, equalization, and the
+// option check they all give the same message for.
+TEST(Pipeline, PrepareFoldsEqualizesAndRefusesEqualizingUnfoldedModels) {
+  PrepareOptions o;
+  o.cle = true;
+  try {
+    prepare_model(shipped_model(), o);
+    FAIL() << "equalized without folding";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs BatchNorm folded first"), std::string::npos) << e.what();
+  }
+  o.fold_bn = true;
+  const PreparedModel p = prepare_model(shipped_model(), o);
+  EXPECT_GT(p.folded, 5);
+  EXPECT_GT(p.cle.pairs, 0);
+  const PreparedModel plain = prepare_model(shipped_model(), {});
+  EXPECT_EQ(plain.folded, 0);
+  EXPECT_EQ(plain.cle.pairs, 0);
 }
 
 TEST(Evaluate, AModelThatRejectsTheInputShapeGivesOneClearError) {

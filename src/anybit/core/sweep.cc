@@ -13,9 +13,9 @@
 #include <sstream>
 #include <sys/stat.h>
 
+#include "anybit/core/pipeline.h"
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
-#include "anybit/ptq/fold_bn.h"
 
 namespace anybit {
 
@@ -221,8 +221,9 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
         continue;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      ModelGraph g = load_model(model);
-      if (o.fold_bn) fold_batch_norm(g);
+      PrepareOptions po;
+      po.fold_bn = o.fold_bn;
+      ModelGraph g = prepare_model(model, po).graph;
       QuantizeOptions qo;
       qo.calib_batches = o.calib_batches;
       qo.batch_size = o.batch_size;

@@ -188,11 +188,15 @@ at::Tensor fake_quant_minifloat_reference(const at::Tensor& x_in, const at::Tens
 at::Tensor fake_quant_minifloat_forward(const at::Tensor& x_in, const at::Tensor& scale, int64_t axis,
                                         int64_t group_size, int64_t exp_bits, int64_t man_bits) {
   check_minifloat(exp_bits, man_bits);
-  const at::Tensor x = x_in.contiguous();
-  const ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_minifloat");
+  // one scale: element-wise, so any dense layout is read and written as it lies (a channels-last
+  // feature map from the fused evaluation is not copied twice)
+  const bool as_is = scale.numel() == 1 && x_in.is_non_overlapping_and_dense();
+  const at::Tensor x = as_is ? x_in : x_in.contiguous();
+  const ChannelLayout L = as_is ? ChannelLayout{1, x.numel()}
+                                : channel_layout(x, scale.numel(), axis, group_size, "fake_quant_minifloat");
   const std::vector<float> s = float_params(scale, L.channels);
   const MinifloatCast cast(exp_bits, man_bits);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty_like(x);  // the same strides
   const float* px = x.data_ptr<float>();
   float* py = y.data_ptr<float>();
   for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
@@ -278,6 +282,13 @@ namespace {
 struct BlockLayout {
   int64_t axis, outer, length, inner, blocks, block;
 };
+
+// A channels-last 4-D tensor blocked along its channels: in memory, rows of C contiguous
+// channels, blocked along the last dim of [N*H*W, C].
+bool channels_last_blocks(const at::Tensor& x, int64_t axis) {
+  return x.dim() == 4 && (axis < 0 || axis == 1) && x.size(1) > 1 &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
 
 BlockLayout block_layout(const at::Tensor& x, int64_t axis, int64_t block, const char* what) {
   if (block < 1) throw Error(std::string(what) + ": block size must be positive, got " + std::to_string(block));
@@ -407,8 +418,11 @@ inline int floor_log2(float a) {
 at::Tensor fake_quant_mx_forward(const at::Tensor& x_in, int64_t axis, int64_t block, int64_t exp_bits,
                                  int64_t man_bits) {
   check_mx(exp_bits, man_bits);
-  const at::Tensor x = x_in.detach().to(at::kCPU, at::kFloat).contiguous();
-  const BlockLayout L = block_layout(x, axis, block, "fake_quant_mx");
+  const at::Tensor xf = x_in.detach().to(at::kCPU, at::kFloat);
+  const bool cl = channels_last_blocks(xf, axis);  // read and written as it lies
+  const at::Tensor x = cl ? xf : xf.contiguous();
+  const BlockLayout L = cl ? block_layout(x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)}), -1, block, "fake_quant_mx")
+                           : block_layout(x, axis, block, "fake_quant_mx");
   const int emax = element_emax(exp_bits, man_bits);
   const MinifloatCast cast(exp_bits == 0 ? 1 : exp_bits, exp_bits == 0 ? 0 : man_bits);  // unused for MXINT
   const float int_step = exp_bits == 0 ? std::ldexp(1.0f, -static_cast<int>(man_bits - 2)) : 0.0f;
@@ -488,8 +502,12 @@ void check_tensor_scale(const at::Tensor& ts) {
 at::Tensor fake_quant_nvfp4_forward(const at::Tensor& x_in, const at::Tensor& tensor_scale, int64_t axis,
                                     int64_t block) {
   check_tensor_scale(tensor_scale);
-  const at::Tensor x = x_in.detach().to(at::kCPU, at::kFloat).contiguous();
-  const BlockLayout L = block_layout(x, axis, block, "fake_quant_nvfp4");
+  const at::Tensor xf = x_in.detach().to(at::kCPU, at::kFloat);
+  const bool cl = channels_last_blocks(xf, axis);  // read and written as it lies
+  const at::Tensor x = cl ? xf : xf.contiguous();
+  const BlockLayout L = cl ? block_layout(x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)}), -1, block,
+                                          "fake_quant_nvfp4")
+                           : block_layout(x, axis, block, "fake_quant_nvfp4");
   const float ts = tensor_scale.detach().to(at::kCPU, at::kFloat).item<float>(), gs = 1.0f / ts;
   const MinifloatCast e2m1(2, 1), e4m3(4, 3);
   at::Tensor y = at::empty_like(x);

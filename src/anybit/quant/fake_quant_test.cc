@@ -405,6 +405,9 @@ TEST(FakeQuantMinifloat, KernelMatchesTheReferencePerTensorChannelAndGroup) {
                           fake_quant_minifloat_reference(x, sg, -1, 9, e, m))) << e << m;
     EXPECT_TRUE(at::allclose(fake_quant_minifloat_torchops(x, sc, 0, 0, e, m),
                              fake_quant_minifloat_reference(x, sc, 0, 0, e, m), 0, 0)) << e << m;
+    const at::Tensor ycl = fake_quant_minifloat_forward(x.contiguous(at::MemoryFormat::ChannelsLast), st, -1, 0, e, m);
+    EXPECT_TRUE(ycl.is_contiguous(at::MemoryFormat::ChannelsLast));  // per tensor: as it lies
+    EXPECT_TRUE(at::equal(ycl, fake_quant_minifloat_reference(x, st, -1, 0, e, m))) << e << m;
   }
   const at::Tensor special = at::tensor({NAN, INFINITY, -INFINITY, 0.0f});
   const at::Tensor y = fake_quant_minifloat(special, at::full({1}, 2.0f), -1, 0, 4, 3);
@@ -459,6 +462,10 @@ TEST(FakeQuantMx, KernelMatchesTheReferenceOnEveryElementFormatAlongEitherAxis) 
     EXPECT_TRUE(at::equal(fake_quant_mx(a, -1, 32, e, m), fake_quant_mx_reference(a, 1, 32, e, m))) << e << m;
     EXPECT_TRUE(at::equal(fake_quant_mx(b, -1, 32, e, m), fake_quant_mx_reference(b, 1, 32, e, m))) << e << m;
     EXPECT_TRUE(at::equal(fake_quant_mx(a, 3, 2, e, m), fake_quant_mx_reference(a, 3, 2, e, m))) << e << m;
+    // a channels-last feature map (the fused evaluation's layout) is read and written as it lies
+    const at::Tensor y = fake_quant_mx(a.contiguous(at::MemoryFormat::ChannelsLast), -1, 32, e, m);
+    EXPECT_TRUE(y.is_contiguous(at::MemoryFormat::ChannelsLast));
+    EXPECT_TRUE(at::equal(y, fake_quant_mx_reference(a, 1, 32, e, m))) << e << m;
   }
   // rows longer than the kernel's segments of 64 blocks, and a last block of 8
   const at::Tensor d = at::randn({3, 2 * 64 * 32 + 8}) * at::exp2(at::randint(-6, 6, {3, 4104}).to(at::kFloat));
@@ -484,6 +491,9 @@ TEST(FakeQuantNvfp4, KernelMatchesTheReferenceAndBlocksUseTheirE4m3Scale) {
   EXPECT_TRUE(at::equal(y, fake_quant_nvfp4_reference(w, ts, -1, 16)));
   const at::Tensor x = at::randn({2, 20, 3, 3});
   EXPECT_TRUE(at::equal(fake_quant_nvfp4(x, ts, -1, 16), fake_quant_nvfp4_reference(x, ts, 1, 16)));
+  const at::Tensor ycl = fake_quant_nvfp4(x.contiguous(at::MemoryFormat::ChannelsLast), ts, -1, 16);
+  EXPECT_TRUE(ycl.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(at::equal(ycl, fake_quant_nvfp4_reference(x, ts, 1, 16)));
   const at::Tensor longer = at::randn({2, 64 * 16 * 3 + 5});
   EXPECT_TRUE(at::equal(fake_quant_nvfp4(longer, ts, -1, 16), fake_quant_nvfp4_reference(longer, ts, -1, 16)));
   // each block is E2M1 values times one d = e4m3(max / 6 / ts) * ts

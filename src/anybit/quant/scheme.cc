@@ -473,8 +473,27 @@ void lut_rows(const std::vector<std::vector<double>>& centres, Params* P) {
   P->levels = C == 1 ? levels.reshape({L}) : levels;
 }
 
+// Levels the spec gives (`lut2:levels=...`): the same codebook for every row.
+Params given_levels(const QuantSpec& spec, int64_t rows) {
+  Params P;
+  double m = 0;
+  for (double v : spec.levels) m = std::max(m, std::fabs(v));
+  if (!(m > 0)) m = 1;
+  std::vector<float> l;
+  for (double v : spec.levels) l.push_back(static_cast<float>(v / m));
+  P.levels = at::tensor(l);
+  P.scale = at::full({rows}, static_cast<float>(m));
+  P.summary = std::to_string(spec.levels.size()) + " given levels";
+  return P;
+}
+
 Params lut_from_weight(const QuantSpec& spec, const std::string&, const at::Tensor& rows, int64_t numel,
                        const std::string& where) {
+  if (!spec.levels.empty()) {
+    Params P = given_levels(spec, rows.size(0));
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(numel));
+    return P;
+  }
   Params P;
   std::vector<std::vector<double>> centres;
   const at::Tensor r = rows.contiguous();
@@ -494,6 +513,11 @@ Params lut_from_weight(const QuantSpec& spec, const std::string&, const at::Tens
 
 Params lut_from_data(const QuantSpec& spec, const std::string&, const calib::Observer& obs, int64_t per_sample,
                      const std::string& where) {
+  if (!spec.levels.empty()) {
+    Params P = given_levels(spec, 1);
+    P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(per_sample, 1)));
+    return P;
+  }
   Params P;
   try {
     lut_rows({calib::kmeans_1d(obs.histogram(), static_cast<int>(codebook_size(spec)))}, &P);
@@ -536,7 +560,9 @@ const Entry kMx{"mx", mx_from_weight, mx_from_data, never_needs_data, mx_without
 const Entry kNvfp4{"nvfp4", nvfp4_from_weight, nvfp4_from_data, always_needs_data, nullptr, nvfp4_insert,
                    never_portable};
 const Entry kNf4{"nf4", nf4_from_weight, nf4_from_data, always_needs_data, nullptr, lut_insert, never_portable};
-const Entry kLut{"lut", lut_from_weight, lut_from_data, always_needs_data, nullptr, lut_insert, never_portable};
+bool lut_needs_data(const QuantSpec& spec) { return spec.levels.empty(); }  // given levels need none
+Params lut_without_data(const QuantSpec& spec, const calib::Observer*) { return given_levels(spec, 1); }
+const Entry kLut{"lut", lut_from_weight, lut_from_data, lut_needs_data, lut_without_data, lut_insert, never_portable};
 
 // Per-channel view [C, rest] of a weight along its output-channel axis.
 at::Tensor channels_first(const at::Tensor& w, int axis) {

@@ -181,6 +181,21 @@ std::string QuantSpec::str() const {
   if (learn == Learn::kLsq) os << ":lsq";
   if (learn == Learn::kPact) os << ":pact";
   if (scheme == Scheme::kTernary && threshold != 0.7) os << ":threshold=" << threshold;
+  if (!levels.empty()) {
+    os << ":levels=";
+    for (size_t i = 0; i < levels.size(); ++i) {
+      // the shortest decimal that reads back as the same double
+      std::string t;
+      for (int p = 6; p <= 17; ++p) {
+        std::ostringstream v;
+        v.precision(p);
+        v << levels[i];
+        t = v.str();
+        if (std::strtod(t.c_str(), nullptr) == levels[i]) break;
+      }
+      os << (i ? "/" : "") << t;
+    }
+  }
   return os.str();
 }
 
@@ -357,6 +372,14 @@ QuantSpec parse_spec(const std::string& text_in) {
       s.learn = Learn::kLsq;
     } else if (key == "pact") {
       s.learn = Learn::kPact;
+    } else if (key == "levels") {
+      s.levels.clear();
+      for (const std::string& v : split(val, '/')) {
+        double d;
+        if (!parse_double(v, &d) || !std::isfinite(d))
+          bad(text_in, "levels must be numbers separated by '/', as in levels=-1/-0.25/0.25/1");
+        s.levels.push_back(d);
+      }
     } else if (key == "threshold") {
       if (!parse_double(val, &s.threshold) || !(s.threshold >= 0))
         bad(text_in, "threshold must be a non-negative number");
@@ -398,6 +421,14 @@ QuantSpec parse_spec(const std::string& text_in) {
                              (s.learn == Learn::kPact ? ":pact" : ":lsq");
     bad(text_in, "fixed point has a fixed step 2^-n; it cannot be learned: for a learned step of the same width, "
                  "use " + same);
+  }
+  if (!s.levels.empty()) {
+    if (s.scheme != Scheme::kLut) bad(text_in, "'levels' gives the codebook of a lutN spec only");
+    if (static_cast<int64_t>(s.levels.size()) != (int64_t{1} << s.bits))
+      bad(text_in, "lut" + std::to_string(s.bits) + " has " + std::to_string(1 << s.bits) + " levels, " +
+                       std::to_string(s.levels.size()) + " given");
+    for (size_t i = 1; i < s.levels.size(); ++i)
+      if (!(s.levels[i - 1] < s.levels[i])) bad(text_in, "levels must be distinct and ascending");
   }
   if (s.threshold != 0.7 && s.scheme != Scheme::kTernary)
     bad(text_in, "'threshold' applies to ternary only");

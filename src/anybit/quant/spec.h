@@ -26,7 +26,8 @@
 //   nf4         x^ = s * l, l the nearest of QLoRA's 16 NormalFloat levels in [-1, 1], s = max|x|
 //               per tensor, channel or group (nf4:group=64 is QLoRA's)
 //   lutN        a codebook of 2^N levels per tensor or channel, learned by k-means on the weight
-//               or on the calibration data; `:lsq` trains the levels
+//               or on the calibration data, or given (`lut2:levels=-1/-0.25/0.25/1`); `:lsq`
+//               trains the levels
 //   autoN       sign chosen by calibration: uintN where every calibration value (every
 //               weight, for a weight) is >= 0, else intN:asym (intN with `autoN:sym`);
 //               resolve_sign() turns it into that spec before any parameter is computed
@@ -34,6 +35,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace anybit {
 
@@ -69,6 +71,7 @@ struct QuantSpec {
   Rounding rounding = Rounding::kHalfEven;
   Learn learn = Learn::kNone;
   double threshold = 0.7;  // ternary: |x| <= threshold * mean|x| becomes 0 (TWN)
+  std::vector<double> levels;  // lutN: the 2^N levels given in the spec (else k-means learns them)
   // autoN: scheme is kInt until resolve_sign() sees the data; `asymmetric` then says what
   // the signed case gets (true unless `:sym`)
   bool auto_sign = false;
@@ -113,7 +116,8 @@ double minifloat_max(int exp_bits, int man_bits);  // the largest finite value (
 
 // Parses the short form. Modifiers follow the base after ':' in any order:
 //   asym | sym | narrow | pow2scale | per_tensor | per_channel | axis=K | group=G |
-//   round=half_even|half_away|floor|stochastic | lsq | pact | threshold=T
+//   round=half_even|half_away|floor|stochastic | lsq | pact | threshold=T |
+//   levels=v1/v2/... (lutN: its 2^N levels, ascending, instead of k-means)
 // and the bases: float | intN | uintN | autoN | logN | fixed:Qm.n | ufixed:Qm.n | fpN:eXmY |
 // bf16 (fp16:e8m7) | mxfpN:eXmY | mxfp4 | mxintN | nvfp4 | nf4 | lutN | binary | ternary;
 // block=K for MX/NVFP4

@@ -100,7 +100,18 @@ INSTANTIATE_TEST_SUITE_P(
                       BadSpec{"fp1:e1m0", "needs 1 + 1 + 0 = 2"}, BadSpec{"mxfp8", "element format"},
                       BadSpec{"mxfp8:e4m4", "1 + X + Y = 8"}, BadSpec{"nvfp4:per_channel", "block format"},
                       BadSpec{"mxint8:lsq", "block format"}, BadSpec{"int8:block=16", "use group=K"},
-                      BadSpec{"mxfp4:block=0", "positive"}, BadSpec{"mxint1", "2..16"}));
+                      BadSpec{"mxfp4:block=0", "positive"}, BadSpec{"mxint1", "2..16"},
+                      BadSpec{"lut2:levels=-1/0/1", "4 levels, 3 given"}, BadSpec{"lut1:levels=1/-1", "ascending"},
+                      BadSpec{"int4:levels=0/1", "lutN spec only"}, BadSpec{"lut1:levels=0/x", "numbers"}));
+
+TEST(QuantSpec, CodebookLevelsPrintBackExactly) {
+  const QuantSpec s = parse_spec("lut2:levels=-1/-0.123456789012/0.25/1:per_channel");
+  EXPECT_EQ(s.levels, (std::vector<double>{-1, -0.123456789012, 0.25, 1}));
+  EXPECT_EQ(s.str(), "lut2:per_channel:levels=-1/-0.123456789012/0.25/1");
+  EXPECT_EQ(parse_spec(s.str()).levels, s.levels);
+  EXPECT_EQ(parse_spec("nf4").str(), "nf4");
+  EXPECT_EQ(parse_spec("LUT3:lsq").str(), "lut3:lsq");
+}
 
 TEST(QuantSpec, BlockFormatsParsePrintBackAndKeepTheirAxisApartFromPerChannel) {
   struct Case {

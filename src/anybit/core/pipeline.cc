@@ -1,0 +1,25 @@
+// The preparation every front end shares; see pipeline.h.
+#include "anybit/core/pipeline.h"
+
+#include "anybit/ptq/fold_bn.h"
+#include "anybit/quant/spec.h"
+
+namespace anybit {
+
+PreparedModel prepare_model(const std::string& path, const PrepareOptions& o) {
+  const bool cle = o.cle || o.cle_relu6;
+  if (cle && !o.fold_bn)
+    throw Error("cross-layer equalization needs BatchNorm folded first (--fold-bn; fold_bn=True in Python): a "
+                "BatchNorm between two layers stops equalization");
+  PreparedModel p{load_model(path), {}, 0, {}};
+  p.uncovered = p.graph.uncovered;
+  if (o.fold_bn) p.folded = fold_batch_norm(p.graph);
+  if (cle) {
+    CleOptions co;
+    co.relu6_to_relu = o.cle_relu6;
+    p.cle = equalize_cross_layer(p.graph, co);
+  }
+  return p;
+}
+
+}  // namespace anybit
