@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -54,18 +55,51 @@ inline int64_t nearest_level(const float* l, int64_t n, float v) {
   return (hi - 1) % 2 == 0 ? hi - 1 : hi;
 }
 
+// The nearest level of each of v[0, n) in sorted levels l[0, L), as nearest_level() decides it,
+// for small codebooks: the count, over each pair of neighbours (l[m], l[m+1]), of the upper one
+// being strictly nearer (plus the ties that go up: m odd), one pass over the chunk per pair so
+// that the passes vectorize.
+constexpr int64_t kCountedLevels = 32, kChunk = 1024;
+__attribute__((noinline)) void count_levels(const float* __restrict v, int32_t* __restrict k, int64_t n,
+                                            const float* __restrict l, int64_t L) {
+  for (int64_t i = 0; i < n; ++i) k[i] = 0;
+  for (int64_t m = 0; m + 1 < L; ++m) {
+    const float lo = l[m], hi = l[m + 1];
+    const int32_t odd = static_cast<int32_t>(m & 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const float below = v[i] - lo, above = hi - v[i];
+      k[i] += static_cast<int32_t>(above < below) + (static_cast<int32_t>(above == below) & odd);
+    }
+  }
+}
+
 // x^ and each element's level index
 void lut_forward(const at::Tensor& x, const at::Tensor& scale, const Codebook& b, const ChannelLayout& L,
                  at::Tensor* y, at::Tensor* index) {
   const std::vector<float> s = float_params(scale, L.channels);
   *y = at::empty_like(x);
-  if (index) *index = at::empty(x.sizes(), x.options().dtype(at::kLong));
+  if (index) *index = at::empty_like(x, x.options().dtype(at::kLong));  // x's strides, as y
   const float* px = x.data_ptr<float>();
   float* py = y->data_ptr<float>();
   int64_t* pi = index ? index->data_ptr<int64_t>() : nullptr;
   for_each_channel_run(x.numel(), L, [&](int64_t beg, int64_t end, int64_t c) {
     const float sc = s[c], inv = 1.0f / sc;
     const float* l = b.row(c);
+    if (b.size <= kCountedLevels) {
+      float v[kChunk];
+      int32_t k[kChunk];
+      for (int64_t c0 = beg; c0 < end; c0 += kChunk) {
+        const int64_t n = std::min(kChunk, end - c0);
+        for (int64_t i = 0; i < n; ++i) v[i] = px[c0 + i] * inv;
+        count_levels(v, k, n, l, b.size);
+        for (int64_t i = 0; i < n; ++i) {
+          const bool nan = v[i] != v[i];
+          py[c0 + i] = nan ? v[i] : l[k[i]] * sc;
+          if (pi) pi[c0 + i] = nan ? 0 : k[i];
+        }
+      }
+      return;
+    }
     for (int64_t i = beg; i < end; ++i) {
       const float v = px[i] * inv;
       if (v != v) {
@@ -135,8 +169,13 @@ class FakeQuantLutFn : public torch::autograd::Function<FakeQuantLutFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& scale,
                             const at::Tensor& levels, int64_t axis, int64_t group_size, double grad_factor) {
-    const at::Tensor x = x_in.detach().to(at::kCPU, at::kFloat).contiguous();
-    const ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_lut");
+    // one scale and one codebook: element-wise, so any dense layout is read and written as it
+    // lies (a channels-last feature map of the fused evaluation is not copied twice)
+    const at::Tensor xf = x_in.detach().to(at::kCPU, at::kFloat);
+    const bool as_is = scale.numel() == 1 && levels.dim() == 1 && xf.is_non_overlapping_and_dense();
+    const at::Tensor x = as_is ? xf : xf.contiguous();
+    const ChannelLayout L = as_is ? ChannelLayout{1, x.numel()}
+                                  : channel_layout(x, scale.numel(), axis, group_size, "fake_quant_lut");
     const Codebook b = codebook(levels, L.channels);
     const bool grads = scale.requires_grad() || levels.requires_grad();
     at::Tensor y, index;

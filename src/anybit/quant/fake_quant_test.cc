@@ -531,6 +531,13 @@ TEST(FakeQuantLut, NearestLevelTiesToTheEvenIndexAndMatchesTheReference) {
   const at::Tensor nf4 = at::tensor(std::vector<float>(nf4_levels().begin(), nf4_levels().end()));
   const at::Tensor sg = at::rand({6 * 5}) + 0.5;  // groups of 9
   EXPECT_TRUE(at::equal(fake_quant_lut(w, sg, nf4, -1, 9), fake_quant_lut_reference(w, sg, nf4, -1, 9)));
+  // per tensor, a channels-last map is read and written as it lies
+  const at::Tensor cl = fake_quant_lut(w.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, 1.5f), nf4, -1, 0);
+  EXPECT_TRUE(cl.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(at::equal(cl, fake_quant_lut_reference(w, at::full({1}, 1.5f), nf4, -1, 0)));
+  // codebooks above 32 levels take the binary search instead of the counting passes
+  const at::Tensor big = std::get<0>(at::sort(at::randn({6, 64}), 1));
+  EXPECT_TRUE(at::equal(fake_quant_lut(w, s, big, 0, 0), fake_quant_lut_reference(w, s, big, 0, 0)));
   EXPECT_EQ(nf4_levels().size(), 16u);
   EXPECT_EQ(nf4_levels()[7], 0.0);
 }
