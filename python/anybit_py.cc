@@ -70,19 +70,14 @@ py::dict coverage(const std::string& model_path) {
 // analysis of the model.
 py::tuple quantize(const std::string& model_path, const std::string& config_text,
                   const std::string& config_source, const std::string& data_spec,
-                  int64_t calib_batches, int64_t batch_size, bool portable, bool dry_run,
-                  const std::string& out_path, bool fold_bn, int adaround, bool bias_correction,
-                  bool int32_bias, int cle, int brecq, bool strict) {
+                  const anybit::PrepareOptions& prepare, anybit::QuantizeOptions options, bool dry_run,
+                  const std::string& out_path) {
   std::vector<anybit::PointReport> pts;
   std::vector<anybit::Uncovered> uncovered;
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
-    anybit::PrepareOptions po;
-    po.fold_bn = fold_bn;
-    po.cle = cle == 1;
-    po.cle_relu6 = cle == 2;
-    anybit::PreparedModel prepared = anybit::prepare_model(model_path, po);
+    anybit::PreparedModel prepared = anybit::prepare_model(model_path, prepare);
     anybit::ModelGraph& g = prepared.graph;
     uncovered = prepared.uncovered;
     if (dry_run) {
@@ -90,17 +85,7 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
     } else {
       std::unique_ptr<anybit::DataSource> data;
       if (!data_spec.empty()) data = anybit::open_data(data_spec);
-      anybit::QuantizeOptions o;
-      o.calib_batches = calib_batches;
-      o.batch_size = batch_size;
-      o.portable = portable;
-      o.progress = true;
-      o.adaround_iterations = adaround;
-      o.brecq_iterations = brecq;
-      o.bias_correction = bias_correction;
-      o.int32_bias = int32_bias;
-      o.strict = strict;
-      anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), o);
+      anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), options);
       anybit::save_module(q.model.module, out_path);
       pts = q.points;
     }
@@ -171,25 +156,7 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
   return result;
 }
 
-py::list sweep(const std::vector<std::string>& models, const std::vector<std::pair<int, int>>& pairs,
-               const std::vector<std::string>& methods, const std::string& calib_data,
-               const std::string& eval_data, int64_t calib_batches, bool fold_bn, bool first_last_8bit,
-               const std::string& out_dir, bool resume, int adaround_iterations, int brecq_iterations,
-               const std::vector<std::string>& formats) {
-  anybit::SweepOptions o;
-  o.formats = formats;
-  o.adaround_iterations = adaround_iterations;
-  o.brecq_iterations = brecq_iterations;
-  o.models = models;
-  o.pairs = pairs;
-  o.methods = methods;
-  o.calib_data = calib_data;
-  o.eval_data = eval_data;
-  o.calib_batches = calib_batches;
-  o.fold_bn = fold_bn;
-  o.first_last_8bit = first_last_8bit;
-  o.out_dir = out_dir;
-  o.resume = resume;
+py::list sweep(const anybit::SweepOptions& o) {
   std::vector<anybit::SweepRow> rows;
   {
     py::gil_scoped_release release;
@@ -506,17 +473,45 @@ PYBIND11_MODULE(_anybit, m) {
   });
   m.def("points", &points, py::arg("model_path"));
   m.def("coverage", &coverage, py::arg("model_path"));
+  // the library's option structs, filled by keyword from Python (anybit/__init__.py)
+  py::class_<anybit::PrepareOptions>(m, "PrepareOptions")
+      .def(py::init<>())
+      .def_readwrite("fold_bn", &anybit::PrepareOptions::fold_bn)
+      .def_readwrite("cle", &anybit::PrepareOptions::cle)
+      .def_readwrite("cle_relu6", &anybit::PrepareOptions::cle_relu6);
+  py::class_<anybit::QuantizeOptions>(m, "QuantizeOptions")
+      .def(py::init<>())
+      .def_readwrite("calib_batches", &anybit::QuantizeOptions::calib_batches)
+      .def_readwrite("batch_size", &anybit::QuantizeOptions::batch_size)
+      .def_readwrite("portable", &anybit::QuantizeOptions::portable)
+      .def_readwrite("progress", &anybit::QuantizeOptions::progress)
+      .def_readwrite("adaround_iterations", &anybit::QuantizeOptions::adaround_iterations)
+      .def_readwrite("brecq_iterations", &anybit::QuantizeOptions::brecq_iterations)
+      .def_readwrite("bias_correction", &anybit::QuantizeOptions::bias_correction)
+      .def_readwrite("int32_bias", &anybit::QuantizeOptions::int32_bias)
+      .def_readwrite("strict", &anybit::QuantizeOptions::strict);
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
-        py::arg("data_spec"), py::arg("calib_batches"), py::arg("batch_size"), py::arg("portable"),
-        py::arg("dry_run"), py::arg("out_path"), py::arg("fold_bn"), py::arg("adaround"),
-        py::arg("bias_correction") = false, py::arg("int32_bias") = false, py::arg("cle") = 0,
-        py::arg("brecq") = 0, py::arg("strict") = false);
+        py::arg("data_spec"), py::arg("prepare"), py::arg("options"), py::arg("dry_run"), py::arg("out_path"));
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true);
-  m.def("sweep", &sweep, py::arg("models"), py::arg("pairs"), py::arg("methods"), py::arg("calib_data"),
-        py::arg("eval_data"), py::arg("calib_batches"), py::arg("fold_bn"), py::arg("first_last_8bit"),
-        py::arg("out_dir"), py::arg("resume"), py::arg("adaround_iterations"),
-        py::arg("brecq_iterations") = 2000, py::arg("formats") = std::vector<std::string>{});
+  py::class_<anybit::SweepOptions>(m, "SweepOptions")
+      .def(py::init<>())
+      .def_readwrite("models", &anybit::SweepOptions::models)
+      .def_readwrite("pairs", &anybit::SweepOptions::pairs)
+      .def_readwrite("formats", &anybit::SweepOptions::formats)
+      .def_readwrite("methods", &anybit::SweepOptions::methods)
+      .def_readwrite("adaround_iterations", &anybit::SweepOptions::adaround_iterations)
+      .def_readwrite("brecq_iterations", &anybit::SweepOptions::brecq_iterations)
+      .def_readwrite("calib_data", &anybit::SweepOptions::calib_data)
+      .def_readwrite("eval_data", &anybit::SweepOptions::eval_data)
+      .def_readwrite("calib_batches", &anybit::SweepOptions::calib_batches)
+      .def_readwrite("batch_size", &anybit::SweepOptions::batch_size)
+      .def_readwrite("fold_bn", &anybit::SweepOptions::fold_bn)
+      .def_readwrite("first_last_8bit", &anybit::SweepOptions::first_last_8bit)
+      .def_readwrite("out_dir", &anybit::SweepOptions::out_dir)
+      .def_readwrite("resume", &anybit::SweepOptions::resume)
+      .def_readwrite("progress", &anybit::SweepOptions::progress);
+  m.def("sweep", &sweep, py::arg("options"));
   m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),

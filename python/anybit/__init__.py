@@ -118,6 +118,14 @@ def _config(config):
     raise Error(f"config must be a dict, a YAML/JSON string or a file path, got {type(config).__name__}")
 
 
+def _options(cls, **fields):
+    """One of the library's option structs (`_anybit.QuantizeOptions`, ...) with `fields` set."""
+    o = cls()
+    for k, v in fields.items():
+        setattr(o, k, v)
+    return o
+
+
 def _data(data, d, max_batches=None):
     """A data spec string for the C++ side: strings pass through; tensors, (x, y) pairs,
     DataLoaders and other iterables of batches are written to .npy files."""
@@ -173,8 +181,8 @@ def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
-        report, _ = _anybit.quantize(_save(model, example_inputs, d), text, source, "", 1, 1, False, True, "",
-                                     fold_bn, 0, False, False)
+        report, _ = _anybit.quantize(_save(model, example_inputs, d), text, source, "", _options(_anybit.PrepareOptions,
+                                     fold_bn=fold_bn), _anybit.QuantizeOptions(), True, "")
         return report
 
 
@@ -207,9 +215,14 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
             calib_batches = math.ceil(n / batch_size)
         out = os.path.join(d, "quantized.pt")
         # with strict, quantize refuses uncovered ops itself; otherwise they are warned about
-        report, uncovered = _anybit.quantize(src, text, source, spec, calib_batches, batch_size or 128, portable,
-                                             False, out, fold_bn, adaround, bias_correction, int32_bias,
-                                             {False: 0, True: 1, "relu6": 2}[cle], brecq, strict)
+        if cle not in (False, True, "relu6"):
+            raise Error(f"cle: {cle!r} is not False, True or 'relu6'")
+        prepare = _options(_anybit.PrepareOptions, fold_bn=fold_bn, cle=bool(cle) and cle != "relu6",
+                           cle_relu6=cle == "relu6")
+        options = _options(_anybit.QuantizeOptions, calib_batches=calib_batches, batch_size=batch_size or 128,
+                           portable=portable, adaround_iterations=adaround, brecq_iterations=brecq,
+                           bias_correction=bias_correction, int32_bias=int32_bias, strict=strict)
+        report, uncovered = _anybit.quantize(src, text, source, spec, prepare, options, False, out)
         qm = torch.jit.load(out)
     for u in uncovered:
         warnings.warn(f"{u['where']} has no points and stays float: {u['reason']}", CoverageWarning, stacklevel=2)
@@ -256,9 +269,11 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
         pairs = []
     else:
         pairs = list(pairs) if pairs is not None else [(w, a) for w in weights for a in acts]
-    return _anybit.sweep(paths, [tuple(p) for p in pairs], list(methods), calib_data, eval_data, calib_batches,
-                         fold_bn, first_last_8bit, os.fspath(out_dir), resume, adaround_iterations,
-                         brecq_iterations, list(formats or []))
+    return _anybit.sweep(_options(_anybit.SweepOptions, models=paths, pairs=[tuple(p) for p in pairs],
+                                  formats=list(formats or []), methods=list(methods), calib_data=calib_data,
+                                  eval_data=eval_data, calib_batches=calib_batches, fold_bn=fold_bn,
+                                  first_last_8bit=first_last_8bit, out_dir=os.fspath(out_dir), resume=resume,
+                                  adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations))
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,

@@ -101,3 +101,23 @@ def test_a_transformer_quantizes_to_block_and_codebook_formats(fmt, tmp_path):
     assert fused["top1"] >= floor
     with pytest.raises(anybit.Error, match="no integer export"):
         anybit.export(q, tmp_path / "int")
+
+
+def test_a_transformer_fine_tunes_with_learned_minifloat_scales_and_codebook_levels():
+    torch.manual_seed(0)
+    m = _vit().eval()
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3))
+    sm = torch.jit.trace(m, x[:2], check_trace=False)
+    config = {"rules": [{"kind": "linear", "role": "weight", "spec": "fp4:e2m1:per_channel:lsq"},
+                        {"kind": "conv", "role": "weight", "spec": "lut3:per_channel:lsq"},
+                        {"role": "activation", "kind": ["linear", "add"], "spec": "mxfp8:e4m3"}]}
+    q = anybit.quantize(sm, config, calib_data=[x[:16]])
+    before = {n: p.detach().clone() for n, p in q.named_parameters() if "anybit__" in n}
+    assert any(n.endswith("__levels") for n in before) and any(n.endswith("__scale") for n in before)
+    t, report = anybit.finetune(q, (x, y), epochs=1, lr=0.01, batch_size=16, max_steps=3, return_report=True)
+    after = dict(t.named_parameters())
+    moved = [n for n in before if not torch.equal(before[n], after[n].detach())]
+    assert len(moved) > len(before) // 2, moved
+    assert all(torch.isfinite(after[n]).all() for n in before)
+    assert report[0]["steps"] == 3
