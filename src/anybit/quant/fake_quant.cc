@@ -169,23 +169,14 @@ at::Tensor fake_quant_affine_reference(const at::Tensor& x_in, const at::Tensor&
                                        int64_t rounding) {
   check_range(qmin, qmax);
   check_rounding(rounding);
-  at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
-  ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
-  std::vector<float> s = float_params(scale, L.channels);
-  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  const std::vector<float> z = integer_zero_points(zero_point, scale.numel(), qmin, qmax);
   at::Tensor noise;
-  if (rounding == kStochastic) noise = at::rand(x.sizes(), x.options());
-  at::Tensor y = at::empty_like(x);
-  const float* px = x.data_ptr<float>();
-  float* py = y.data_ptr<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const int64_t c = (i / L.inner) % L.channels;
-    const float v = px[i] * (1.0f / s[c]);
-    float r = rounding == kStochastic ? std::floor(v + noise.data_ptr<float>()[i]) : round_by_mode(v, rounding);
-    float q = std::min(std::max(r + z[c], static_cast<float>(qmin)), static_cast<float>(qmax));
-    py[i] = (q - z[c]) * s[c];
-  }
-  return y.to(x_in.scalar_type());
+  if (rounding == kStochastic) noise = at::rand(x_in.sizes(), at::kFloat).contiguous();
+  return reference_map(x_in, scale, axis, group_size, "fake_quant_affine", [&](float v, int64_t c, int64_t i) {
+    const float r = rounding == kStochastic ? std::floor(v + noise.data_ptr<float>()[i]) : round_by_mode(v, rounding);
+    const float q = std::min(std::max(r + z[c], static_cast<float>(qmin)), static_cast<float>(qmax));
+    return q - z[c];
+  });
 }
 
 at::Tensor fake_quant_affine_torchops(const at::Tensor& x, const at::Tensor& scale,

@@ -158,19 +158,8 @@ std::vector<double> minifloat_values(int exp_bits, int man_bits) {
 at::Tensor fake_quant_minifloat_reference(const at::Tensor& x_in, const at::Tensor& scale, int64_t axis,
                                           int64_t group_size, int64_t exp_bits, int64_t man_bits) {
   const std::vector<double> values = minifloat_values(static_cast<int>(exp_bits), static_cast<int>(man_bits));
-  at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
-  const ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_minifloat");
-  const std::vector<float> s = float_params(scale, L.channels);
-  at::Tensor y = at::empty_like(x);
-  const float* px = x.data_ptr<float>();
-  float* py = y.data_ptr<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const int64_t c = (i / L.inner) % L.channels;
-    const float v = px[i] * (1.0f / s[c]);
-    if (std::isnan(v)) {
-      py[i] = v;
-      continue;
-    }
+  return reference_map(x_in, scale, axis, group_size, "fake_quant_minifloat", [&](float v, int64_t, int64_t) {
+    if (std::isnan(v)) return v;
     const double a = std::fabs(static_cast<double>(v));
     // the nearest value; between two, the one with the even code (index)
     size_t k = std::lower_bound(values.begin(), values.end(), a) - values.begin();
@@ -180,9 +169,8 @@ at::Tensor fake_quant_minifloat_reference(const at::Tensor& x_in, const at::Tens
       const double below = a - values[k - 1], above = values[k] - a;
       if (below < above || (below == above && (k - 1) % 2 == 0)) k = k - 1;
     }
-    py[i] = std::copysign(static_cast<float>(values[k]), v) * s[c];
-  }
-  return y.to(x_in.scalar_type());
+    return std::copysign(static_cast<float>(values[k]), v);
+  });
 }
 
 at::Tensor fake_quant_minifloat_forward(const at::Tensor& x_in, const at::Tensor& scale, int64_t axis,

@@ -58,5 +58,24 @@ inline at::Tensor grouped(const at::Tensor& x, int64_t group_size) {
   return group_size > 0 ? x.reshape({-1, group_size}) : x;
 }
 
+// The reference twins' element loop, plain and one element at a time:
+//   y[i] = f(x[i] * (1/s[c]), c, i) * s[c],  c the channel (or group) of element i,
+// on the CPU in float32, returned in x's dtype.
+template <typename F>
+at::Tensor reference_map(const at::Tensor& x_in, const at::Tensor& scale, int64_t axis, int64_t group_size,
+                         const char* what, F f) {
+  const at::Tensor x = x_in.detach().to(at::kCPU, at::kFloat).contiguous();
+  const ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, what);
+  const std::vector<float> s = float_params(scale, L.channels);
+  at::Tensor y = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = (i / L.inner) % L.channels;
+    py[i] = f(px[i] * (1.0f / s[c]), c, i) * s[c];
+  }
+  return y.to(x_in.scalar_type());
+}
+
 }  // namespace fq
 }  // namespace anybit

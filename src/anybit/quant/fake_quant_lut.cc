@@ -139,29 +139,17 @@ const std::vector<double>& nf4_levels() {
 
 at::Tensor fake_quant_lut_reference(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& levels,
                                     int64_t axis, int64_t group_size) {
-  const at::Tensor x = x_in.detach().to(at::kCPU, at::kFloat).contiguous();
-  const ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_lut");
-  const Codebook b = codebook(levels, L.channels);
-  const std::vector<float> s = float_params(scale, L.channels);
-  at::Tensor y = at::empty_like(x);
-  const float* px = x.data_ptr<float>();
-  float* py = y.data_ptr<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const int64_t c = (i / L.inner) % L.channels;
-    const float v = px[i] * (1.0f / s[c]);
-    if (std::isnan(v)) {
-      py[i] = v;
-      continue;
-    }
+  const Codebook b = codebook(levels, scale.numel());
+  return reference_map(x_in, scale, axis, group_size, "fake_quant_lut", [&](float v, int64_t c, int64_t) {
+    if (std::isnan(v)) return v;
     // every level's distance; the smallest wins, the even index among equals
     int64_t best = 0;
     for (int64_t k = 1; k < b.size; ++k) {
       const float d = std::fabs(v - b.row(c)[k]), db = std::fabs(v - b.row(c)[best]);
       if (d < db || (d == db && best % 2 == 1 && b.row(c)[k] != b.row(c)[best])) best = k;
     }
-    py[i] = b.row(c)[best] * s[c];
-  }
-  return y.to(x_in.scalar_type());
+    return b.row(c)[best];
+  });
 }
 
 namespace {
