@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "anybit/core/export.h"
@@ -108,22 +109,45 @@ TEST(Quantize, AutoSignFollowsTheDataAndUnsignedSpecsOnSignedDataAreReported) {
   }
 }
 
-// Minifloat weights and activations (fpN:eXmY): FP8 stays within a point of float, FP4 loses more,
-// the fused evaluation agrees with the interpreter, and export names why it has no integer form.
-TEST(ShippedModel, MinifloatFormatsQuantizeEvaluateAndRefuseIntegerExport) {
-  auto train = open_data("fmnist:/usr/share/datasets/fashion-mnist:train");
-  auto test = open_data("fmnist:/usr/share/datasets/fashion-mnist:test");
-  torch::jit::Module fm = load_module(shipped_model());
-  EvalOptions eo;
-  eo.progress = false;
-  auto run = [&](const std::string& w, const std::string& a) {
-    Config c = parse_config_string("rules:\n  - {kind: [conv, linear], role: weight, spec: '" + w +
-                                   "'}\n  - {role: [input, activation], spec: '" + a + "'}\n");
-    QuantizeOptions opt;
+// The number formats on the shipped model: real training images for calibration, the 10k
+// test images for evaluation, one format for the conv/linear weights and one for the input and
+// every activation.
+class Formats : public ::testing::Test {
+ protected:
+  Formats() : train(open_data("fmnist::train")), test(open_data("fmnist::test")), fm(load_module(shipped_model())) {
+    eo.progress = false;
     opt.progress = false;
     opt.calib_batches = 4;
-    return quantize(load_model(shipped_model()), c, train.get(), opt);
-  };
+  }
+  static Config rules(const std::string& w, const std::string& a) {
+    return parse_config_string("rules:\n  - {kind: [conv, linear], role: weight, spec: '" + w +
+                               "'}\n  - {role: [input, activation], spec: '" + a + "'}\n");
+  }
+  QuantizeResult run(const std::string& w, const std::string& a, bool with_data = true) {
+    return quantize(load_model(shipped_model()), rules(w, a), with_data ? train.get() : nullptr, opt);
+  }
+  EvalResult eval(QuantizeResult& q, bool fused = true) {
+    EvalOptions o = eo;
+    o.fused = fused;
+    return evaluate(q.model.module, *test, o, &fm);
+  }
+  static void expect_no_integer_export(QuantizeResult& q, const std::string& why) {
+    try {
+      export_integer_model(q.model.module, {});
+      ADD_FAILURE() << "exported as integers: " << why;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+  std::unique_ptr<DataSource> train, test;
+  torch::jit::Module fm;
+  EvalOptions eo;
+  QuantizeOptions opt;
+};
+
+// Minifloats (fpN:eXmY): FP8 stays within a point of float, FP4 loses more, the fused
+// evaluation agrees with the interpreter, and export names why it has no integer form.
+TEST_F(Formats, MinifloatsQuantizeEvaluateAndRefuseIntegerExport) {
   QuantizeResult q8 = run("fp8:e4m3:per_channel", "fp8:e4m3");
   int minifloat_points = 0;
   for (const auto& r : q8.points) {
@@ -133,55 +157,34 @@ TEST(ShippedModel, MinifloatFormatsQuantizeEvaluateAndRefuseIntegerExport) {
     EXPECT_FALSE(r.portable);
   }
   EXPECT_GT(minifloat_points, 20);
-  const EvalResult r8 = evaluate(q8.model.module, *test, eo, &fm);
+  const EvalResult r8 = eval(q8);
   EXPECT_EQ(r8.runtime, "onednn") << r8.runtime_note;
   // measured 92.33 (97.48% agreement): E4M3's 3 mantissa bits are coarser than int8 near the
   // top of the range (docs/formats.md)
   EXPECT_GE(r8.top1, 92.89 - 1.0);
   EXPECT_GT(r8.agreement, 96.0);
-  EvalOptions interp = eo;
-  interp.fused = false;
-  EXPECT_NEAR(evaluate(q8.model.module, *test, interp, &fm).top1, r8.top1, 0.05);
+  EXPECT_NEAR(eval(q8, false).top1, r8.top1, 0.05);
   QuantizeResult q4 = run("fp4:e2m1:per_channel", "fp4:e2m1");
-  const EvalResult r4 = evaluate(q4.model.module, *test, eo, &fm);
-  EXPECT_LT(r4.top1, r8.top1);
-  try {
-    export_integer_model(q8.model.module, {});
-    FAIL() << "exported minifloat quantizers as integers";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("minifloat values have no integer export"), std::string::npos) << e.what();
-  }
+  EXPECT_LT(eval(q4).top1, r8.top1);
+  expect_no_integer_export(q8, "minifloat values have no integer export");
 }
 
 // Block formats: MX scales every block from itself (activations need no calibration data),
 // NVFP4 calibrates only its tensor scale; neither has an integer export.
-TEST(ShippedModel, BlockFormatsQuantizeWithoutDataWhereTheyNeedNoneAndEvaluate) {
-  auto train = open_data("fmnist:/usr/share/datasets/fashion-mnist:train");
-  auto test = open_data("fmnist:/usr/share/datasets/fashion-mnist:test");
-  torch::jit::Module fm = load_module(shipped_model());
-  EvalOptions eo;
-  eo.progress = false;
-  QuantizeOptions opt;
-  opt.progress = false;
-  opt.calib_batches = 4;
-  auto config = [](const std::string& f) {
-    return parse_config_string("rules:\n  - {kind: [conv, linear], role: weight, spec: '" + f +
-                               "'}\n  - {role: [input, activation], spec: '" + f + "'}\n");
-  };
-  // no data at all: every point is MX
-  QuantizeResult mx = quantize(load_model(shipped_model()), config("mxint8"), nullptr, opt);
+TEST_F(Formats, BlockFormatsQuantizeWithoutDataWhereTheyNeedNoneAndEvaluate) {
+  QuantizeResult mx = run("mxint8", "mxint8", /*with_data=*/false);  // every point is MX: no data
   int blocks = 0;
   for (const auto& r : mx.points) blocks += r.assignment.spec.is_block() && r.params.find("blocks of 32") == 0;
   EXPECT_GT(blocks, 20);
-  const EvalResult r8 = evaluate(mx.model.module, *test, eo, &fm);
+  const EvalResult r8 = eval(mx);
   EXPECT_GE(r8.top1, 92.89 - 0.5);
-  QuantizeResult fp4 = quantize(load_model(shipped_model()), config("mxfp4"), nullptr, opt);
-  const EvalResult r4 = evaluate(fp4.model.module, *test, eo, &fm);
+  QuantizeResult fp4 = run("mxfp4", "mxfp4", false);
+  const EvalResult r4 = eval(fp4);
   EXPECT_LT(r4.top1, r8.top1);
   EXPECT_GT(r4.top1, 30.0);
   // NVFP4's tensor scale needs data, and a calibrator that gives a maximum
-  EXPECT_THROW(quantize(load_model(shipped_model()), config("nvfp4"), nullptr, opt), Error);
-  Config mse = config("nvfp4");
+  EXPECT_THROW(run("nvfp4", "nvfp4", false), Error);
+  Config mse = rules("nvfp4", "nvfp4");
   mse.calibrator = "mse";
   try {
     quantize(load_model(shipped_model()), mse, train.get(), opt);
@@ -189,43 +192,21 @@ TEST(ShippedModel, BlockFormatsQuantizeWithoutDataWhereTheyNeedNoneAndEvaluate) 
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("minmax, ema or percentile"), std::string::npos) << e.what();
   }
-  QuantizeResult nv = quantize(load_model(shipped_model()), config("nvfp4"), train.get(), opt);
-  const EvalResult rn = evaluate(nv.model.module, *test, eo, &fm);
+  QuantizeResult nv = run("nvfp4", "nvfp4");
+  const EvalResult rn = eval(nv);
   EXPECT_GT(rn.top1, r4.top1 - 5.0);  // E4M3 block scales of 16 against E8M0 scales of 32
-  EvalOptions interp = eo;
-  interp.fused = false;
-  EXPECT_NEAR(evaluate(nv.model.module, *test, interp, &fm).top1, rn.top1, 0.05);
-  for (QuantizeResult* q : {&mx, &nv}) {
-    try {
-      export_integer_model(q->model.module, {});
-      FAIL() << "exported a block format as integers";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("no integer export"), std::string::npos) << e.what();
-    }
-  }
+  EXPECT_NEAR(eval(nv, false).top1, rn.top1, 0.05);
+  expect_no_integer_export(mx, "MX block formats have no integer export");
+  expect_no_integer_export(nv, "NVFP4 has no integer export");
 }
 
-// Codebooks: NF4 (fixed levels, a scale per channel) and lut4 (k-means levels) on weights and
-// activations; lut4:lsq makes the levels trainable.
-TEST(ShippedModel, CodebooksQuantizeWithNf4AndKmeansLevels) {
-  auto train = open_data("fmnist:/usr/share/datasets/fashion-mnist:train");
-  auto test = open_data("fmnist:/usr/share/datasets/fashion-mnist:test");
-  torch::jit::Module fm = load_module(shipped_model());
-  EvalOptions eo;
-  eo.progress = false;
-  QuantizeOptions opt;
-  opt.progress = false;
-  opt.calib_batches = 4;
-  auto run = [&](const std::string& w, const std::string& a) {
-    return quantize(load_model(shipped_model()),
-                    parse_config_string("rules:\n  - {kind: [conv, linear], role: weight, spec: '" + w +
-                                        "'}\n  - {role: [input, activation], spec: '" + a + "'}\n"),
-                    train.get(), opt);
-  };
+// Codebooks: NF4 (fixed levels, a scale per channel), lut4 (k-means levels), and levels given
+// in the spec; lut4:lsq makes the levels trainable.
+TEST_F(Formats, CodebooksQuantizeWithNf4KmeansAndGivenLevels) {
   QuantizeResult nf4 = run("nf4:per_channel", "nf4");
-  const EvalResult rn = evaluate(nf4.model.module, *test, eo, &fm);
+  const EvalResult rn = eval(nf4);
   QuantizeResult lut = run("lut4:per_channel:lsq", "lut4");
-  const EvalResult rl = evaluate(lut.model.module, *test, eo, &fm);
+  const EvalResult rl = eval(lut);
   // 16 k-means levels fit each channel's weights and each activation better than NF4's
   // normal-distribution levels do (post-ReLU activations are one-sided)
   EXPECT_GT(rl.top1, rn.top1);
@@ -253,13 +234,7 @@ TEST(ShippedModel, CodebooksQuantizeWithNf4AndKmeansLevels) {
       EXPECT_EQ(p.value.size(1), 16) << p.name;
     }
   EXPECT_GT(learned, 5);
-  try {
-    export_integer_model(nf4.model.module, {});
-    FAIL() << "exported a codebook as integers";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("codebook levels (nf4, lut) have no integer export"), std::string::npos)
-        << e.what();
-  }
+  expect_no_integer_export(nf4, "codebook levels (nf4, lut) have no integer export");
 }
 
 // The preparation the CLI, Python and the sweep share: folding, equalization, and the
