@@ -61,6 +61,29 @@ void measure_clipping(const QuantSpec& spec, const calib::Observer& obs, float s
   P->clipped_high = h.share_above(hi);
 }
 
+// The shares of the observed values outside [-top, top] (the symmetric formats' range).
+void measure_symmetric_clipping(const calib::Histogram& h, double top, Params* P) {
+  if (h.count() == 0) return;
+  P->clipped_low = h.share_below(-top);
+  P->clipped_high = h.share_above(top);
+}
+
+// max|range| of the calibrator's symmetric range (minmax, ema, percentile) for the formats
+// that are symmetric around zero but not an integer grid.
+double symmetric_clip(const calib::Observer& obs, const calib::MethodSpec& method) {
+  calib::QuantTarget t;
+  t.qmin = -(1 << 15);
+  t.qmax = (1 << 15) - 1;
+  const calib::Range r = calib::choose_range(obs, method, t);
+  return std::max(std::fabs(r.lo), std::fabs(r.hi));
+}
+
+// "scale 0.001..0.02 (64 channels)": the summary of per-channel or per-group scales.
+std::string scales_summary(const QuantSpec& spec, const at::Tensor& s) {
+  return "scale " + c10::str(s.min().item<float>()) + ".." + c10::str(s.max().item<float>()) + " (" +
+         std::to_string(s.numel()) + (spec.granularity == Granularity::kPerGroup ? " groups)" : " channels)");
+}
+
 std::string percent(double share) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), share >= 0.001 ? "%.1f%%" : "%.2g%%", 100.0 * share);
@@ -93,9 +116,7 @@ Params uniform_from_weight(const QuantSpec& spec, const std::string& calibrator,
   P.scale = s;
   P.zero_point = z;
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(numel) * std::max(spec.qmax(), 1));
-  P.summary = C == 1 ? fmt_scale(s[0].item<double>(), z[0].item<double>())
-                     : "scale " + c10::str(s.min().item<float>()) + ".." + c10::str(s.max().item<float>()) + " (" +
-                           std::to_string(C) + (spec.granularity == Granularity::kPerGroup ? " groups)" : " channels)");
+  P.summary = C == 1 ? fmt_scale(s[0].item<double>(), z[0].item<double>()) : scales_summary(spec, s);
   return P;
 }
 
@@ -283,13 +304,7 @@ double data_clip(const std::string& format, const std::string& calibrator, const
   if (method.method == calib::Method::kEntropy)
     throw Error(where + ": the entropy calibrator chooses a range for an integer grid; calibrate " + format +
                 " with minmax, ema, percentile or mse");
-  if (method.method != calib::Method::kMse) {
-    calib::QuantTarget t;  // a symmetric range: the formats are
-    t.qmin = -(1 << 15);
-    t.qmax = (1 << 15) - 1;
-    const calib::Range r = calib::choose_range(obs, method, t);
-    return std::max(std::fabs(r.lo), std::fabs(r.hi));
-  }
+  if (method.method != calib::Method::kMse) return symmetric_clip(obs, method);
   const at::Tensor centres = at::empty({h.bins()});
   const at::Tensor counts = at::empty({h.bins()}, at::kDouble);
   for (int b = 0; b < h.bins(); ++b) {
@@ -315,10 +330,7 @@ Params minifloat_from_weight(const QuantSpec& spec, const std::string& calibrato
   const int64_t C = rows.size(0);
   P.scale = minifloat_scales(spec, clip);
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(numel) * positive_levels(spec));
-  P.summary = C == 1 ? "scale=" + c10::str(P.scale[0].item<float>())
-                     : "scale " + c10::str(P.scale.min().item<float>()) + ".." + c10::str(P.scale.max().item<float>()) +
-                           " (" + std::to_string(C) +
-                           (spec.granularity == Granularity::kPerGroup ? " groups)" : " channels)");
+  P.summary = C == 1 ? "scale=" + c10::str(P.scale[0].item<float>()) : scales_summary(spec, P.scale);
   return P;
 }
 
@@ -334,10 +346,7 @@ Params minifloat_from_data(const QuantSpec& spec, const std::string& calibrator,
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(per_sample, 1)) * positive_levels(spec));
   const double top = static_cast<float>(s) * minifloat_max(spec.exp_bits, spec.man_bits);
   P.summary = "scale=" + c10::str(static_cast<float>(s)) + " range +-" + c10::str(static_cast<float>(top));
-  if (h.count() > 0) {
-    P.clipped_low = h.share_below(-top);
-    P.clipped_high = h.share_above(top);
-  }
+  measure_symmetric_clipping(h, top, &P);
   return P;
 }
 
@@ -401,11 +410,7 @@ Params nvfp4_from_data(const QuantSpec& spec, const std::string& calibrator, con
   if (method.method == calib::Method::kMse || method.method == calib::Method::kEntropy)
     throw Error(where + ": NVFP4 scales every block of 16 by its own maximum; its tensor scale is the calibrated "
                 "maximum / (6 * 448): calibrate it with minmax, ema or percentile, not " + calibrator);
-  calib::QuantTarget t;
-  t.qmin = -(1 << 15);
-  t.qmax = (1 << 15) - 1;
-  const calib::Range r = calib::choose_range(obs, method, t);
-  return nvfp4_params(std::max(std::fabs(r.lo), std::fabs(r.hi)), spec);
+  return nvfp4_params(symmetric_clip(obs, method), spec);
 }
 
 jit::Value* nvfp4_insert(const Site& site, const QuantSpec& spec, const Params& P, jit::Value* x) {
@@ -433,10 +438,7 @@ Params nf4_from_weight(const QuantSpec& spec, const std::string& calibrator, con
   P.scale = clip.clamp_min(1e-12).to(at::kFloat);
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(numel) * 8);
   const int64_t C = rows.size(0);
-  P.summary = C == 1 ? "scale=" + c10::str(P.scale[0].item<float>()) + " nf4"
-                     : "scale " + c10::str(P.scale.min().item<float>()) + ".." + c10::str(P.scale.max().item<float>()) +
-                           " (" + std::to_string(C) +
-                           (spec.granularity == Granularity::kPerGroup ? " groups) nf4" : " channels) nf4");
+  P.summary = (C == 1 ? "scale=" + c10::str(P.scale[0].item<float>()) : scales_summary(spec, P.scale)) + " nf4";
   return P;
 }
 
@@ -451,10 +453,7 @@ Params nf4_from_data(const QuantSpec& spec, const std::string& calibrator, const
   P.scale = at::full({1}, static_cast<float>(std::max(clip, 1e-12)));
   P.grad_factor = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(per_sample, 1)) * 8);
   P.summary = "scale=" + c10::str(P.scale.item<float>()) + " nf4";
-  if (h.count() > 0) {
-    P.clipped_low = h.share_below(-P.scale.item<float>());
-    P.clipped_high = h.share_above(P.scale.item<float>());
-  }
+  measure_symmetric_clipping(h, P.scale.item<float>(), &P);
   return P;
 }
 
