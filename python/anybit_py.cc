@@ -10,6 +10,7 @@
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/pipeline.h"
+#include "anybit/core/search.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
 
@@ -176,6 +177,52 @@ py::list sweep(const anybit::SweepOptions& o) {
     if (r.agreement >= 0) d["agreement"] = r.agreement;
     out.append(d);
   }
+  return out;
+}
+
+py::dict search(const anybit::SearchOptions& o) {
+  anybit::SearchResult r;
+  {
+    py::gil_scoped_release release;
+    r = anybit::run_search(o);
+  }
+  py::list layers, rows;
+  for (const auto& l : r.layers) {
+    py::dict d;
+    d["point"] = l.point;
+    d["input"] = l.input_point;
+    d["params"] = l.params;
+    d["macs"] = l.macs;
+    d["wbits"] = l.wbits;
+    d["abits"] = l.abits;
+    d["sensitivity"] = l.loss;
+    layers.append(d);
+  }
+  for (const auto& x : r.rows) {
+    py::dict d;
+    d["kind"] = x.kind;
+    d["label"] = x.label;
+    d["budget"] = x.budget;
+    d["avg_wbits"] = x.avg_wbits;
+    d["size_bytes"] = x.size_bytes;
+    d["bops"] = x.bops;
+    d["predicted"] = x.predicted;
+    d["top1"] = x.top1;
+    d["top5"] = x.top5;
+    if (x.agreement >= 0) d["agreement"] = x.agreement;
+    d["seconds"] = x.seconds;
+    d["config"] = x.config;
+    rows.append(d);
+  }
+  py::dict out;
+  out["budget"] = r.budget.text;
+  out["layers"] = layers;
+  out["rows"] = rows;
+  out["exact"] = r.exact;
+  out["config"] = r.config_path;
+  out["command"] = r.command;
+  out["sensitivity_seconds"] = r.sensitivity_seconds;
+  out["total_seconds"] = r.total_seconds;
   return out;
 }
 
@@ -512,6 +559,28 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("resume", &anybit::SweepOptions::resume)
       .def_readwrite("progress", &anybit::SweepOptions::progress);
   m.def("sweep", &sweep, py::arg("options"));
+  py::class_<anybit::SearchOptions>(m, "SearchOptions")
+      .def(py::init<>())
+      .def_readwrite("model", &anybit::SearchOptions::model)
+      .def_readwrite("calib_data", &anybit::SearchOptions::calib_data)
+      .def_readwrite("eval_data", &anybit::SearchOptions::eval_data)
+      .def_readwrite("budget", &anybit::SearchOptions::budget)
+      .def_readwrite("weights", &anybit::SearchOptions::weights)
+      .def_readwrite("acts", &anybit::SearchOptions::acts)
+      .def_readwrite("acts_fixed", &anybit::SearchOptions::acts_fixed)
+      .def_readwrite("metric", &anybit::SearchOptions::metric)
+      .def_readwrite("method", &anybit::SearchOptions::method)
+      .def_readwrite("adaround_iterations", &anybit::SearchOptions::adaround_iterations)
+      .def_readwrite("brecq_iterations", &anybit::SearchOptions::brecq_iterations)
+      .def_readwrite("calib_batches", &anybit::SearchOptions::calib_batches)
+      .def_readwrite("batch_size", &anybit::SearchOptions::batch_size)
+      .def_readwrite("sensitivity_samples", &anybit::SearchOptions::sensitivity_samples)
+      .def_readwrite("hessian_iterations", &anybit::SearchOptions::hessian_iterations)
+      .def_readwrite("fold_bn", &anybit::SearchOptions::fold_bn)
+      .def_readwrite("out_dir", &anybit::SearchOptions::out_dir)
+      .def_readwrite("resume", &anybit::SearchOptions::resume)
+      .def_readwrite("progress", &anybit::SearchOptions::progress);
+  m.def("search", &search, py::arg("options"));
   m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),

@@ -15,6 +15,7 @@
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/pipeline.h"
+#include "anybit/core/search.h"
 #include "anybit/core/sweep.h"
 #include "anybit/graph/graph.h"
 #include "launch.h"
@@ -392,6 +393,39 @@ int run_sweep_cli(anybit::SweepOptions o) {
   return 0;
 }
 
+int cmd_search(anybit::SearchOptions o) {
+  bool header = false;
+  double float_top1 = 0;
+  const auto res = anybit::run_search(o, [&](const anybit::SearchRow& r) {
+    if (!header)
+      fmt::print("{:<8} {:<28} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10} {:>8}\n", "kind", "config", "avg-wbits", "KiB",
+                 "bops", "top-1", "drop", "agreement", "seconds");
+    header = true;
+    if (r.kind == "float") float_top1 = r.top1;
+    const bool fl = r.kind == "float";
+    fmt::print("{:<8} {:<28} {:>9} {:>9} {:>8} {:>7.2f}% {:>8} {:>10} {:>8.1f}\n", r.kind, r.label,
+               fl ? "" : fmt::format("{:.3f}", r.avg_wbits), fl ? "" : fmt::format("{:.2f}", r.size_bytes / 1024),
+               fl ? "" : fmt::format("{:.4f}", r.bops), r.top1, fl ? "" : fmt::format("{:+.2f}", r.top1 - float_top1),
+               r.agreement >= 0 ? fmt::format("{:.2f}%", r.agreement) : "", r.seconds);
+    std::fflush(stdout);
+  });
+  fmt::print("\nwidths at --budget {} (metric {}, {}):\n", res.budget.text, o.metric,
+             res.exact ? "exact solve" : "solved on a rounded cost grid");
+  fmt::print("{:<32} {:>9} {:>11} {:<28} {:>3} {:>3} {:>12}\n", "layer", "params", "MACs", "input", "W", "A",
+             "sensitivity");
+  for (const auto& l : res.layers)
+    fmt::print("{:<32} {:>9} {:>11} {:<28} {:>3} {:>3} {:>12.4g}\n", l.point, l.params, l.macs,
+               l.input_point.empty() ? "(float)" : l.input_point, l.wbits, l.abits == 32 ? "f" : std::to_string(l.abits),
+               l.loss);
+  fmt::print("sensitivity: {} runs, {:.1f} s; solve {:.3f} s; whole search {:.1f} s (one float evaluation: {:.1f} s)\n",
+             res.sensitivity_runs, res.sensitivity_seconds, res.solve_seconds, res.total_seconds,
+             res.float_eval_seconds);
+  fmt::print("wrote {0}/config.yaml, {0}/configs/, {0}/sensitivity.json, {0}/pareto.csv, {0}/pareto.json, "
+             "{0}/pareto.svg\nreproduce: {1}\n",
+             o.out_dir, res.command);
+  return 0;
+}
+
 int cmd_demo(const Common& c) {
   anybit::SweepOptions o;
   o.models = {c.model.empty() ? default_model() : c.model};
@@ -566,6 +600,29 @@ int main(int argc, char** argv) {
   demo->add_flag("--no-progress", c.no_progress, "no progress bar");
   demo->add_option("-o,--output", c.out, "output directory (default anybit-demo)");
 
+  anybit::SearchOptions so;
+  std::string search_w = "2,3,4,6,8", search_a;
+  auto* search = app.add_subcommand("search", "mixed precision: the bit width per layer that loses least within a budget");
+  search->add_option("model", so.model, "TorchScript model file (.pt)")->required();
+  search->add_option("-d,--data", so.calib_data, "calibration data spec (sensitivities and calibration)");
+  search->add_option("--eval", so.eval_data, "evaluation data spec");
+  search->add_option("--budget", so.budget, "avg-wbits=B, size=N[B|KiB|MiB] or bops=R (share of W8A8)")->required();
+  search->add_option("--weights", search_w, "candidate weight widths (default 2,3,4,6,8)");
+  search->add_option("--acts", search_a, "candidate activation widths, e.g. 4,6,8 (default: all at --acts-fixed)");
+  search->add_option("--acts-fixed", so.acts_fixed, "activation width when --acts is not given (default 8)");
+  search->add_option("--metric", so.metric, "sensitivity: kl (default), sqnr or hessian");
+  search->add_option("--method", so.method, "calibration of the evaluated configs: minmax, mse (default), percentile, entropy, adaround, brecq");
+  search->add_option("--adaround-iters", so.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
+  search->add_option("--brecq-iters", so.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
+  search->add_option("--calib-batches", so.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
+  search->add_option("--sensitivity-samples", so.sensitivity_samples, "calibration samples the sensitivities are measured on (default 512)")->check(CLI::PositiveNumber);
+  search->add_option("--hessian-iters", so.hessian_iterations, "Hutchinson probes for --metric hessian (default 16)")->check(CLI::PositiveNumber);
+  bool search_no_fold = false;
+  search->add_flag("--no-fold-bn", search_no_fold, "keep BatchNorm (default: fold it into the convs first)");
+  search->add_option("-o,--output", so.out_dir, "output directory")->required();
+  search->add_flag("--resume", so.resume, "continue a search that was interrupted");
+  search->add_flag("--no-progress", c.no_progress, "no progress bar");
+
   std::string input_shape;
   auto* exp = app.add_subcommand("export", "write the integer model (manifest.json + .npy) of a quantized model");
   exp->add_option("model", c.model, "quantized TorchScript model (from anybit quantize or finetune)")->required();
@@ -593,6 +650,13 @@ int main(int argc, char** argv) {
     if (*quant) return cmd_quantize(c);
     if (*eval) return cmd_eval(c, reference);
     if (*demo) return cmd_demo(c);
+    if (*search) {
+      so.weights = anybit::parse_bits_list(search_w, "--weights");
+      if (!search_a.empty()) so.acts = anybit::parse_bits_list(search_a, "--acts");
+      so.fold_bn = !search_no_fold;
+      so.progress = progress_on(c);
+      return cmd_search(so);
+    }
     if (*exp) return cmd_export(c, input_shape);
     if (*isim) return cmd_intsim(c, isf);
     if (*fine) return cmd_finetune(c, ft, teacher, nproc, std::vector<std::string>(argv, argv + argc));

@@ -58,7 +58,7 @@ class CoverageWarning(UserWarning):
     """An op that computes linear algebra has no points and stays float (see coverage)."""
 
 
-__all__ = ["Error", "ClippingWarning", "CoverageWarning", "coverage", "points", "plan", "quantize", "evaluate", "sweep", "finetune", "load",
+__all__ = ["Error", "ClippingWarning", "CoverageWarning", "coverage", "points", "plan", "quantize", "evaluate", "sweep", "search", "finetune", "load",
            "quantizer_outputs", "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
 
 
@@ -274,6 +274,29 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
                                   eval_data=eval_data, calib_batches=calib_batches, fold_bn=fold_bn,
                                   first_last_8bit=first_last_8bit, out_dir=os.fspath(out_dir), resume=resume,
                                   adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations))
+
+
+def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixed=8, metric="kl", method="mse",
+           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, sensitivity_samples=512,
+           hessian_iterations=16, fold_bn=True, resume=False, adaround_iterations=3000, brecq_iterations=2000):
+    """Mixed precision, like `anybit search` (docs/search.md): the weight width per conv/linear
+    layer (and with `acts`, e.g. (4, 6, 8), the activation widths) that loses least within
+    `budget` ("avg-wbits=2.5", "size=40KiB" or "bops=0.25"). Returns a dict with the chosen
+    "layers", the evaluated "rows" (float, the search and the uniform configs at their budgets)
+    and "config", the path of out_dir/config.yaml that `quantize` takes unchanged.
+    `model` is a TorchScript file or module (saved into out_dir)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+    else:
+        path = _save(model, None, out_dir, getattr(model, "original_name", type(model).__name__) + ".pt")
+    return _anybit.search(_options(_anybit.SearchOptions, model=path, out_dir=os.fspath(out_dir), budget=budget,
+                                   weights=list(weights), acts=list(acts or []), acts_fixed=acts_fixed, metric=metric,
+                                   method=method, calib_data=calib_data, eval_data=eval_data,
+                                   calib_batches=calib_batches, sensitivity_samples=sensitivity_samples,
+                                   hessian_iterations=hessian_iterations, fold_bn=fold_bn, resume=resume,
+                                   adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations,
+                                   progress=False))
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
