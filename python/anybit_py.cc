@@ -568,6 +568,7 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("weights", &anybit::SearchOptions::weights)
       .def_readwrite("acts", &anybit::SearchOptions::acts)
       .def_readwrite("acts_fixed", &anybit::SearchOptions::acts_fixed)
+      .def_readwrite("uniform", &anybit::SearchOptions::uniform)
       .def_readwrite("metric", &anybit::SearchOptions::metric)
       .def_readwrite("method", &anybit::SearchOptions::method)
       .def_readwrite("adaround_iterations", &anybit::SearchOptions::adaround_iterations)

@@ -141,5 +141,32 @@ cp -r "$T/w8_int" "$T/broken_int"
 w=$(ls "$T/broken_int" | grep weight | head -1)
 head -c 100 "$T/w8_int/$w" >"$T/broken_int/$w"
 expect_error intsim-truncated "$w" -- "$EXE" intsim "$T/broken_int" --data "fmnist:$DATA:test"
+# mixed precision (issue 18): bad budgets are one clear error; the written config, given to
+# quantize unchanged, reproduces the accuracy the search reported
+expect_error search-kind "unknown budget kind 'watts'" -- "$EXE" search "$MODEL" --budget watts=3 -o "$T/search"
+expect_error search-impossible "below the least the candidates allow (avg-wbits=2" -- "$EXE" search "$MODEL" --budget avg-wbits=1.5 -o "$T/search"
+expect_error search-metric "unknown --metric 'fisher'" -- "$EXE" search "$MODEL" --budget avg-wbits=3 --metric fisher -o "$T/search"
+expect_error search-weights "--weights: '1' is not a bit width" -- "$EXE" search "$MODEL" --budget avg-wbits=3 --weights 1,8 -o "$T/search"
+SD="fmnist:$DATA:train:limit=256"
+SE="fmnist:$DATA:test:limit=500"
+if "$EXE" search "$MODEL" --budget avg-wbits=3 --weights 2,4,8 --uniform 4 -d "$SD" --eval "$SE" --calib-batches 2 \
+     --sensitivity-samples 128 --no-progress -o "$T/search" >"$T/search.txt" &&
+   "$EXE" quantize "$MODEL" -c "$T/search/config.yaml" -d "$SD" --calib-batches 2 -b 128 --fold-bn --eval "$SE" \
+     --no-progress -o "$T/search.pt" >"$T/search_q.txt" &&
+   /usr/bin/python3 -c "
+import json, re
+j = json.load(open('$T/search/pareto.json'))
+row = [r for r in j['rows'] if r['config'] == 'config.yaml'][0]
+assert row['avg_wbits'] <= 3.0, row
+got = float(re.search(r'top-1 ([0-9.]+)%', open('$T/search_q.txt').read()).group(1))
+assert abs(got - row['top1']) < 0.005, (got, row['top1'])
+for f in ('pareto.csv', 'pareto.svg', 'sensitivity.json', 'configs/uniform-w4a8.yaml'):
+    assert open('$T/search/' + f).read()
+"; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: search + quantize -c config.yaml"; cat "$T/search.txt" "$T/search_q.txt"
+fi
+expect_error search-overwrite "pass --resume" -- "$EXE" search "$MODEL" --budget avg-wbits=3 -o "$T/search"
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -617,6 +617,8 @@ int main(int argc, char** argv) {
   search->add_option("--calib-batches", so.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
   search->add_option("--sensitivity-samples", so.sensitivity_samples, "calibration samples the sensitivities are measured on (default 512)")->check(CLI::PositiveNumber);
   search->add_option("--hessian-iters", so.hessian_iterations, "Hutchinson probes for --metric hessian (default 16)")->check(CLI::PositiveNumber);
+  std::string search_u;
+  search->add_option("--uniform", search_u, "the uniform weight widths to evaluate beside the search at their budgets (default: every --weights candidate)");
   bool search_no_fold = false;
   search->add_flag("--no-fold-bn", search_no_fold, "keep BatchNorm (default: fold it into the convs first)");
   search->add_option("-o,--output", so.out_dir, "output directory")->required();
@@ -653,6 +655,7 @@ int main(int argc, char** argv) {
     if (*search) {
       so.weights = anybit::parse_bits_list(search_w, "--weights");
       if (!search_a.empty()) so.acts = anybit::parse_bits_list(search_a, "--acts");
+      if (!search_u.empty()) so.uniform = anybit::parse_bits_list(search_u, "--uniform");
       so.fold_bn = !search_no_fold;
       so.progress = progress_on(c);
       return cmd_search(so);

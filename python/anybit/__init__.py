@@ -276,7 +276,7 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
                                   adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations))
 
 
-def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixed=8, metric="kl", method="mse",
+def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixed=8, uniform=None, metric="kl", method="mse",
            calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, sensitivity_samples=512,
            hessian_iterations=16, fold_bn=True, resume=False, adaround_iterations=3000, brecq_iterations=2000):
     """Mixed precision, like `anybit search` (docs/search.md): the weight width per conv/linear
@@ -291,7 +291,8 @@ def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixe
     else:
         path = _save(model, None, out_dir, getattr(model, "original_name", type(model).__name__) + ".pt")
     return _anybit.search(_options(_anybit.SearchOptions, model=path, out_dir=os.fspath(out_dir), budget=budget,
-                                   weights=list(weights), acts=list(acts or []), acts_fixed=acts_fixed, metric=metric,
+                                   weights=list(weights), acts=list(acts or []), acts_fixed=acts_fixed,
+                                   uniform=list(uniform or []), metric=metric,
                                    method=method, calib_data=calib_data, eval_data=eval_data,
                                    calib_batches=calib_batches, sensitivity_samples=sensitivity_samples,
                                    hessian_iterations=hessian_iterations, fold_bn=fold_bn, resume=resume,

@@ -363,12 +363,34 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   }
   const auto t_sens = std::chrono::steady_clock::now();
   const int64_t ns = std::min(o.sensitivity_samples, calib->size());
+  const auto [xs, ys] = calib->batch(0, ns);
+  QuantizeOptions qo;
+  qo.batch_size = o.batch_size;
+  qo.calib_batches = (ns + o.batch_size - 1) / o.batch_size;
+  qo.progress = false;
+  at::Tensor ref;  // the float model's outputs on the sensitivity samples
+  // the metric of the model quantized with these widths (method's calibration, nearest rounding)
+  auto measure = [&](const std::vector<int>& w, const std::vector<int>& a) {
+    if (!ref.defined()) ref = run_logits(prepared.graph.module, xs, o.batch_size);
+    PreparedModel pm = prepare_model(o.model, po);
+    QuantizeResult q = quantize(std::move(pm.graph), parse_config_string(config_text(base, m, w, a, ""), "search"),
+                                calib.get(), qo);
+    result.sensitivity_runs++;
+    return kl_or_noise(ref, run_logits(q.model.module, xs, o.batch_size), o.metric);
+  };
   if (!have_sens) {
-    const auto [xs, ys] = calib->batch(0, ns);
-    QuantizeOptions qo;
-    qo.batch_size = o.batch_size;
-    qo.calib_batches = (ns + o.batch_size - 1) / o.batch_size;
-    qo.progress = false;
+    if (o.metric == "kl") {
+      // KL of softmax outputs cannot rank anything when the float model's outputs are the
+      // same for every class (an untrained network's logits of 1e-10): say so instead of
+      // choosing the narrowest widths on a metric that is 0 everywhere
+      ref = run_logits(prepared.graph.module, xs, o.batch_size);
+      const double spread = (ref.softmax(1) - 1.0 / ref.size(1)).abs().max().item<double>();
+      if (ref.size(1) < 2 || spread < 1e-6)
+        throw Error(fmt::format("search: the float model's softmax outputs on the calibration samples are uniform "
+                                "(largest deviation {:.3g}): --metric kl cannot rank the layers; use --metric sqnr "
+                                "(relative output noise)",
+                                spread));
+    }
     std::vector<int> wb(NL, wmax), ab(NA, abase);
     if (o.metric == "hessian") {
       // HAWQ-V2/V3: trace(H)/n per layer by Hutchinson's estimator (Rademacher probes), then
@@ -433,14 +455,6 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         for (int b : W) wloss[i][b] -= top;
       }
     } else {
-      const at::Tensor ref = run_logits(prepared.graph.module, xs, o.batch_size);
-      auto measure = [&](const std::vector<int>& w, const std::vector<int>& a) {
-        PreparedModel pm = prepare_model(o.model, po);
-        QuantizeResult q = quantize(std::move(pm.graph), parse_config_string(config_text(base, m, w, a, ""), "search"),
-                                    calib.get(), qo);
-        result.sensitivity_runs++;
-        return kl_or_noise(ref, run_logits(q.model.module, xs, o.batch_size), o.metric);
-      };
       const int64_t runs = 1 + static_cast<int64_t>(NL * (W.size() - 1) + (search_acts ? NA * (A.size() - 1) : 0));
       data::ProgressBar bar("sensitivity", runs, o.progress);
       int64_t step = 0;
@@ -469,6 +483,14 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         }
       bar.finish();
     }
+    double largest = 0;
+    for (const auto& t : wloss)
+      for (const auto& [b, v] : t) largest = std::max(largest, std::abs(v));
+    for (const auto& t : aloss)
+      for (const auto& [b, v] : t) largest = std::max(largest, std::abs(v));
+    if (!(largest > 0))
+      throw Error("search: every sensitivity measured with --metric " + o.metric +
+                  " is 0: no width changes the model's outputs on the calibration samples, so nothing can be ranked");
     json j = {{"options", sens_key}, {"weights", json::object()}, {"acts", json::object()}};
     for (size_t i = 0; i < NL; ++i)
       for (const auto& [b, v] : wloss[i]) j["weights"][m.layers[i].point][std::to_string(b)] = v;
@@ -501,7 +523,10 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     std::vector<std::pair<int, int>> widths;  // (layer, bits)
     int act = -1, abits = 0;
   };
-  std::vector<std::vector<Opt>> groups;
+  struct Solved {
+    std::vector<std::vector<Opt>> groups;
+    search::Front front;
+  };
   auto prune = [](std::vector<Opt> v) {
     std::sort(v.begin(), v.end(), [](const Opt& a, const Opt& b) { return a.cost != b.cost ? a.cost < b.cost : a.loss < b.loss; });
     std::vector<Opt> kept;
@@ -509,52 +534,57 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       if (kept.empty() || o.loss < kept.back().loss) kept.push_back(std::move(o));
     return kept;
   };
-  std::vector<bool> grouped(NL, false);
-  if (search_acts)
-    for (size_t k = 0; k < NA; ++k) {
-      std::vector<Opt> g;
-      for (int a : A) {
-        std::vector<Opt> partial = {{0, aloss[k].at(a), {}, static_cast<int>(k), a}};
-        for (int li : m.acts[k].consumers) {
-          std::vector<Opt> next;
-          for (const Opt& p : partial)
-            for (int w : W) {
-              Opt q = p;
-              q.cost += layer_cost(li, w, a);
-              q.loss += wloss[li].at(w);
-              q.widths.push_back({li, w});
-              next.push_back(std::move(q));
-            }
-          partial = prune(std::move(next));
-          grouped[li] = true;
+  auto solve = [&](const std::vector<std::map<int, double>>& wl, const std::vector<std::map<int, double>>& al) {
+    Solved S;
+    std::vector<bool> grouped(NL, false);
+    if (search_acts)
+      for (size_t k = 0; k < NA; ++k) {
+        std::vector<Opt> g;
+        for (int a : A) {
+          std::vector<Opt> partial = {{0, al[k].at(a), {}, static_cast<int>(k), a}};
+          for (int li : m.acts[k].consumers) {
+            std::vector<Opt> next;
+            for (const Opt& p : partial)
+              for (int w : W) {
+                Opt q = p;
+                q.cost += layer_cost(li, w, a);
+                q.loss += wl[li].at(w);
+                q.widths.push_back({li, w});
+                next.push_back(std::move(q));
+              }
+            partial = prune(std::move(next));
+            grouped[li] = true;
+          }
+          for (auto& p : partial) g.push_back(std::move(p));
         }
-        for (auto& p : partial) g.push_back(std::move(p));
+        S.groups.push_back(prune(std::move(g)));
       }
-      groups.push_back(prune(std::move(g)));
+    for (size_t i = 0; i < NL; ++i) {
+      if (grouped[i]) continue;
+      std::vector<Opt> g;
+      for (int w : W) g.push_back({layer_cost(i, w, fixed_abits(i)), wl[i].at(w), {{static_cast<int>(i), w}}, -1, 0});
+      S.groups.push_back(prune(std::move(g)));
     }
-  for (size_t i = 0; i < NL; ++i) {
-    if (grouped[i]) continue;
-    std::vector<Opt> g;
-    for (int w : W) g.push_back({layer_cost(i, w, fixed_abits(i)), wloss[i].at(w), {{static_cast<int>(i), w}}, -1, 0});
-    groups.push_back(prune(std::move(g)));
-  }
-  std::vector<std::vector<search::Option>> kgroups;
-  for (const auto& g : groups) {
-    kgroups.emplace_back();
-    for (const auto& o2 : g) kgroups.back().push_back({o2.cost, o2.loss});
-  }
-  const search::Front front = search::pareto_front(kgroups);
-  result.exact = front.exact;
+    std::vector<std::vector<search::Option>> kgroups;
+    for (const auto& g : S.groups) {
+      kgroups.emplace_back();
+      for (const auto& o2 : g) kgroups.back().push_back({o2.cost, o2.loss});
+    }
+    S.front = search::pareto_front(kgroups);
+    return S;
+  };
+  const Solved global = solve(wloss, aloss);
+  result.exact = global.front.exact;
   result.solve_seconds = since(t_solve);
 
   // what a choice of widths gives, in every measure
   struct Widths {
     std::vector<int> w, a;
   };
-  auto widths_of = [&](const search::Solution& s) {
+  auto widths_of = [&](const Solved& S, const search::Solution& s) {
     Widths x{std::vector<int>(NL, wmax), std::vector<int>(NA, abase)};
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      const Opt& op = groups[gi][s.choice[gi]];
+    for (size_t gi = 0; gi < S.groups.size(); ++gi) {
+      const Opt& op = S.groups[gi][s.choice[gi]];
       for (const auto& [li, b] : op.widths) x.w[li] = b;
       if (op.act >= 0) x.a[op.act] = op.abits;
     }
@@ -595,8 +625,9 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
            : budget.kind == Budget::Kind::kSize   ? r.size_bytes
                                                   : r.bops;
   };
-  const search::Solution* chosen = search::best_within(front, budget_units(budget.value));
+  const search::Solution* chosen = search::best_within(global.front, budget_units(budget.value));
   if (!chosen) throw Error("--budget " + budget.text + ": no solution within it");  // checked above; kept for safety
+  const Widths best_x = widths_of(global, *chosen);
 
   // ---- 3. evaluate -------------------------------------------------------------------------
   std::map<std::string, SearchRow> done;  // by config key
@@ -620,12 +651,14 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   std::vector<Job> jobs;
   jobs.push_back({SearchRow{"float", "float"}, {}, true});
   {
-    Job j{SearchRow{"search", "budget " + budget.text}, widths_of(*chosen)};
+    Job j{SearchRow{"search", "budget " + budget.text}, best_x};
     j.row.budget = budget.value;
     j.row.config = "config.yaml";
     jobs.push_back(j);
   }
-  for (int w : W) {
+  for (int w : o.uniform.empty() ? W : o.uniform) {
+    if (std::find(W.begin(), W.end(), w) == W.end())
+      throw Error("search: --uniform " + std::to_string(w) + " is not one of the candidate weight widths (--weights)");
     int a = o.acts_fixed;
     if (search_acts) {
       a = A.back();
@@ -640,9 +673,9 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     uj.row.config = fmt::format("configs/uniform-w{}a{}.yaml", w, a);
     fill_measures(u, &uj.row);
     uj.row.budget = budget_value(uj.row);
-    const search::Solution* s = search::best_within(front, cost_of(u));
+    const search::Solution* s = search::best_within(global.front, cost_of(u));
     if (!s) continue;
-    Job sj{SearchRow{"search", fmt::format("budget of W{}A{}", w, a)}, widths_of(*s)};
+    Job sj{SearchRow{"search", fmt::format("budget of W{}A{}", w, a)}, widths_of(global, *s)};
     sj.row.budget = uj.row.budget;
     sj.row.config = fmt::format("configs/search-at-w{}a{}.yaml", w, a);
     jobs.push_back(sj);

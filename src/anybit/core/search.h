@@ -44,6 +44,9 @@ struct SearchOptions {
   std::vector<int> weights = {2, 3, 4, 6, 8};  // candidate weight widths
   std::vector<int> acts;                       // candidate activation widths; empty: acts_fixed
   int acts_fixed = 8;
+  // the uniform configs evaluated beside the search at their budgets: weight widths (empty:
+  // every candidate in `weights`)
+  std::vector<int> uniform;
   std::string metric = "kl";  // kl, sqnr, hessian
   std::string method = "mse";  // calibration of the evaluated configs: minmax, mse, percentile, entropy, adaround, brecq
   int adaround_iterations = 3000;
