@@ -534,6 +534,7 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("progress", &anybit::QuantizeOptions::progress)
       .def_readwrite("adaround_iterations", &anybit::QuantizeOptions::adaround_iterations)
       .def_readwrite("brecq_iterations", &anybit::QuantizeOptions::brecq_iterations)
+      .def_readwrite("gptq", &anybit::QuantizeOptions::gptq)
       .def_readwrite("bias_correction", &anybit::QuantizeOptions::bias_correction)
       .def_readwrite("int32_bias", &anybit::QuantizeOptions::int32_bias)
       .def_readwrite("strict", &anybit::QuantizeOptions::strict);

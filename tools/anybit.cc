@@ -127,6 +127,7 @@ struct Common {
   bool strict = false;
   int adaround = 0;
   int brecq = 0;
+  bool gptq = false, gptq_quantized_target = false;
   int threads = 0;
 };
 
@@ -179,6 +180,8 @@ int cmd_quantize(const Common& c) {
   opt.progress = progress_on(c);
   opt.adaround_iterations = c.adaround;
   opt.brecq_iterations = c.brecq;
+  opt.gptq = c.gptq;
+  opt.gptq_float_target = !c.gptq_quantized_target;
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;
   opt.strict = c.strict;
@@ -186,10 +189,14 @@ int cmd_quantize(const Common& c) {
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
   for (const std::string& w : q.clipping) fmt::print(stderr, "warning: {}\n", w);
-  if (!c.json)
+  if (!c.json) {
+    for (const auto& [layer, nearest, learned] : q.gptq)
+      fmt::print(stderr, "gptq {:<32} output error {:.4g} (nearest rounding: {:.4g})\n", layer, learned, nearest);
     for (const auto& [block, nearest, learned] : q.brecq)
       fmt::print(stderr, "brecq {:<24} block error {:.4g} (nearest rounding, calibrated steps: {:.4g})\n", block,
                  learned, nearest);
+  }
+  for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
   anybit::save_module(q.model.module, c.out);
   json j = json::object();
   if (eval_data) {
@@ -509,6 +516,9 @@ int main(int argc, char** argv) {
                   "also equalize across ReLU6, turning it into ReLU (changes the float model; implies --cle)");
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
+  quant->add_flag("--gptq", c.gptq, "GPTQ: quantize the int weights column by column from each layer's input Hessian (Frantar et al. 2023)");
+  quant->add_flag("--gptq-quantized-target", c.gptq_quantized_target,
+                  "GPTQ with the paper's objective (the layer's own output on the quantized input) instead of the float model's output");
   quant->add_option("--brecq", c.brecq, "block reconstruction (BRECQ + QDrop): learn the rounding of int weights and the activation steps, N iterations per block")
       ->check(CLI::PositiveNumber);
   quant->add_flag("--bias-correction", c.bias_correction, "correct the per-channel output mean shift of quantized weights");
@@ -581,7 +591,7 @@ int main(int argc, char** argv) {
   sweep->add_option("--formats", formats,
                     "number formats for weights and activations instead of bit pairs, e.g. "
                     "int4,fp4:e2m1,mxfp4,nvfp4,nf4,lut4 (docs/formats.md)");
-  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround, brecq (comma-separated)");
+  sweep->add_option("--method", methods, "methods: minmax, mse, percentile, entropy, adaround, brecq, gptq (comma-separated)");
   sweep->add_option("--adaround-iters", sw.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
   sweep->add_option("--brecq-iters", sw.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
   sweep->add_option("--calib-batches", sw.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
@@ -611,7 +621,7 @@ int main(int argc, char** argv) {
   search->add_option("--acts", search_a, "candidate activation widths, e.g. 4,6,8 (default: all at --acts-fixed)");
   search->add_option("--acts-fixed", so.acts_fixed, "activation width when --acts is not given (default 8)");
   search->add_option("--metric", so.metric, "sensitivity: kl (default), sqnr or hessian");
-  search->add_option("--method", so.method, "calibration of the evaluated configs: minmax, mse (default), percentile, entropy, adaround, brecq");
+  search->add_option("--method", so.method, "calibration of the evaluated configs: minmax, mse (default), percentile, entropy, adaround, brecq, gptq");
   search->add_option("--adaround-iters", so.adaround_iterations, "AdaRound iterations per layer")->check(CLI::PositiveNumber);
   search->add_option("--brecq-iters", so.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
   search->add_option("--calib-batches", so.calib_batches, "calibration batches")->check(CLI::PositiveNumber);

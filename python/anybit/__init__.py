@@ -188,13 +188,14 @@ def plan(model, config, example_inputs=None, fold_bn=False):
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
              portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
-             int32_bias=False, cle=False, brecq=0, strict=False):
+             int32_bias=False, cle=False, brecq=0, strict=False, gptq=False):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
     adaround=N learns the rounding of int weights for N iterations per layer (docs/ptq.md);
     brecq=N instead learns the rounding and the activation steps block by block (BRECQ
-    with QDrop), N iterations per block;
+    with QDrop), N iterations per block; gptq=True instead chooses the integers of the int
+    weights column by column from each layer's input Hessian (GPTQ, docs/ptq.md);
     bias_correction corrects the per-channel output mean shift of quantized weights;
     int32_bias quantizes conv/linear biases as integer hardware adds them (int32 at
     s_in * s_w), as an integer export (`export`) needs them to match the model.
@@ -220,7 +221,7 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
         prepare = _options(_anybit.PrepareOptions, fold_bn=fold_bn, cle=bool(cle) and cle != "relu6",
                            cle_relu6=cle == "relu6")
         options = _options(_anybit.QuantizeOptions, calib_batches=calib_batches, batch_size=batch_size or 128,
-                           portable=portable, adaround_iterations=adaround, brecq_iterations=brecq,
+                           portable=portable, adaround_iterations=adaround, brecq_iterations=brecq, gptq=gptq,
                            bias_correction=bias_correction, int32_bias=int32_bias, strict=strict)
         report, uncovered = _anybit.quantize(src, text, source, spec, prepare, options, False, out)
         qm = torch.jit.load(out)
@@ -249,7 +250,7 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
           first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None):
     """Post-training quantization at every (weight, activation) bit pair and method
-    (minmax, mse, percentile, entropy, adaround, brecq), like
+    (minmax, mse, percentile, entropy, adaround, brecq, gptq), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
     `formats` (e.g. ["int4", "fp4:e2m1", "mxfp4", "nvfp4", "nf4", "lut4"]) sweeps number formats,
     each for the weights and the activations, instead of bit pairs (`anybit sweep --formats`;

@@ -32,6 +32,7 @@
 #include "anybit/data/progress.h"
 #include "anybit/intsim/npy.h"
 #include "anybit/ptq/adaround.h"
+#include "anybit/ptq/gptq.h"
 #include "anybit/ptq/bias_correction.h"
 #include "anybit/ptq/brecq.h"
 #include "anybit/quant/node.h"
@@ -321,9 +322,11 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   jit::Graph& graph = *g.graph;
   // the float model AdaRound reconstructs, taken before any rewrite
   std::unique_ptr<ModelGraph> reference;
-  if (options.adaround_iterations > 0 && options.brecq_iterations > 0)
-    throw Error("AdaRound and BRECQ are alternatives (BRECQ learns the rounding too): choose one");
-  if (options.adaround_iterations > 0 || options.brecq_iterations > 0 || options.bias_correction) {
+  if ((options.adaround_iterations > 0) + (options.brecq_iterations > 0) + options.gptq > 1)
+    throw Error("AdaRound, BRECQ and GPTQ are alternatives (each decides the rounding of the weights): choose one");
+  if (options.gptq && !calib) throw Error("GPTQ needs calibration data (--data): it reads each layer's inputs");
+  if (options.adaround_iterations > 0 || options.brecq_iterations > 0 || options.bias_correction ||
+      (options.gptq && calib)) {
     if (!calib) throw Error("AdaRound, BRECQ and bias correction need calibration data (--data)");
     reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
   }
@@ -442,14 +445,15 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       if (!report.clip_warning.empty()) result.clipping.push_back(report.clip_warning);
     }
     install(g, p, a.spec, P, options.portable, &report);
-    if (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0) && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
+    const bool learns_rounding = (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0)) || options.gptq;
+    if (learns_rounding && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
-      const Point* fp = reference->find(p.name);
-      if (fp && fp->node) {
+      const Point* fp = reference ? reference->find(p.name) : nullptr;
+      if (options.gptq || (fp && fp->node)) {
         AdaRoundLayer L;
         L.name = p.name;
         L.qnode = p.node;
-        L.fnode = fp->node;
+        L.fnode = fp ? fp->node : nullptr;
         L.weight_path = p.attr_path;
         L.scale = P.scale;
         L.qmin = a.spec.qmin();
@@ -484,6 +488,17 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       const double z = g.module.hasattr(zp_name) ? g.module.attr(zp_name).toTensor().item<double>() : 0.0;
       const std::string learned = scheme::fmt_scale(s.item<double>(), z) + " (learned, brecq)";
       if (r.params.rfind(scheme::fmt_scale(s.item<double>(), z), 0) != 0) r.params = learned;
+    }
+  } else if (options.gptq) {
+    GptqOptions go;
+    go.samples = options.gptq_samples > 0 ? options.gptq_samples : options.calib_batches * options.batch_size;
+    go.damp = options.gptq_damp;
+    go.act_order = options.gptq_act_order;
+    go.asymmetric = options.gptq_float_target;
+    go.progress = options.progress;
+    for (const auto& r : gptq(g, reference.get(), ada_layers, *calib, go)) {
+      if (!r.skipped.empty()) result.gptq_skipped.push_back(r.name + ": " + r.skipped);
+      else result.gptq.emplace_back(r.name, r.err_nearest, r.err_gptq);
     }
   } else if (reference && !ada_layers.empty()) {
     AdaRoundOptions ao;

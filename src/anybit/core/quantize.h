@@ -51,6 +51,15 @@ struct QuantizeOptions {
   int64_t brecq_samples = 1024;
   double brecq_drop_prob = 0.5;    // QDrop probability (0 = plain BRECQ)
   bool brecq_drop_inside = true;   // QDrop at the block's activation quantizers, else at its input
+  // GPTQ (ptq/gptq.h) instead: the symmetric int conv/linear weights quantized column by
+  // column from each layer's input Hessian, in layer order. Needs calibration data.
+  bool gptq = false;
+  int64_t gptq_samples = 0;  // calibration samples whose layer inputs form H (0: calib_batches x batch_size)
+  double gptq_damp = 0.01;
+  bool gptq_act_order = true;
+  // fit the float model's layer outputs (GptqOptions::asymmetric); false: the paper's
+  // objective, the quantized input through the layer's own float weight
+  bool gptq_float_target = true;
   // empirical bias correction after weight quantization (ptq/bias_correction.h)
   bool bias_correction = false;
   // Quantize every conv/linear bias whose input and weight are uniformly quantized the
@@ -93,6 +102,10 @@ struct QuantizeResult {
   // per reconstructed block: its objective with nearest rounding and calibrated steps,
   // and with BRECQ (equal where nearest rounding was kept)
   std::vector<std::tuple<std::string, double, double>> brecq;
+  // per GPTQ'd layer: the layer output's error (tr(D H D^T) / rows) with nearest rounding and
+  // with GPTQ (equal where nearest was kept); gptq_skipped: "layer: why" for layers left at nearest
+  std::vector<std::tuple<std::string, double, double>> gptq;
+  std::vector<std::string> gptq_skipped;
   // the clip_warning of every point that has one, in point order
   std::vector<std::string> clipping;
 };

@@ -688,6 +688,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
                                               o.batch_size, o.fold_bn ? " --fold-bn" : "");
   const std::string method_flags = o.method == "adaround" ? fmt::format(" --adaround {}", o.adaround_iterations)
                                    : o.method == "brecq"  ? fmt::format(" --brecq {}", o.brecq_iterations)
+                                   : o.method == "gptq"   ? std::string(" --gptq")
                                                           : "";
   result.config_path = o.out_dir + "/config.yaml";
   result.command = fmt::format("anybit quantize {} -c {} {}{} --eval {} -o {}/model.pt", o.model, result.config_path,
@@ -736,6 +737,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         qo.batch_size = o.batch_size;
         qo.progress = false;
         if (o.method == "adaround") qo.adaround_iterations = o.adaround_iterations;
+        qo.gptq = o.method == "gptq";
         if (o.method == "brecq") {
           qo.brecq_iterations = o.brecq_iterations;
           qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);

@@ -48,7 +48,7 @@ struct SearchOptions {
   // every candidate in `weights`)
   std::vector<int> uniform;
   std::string metric = "kl";  // kl, sqnr, hessian
-  std::string method = "mse";  // calibration of the evaluated configs: minmax, mse, percentile, entropy, adaround, brecq
+  std::string method = "mse";  // calibration of the evaluated configs: minmax, mse, percentile, entropy, adaround, brecq, gptq
   int adaround_iterations = 3000;
   int brecq_iterations = 2000;
   int64_t calib_batches = 8;

@@ -42,11 +42,11 @@ std::vector<int> parse_bits_list(const std::string& text, const std::string& fla
 std::string sweep_config(const std::string& method, int w, int a, bool first_last_8bit) {
   std::string act_cal;
   if (method == "minmax") act_cal = "minmax";
-  else if (method == "mse" || method == "adaround" || method == "brecq") act_cal = "mse";
+  else if (method == "mse" || method == "adaround" || method == "brecq" || method == "gptq") act_cal = "mse";
   else if (method == "percentile") act_cal = "percentile:99.99";
   else if (method == "entropy") act_cal = "entropy";
-  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy, adaround, brecq)");
-  const std::string wcal = method == "mse" || method == "adaround" || method == "brecq" ? "mse" : "minmax";
+  else throw Error("sweep: unknown method '" + method + "' (expected minmax, mse, percentile, entropy, adaround, brecq, gptq)");
+  const std::string wcal = method == "mse" || method == "adaround" || method == "brecq" || method == "gptq" ? "mse" : "minmax";
   std::string c = fmt::format(
       "weight_calibrator: {0}\n"
       "calibrator: {1}\n"
@@ -73,7 +73,7 @@ std::string sweep_format_config(const std::string& method, const std::string& fo
   if (spec.is_float()) throw Error("--formats: 'float' is the baseline every sweep evaluates; give a format to sweep");
   const bool plain_int = spec.scheme == Scheme::kInt && spec.str() == "int" + std::to_string(spec.bits);
   if (plain_int) return sweep_config(method, spec.bits, spec.bits, first_last_8bit);
-  if (method == "adaround" || method == "brecq")
+  if (method == "adaround" || method == "brecq" || method == "gptq")
     throw Error("sweep: " + method + " learns the rounding of integer weights; it does not apply to " + format +
                 " (use minmax, mse, percentile or entropy)");
   sweep_config(method, 8, 8, false);  // the method is known
@@ -229,6 +229,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
       qo.batch_size = o.batch_size;
       qo.progress = false;
       if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
+      qo.gptq = method == "gptq";
       if (method == "brecq") {
         qo.brecq_iterations = o.brecq_iterations;
         qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);

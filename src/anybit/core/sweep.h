@@ -17,7 +17,7 @@ struct SweepOptions {
   // instead of pairs: number formats, each for the weights and the activations
   // (int4, fp4:e2m1, mxfp4, nvfp4, nf4, lut4, ...; sweep_format_config)
   std::vector<std::string> formats;
-  std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround, brecq
+  std::vector<std::string> methods = {"minmax"};  // minmax, mse, percentile, entropy, adaround, brecq, gptq
   int adaround_iterations = 3000;
   int brecq_iterations = 2000;  // method brecq: iterations per block
   std::string calib_data = "fmnist::train";
@@ -52,7 +52,7 @@ std::string sweep_config(const std::string& method, int wbits, int abits, bool f
 // output channel where the format has a scale of its own, per block for MX and NVFP4) and
 // the input and the relu, pool and add outputs. Activation calibrators a format cannot use
 // are replaced as docs/formats.md says (NVFP4: minmax; entropy on a non-integer format: mse);
-// AdaRound and BRECQ learn integer rounding and refuse any other format.
+// AdaRound, BRECQ and GPTQ decide integer rounding and refuse any other format.
 std::string sweep_format_config(const std::string& method, const std::string& format, bool first_last_8bit);
 
 // Parses "8,6,4" into {8,6,4}; throws anybit::Error naming the flag.
