@@ -446,8 +446,9 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     }
     install(g, p, a.spec, P, options.portable, &report);
     const bool learns_rounding = (reference && (options.adaround_iterations > 0 || options.brecq_iterations > 0)) || options.gptq;
+    // per-group grids: GPTQ only (AdaRound and BRECQ learn per-channel or per-tensor grids)
     if (learns_rounding && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
-        a.spec.learn == Learn::kNone && a.spec.granularity != Granularity::kPerGroup) {
+        a.spec.learn == Learn::kNone && (options.gptq || a.spec.granularity != Granularity::kPerGroup)) {
       const Point* fp = reference ? reference->find(p.name) : nullptr;
       if (options.gptq || (fp && fp->node)) {
         AdaRoundLayer L;
@@ -459,6 +460,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
         L.qmin = a.spec.qmin();
         L.qmax = a.spec.qmax();
         L.channel_axis = a.spec.axis >= 0 ? a.spec.axis : p.channel_axis;
+        L.group = a.spec.granularity == Granularity::kPerGroup ? a.spec.group_size : 0;
         ada_layers.push_back(L);
       }
     }

@@ -41,6 +41,7 @@ struct AdaRoundLayer {
   at::Tensor scale;         // [C] or [1]
   int64_t qmin = 0, qmax = 0;
   int channel_axis = 0;
+  int64_t group = 0;  // per-group scales: elements per group (GPTQ only)
 };
 
 // One weight's learned rounding, the parametrization of AdaRound (eq. 22-24), shared by

@@ -15,15 +15,22 @@ namespace jit = torch::jit;
 using at::indexing::Slice;
 
 at::Tensor gptq_quantize(const at::Tensor& W, const at::Tensor& H, const at::Tensor& scale, int64_t qmin,
-                         int64_t qmax, const GptqOptions& o) {
+                         int64_t qmax, const GptqOptions& o, int64_t group) {
   TORCH_CHECK(W.dim() == 2 && H.dim() == 2 && H.size(0) == W.size(1) && H.size(1) == W.size(1),
               "gptq_quantize: W [rows, cols] and H [cols, cols]");
   const int64_t rows = W.size(0), cols = W.size(1);
   at::Tensor w = W.to(at::kDouble).clone();
   at::Tensor h = H.to(at::kDouble).clone();
+  // the scale of every element: S [rows, cols]
   at::Tensor s = scale.to(at::kDouble).reshape({-1});
-  TORCH_CHECK(s.numel() == 1 || s.numel() == rows, "gptq_quantize: one scale or one per row");
-  s = s.expand({rows}).contiguous();
+  at::Tensor S;
+  if (group > 0) {
+    TORCH_CHECK(cols % group == 0 && s.numel() == rows * (cols / group), "gptq_quantize: one scale per group");
+    S = s.reshape({rows, cols / group}).repeat_interleave(group, 1).contiguous();
+  } else {
+    TORCH_CHECK(s.numel() == 1 || s.numel() == rows, "gptq_quantize: one scale or one per row");
+    S = s.reshape({-1, 1}).expand({rows, cols}).contiguous();
+  }
   // inputs that were always zero: no information, no error to move (as the reference code)
   const at::Tensor dead = h.diagonal() == 0;
   h.diagonal().masked_fill_(dead, 1.0);
@@ -33,6 +40,7 @@ at::Tensor gptq_quantize(const at::Tensor& W, const at::Tensor& H, const at::Ten
     perm = at::argsort(h.diagonal(), /*dim=*/0, /*descending=*/true);
     inv = at::argsort(perm);
     w = w.index_select(1, perm);
+    S = S.index_select(1, perm);
     h = h.index_select(0, perm).index_select(1, perm);
   }
   h.diagonal().add_(o.damp * h.diagonal().mean().item<double>());
@@ -47,7 +55,8 @@ at::Tensor gptq_quantize(const at::Tensor& W, const at::Tensor& H, const at::Ten
     const at::Tensor u1 = U.slice(0, i1, i2).slice(1, i1, i2);
     for (int64_t i = 0; i < n; ++i) {
       const at::Tensor col = w1.select(1, i);
-      const at::Tensor qc = (col / s).round().clamp(qmin, qmax) * s;
+      const at::Tensor sc = S.select(1, i1 + i);
+      const at::Tensor qc = (col / sc).round().clamp(qmin, qmax) * sc;
       q.select(1, i1 + i).copy_(qc);
       const at::Tensor e = (col - qc) / u1[i][i].item<double>();
       w1.slice(1, i).sub_(e.unsqueeze(1) * u1[i].slice(0, i).unsqueeze(0));
@@ -208,10 +217,12 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
       if (asym) {
         wj = gptq_target_weight(w0, H, C, o.damp).to(W.scalar_type());
       }
-      const at::Tensor sj = s.numel() == 1 ? s : s.slice(0, j * rg, (j + 1) * rg);
-      const at::Tensor qj = gptq_quantize(wj, H, sj, L.qmin, L.qmax, o);
+      // this conv group's rows of the scale (per tensor: the one scale)
+      const at::Tensor sj = s.numel() == 1 ? s : s.reshape({rows, -1}).slice(0, j * rg, (j + 1) * rg);
+      const at::Tensor qj = gptq_quantize(wj, H, sj, L.qmin, L.qmax, o, L.group);
       // what the quantizer node makes of the weight as it is, on the same objective
-      const at::Tensor nearest = (w0.to(at::kDouble) / sj.reshape({-1, 1})).round().clamp(L.qmin, L.qmax) * sj.reshape({-1, 1});
+      const at::Tensor se = L.group > 0 ? sj.repeat_interleave(L.group, 1) : sj.reshape({-1, 1});
+      const at::Tensor nearest = (w0.to(at::kDouble) / se).round().clamp(L.qmin, L.qmax) * se;
       r.err_nearest += output_error(nearest, wj, H) / g;
       r.err_gptq += output_error(qj, wj, H) / g;
       Q.slice(0, j * rg, (j + 1) * rg).copy_(qj);

@@ -48,10 +48,13 @@ struct GptqReport {
   std::string skipped;                   // why the layer kept round-to-nearest ("" if it did not)
 };
 
-// One weight matrix W [rows, cols] on the grid s [rows] or [1] (qmin..qmax), given H
-// [cols, cols]. Returns the quantized weight (values on the grid). Computed in float64.
+// One weight matrix W [rows, cols] on the grid (qmin..qmax) of `scale`: [1], one per row
+// [rows], or with group > 0 one per group of `group` consecutive columns of a row
+// [rows, cols / group] (fixed before GPTQ, as the reference code's static groups: a column
+// keeps its group's scale in any order). H [cols, cols]. Returns the quantized weight
+// (values on the grid). Computed in float64.
 at::Tensor gptq_quantize(const at::Tensor& W, const at::Tensor& H, const at::Tensor& scale, int64_t qmin,
-                         int64_t qmax, const GptqOptions& options);
+                         int64_t qmax, const GptqOptions& options, int64_t group = 0);
 
 // The weight W' = W C (H + damp * mean(diag H) I)^-1 that maps the quantized input closest
 // (least squares) to the float output, H = 2 X_q X_q^T / m, C = 2 X_f X_q^T / m. float64.

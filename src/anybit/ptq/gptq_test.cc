@@ -16,6 +16,7 @@ namespace {
 // OBQ in its textbook form (Frantar & Alistarh 2022, eq. 2-3 in a fixed order): quantize
 // column j, spread its error over every other column with H^-1's row j, then remove j from
 // H^-1 by one Gaussian elimination step.
+// s: [rows] or, per element, [rows, cols]
 at::Tensor obq_reference(at::Tensor W, const at::Tensor& H, const at::Tensor& s, int64_t qmin, int64_t qmax,
                          double damp, bool act_order) {
   W = W.to(at::kDouble).clone();
@@ -25,9 +26,10 @@ at::Tensor obq_reference(at::Tensor W, const at::Tensor& H, const at::Tensor& s,
   h = h + damp * h.diagonal().mean() * at::eye(cols, at::kDouble);
   at::Tensor hinv = at::inverse(h);
   at::Tensor Q = at::zeros_like(W);
-  const at::Tensor sc = s.to(at::kDouble).reshape({-1}).expand({W.size(0)});
+  const at::Tensor S = s.dim() == 2 ? s.to(at::kDouble) : s.to(at::kDouble).reshape({-1, 1}).expand(W.sizes());
   for (int64_t k = 0; k < cols; ++k) {
     const int64_t j = order[k].item<int64_t>();
+    const at::Tensor sc = S.select(1, j);
     const at::Tensor w = W.select(1, j).clone();
     const at::Tensor q = (w / sc).round().clamp(qmin, qmax) * sc;
     Q.select(1, j).copy_(q);
@@ -70,6 +72,19 @@ TEST(Gptq, EqualsThePlainOptimalBrainQuantizer) {
     EXPECT_GE(k.min().item<double>(), -4 - 1e-9);
     EXPECT_LE(k.max().item<double>(), 3 + 1e-9);
   }
+}
+
+TEST(Gptq, PerGroupScalesEqualThePlainOptimalBrainQuantizer) {
+  const Layer L = random_layer(6, 40, 300, 3);
+  // one scale per 8 consecutive columns of a row, each from its group's largest weight
+  const at::Tensor sg = std::get<0>(L.W.abs().reshape({6, 5, 8}).max(2)) / 3;  // [rows, cols / 8]
+  GptqOptions o;
+  o.block = 16;
+  const at::Tensor got = gptq_quantize(L.W, L.H, sg, -4, 3, o, 8);
+  const at::Tensor want = obq_reference(L.W, L.H, sg.repeat_interleave(8, 1), -4, 3, o.damp, true);
+  EXPECT_TRUE(at::allclose(got, want, 0, 1e-9)) << (got - want).abs().max().item<double>();
+  const at::Tensor k = got / sg.repeat_interleave(8, 1);
+  EXPECT_TRUE(at::allclose(k, k.round(), 0, 1e-9));
 }
 
 TEST(Gptq, BeatsRoundToNearestOnTheLayerOutput) {
@@ -129,6 +144,23 @@ TEST(Gptq, EveryConvAndLinearOfTheShippedModelLandsOnItsGrid) {
   at::Tensor s = q.model.module.attr("anybit__layer2_conv1_weight__scale").toTensor();
   at::Tensor k = w / s.view({-1, 1, 1, 1});
   EXPECT_TRUE(at::allclose(k, k.round(), 0, 1e-3));
+  // per-group grids (the first conv's 9 columns per row do not split into groups of 16)
+  Config cg = parse_config_string(
+      "weight_calibrator: mse\ncalibrator: mse\nrules:\n"
+      "  - {kind: [conv, linear], role: weight, spec: 'int3:group=16'}\n"
+      "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
+      "  - {kind: [relu, pool], spec: uint8}\n");
+  ModelGraph g2 = load_model(model);
+  fold_batch_norm(g2);
+  QuantizeResult qg = quantize(std::move(g2), cg, calib.get(), o);
+  ASSERT_EQ(qg.gptq.size(), 10u);
+  int gbetter = 0;
+  for (const auto& [name, nearest, err] : qg.gptq) gbetter += err < 0.9 * nearest;
+  EXPECT_GE(gbetter, 8);
+  at::Tensor wg = qg.model.module.attr("layer2").toModule().attr("conv1").toModule().attr("weight").toTensor();
+  at::Tensor sgp = qg.model.module.attr("anybit__layer2_conv1_weight__scale").toTensor();
+  at::Tensor kg = wg.reshape({32, -1}) / sgp.reshape({32, -1}).repeat_interleave(16, 1);
+  EXPECT_TRUE(at::allclose(kg, kg.round(), 0, 1e-3));
   // it needs data, and it is one choice among the rounding methods
   o.adaround_iterations = 10;
   EXPECT_THROW(quantize(load_model(model), c, calib.get(), o), Error);
