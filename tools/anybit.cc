@@ -128,6 +128,8 @@ struct Common {
   int adaround = 0;
   int brecq = 0;
   bool gptq = false, gptq_quantized_target = false;
+  std::string brecq_checkpoint;
+  bool brecq_resume = false;
   int threads = 0;
 };
 
@@ -181,6 +183,10 @@ int cmd_quantize(const Common& c) {
   opt.adaround_iterations = c.adaround;
   opt.brecq_iterations = c.brecq;
   opt.gptq = c.gptq;
+  opt.brecq_checkpoint_dir = c.brecq_checkpoint;
+  opt.brecq_resume = c.brecq_resume;
+  if (c.brecq_resume && c.brecq_checkpoint.empty()) throw anybit::Error("--resume needs --checkpoint-dir (where the BRECQ run wrote its blocks)");
+  if (!c.brecq_checkpoint.empty() && c.brecq == 0) throw anybit::Error("--checkpoint-dir keeps BRECQ's blocks: it needs --brecq N");
   opt.gptq_float_target = !c.gptq_quantized_target;
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;
@@ -517,6 +523,8 @@ int main(int argc, char** argv) {
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
   quant->add_flag("--gptq", c.gptq, "GPTQ: quantize the int weights column by column from each layer's input Hessian (Frantar et al. 2023)");
+  quant->add_option("--checkpoint-dir", c.brecq_checkpoint, "with --brecq: a checkpoint after every block in this directory");
+  quant->add_flag("--resume", c.brecq_resume, "with --brecq: continue a killed run from its --checkpoint-dir at the next block");
   quant->add_flag("--gptq-quantized-target", c.gptq_quantized_target,
                   "GPTQ with the paper's objective (the layer's own output on the quantized input) instead of the float model's output");
   quant->add_option("--brecq", c.brecq, "block reconstruction (BRECQ + QDrop): learn the rounding of int weights and the activation steps, N iterations per block")

@@ -476,6 +476,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     bo.samples = options.brecq_samples;
     bo.drop_prob = options.brecq_drop_prob;
     bo.drop_inside = options.brecq_drop_inside;
+    bo.checkpoint_dir = options.brecq_checkpoint_dir;
+    bo.resume = options.brecq_resume;
     bo.progress = options.progress;
     for (const auto& r : brecq(g, *reference, ada_layers, *calib, bo))
       result.brecq.emplace_back(r.name, r.mse_nearest, r.mse_brecq);

@@ -51,6 +51,10 @@ struct QuantizeOptions {
   int64_t brecq_samples = 1024;
   double brecq_drop_prob = 0.5;    // QDrop probability (0 = plain BRECQ)
   bool brecq_drop_inside = true;   // QDrop at the block's activation quantizers, else at its input
+  // a checkpoint after every block in this directory; with brecq_resume, a killed run
+  // continues at the next block (BrecqOptions::checkpoint_dir)
+  std::string brecq_checkpoint_dir;
+  bool brecq_resume = false;
   // GPTQ (ptq/gptq.h) instead: the symmetric int conv/linear weights quantized column by
   // column from each layer's input Hessian, in layer order. Needs calibration data.
   bool gptq = false;

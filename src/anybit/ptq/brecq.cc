@@ -5,10 +5,17 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/optim/adam.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -225,8 +232,51 @@ std::vector<BrecqBlock> brecq_partition(const ModelGraph& q) {
   return out;
 }
 
+namespace {
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// A block's checkpoint: what it changed in the model, its report, the generators' states.
+void save_checkpoint(const std::string& path, const c10::impl::GenericDict& d) {
+  const std::vector<char> bytes = jit::pickle_save(d);
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw Error(path + ": cannot write the BRECQ checkpoint");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot write the BRECQ checkpoint");
+  }
+}
+
+c10::impl::GenericDict load_checkpoint(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  try {
+    return jit::pickle_load(bytes).toGenericDict();
+  } catch (const std::exception&) {
+    throw Error(path + ": not a BRECQ checkpoint (remove it to learn that block again)");
+  }
+}
+
+}  // namespace
+
 std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector<AdaRoundLayer>& layers,
                                const DataSource& calib, const BrecqOptions& o) {
+  if (!o.checkpoint_dir.empty()) {
+    ::mkdir(o.checkpoint_dir.c_str(), 0755);
+    if (!o.resume && exists(o.checkpoint_dir + "/brecq_block_0.pt"))
+      throw Error(o.checkpoint_dir + ": holds BRECQ checkpoints already; pass --resume to continue that run or "
+                  "choose another --checkpoint-dir");
+  }
   jit::Graph& g = *q.graph;
   jit::Value* self = g.inputs().at(0);
   // what the blocks' graphs take as inputs instead of computing: the quantized weights
@@ -269,6 +319,34 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     jit::Value* rin = reference_value(q, ref, B.in);
     jit::Value* rout = reference_value(q, ref, B.out);
     if ((wl.empty() && svals.empty()) || !rin || !rout) {
+      bar.update(static_cast<int64_t>(bi + 1) * o.iterations);
+      continue;
+    }
+    const std::string ckpt =
+        o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/brecq_block_" + std::to_string(bi) + ".pt";
+    if (!ckpt.empty() && o.resume && exists(ckpt)) {
+      const c10::impl::GenericDict d = load_checkpoint(ckpt);
+      if (d.at("name").toStringRef() != B.name)
+        throw Error(ckpt + ": the checkpoint of block " + d.at("name").toStringRef() + ", not of " + B.name +
+                    " (another model or config): choose another --checkpoint-dir");
+      for (size_t l : wl) assign_attr(q.module, layers[l].weight_path, d.at("w:" + layers[l].weight_path).toTensor());
+      for (jit::Value* sv : svals) q.module.attr(scale_of[sv].attr).toTensor().copy_(d.at("s:" + scale_of[sv].attr).toTensor());
+      gen.set_state(d.at("generator").toTensor());
+      {
+        at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the one generator
+        std::lock_guard<std::mutex> lock(global.mutex());
+        global.set_state(d.at("default_generator").toTensor());
+      }
+      BrecqReport r;
+      r.name = B.name;
+      r.weights = static_cast<int>(wl.size());
+      r.scales = static_cast<int>(svals.size());
+      r.mse_nearest = d.at("mse_nearest").toDouble();
+      r.mse_brecq = d.at("mse_brecq").toDouble();
+      r.kept_nearest = d.at("kept_nearest").toBool();
+      r.kept_steps = d.at("kept_steps").toBool();
+      r.resumed = true;
+      reports.push_back(r);
       bar.update(static_cast<int64_t>(bi + 1) * o.iterations);
       continue;
     }
@@ -409,6 +487,19 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       r.kept_nearest = true;
       r.kept_steps = !svals.empty();
       r.mse_brecq = r.mse_nearest;
+    }
+    if (!ckpt.empty()) {
+      c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+      d.insert("name", B.name);
+      for (size_t l : wl) d.insert("w:" + layers[l].weight_path, resolve_attr(q.module, layers[l].weight_path).toTensor().clone());
+      for (jit::Value* sv : svals) d.insert("s:" + scale_of[sv].attr, q.module.attr(scale_of[sv].attr).toTensor().clone());
+      d.insert("generator", gen.get_state());
+      d.insert("default_generator", at::detail::getDefaultCPUGenerator().get_state());
+      d.insert("mse_nearest", r.mse_nearest);
+      d.insert("mse_brecq", r.mse_brecq);
+      d.insert("kept_nearest", r.kept_nearest);
+      d.insert("kept_steps", r.kept_steps);
+      save_checkpoint(ckpt, d);
     }
     reports.push_back(r);
   }

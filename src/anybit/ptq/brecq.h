@@ -60,6 +60,12 @@ struct BrecqOptions {
   bool learn_scales = true;
   uint64_t seed = 0;
   bool progress = true;
+  // After each block, its learned weights and steps, the report and the random generators'
+  // states go to DIR/brecq_block_<i>.pt (written whole, then renamed). With `resume`, a
+  // block whose file is there is restored from it instead of learned again, so a killed run
+  // continues at the next block with the result an uninterrupted run gives.
+  std::string checkpoint_dir;
+  bool resume = false;
 };
 
 struct BrecqBlock {
@@ -73,6 +79,7 @@ struct BrecqReport {
   double mse_nearest = 0, mse_brecq = 0;  // block objective on the kept samples (input x_q)
   bool kept_nearest = false;            // the learned result was worse: nearest rounding kept
   bool kept_steps = false;              // the calibrated steps reconstructed better: kept
+  bool resumed = false;                 // restored from its checkpoint
 };
 
 // The automatic partition of a quantized model's points (see above); `q` is the graph

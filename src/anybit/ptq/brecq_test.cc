@@ -22,7 +22,7 @@ const char* kConfig =
 
 std::string model_path() { return std::string(ANYBIT_SOURCE_DIR) + "/models/fmnist_resnet.pt"; }
 
-QuantizeResult run(int brecq_iterations) {
+QuantizeResult run(int brecq_iterations, const std::string& checkpoint_dir = "", bool resume = false) {
   auto calib = open_data("fmnist::train:limit=128");
   ModelGraph g = load_model(model_path());
   fold_batch_norm(g);
@@ -32,6 +32,8 @@ QuantizeResult run(int brecq_iterations) {
   o.batch_size = 128;
   o.brecq_iterations = brecq_iterations;
   o.brecq_samples = 128;
+  o.brecq_checkpoint_dir = checkpoint_dir;
+  o.brecq_resume = resume;
   return quantize(std::move(g), parse_config_string(kConfig), calib.get(), o);
 }
 
@@ -43,6 +45,40 @@ struct Runs {
 const Runs& runs() {
   static Runs r;
   return r;
+}
+
+TEST(Brecq, AKilledRunResumesAtTheNextBlockWithTheSameResult) {
+  const std::string dir = ::testing::TempDir() + "/anybit_brecq_ckpt";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  QuantizeResult full = run(30, dir);
+  ASSERT_EQ(full.brecq.size(), 5u);
+  // a kill during the fourth block: the first three blocks' checkpoints are there
+  for (int b = 3; b < 5; ++b) std::remove((dir + "/brecq_block_" + std::to_string(b) + ".pt").c_str());
+  EXPECT_THROW(run(30, dir), Error);  // without --resume the checkpoints are not overwritten
+  QuantizeResult resumed = run(30, dir, true);
+  ASSERT_EQ(resumed.brecq.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(std::get<0>(resumed.brecq[i]), std::get<0>(full.brecq[i]));
+    EXPECT_EQ(std::get<2>(resumed.brecq[i]), std::get<2>(full.brecq[i])) << i;  // the same objective, bit for bit
+  }
+  // every learned weight and step equals the uninterrupted run's
+  auto tensors = [](torch::jit::Module& m) {
+    std::map<std::string, at::Tensor> t;
+    for (const auto& p : m.named_parameters()) t[p.name] = p.value;
+    for (const auto& b : m.named_buffers()) t[b.name] = b.value;
+    return t;
+  };
+  const auto a = tensors(full.model.module), b = tensors(resumed.model.module);
+  ASSERT_EQ(a.size(), b.size());
+  int compared = 0;
+  for (const auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(at::equal(t, b.at(name))) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 20);
+  const at::Tensor x = open_data("fmnist::test:limit=64")->batch(0, 64).first;
+  EXPECT_TRUE(at::equal(full.model.module.forward({x}).toTensor(), resumed.model.module.forward({x}).toTensor()));
 }
 
 TEST(Brecq, PartitionIsStemResidualBlocksAndClassifier) {
