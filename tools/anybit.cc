@@ -130,6 +130,7 @@ struct Common {
   bool gptq = false, gptq_quantized_target = false;
   std::string brecq_checkpoint;
   bool brecq_resume = false;
+  int64_t calib_samples = 0;
   int threads = 0;
 };
 
@@ -183,6 +184,11 @@ int cmd_quantize(const Common& c) {
   opt.adaround_iterations = c.adaround;
   opt.brecq_iterations = c.brecq;
   opt.gptq = c.gptq;
+  if (c.calib_samples > 0) {
+    // the samples calibration, AdaRound, BRECQ and GPTQ see, whatever the batch size
+    opt.calib_batches = (c.calib_samples + opt.batch_size - 1) / opt.batch_size;
+    opt.adaround_samples = opt.brecq_samples = opt.gptq_samples = c.calib_samples;
+  }
   opt.brecq_checkpoint_dir = c.brecq_checkpoint;
   opt.brecq_resume = c.brecq_resume;
   if (c.brecq_resume && c.brecq_checkpoint.empty()) throw anybit::Error("--resume needs --checkpoint-dir (where the BRECQ run wrote its blocks)");
@@ -523,6 +529,9 @@ int main(int argc, char** argv) {
   quant->add_option("--adaround", c.adaround, "learn the rounding of int weights with AdaRound for N iterations per layer")
       ->check(CLI::NonNegativeNumber);
   quant->add_flag("--gptq", c.gptq, "GPTQ: quantize the int weights column by column from each layer's input Hessian (Frantar et al. 2023)");
+  quant->add_option("--calib-samples", c.calib_samples,
+                    "calibration samples (instead of --calib-batches; AdaRound, BRECQ and GPTQ keep as many, whatever -b is)")
+      ->check(CLI::PositiveNumber);
   quant->add_option("--checkpoint-dir", c.brecq_checkpoint, "with --brecq: a checkpoint after every block in this directory");
   quant->add_flag("--resume", c.brecq_resume, "with --brecq: continue a killed run from its --checkpoint-dir at the next block");
   quant->add_flag("--gptq-quantized-target", c.gptq_quantized_target,

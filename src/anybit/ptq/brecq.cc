@@ -302,7 +302,6 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
   std::vector<Block> blocks = cut_blocks(q, stops);
 
   std::vector<BrecqReport> reports;
-  data::ProgressBar bar("brecq", static_cast<int64_t>(blocks.size()) * o.iterations, o.progress);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   if (o.drop_inside) at::manual_seed(o.seed);  // the graph's rand_like draws from the default generator
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
@@ -318,10 +317,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         }
     jit::Value* rin = reference_value(q, ref, B.in);
     jit::Value* rout = reference_value(q, ref, B.out);
-    if ((wl.empty() && svals.empty()) || !rin || !rout) {
-      bar.update(static_cast<int64_t>(bi + 1) * o.iterations);
-      continue;
-    }
+    if ((wl.empty() && svals.empty()) || !rin || !rout) continue;
     const std::string ckpt =
         o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/brecq_block_" + std::to_string(bi) + ".pt";
     if (!ckpt.empty() && o.resume && exists(ckpt)) {
@@ -347,7 +343,6 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       r.kept_steps = d.at("kept_steps").toBool();
       r.resumed = true;
       reports.push_back(r);
-      bar.update(static_cast<int64_t>(bi + 1) * o.iterations);
       continue;
     }
     // the block as a graph of its own: (self, x, soft weights..., steps...) -> output
@@ -416,6 +411,9 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     if (!V.empty()) adam_v = std::make_unique<torch::optim::Adam>(V, torch::optim::AdamOptions(o.lr_rounding));
     if (!U.empty()) adam_s = std::make_unique<torch::optim::Adam>(U, torch::optim::AdamOptions(o.lr_scale));
     const int warmup = o.iterations / 5;
+    // one bar per block, with its own rate and time left
+    data::ProgressBar bar("brecq " + B.name + " (" + std::to_string(bi + 1) + "/" + std::to_string(blocks.size()) + ")",
+                          o.iterations, o.progress);
     for (int it = 0; it < o.iterations; ++it) {
       at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
       at::Tensor x = xq.index_select(0, idx);
@@ -440,8 +438,9 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         const double lr = o.lr_scale * 0.5 * (1 + std::cos(M_PI * (it + 1) / o.iterations));
         for (auto& grp : adam_s->param_groups()) static_cast<torch::optim::AdamOptions&>(grp.options()).lr(lr);
       }
-      bar.update(static_cast<int64_t>(bi) * o.iterations + it + 1);
+      bar.update(it + 1);
     }
+    bar.finish();
 
     // harden, and compare with nearest rounding and the calibrated steps on x_q
     torch::NoGradGuard no_grad;
@@ -503,7 +502,6 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     }
     reports.push_back(r);
   }
-  bar.finish();
   return reports;
 }
 
