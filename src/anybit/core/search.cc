@@ -20,6 +20,7 @@
 #include "anybit/core/pipeline.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/sweep.h"
+#include "anybit/data/file_read.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/capture.h"
 #include "anybit/search/knapsack.h"
@@ -88,10 +89,6 @@ struct Model {
   int64_t params = 0, macs = 0;
 };
 
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 bool is_layout_op(jit::Node* n) {
   static const std::set<std::string> ops = {
@@ -227,15 +224,8 @@ void write_svg(const std::string& path, const Budget& budget, const std::vector<
   const double pw = W - L - R, ph = H - T - B;
   auto X = [&](double v) { return L + pw * (v - xmin) / (xmax - xmin); };
   auto Y = [&](double acc) { return T + ph * (1 - acc / 100.0); };
-  std::string svg = fmt::format(
-      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>\n"
-      "<rect width='100%' height='100%' fill='white'/>\n"
-      "<text x='{}' y='22' font-size='15'>top-1 accuracy against the budget: searched and uniform widths</text>\n",
-      W, H, L);
-  for (int t = 0; t <= 100; t += 20)
-    svg += fmt::format("<line x1='{}' y1='{:.1f}' x2='{}' y2='{:.1f}' stroke='#ddd'/><text x='{}' y='{:.1f}' "
-                       "text-anchor='end'>{}%</text>\n",
-                       L, Y(t), L + pw, Y(t), L - 6, Y(t) + 4, t);
+  std::string svg =
+      svg_accuracy_frame(W, H, L, T, pw, ph, "top-1 accuracy against the budget: searched and uniform widths");
   for (int k = 0; k <= 4; ++k) {
     const double v = xmin + (xmax - xmin) * k / 4;
     svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{:.3g}</text>\n", X(v), T + ph + 20, v);
@@ -303,7 +293,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   ::mkdir(o.out_dir.c_str(), 0755);
   ::mkdir((o.out_dir + "/configs").c_str(), 0755);
   const std::string log = o.out_dir + "/results.jsonl", sens_file = o.out_dir + "/sensitivity.json";
-  if ((file_exists(log) || file_exists(sens_file)) && !o.resume)
+  if ((data::path_exists(log) || data::path_exists(sens_file)) && !o.resume)
     throw Error(o.out_dir + ": a search already wrote here; pass --resume to continue it or choose another -o");
 
   auto calib = open_data(o.calib_data);
@@ -343,7 +333,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
                          {"samples", o.sensitivity_samples}, {"calib", o.calib_data}, {"fold_bn", o.fold_bn},
                          {"hessian_iterations", o.hessian_iterations}};
   bool have_sens = false;
-  if (file_exists(sens_file)) {
+  if (data::path_exists(sens_file)) {
     json j;
     try {
       std::ifstream f(sens_file);
@@ -631,7 +621,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
 
   // ---- 3. evaluate -------------------------------------------------------------------------
   std::map<std::string, SearchRow> done;  // by config key
-  if (file_exists(log)) {
+  if (data::path_exists(log)) {
     std::ifstream f(log);
     for (std::string line; std::getline(f, line);) {
       try {
@@ -649,9 +639,15 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     bool is_float = false;
   };
   std::vector<Job> jobs;
-  jobs.push_back({SearchRow{"float", "float"}, {}, true});
+  auto row_named = [](const std::string& kind, const std::string& label) {
+    SearchRow r;
+    r.kind = kind;
+    r.label = label;
+    return r;
+  };
+  jobs.push_back({row_named("float", "float"), {}, true});
   {
-    Job j{SearchRow{"search", "budget " + budget.text}, best_x};
+    Job j{row_named("search", "budget " + budget.text), best_x};
     j.row.budget = budget.value;
     j.row.config = "config.yaml";
     jobs.push_back(j);
@@ -669,13 +665,13 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         }
     }
     Widths u{std::vector<int>(NL, w), std::vector<int>(NA, a)};
-    Job uj{SearchRow{"uniform", fmt::format("W{}A{}", w, a)}, u};
+    Job uj{row_named("uniform", fmt::format("W{}A{}", w, a)), u};
     uj.row.config = fmt::format("configs/uniform-w{}a{}.yaml", w, a);
     fill_measures(u, &uj.row);
     uj.row.budget = budget_value(uj.row);
     const search::Solution* s = search::best_within(global.front, cost_of(u));
     if (!s) continue;
-    Job sj{SearchRow{"search", fmt::format("budget of W{}A{}", w, a)}, widths_of(global, *s)};
+    Job sj{row_named("search", fmt::format("budget of W{}A{}", w, a)), widths_of(global, *s)};
     sj.row.budget = uj.row.budget;
     sj.row.config = fmt::format("configs/search-at-w{}a{}.yaml", w, a);
     jobs.push_back(sj);

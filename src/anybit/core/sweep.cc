@@ -15,6 +15,7 @@
 
 #include "anybit/core/pipeline.h"
 #include "anybit/core/quantize.h"
+#include "anybit/data/file_read.h"
 #include "anybit/data/progress.h"
 
 namespace anybit {
@@ -129,10 +130,6 @@ SweepRow row_from(const json& j) {
   return r;
 }
 
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 
 std::string base_name(const std::string& p) {
@@ -167,7 +164,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   const std::string log = o.out_dir + "/results.jsonl";
   std::vector<SweepRow> rows;
   std::set<std::string> done;
-  if (file_exists(log)) {
+  if (data::path_exists(log)) {
     if (!o.resume)
       throw Error(log + ": a sweep already wrote here; pass --resume to continue it or choose another -o");
     std::ifstream f(log);
@@ -247,6 +244,21 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   return rows;
 }
 
+std::string svg_accuracy_frame(int W, int H, int L, int T, double pw, double ph, const std::string& title) {
+  std::string svg = fmt::format(
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>\n"
+      "<rect width='100%' height='100%' fill='white'/>\n"
+      "<text x='{}' y='22' font-size='15'>{}</text>\n",
+      W, H, L, title);
+  for (int t = 0; t <= 100; t += 20) {
+    const double y = T + ph * (1 - t / 100.0);
+    svg += fmt::format("<line x1='{}' y1='{:.1f}' x2='{}' y2='{:.1f}' stroke='#ddd'/><text x='{}' y='{:.1f}' "
+                       "text-anchor='end'>{}%</text>\n",
+                       L, y, L + pw, y, L - 6, y + 4, t);
+  }
+  return svg;
+}
+
 void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& rows) {
   std::string csv = "model,method,format,wbits,abits,top1,top5,agreement,seconds\n";
   json all = json::array();
@@ -272,15 +284,7 @@ void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& ro
   const double pw = W - L - R, ph = H - T - B;
   auto X = [&](size_t i) { return L + (pairs.size() > 1 ? pw * i / (pairs.size() - 1) : pw / 2); };
   auto Y = [&](double acc) { return T + ph * (1 - acc / 100.0); };
-  std::string svg = fmt::format(
-      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>\n"
-      "<rect width='100%' height='100%' fill='white'/>\n"
-      "<text x='{}' y='22' font-size='15'>top-1 accuracy after post-training quantization</text>\n",
-      W, H, L);
-  for (int t = 0; t <= 100; t += 20)
-    svg += fmt::format("<line x1='{}' y1='{:.1f}' x2='{}' y2='{:.1f}' stroke='#ddd'/><text x='{}' y='{:.1f}' "
-                       "text-anchor='end'>{}%</text>\n",
-                       L, Y(t), L + pw, Y(t), L - 6, Y(t) + 4, t);
+  std::string svg = svg_accuracy_frame(W, H, L, T, pw, ph, "top-1 accuracy after post-training quantization");
   for (size_t i = 0; i < pairs.size(); ++i)
     svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{}</text>\n", X(i), T + ph + 20, pairs[i].first);
   svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>bits (weights, activations) or format</text>\n",

@@ -58,6 +58,11 @@ std::string sweep_format_config(const std::string& method, const std::string& fo
 // Parses "8,6,4" into {8,6,4}; throws anybit::Error naming the flag.
 std::vector<int> parse_bits_list(const std::string& text, const std::string& flag);
 
+// The frame the sweep's and the search's plots share: a W x H white SVG with `title`, and
+// top-1 gridlines 0..100% on a plot area of pw x ph at (L, T); the caller adds its x axis,
+// lines and legend and closes the </svg>.
+std::string svg_accuracy_frame(int W, int H, int L, int T, double pw, double ph, const std::string& title);
+
 // Writes DIR/results.csv, DIR/results.json and DIR/accuracy.svg from the rows.
 void write_sweep_reports(const std::string& dir, const std::vector<SweepRow>& rows);
 

@@ -20,6 +20,7 @@
 #include <unordered_set>
 
 #include "anybit/core/quantize.h"
+#include "anybit/data/file_read.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/capture.h"
 #include "anybit/quant/node.h"
@@ -234,10 +235,6 @@ std::vector<BrecqBlock> brecq_partition(const ModelGraph& q) {
 
 namespace {
 
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
 
 // A block's checkpoint: what it changed in the model, its report, the generators' states.
 void save_checkpoint(const std::string& path, const c10::impl::GenericDict& d) {
@@ -273,7 +270,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
                                const DataSource& calib, const BrecqOptions& o) {
   if (!o.checkpoint_dir.empty()) {
     ::mkdir(o.checkpoint_dir.c_str(), 0755);
-    if (!o.resume && exists(o.checkpoint_dir + "/brecq_block_0.pt"))
+    if (!o.resume && data::path_exists(o.checkpoint_dir + "/brecq_block_0.pt"))
       throw Error(o.checkpoint_dir + ": holds BRECQ checkpoints already; pass --resume to continue that run or "
                   "choose another --checkpoint-dir");
   }
@@ -320,7 +317,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     if ((wl.empty() && svals.empty()) || !rin || !rout) continue;
     const std::string ckpt =
         o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/brecq_block_" + std::to_string(bi) + ".pt";
-    if (!ckpt.empty() && o.resume && exists(ckpt)) {
+    if (!ckpt.empty() && o.resume && data::path_exists(ckpt)) {
       const c10::impl::GenericDict d = load_checkpoint(ckpt);
       if (d.at("name").toStringRef() != B.name)
         throw Error(ckpt + ": the checkpoint of block " + d.at("name").toStringRef() + ", not of " + B.name +
