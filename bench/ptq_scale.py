@@ -1,6 +1,6 @@
 """Post-training methods at ImageNet scale on the CPU (BENCHMARKS.md "GPTQ"), 2 threads.
 
-    python bench/ptq_scale.py [--anybit build/anybit] [--samples 256,1024] [--methods mse,gptq]
+    python bench/ptq_scale.py [--anybit build/anybit] [--samples 256,1024] [--methods mse,gptq,brecq:5,brecq:25]
 
 torchvision ResNet-18 with random weights, traced at 224x224; calibration images are noise
 normalized as torchvision does (timing and memory only: accuracy means nothing here). Each
@@ -48,10 +48,14 @@ for n in [int(s) for s in a.samples.split(",")]:
     data = f"npy:{a.out}/x{n}.npy:{a.out}/y{n}.npy"
     del x
     for method in a.methods.split(","):
-        extra = {"mse": [], "gptq": ["--gptq"], "adaround": ["--adaround", str(a.adaround_iters)]}[method]
+        # adaround:N / brecq:N run N iterations per layer / block: two such runs give the cost of
+        # one iteration and, with it, the projected time at the default iteration count
+        name, _, iters = method.partition(":")
+        extra = {"mse": [], "gptq": ["--gptq"], "adaround": ["--adaround", iters or str(a.adaround_iters)],
+                 "brecq": ["--brecq", iters or "2000"]}[name]
         cmd = ["/usr/bin/time", "-f", "%e %M", a.anybit, "--threads", "2", "quantize", model, "-c", config, "-d", data,
                "--calib-batches", str((n + 63) // 64), "-b", "64", "--fold-bn", "--no-progress",
-               "-o", os.path.join(a.out, f"{method}{n}.pt"), *extra]
+               "-o", os.path.join(a.out, f"{name}{n}.pt"), *extra]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit(p.stderr)
