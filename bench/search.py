@@ -30,6 +30,7 @@ runs = {
     "norm": [N, "--budget", "avg-wbits=2.5", "-d", "fmnist::train" + NORM, "--eval", "fmnist::test" + NORM],
     "bops": [M, "--budget", "bops=0.25", "--acts", "4,6,8", "--uniform", "4"],
     "brecq": [M, "--budget", "avg-wbits=2.5", "--method", "brecq", "--uniform", "2,3"],
+    "gptq": [M, "--budget", "avg-wbits=2.5", "--method", "gptq", "--uniform", "2,3"],
     "norm-brecq": [N, "--budget", "avg-wbits=2.5", "-d", "fmnist::train" + NORM, "--eval", "fmnist::test" + NORM,
                    "--method", "brecq", "--uniform", "2,3"],
 }
