@@ -142,6 +142,7 @@ w=$(ls "$T/broken_int" | grep weight | head -1)
 head -c 100 "$T/w8_int/$w" >"$T/broken_int/$w"
 expect_error intsim-truncated "$w" -- "$EXE" intsim "$T/broken_int" --data "fmnist:$DATA:test"
 expect_error resume-no-dir "--resume needs --checkpoint-dir" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "fmnist:$DATA:train:limit=64" --brecq 5 --resume -o "$T/q.pt"
+expect_error gptq-target-no-gptq "it needs --gptq" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "fmnist:$DATA:train:limit=64" --gptq-quantized-target -o "$T/q.pt"
 expect_error ckpt-no-brecq "it needs --brecq N" -- "$EXE" quantize "$MODEL" --config "$T/acts.yaml" --data "fmnist:$DATA:train:limit=64" --checkpoint-dir "$T/ck" -o "$T/q.pt"
 # mixed precision (issue 18): bad budgets are one clear error; the written config, given to
 # quantize unchanged, reproduces the accuracy the search reported

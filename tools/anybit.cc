@@ -193,6 +193,7 @@ int cmd_quantize(const Common& c) {
   opt.brecq_resume = c.brecq_resume;
   if (c.brecq_resume && c.brecq_checkpoint.empty()) throw anybit::Error("--resume needs --checkpoint-dir (where the BRECQ run wrote its blocks)");
   if (!c.brecq_checkpoint.empty() && c.brecq == 0) throw anybit::Error("--checkpoint-dir keeps BRECQ's blocks: it needs --brecq N");
+  if (c.gptq_quantized_target && !c.gptq) throw anybit::Error("--gptq-quantized-target chooses GPTQ's objective: it needs --gptq");
   opt.gptq_float_target = !c.gptq_quantized_target;
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;

@@ -73,7 +73,7 @@ namespace {
 
 struct Layer {
   std::string point;
-  std::string input_point;  // the quantized activation feeding it, "" if float
+  int act = -1;  // the activation quantizer feeding it (index into Model::acts), -1 if its input is float
   int64_t params = 0, macs = 0, channels = 0;
 };
 
@@ -140,7 +140,7 @@ Model analyze(ModelGraph& g, const Config& base, const DataSource& calib) {
     while (true) {
       auto it = act_of.find(v);
       if (it != act_of.end()) {
-        l.input_point = m.acts[it->second].point;
+        l.act = it->second;
         m.acts[it->second].consumers.push_back(static_cast<int>(i));
         break;
       }
@@ -155,8 +155,8 @@ std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 // The config: the base rules, then one rule per layer and per activation quantizer.
 std::string config_text(const std::string& base, const Model& m, const std::vector<int>& wbits,
-                        const std::vector<int>& abits, const std::string& header) {
-  std::string c = header + base;
+                        const std::vector<int>& abits) {
+  std::string c = base;
   for (size_t i = 0; i < m.layers.size(); ++i)
     c += fmt::format("  - {{match: {}, spec: 'int{}:per_channel'}}\n", quote(m.layers[i].point), wbits[i]);
   for (size_t i = 0; i < m.acts.size(); ++i) {
@@ -304,18 +304,33 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   const Config base_config = parse_config_string(base, "search base config");
   const Model m = analyze(prepared.graph, base_config, *calib);
   const size_t NL = m.layers.size(), NA = m.acts.size();
+  // a choice of widths: per layer and per activation quantizer
+  struct Widths {
+    std::vector<int> w, a;
+  };
+  auto abits_of = [&](const Widths& x, size_t i) { return m.layers[i].act < 0 ? 32 : x.a[m.layers[i].act]; };
+  // what it costs, in every measure
+  struct Measures {
+    double avg_wbits = 0, size_bytes = 0, bops = 0;  // bops: share of W8A8's
+  };
+  auto measures_of = [&](const Widths& x) {
+    double bits = 0, size = 0, bops = 0;
+    for (size_t i = 0; i < NL; ++i) {
+      bits += static_cast<double>(m.layers[i].params) * x.w[i];
+      size += (static_cast<double>(m.layers[i].params) * x.w[i] + 32.0 * m.layers[i].channels) / 8;
+      bops += static_cast<double>(m.layers[i].macs) * x.w[i] * abits_of(x, i);
+    }
+    return Measures{bits / m.params, size, bops / (64.0 * m.macs)};
+  };
+  auto budget_value = [&](const Measures& r) {
+    return budget.kind == Budget::Kind::kAvgWbits ? r.avg_wbits
+           : budget.kind == Budget::Kind::kSize   ? r.size_bytes
+                                                  : r.bops;
+  };
   {
     // the least the candidates allow: every layer (and searched activation) at its narrowest
-    double bits = 0, size = 0, bops = 0;
-    for (const auto& l : m.layers) {
-      const int a = l.input_point.empty() ? 32 : search_acts ? A.front() : abase;
-      bits += static_cast<double>(l.params) * W.front();
-      size += (static_cast<double>(l.params) * W.front() + 32.0 * l.channels) / 8;
-      bops += static_cast<double>(l.macs) * W.front() * a;
-    }
-    const double least = budget.kind == Budget::Kind::kAvgWbits ? bits / m.params
-                         : budget.kind == Budget::Kind::kSize   ? size
-                                                                : bops / (64.0 * m.macs);
+    const double least =
+        budget_value(measures_of({std::vector<int>(NL, W.front()), std::vector<int>(NA, search_acts ? A.front() : abase)}));
     if (budget.value < least * (1 - 1e-12))
       throw Error(fmt::format("--budget {}: below the least the candidates allow ({}; every layer at {} bits{})",
                               budget.text,
@@ -358,29 +373,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   qo.batch_size = o.batch_size;
   qo.calib_batches = (ns + o.batch_size - 1) / o.batch_size;
   qo.progress = false;
-  at::Tensor ref;  // the float model's outputs on the sensitivity samples
-  // the metric of the model quantized with these widths (method's calibration, nearest rounding)
-  auto measure = [&](const std::vector<int>& w, const std::vector<int>& a) {
-    if (!ref.defined()) ref = run_logits(prepared.graph.module, xs, o.batch_size);
-    PreparedModel pm = prepare_model(o.model, po);
-    QuantizeResult q = quantize(std::move(pm.graph), parse_config_string(config_text(base, m, w, a, ""), "search"),
-                                calib.get(), qo);
-    result.sensitivity_runs++;
-    return kl_or_noise(ref, run_logits(q.model.module, xs, o.batch_size), o.metric);
-  };
   if (!have_sens) {
-    if (o.metric == "kl") {
-      // KL of softmax outputs cannot rank anything when the float model's outputs are the
-      // same for every class (an untrained network's logits of 1e-10): say so instead of
-      // choosing the narrowest widths on a metric that is 0 everywhere
-      ref = run_logits(prepared.graph.module, xs, o.batch_size);
-      const double spread = (ref.softmax(1) - 1.0 / ref.size(1)).abs().max().item<double>();
-      if (ref.size(1) < 2 || spread < 1e-6)
-        throw Error(fmt::format("search: the float model's softmax outputs on the calibration samples are uniform "
-                                "(largest deviation {:.3g}): --metric kl cannot rank the layers; use --metric sqnr "
-                                "(relative output noise)",
-                                spread));
-    }
     std::vector<int> wb(NL, wmax), ab(NA, abase);
     if (o.metric == "hessian") {
       // HAWQ-V2/V3: trace(H)/n per layer by Hutchinson's estimator (Rademacher probes), then
@@ -399,7 +392,6 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       auto plain = std::make_unique<jit::GraphOptimizerEnabledGuard>(false);  // plain ops: double backward works
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
       const int64_t nb = (ns + o.batch_size - 1) / o.batch_size;
-      std::vector<std::vector<at::Tensor>> grads;
       for (int it = 0; it < o.hessian_iterations; ++it) {
         for (int64_t b = 0; b < nb; ++b) {
           const int64_t lo = b * o.batch_size, n = std::min(o.batch_size, ns - lo);
@@ -421,9 +413,10 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       bar.finish();
       plain.reset();
       for (auto& w : ws) w.requires_grad_(false);
-      const std::string wcal = o.method == "minmax" || o.method == "percentile" || o.method == "entropy" ? "minmax" : "mse";
       for (int b : W) {
-        const std::string c = fmt::format("weight_calibrator: {}\nrules:\n  - {{kind: [conv, linear], role: weight, spec: 'int{}:per_channel'}}\n", wcal, b);
+        // the method's weight quantizer (the base config's calibrator) on the weights alone
+        const std::string c = fmt::format("weight_calibrator: {}\nrules:\n  - {{kind: [conv, linear], role: weight, spec: 'int{}:per_channel'}}\n",
+                                          base_config.weight_calibrator, b);
         PreparedModel q0 = prepare_model(o.model, po);
         QuantizeResult q = quantize(std::move(q0.graph), parse_config_string(c, "search"), nullptr, qo);
         std::map<std::string, at::Tensor> qw;
@@ -445,6 +438,27 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         for (int b : W) wloss[i][b] -= top;
       }
     } else {
+      // the float model's outputs on the sensitivity samples
+      const at::Tensor ref = run_logits(prepared.graph.module, xs, o.batch_size);
+      if (o.metric == "kl") {
+        // KL of softmax outputs cannot rank anything when the float model's outputs are the
+        // same for every class (an untrained network's logits of 1e-10): say so instead of
+        // choosing the narrowest widths on a metric that is 0 everywhere
+        const double spread = (ref.softmax(1) - 1.0 / ref.size(1)).abs().max().item<double>();
+        if (ref.size(1) < 2 || spread < 1e-6)
+          throw Error(fmt::format("search: the float model's softmax outputs on the calibration samples are uniform "
+                                  "(largest deviation {:.3g}): --metric kl cannot rank the layers; use --metric sqnr "
+                                  "(relative output noise)",
+                                  spread));
+      }
+      // the metric of the model quantized with these widths (method's calibration, nearest rounding)
+      auto measure = [&](const std::vector<int>& w, const std::vector<int>& a) {
+        PreparedModel pm = prepare_model(o.model, po);
+        QuantizeResult q = quantize(std::move(pm.graph), parse_config_string(config_text(base, m, w, a), "search"),
+                                    calib.get(), qo);
+        result.sensitivity_runs++;
+        return kl_or_noise(ref, run_logits(q.model.module, xs, o.batch_size), o.metric);
+      };
       const int64_t runs = 1 + static_cast<int64_t>(NL * (W.size() - 1) + (search_acts ? NA * (A.size() - 1) : 0));
       data::ProgressBar bar("sensitivity", runs, o.progress);
       int64_t step = 0;
@@ -501,11 +515,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     }
     return 0;
   };
-  std::vector<int> act_index(NL, -1);  // the act quantizer feeding each layer
-  for (size_t i = 0; i < NL; ++i)
-    for (size_t k = 0; k < NA; ++k)
-      if (m.acts[k].point == m.layers[i].input_point) act_index[i] = static_cast<int>(k);
-  auto fixed_abits = [&](size_t i) { return act_index[i] < 0 ? 32 : abase; };
+  auto fixed_abits = [&](size_t i) { return m.layers[i].act < 0 ? 32 : abase; };
   // groups: per option, the widths it gives its layers and its activation
   struct Opt {
     int64_t cost;
@@ -567,10 +577,6 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   result.exact = global.front.exact;
   result.solve_seconds = since(t_solve);
 
-  // what a choice of widths gives, in every measure
-  struct Widths {
-    std::vector<int> w, a;
-  };
   auto widths_of = [&](const Solved& S, const search::Solution& s) {
     Widths x{std::vector<int>(NL, wmax), std::vector<int>(NA, abase)};
     for (size_t gi = 0; gi < S.groups.size(); ++gi) {
@@ -580,22 +586,16 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     }
     return x;
   };
-  auto abits_of = [&](const Widths& x, size_t i) { return act_index[i] < 0 ? 32 : x.a[act_index[i]]; };
   auto cost_of = [&](const Widths& x) {
     int64_t c = 0;
     for (size_t i = 0; i < NL; ++i) c += layer_cost(i, x.w[i], abits_of(x, i));
     return c;
   };
   auto fill_measures = [&](const Widths& x, SearchRow* r) {
-    double bits = 0, size = 0, bops = 0;
-    for (size_t i = 0; i < NL; ++i) {
-      bits += static_cast<double>(m.layers[i].params) * x.w[i];
-      size += (static_cast<double>(m.layers[i].params) * x.w[i] + 32.0 * m.layers[i].channels) / 8;
-      bops += static_cast<double>(m.layers[i].macs) * x.w[i] * abits_of(x, i);
-    }
-    r->avg_wbits = bits / m.params;
-    r->size_bytes = size;
-    r->bops = bops / (64.0 * m.macs);
+    const Measures c = measures_of(x);
+    r->avg_wbits = c.avg_wbits;
+    r->size_bytes = c.size_bytes;
+    r->bops = c.bops;
     double pred = 0;
     for (size_t i = 0; i < NL; ++i) pred += wloss[i].at(x.w[i]);
     for (size_t k = 0; k < NA; ++k)
@@ -609,11 +609,6 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       case Budget::Kind::kBops: return static_cast<int64_t>(std::floor(value * 64.0 * m.macs + 1e-9));
     }
     return 0;
-  };
-  auto budget_value = [&](const SearchRow& r) {
-    return budget.kind == Budget::Kind::kAvgWbits ? r.avg_wbits
-           : budget.kind == Budget::Kind::kSize   ? r.size_bytes
-                                                  : r.bops;
   };
   const search::Solution* chosen = search::best_within(global.front, budget_units(budget.value));
   if (!chosen) throw Error("--budget " + budget.text + ": no solution within it");  // checked above; kept for safety
@@ -668,7 +663,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
     Job uj{row_named("uniform", fmt::format("W{}A{}", w, a)), u};
     uj.row.config = fmt::format("configs/uniform-w{}a{}.yaml", w, a);
     fill_measures(u, &uj.row);
-    uj.row.budget = budget_value(uj.row);
+    uj.row.budget = budget_value(measures_of(u));
     const search::Solution* s = search::best_within(global.front, cost_of(u));
     if (!s) continue;
     Job sj{row_named("search", fmt::format("budget of W{}A{}", w, a)), widths_of(global, *s)};
@@ -708,7 +703,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
           "# reproduce: anybit quantize {} -c THIS_FILE {}{} --eval {} -o OUT.pt\n",
           r.label, r.kind == "uniform" ? "every layer at one width" : "widths per layer", o.metric, o.method,
           r.avg_wbits, r.size_bytes / 1024, r.bops, o.model, calib_flags, method_flags, o.eval_data);
-      const std::string rules = config_text(base, m, job.x.w, job.x.a, "");
+      const std::string rules = config_text(base, m, job.x.w, job.x.a);
       config = header + rules;
       key = hex_hash(o.model + "|" + o.method + "|" + o.calib_data + "|" + o.eval_data + "|" +
                      std::to_string(o.calib_batches) + "|" + std::to_string(o.fold_bn) + "|" + rules);
@@ -732,12 +727,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         qo.calib_batches = o.calib_batches;
         qo.batch_size = o.batch_size;
         qo.progress = false;
-        if (o.method == "adaround") qo.adaround_iterations = o.adaround_iterations;
-        qo.gptq = o.method == "gptq";
-        if (o.method == "brecq") {
-          qo.brecq_iterations = o.brecq_iterations;
-          qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);
-        }
+        set_method_options(o.method, o.adaround_iterations, o.brecq_iterations, &qo);
         QuantizeResult q = quantize(std::move(pm.graph), parse_config_string(config, o.out_dir + "/" + r.config), calib.get(), qo);
         e = evaluate(q.model.module, *test, eo, &float_module);
       }
@@ -760,7 +750,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   for (size_t i = 0; i < NL; ++i) {
     SearchLayer l;
     l.point = m.layers[i].point;
-    l.input_point = m.layers[i].input_point;
+    l.input_point = m.layers[i].act < 0 ? "" : m.acts[m.layers[i].act].point;
     l.params = m.layers[i].params;
     l.macs = m.layers[i].macs;
     l.channels = m.layers[i].channels;

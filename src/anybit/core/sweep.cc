@@ -100,6 +100,16 @@ std::string sweep_format_config(const std::string& method, const std::string& fo
   return c;
 }
 
+void set_method_options(const std::string& method, int adaround_iterations, int brecq_iterations,
+                        QuantizeOptions* qo) {
+  if (method == "adaround") qo->adaround_iterations = adaround_iterations;
+  qo->gptq = method == "gptq";
+  if (method == "brecq") {
+    qo->brecq_iterations = brecq_iterations;
+    qo->brecq_samples = std::min(qo->calib_batches * qo->batch_size, qo->brecq_samples);
+  }
+}
+
 namespace {
 
 std::string key_of(const std::string& model, const std::string& method, int w, int a, const std::string& format) {
@@ -225,12 +235,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
       qo.calib_batches = o.calib_batches;
       qo.batch_size = o.batch_size;
       qo.progress = false;
-      if (method == "adaround") qo.adaround_iterations = o.adaround_iterations;
-      qo.gptq = method == "gptq";
-      if (method == "brecq") {
-        qo.brecq_iterations = o.brecq_iterations;
-        qo.brecq_samples = std::min(o.calib_batches * o.batch_size, qo.brecq_samples);
-      }
+      set_method_options(method, o.adaround_iterations, o.brecq_iterations, &qo);
       QuantizeResult q = quantize(std::move(g), parse_config_string(run.config, "sweep " + method), calib.get(), qo);
       EvalResult e = evaluate(q.model.module, *test, eo, &fm);
       // seconds: the whole pair (load, fold, quantize + calibrate, evaluate)

@@ -55,6 +55,13 @@ std::string sweep_config(const std::string& method, int wbits, int abits, bool f
 // AdaRound, BRECQ and GPTQ decide integer rounding and refuse any other format.
 std::string sweep_format_config(const std::string& method, const std::string& format, bool first_last_8bit);
 
+struct QuantizeOptions;
+// Sets what a sweep or search method asks of quantize() beyond its config (sweep_config):
+// AdaRound's or BRECQ's iterations, BRECQ's samples (at most the calibration samples of
+// qo->calib_batches x qo->batch_size), GPTQ.
+void set_method_options(const std::string& method, int adaround_iterations, int brecq_iterations,
+                        QuantizeOptions* qo);
+
 // Parses "8,6,4" into {8,6,4}; throws anybit::Error naming the flag.
 std::vector<int> parse_bits_list(const std::string& text, const std::string& flag);
 

@@ -130,6 +130,14 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
   std::vector<GptqReport> reports;
   data::ProgressBar bar("gptq", static_cast<int64_t>(layers.size()), o.progress);
   torch::NoGradGuard no_grad;
+  // why a layer keeps nearest rounding ("" for the layers GPTQ handles)
+  std::vector<std::string> skipped(layers.size());
+  for (size_t k = 0; k < layers.size(); ++k) {
+    skipped[k] = Unfold(layers[k].qnode).why_not;
+    if (skipped[k].empty() && layers[k].channel_axis != 0 && layers[k].scale.numel() > 1)
+      skipped[k] = "scales along axis " + std::to_string(layers[k].channel_axis);
+  }
+  auto wants_float_input = [&](size_t k) { return layers[k].fnode && skipped[k].empty(); };
   // the float model's layer inputs do not change: capture as many layers' as fit the cache
   // in one pass (their size per sample from a one-sample pass), not one pass per layer
   std::vector<int64_t> per_sample(layers.size(), 0);
@@ -137,7 +145,7 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     std::vector<jit::Value*> vals;
     std::vector<size_t> idx;
     for (size_t k = 0; k < layers.size(); ++k)
-      if (layers[k].fnode) vals.push_back(layers[k].fnode->input(0)), idx.push_back(k);
+      if (wants_float_input(k)) vals.push_back(layers[k].fnode->input(0)), idx.push_back(k);
     if (!vals.empty()) {
       const std::vector<at::Tensor> one = capture_values(*ref, vals, calib, 1, 1);
       for (size_t i = 0; i < idx.size(); ++i) per_sample[idx[i]] = one[i].numel() * 4;
@@ -151,7 +159,7 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
       std::vector<size_t> idx;
       int64_t bytes = 0;
       for (size_t k = li; k < layers.size(); ++k) {
-        if (!layers[k].fnode) continue;
+        if (!wants_float_input(k)) continue;
         bytes += per_sample[k] * n_samples;
         if (!vals.empty() && bytes > o.float_cache_bytes) break;
         vals.push_back(layers[k].fnode->input(0));
@@ -168,15 +176,13 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     const AdaRoundLayer& L = layers[li];
     GptqReport r;
     r.name = L.name;
-    const Unfold u(L.qnode);
-    if (!u.why_not.empty()) r.skipped = u.why_not;
-    if (r.skipped.empty() && L.channel_axis != 0 && L.scale.numel() > 1)
-      r.skipped = "scales along axis " + std::to_string(L.channel_axis);
+    r.skipped = skipped[li];
     if (!r.skipped.empty()) {
       reports.push_back(r);
       bar.update(static_cast<int64_t>(li) + 1);
       continue;
     }
+    const Unfold u(L.qnode);
     // the layer's input in the quantized model, the earlier layers already done
     const at::Tensor X = capture_values(qg, {L.qnode->input(0)}, calib, o.samples, 128)[0];
     const bool asym = o.asymmetric && ref && L.fnode;
