@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <sstream>
@@ -22,6 +24,11 @@ enum class LayerKernel { kFast, kStepwise, kMac, kReference };
 // A conv2d or linear layer ready to run.
 struct PreparedLayer {
   LayerKernel kernel = LayerKernel::kMac;
+  // A sum-perturbing MAC on the fast or stepwise kernel: the exact sums (no bias) are
+  // computed there and handed to SumPerturbingMac::perturb.
+  bool perturb = false;
+  int mac_layer = -1;               // index into Engine::Impl::mac_layers
+  std::vector<uint32_t> w_sq;       // (w - z_w)^2, [O][K] (conv2d) or [K][O] (linear): rel noise
   bool int16_operands = false;      // x - z_x and w - z_w both fit int16
   std::vector<int32_t> w_offset;    // w - z_w, [O][K]
   std::vector<int16_t> w_offset16;  // the same in int16: stepwise with int16 operands
@@ -64,46 +71,76 @@ Conv2dGeometry conv_geometry(const Op& op, const std::vector<int64_t>& in_shape_
   return g;
 }
 
+// Prepares a conv2d or linear layer; `info` gets its full scale. A MAC model that perturbs
+// weights changes w - z_w here, before the bound and the packing see them.
 PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOptions& options,
-                            bool mac_exact) {
+                            const MacModel& mac, MacLayer& info) {
   PreparedLayer p;
   p.out_channels = op.out_channels;
   p.patch = numel_of(op.weight.shape) / op.out_channels;
   p.w_offset.resize(op.weight.data.size());
-  bool w_fits_int16 = true;
+  std::vector<int32_t> lo(static_cast<size_t>(p.out_channels)), hi(lo.size());
   for (int64_t o = 0; o < p.out_channels; ++o) {
     const int64_t zw = op.weight_zero_point.size() == 1 ? op.weight_zero_point[0] : op.weight_zero_point[o];
+    lo[o] = static_cast<int32_t>(op.weight_qmin - zw);  // fit int32: checked by validate_model
+    hi[o] = static_cast<int32_t>(op.weight_qmax - zw);
     for (int64_t k = 0; k < p.patch; ++k) {
       const size_t i = static_cast<size_t>(o * p.patch + k);
-      const int64_t v = op.weight.data[i] - zw;  // fits int32: checked by validate_model
-      p.w_offset[i] = static_cast<int32_t>(v);
-      w_fits_int16 = w_fits_int16 && v >= -32768 && v <= 32767;
+      p.w_offset[i] = static_cast<int32_t>(op.weight.data[i] - zw);
     }
   }
+  if (mac.perturbs_weights()) mac.perturb_weights(info, p.w_offset.data(), lo.data(), hi.data());
+  bool w_fits_int16 = true, w_fits_16_bits = true;
+  for (int32_t v : p.w_offset) {
+    w_fits_int16 = w_fits_int16 && v >= -32768 && v <= 32767;
+    w_fits_16_bits = w_fits_16_bits && v > -65536 && v < 65536;
+  }
   // The bound: no partial sum of any order can exceed |bias| + max|x - z| * sum|w - z_w|.
-  // In 128 bits it cannot overflow (2^32 * 2^31 * 2^32 at most).
+  // In 128 bits it cannot overflow (2^32 * 2^31 * 2^32 at most). Without the bias it is
+  // the layer's full scale. The sums of squared products stay below max|x - z|^2 *
+  // sum (w - z_w)^2.
   const int64_t acc_max = (int64_t{1} << (options.accumulator.bits - 1)) - 1;
   const unsigned __int128 x_max = static_cast<unsigned __int128>(max_abs_offset(in.q));
-  bool bounded = true;
-  for (int64_t o = 0; o < p.out_channels && bounded; ++o) {
-    unsigned __int128 w_sum = 0;
+  bool bounded = true, squares_fit = w_fits_16_bits && x_max < 65536;
+  unsigned __int128 full_scale = 0;
+  for (int64_t o = 0; o < p.out_channels; ++o) {
+    unsigned __int128 w_sum = 0, w_sq_sum = 0;
     for (int64_t k = 0; k < p.patch; ++k) {
       const int64_t v = p.w_offset[static_cast<size_t>(o * p.patch + k)];
       w_sum += static_cast<unsigned __int128>(v < 0 ? -v : v);
+      w_sq_sum += static_cast<unsigned __int128>(v * v);
     }
     const int64_t b = op.bias.empty() ? 0 : op.bias.data[static_cast<size_t>(o)];
     const unsigned __int128 bound = static_cast<unsigned __int128>(b < 0 ? -b : b) + x_max * w_sum;
-    bounded = bound <= static_cast<unsigned __int128>(acc_max);
+    bounded = bounded && bound <= static_cast<unsigned __int128>(acc_max);
+    full_scale = std::max(full_scale, x_max * w_sum);
+    squares_fit = squares_fit && (w_sq_sum >> 64) == 0 && x_max * x_max * w_sq_sum < (static_cast<unsigned __int128>(1) << 64);
   }
+  info.full_scale = static_cast<double>(full_scale);
   const int64_t x_lo = int64_t{in.q.qmin} - in.q.zero_point;
   const int64_t x_hi = int64_t{in.q.qmax} - in.q.zero_point;
   p.int16_operands = w_fits_int16 && x_lo >= -32768 && x_hi <= 32767;
+  const auto* perturber = dynamic_cast<const SumPerturbingMac*>(&mac);
+  // A sum-perturbing model runs on the fast kernels unless it needs the sums of squared
+  // products where they cannot be computed exactly in 64 bits (then per dot product).
+  const bool fast_perturb = perturber && (!perturber->needs_squares() || squares_fit);
   if (options.path == KernelPath::kReference)
     p.kernel = LayerKernel::kReference;
-  else if (options.path == KernelPath::kPerDotProduct || !mac_exact)
+  else if (options.path == KernelPath::kPerDotProduct || !(mac.is_exact() || fast_perturb))
     p.kernel = LayerKernel::kMac;
   else
     p.kernel = bounded ? LayerKernel::kFast : LayerKernel::kStepwise;
+  p.perturb = fast_perturb && perturber->perturbs_sums() && p.kernel != LayerKernel::kMac &&
+              p.kernel != LayerKernel::kReference;
+  if (p.perturb && perturber->needs_squares()) {
+    const bool conv = op.kind == OpKind::kConv2d;
+    p.w_sq.resize(p.w_offset.size());
+    for (int64_t o = 0; o < p.out_channels; ++o)
+      for (int64_t k = 0; k < p.patch; ++k) {
+        const int64_t v = p.w_offset[static_cast<size_t>(o * p.patch + k)];
+        p.w_sq[static_cast<size_t>(conv ? o * p.patch + k : k * p.out_channels + o)] = static_cast<uint32_t>(v * v);
+      }
+  }
 
   if (p.kernel == LayerKernel::kStepwise && p.int16_operands)
     p.w_offset16.assign(p.w_offset.begin(), p.w_offset.end());
@@ -178,7 +215,10 @@ struct Worker {
   KernelScratch scratch;
   std::vector<int32_t> acc32;
   std::vector<int64_t> acc64;
+  std::vector<double> squares;
   std::vector<LayerStats> stats;  // by op: counts since they were last added to the engine's
+  // Engine::calibrate: |exact| of sampled elements, by MAC layer
+  std::vector<std::vector<int32_t>> samples;
 
   // Gives t the shape [batch, ...shape] and storage for it: its own, or the most recently
   // released (still in cache). Nothing is allocated once the buffers have grown.
@@ -250,6 +290,12 @@ struct Engine::Impl {
   std::vector<PreparedOp> ops;
   std::vector<LayerStats> stats;
   std::shared_ptr<MacModel> mac;
+  const SumPerturbingMac* perturber = nullptr;  // mac, when it is one
+  std::vector<MacLayer> mac_layers;             // the conv2d/linear layers, in order
+  bool mac_ready = false;                       // prepare() has accepted mac_layers
+  int64_t next_image = 0;                       // MacContext::image of the next run's first image
+  bool calibrating = false;                     // Engine::calibrate's run: exact, sampled
+  int64_t sample_stride = 1;
   // True unless a layer calls the MAC model: the batch may then be cut into chunks that
   // run independently, in any order, on any thread.
   bool chunked = true;
@@ -268,7 +314,12 @@ struct Engine::Impl {
 
   void run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64_t begin, int64_t end,
                  bool keep_all, std::vector<Tensor>& results);
-  void run_op(size_t k, Worker& w, int64_t batch);
+  void run_op(size_t k, Worker& w, int64_t batch, int64_t first_image);
+  void run_perturbed(const Op& op, const PreparedOp& p, Worker& w, int64_t batch,
+                     int64_t first_image, const Tensor& x, Tensor& y);
+  // Engine::calibrate's pass: the percentile of |exact| of each layer into mac_layers.
+  void collect(const std::vector<Tensor>& inputs, double pct);
+  std::vector<Tensor> run_batch(const std::vector<Tensor>& inputs, std::map<std::string, Tensor>* tensors);
 };
 
 Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl>()) {
@@ -281,6 +332,7 @@ Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl
   m.model = std::move(model);
   m.options = std::move(options);
   m.mac = m.options.mac ? m.options.mac : std::make_shared<ExactMac>();
+  m.perturber = dynamic_cast<const SumPerturbingMac*>(m.mac.get());
   for (const TensorSpec& in : m.model.inputs) m.id_of(in.name);
   for (const Op& op : m.model.ops) {
     PreparedOp p;
@@ -294,7 +346,17 @@ Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl
     s.name = op.name;
     s.op = op_kind_name(op.kind);
     if (op.kind == OpKind::kConv2d || op.kind == OpKind::kLinear) {
-      p.layer = prepare_layer(op, m.tensors.at(op.inputs[0]), m.options, m.mac->is_exact());
+      MacLayer info;
+      info.name = op.name;
+      info.op = op_kind_name(op.kind);
+      info.index = static_cast<int64_t>(m.mac_layers.size());
+      info.out_channels = op.out_channels;
+      const std::vector<int64_t>& out_shape = m.tensors.at(op.output).shape;
+      info.positions = op.kind == OpKind::kConv2d ? out_shape[1] * out_shape[2] : 1;
+      info.depth = numel_of(op.weight.shape) / op.out_channels;
+      p.layer = prepare_layer(op, m.tensors.at(op.inputs[0]), m.options, *m.mac, info);
+      p.layer.mac_layer = static_cast<int>(info.index);
+      m.mac_layers.push_back(std::move(info));
       s.fast_path = p.layer.kernel == LayerKernel::kFast;
       m.chunked = m.chunked && p.layer.kernel != LayerKernel::kMac;
     }
@@ -315,6 +377,10 @@ Engine::Engine(Model model, EngineOptions options) : impl_(std::make_unique<Impl
   for (size_t k = 0; k < m.ops.size(); ++k)
     for (int id : m.ops[k].inputs) m.last_use[id] = static_cast<int>(k);
   for (const TensorSpec& out : m.model.outputs) m.is_output[m.ids.at(out.name)] = true;
+  if (!m.mac->needs_calibration()) {
+    m.mac->prepare(m.mac_layers);
+    m.mac_ready = true;
+  }
 }
 
 Engine::~Engine() = default;
@@ -325,8 +391,71 @@ const Model& Engine::model() const { return impl_->model; }
 const EngineOptions& Engine::options() const { return impl_->options; }
 const std::vector<LayerStats>& Engine::stats() const { return impl_->stats; }
 
+const std::vector<MacLayer>& Engine::mac_layers() const { return impl_->mac_layers; }
+void Engine::set_next_image(int64_t image) {
+  if (image < 0) throw Error("set_next_image: the image index must be >= 0, got " + std::to_string(image));
+  impl_->next_image = image;
+}
+int64_t Engine::next_image() const { return impl_->next_image; }
+
+void Engine::calibrate(const std::vector<Tensor>& inputs) {
+  Impl& m = *impl_;
+  const double pct = m.mac->calibration_percentile();
+  bool fast = true;
+  for (const PreparedOp& p : m.ops)
+    fast = fast && p.layer.kernel != LayerKernel::kMac && p.layer.kernel != LayerKernel::kReference;
+  if (fast) {
+    m.collect(inputs, pct);
+  } else {
+    // Layers on the per-dot-product or reference path: the exact sums from an exact engine.
+    EngineOptions o = m.options;
+    o.mac = nullptr;
+    o.path = KernelPath::kAuto;
+    Engine exact(m.model, o);
+    exact.impl_->collect(inputs, pct);
+    for (size_t i = 0; i < m.mac_layers.size(); ++i) m.mac_layers[i].calibrated = exact.impl_->mac_layers[i].calibrated;
+  }
+  m.mac->prepare(m.mac_layers);
+  m.mac_ready = true;
+}
+
+void Engine::Impl::collect(const std::vector<Tensor>& inputs, double pct) {
+  if (!inputs.empty() && !inputs[0].shape.empty()) {
+    // Elements sampled with a stride over (image, element), so that each layer keeps at
+    // most about 2^21 values whatever the data, and the same ones at any chunking.
+    int64_t most = 1;
+    for (const MacLayer& l : mac_layers) most = std::max(most, l.out_channels * l.positions);
+    sample_stride = std::max<int64_t>(1, inputs[0].shape[0] * most >> 21);
+  }
+  calibrating = true;
+  for (Worker& w : workers) w.samples.assign(mac_layers.size(), {});
+  try {
+    run_batch(inputs, nullptr);
+  } catch (...) {
+    calibrating = false;
+    throw;
+  }
+  calibrating = false;
+  for (MacLayer& l : mac_layers) {
+    std::vector<int32_t> all;
+    for (Worker& w : workers)
+      if (static_cast<size_t>(l.index) < w.samples.size()) {
+        std::vector<int32_t>& v = w.samples[static_cast<size_t>(l.index)];
+        all.insert(all.end(), v.begin(), v.end());
+        v.clear();
+      }
+    if (all.empty()) continue;
+    // the ceil(pct / 100 * n)-th smallest |exact| (nearest rank)
+    const size_t rank = static_cast<size_t>(std::ceil(pct / 100.0 * static_cast<double>(all.size())));
+    const size_t i = std::min(all.size() - 1, rank == 0 ? 0 : rank - 1);
+    std::nth_element(all.begin(), all.begin() + static_cast<int64_t>(i), all.end());
+    l.calibrated = all[i];
+  }
+}
+
 void Engine::reset_stats() {
   for (LayerStats& s : impl_->stats) {
+    s.clipped = 0;
     s.dot_products = s.overflows = s.max_abs_error = 0;
     s.sum_abs_error = 0;
   }
@@ -335,6 +464,14 @@ void Engine::reset_stats() {
 std::vector<Tensor> Engine::run(const std::vector<Tensor>& inputs,
                                 std::map<std::string, Tensor>* tensors) {
   Impl& m = *impl_;
+  if (!m.mac_ready)
+    throw Error("MAC model '" + m.mac->describe() + "' needs calibration data: call Engine::calibrate first");
+  return m.run_batch(inputs, tensors);
+}
+
+std::vector<Tensor> Engine::Impl::run_batch(const std::vector<Tensor>& inputs,
+                                            std::map<std::string, Tensor>* tensors) {
+  Impl& m = *this;
   const std::vector<TensorSpec>& specs = m.model.inputs;
   if (inputs.size() != specs.size())
     throw Error("run: the model takes " + std::to_string(specs.size()) + " inputs, got " +
@@ -385,6 +522,7 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& inputs,
   auto work = [&](int i) {
     Worker& w = m.workers[static_cast<size_t>(i)];
     w.stats.resize(m.ops.size());
+    if (m.calibrating) w.samples.resize(m.mac_layers.size());
     try {
       for (int64_t c = next_chunk++; c < chunks; c = next_chunk++)
         m.run_chunk(w, inputs, c * chunk, std::min(batch, (c + 1) * chunk), keep_all, results);
@@ -406,11 +544,13 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& inputs,
       s.overflows += d.overflows;
       s.sum_abs_error += d.sum_abs_error;
       s.max_abs_error = std::max(s.max_abs_error, d.max_abs_error);
+      s.clipped += d.clipped;
       d = LayerStats{};
     }
   }
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
+  if (!m.calibrating) m.next_image += batch;
 
   std::vector<Tensor> outputs;
   for (const TensorSpec& out : m.model.outputs) outputs.push_back(results[m.ids.at(out.name)]);
@@ -432,7 +572,7 @@ void Engine::Impl::run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64
               w.env[id].data.begin());
   }
   for (size_t k = 0; k < ops.size(); ++k) {
-    run_op(k, w, n);
+    run_op(k, w, n, next_image + begin);
     if (keep_all) continue;
     // Inputs read for the last time give their storage to later tensors.
     for (int id : ops[k].inputs)
@@ -446,7 +586,7 @@ void Engine::Impl::run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64
   }
 }
 
-void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
+void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_image) {
   const Op& op = model.ops[k];
   const PreparedOp& p = ops[k];
   LayerStats& st = w.stats[k];
@@ -468,6 +608,10 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
       const int32_t zx = xi.q.zero_point;
       const int32_t* xd = x.data.data();
       st.dot_products += batch * L.out_channels * inner;
+      if ((L.perturb || calibrating) && L.kernel != LayerKernel::kMac && L.kernel != LayerKernel::kReference) {
+        run_perturbed(op, p, w, batch, first_image, x, y);
+        break;
+      }
       if (L.kernel == LayerKernel::kFast && conv && L.int16_operands) {
         // requantized as the accumulators come out of the kernel
         conv2d_acc32_requantize(g, xd, zx, L.packed16, bias, op.multiplier, yi.q.zero_point,
@@ -510,14 +654,18 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
       } else {
         Accumulator reg(options.accumulator);
         MacStats ms;
+        MacContext base;
+        base.info = &mac_layers[static_cast<size_t>(L.mac_layer)];
+        base.image = first_image;
         if (conv)
-          conv2d_int_mac(g, xd, zx, L.w_offset.data(), bias, *mac, op.name, reg, acc, &ms);
+          conv2d_int_mac(g, xd, zx, L.w_offset.data(), bias, *mac, op.name, reg, acc, &ms, &base);
         else
           linear_int_mac(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(), bias, *mac,
-                         op.name, reg, acc, &ms);
+                         op.name, reg, acc, &ms, &base);
         st.overflows += reg.overflows();
         st.sum_abs_error += ms.sum_abs_error;
         st.max_abs_error = std::max(st.max_abs_error, ms.max_abs_error);
+        st.clipped += ms.clipped;
       }
       requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
       break;
@@ -597,6 +745,111 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch) {
       break;
     }
   }
+}
+
+void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, int64_t batch,
+                                 int64_t first_image, const Tensor& x, Tensor& y) {
+  const bool conv = op.kind == OpKind::kConv2d;
+  const PreparedLayer& L = p.layer;
+  const TensorInfo& xi = *p.input_info[0];
+  const TensorInfo& yi = *p.output_info;
+  const MacLayer& info = mac_layers[static_cast<size_t>(L.mac_layer)];
+  LayerStats& st = w.stats[&p - ops.data()];
+  const int64_t inner = conv ? yi.shape[1] * yi.shape[2] : 1;
+  const int64_t count = L.out_channels * inner;  // elements per image
+  const int64_t in_features = conv ? 0 : xi.shape[0];
+  const Conv2dGeometry g = conv ? conv_geometry(op, x.shape) : Conv2dGeometry{};
+  const int32_t zx = xi.q.zero_point;
+  const int32_t* xd = x.data.data();
+  // 1. The exact sums, without the bias (which the engine adds after the MAC model).
+  w.acc32.resize(y.data.size());
+  int32_t* acc = w.acc32.data();
+  if (L.kernel == LayerKernel::kFast && conv && L.int16_operands)
+    conv2d_acc32(g, xd, zx, L.packed16, nullptr, acc, w.scratch);
+  else if (L.kernel == LayerKernel::kFast && conv)
+    conv2d_acc32(g, xd, zx, L.packed32, nullptr, acc, w.scratch);
+  else if (L.kernel == LayerKernel::kFast && L.int16_operands)
+    linear_acc32(batch, xd, zx, L.packed16, nullptr, acc, w.scratch);
+  else if (L.kernel == LayerKernel::kFast)
+    linear_acc32(batch, xd, zx, L.packed32, nullptr, acc, w.scratch);
+  else if (conv && L.int16_operands)
+    conv2d_int16_stepwise(g, xd, zx, L.w_offset16.data(), nullptr, options.accumulator, acc,
+                          &st.overflows, w.scratch);
+  else if (conv)
+    conv2d_int32_stepwise(g, xd, zx, L.w_offset.data(), nullptr, options.accumulator, acc,
+                          &st.overflows, w.scratch);
+  else if (L.int16_operands)
+    linear_int16_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset16.data(), nullptr,
+                          options.accumulator, acc, &st.overflows, w.scratch);
+  else
+    linear_int32_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(), nullptr,
+                          options.accumulator, acc, &st.overflows, w.scratch);
+  const int64_t n = batch * count;
+  Accumulator reg(options.accumulator);
+  if (calibrating) {
+    // 2'. Engine::calibrate: sample |exact|; the layer's output is the exact one.
+    std::vector<int32_t>& samples = w.samples[static_cast<size_t>(L.mac_layer)];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t global = (first_image + i / count) * count + i % count;
+      if (global % sample_stride == 0)
+        samples.push_back(static_cast<int32_t>(std::min<int64_t>(std::llabs(int64_t{acc[i]}), INT32_MAX)));
+    }
+  } else {
+    // 2. The unit's results from the exact sums (and the sums of squared products).
+    const double* squares = nullptr;
+    if (perturber->needs_squares()) {
+      w.squares.resize(static_cast<size_t>(n));
+      if (conv)
+        conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
+      else
+        linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
+      squares = w.squares.data();
+    }
+    // In blocks of whole channels of one image, about 4096 elements, so that the model's
+    // results, their fit and the requantization stay in the L1 cache.
+    const int64_t rows = std::max<int64_t>(1, 4096 / inner);
+    w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
+    const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
+    double sum_err = 0;
+    int64_t max_err = 0;
+    for (int64_t i = 0; i < batch; ++i) {
+      for (int64_t c0 = 0; c0 < L.out_channels; c0 += rows) {
+        const int64_t nc = std::min(rows, L.out_channels - c0);
+        const int64_t offset = i * count + c0 * inner;
+        SumBlock b;
+        b.layer = &info;
+        b.first_image = first_image + i;
+        b.images = 1;
+        b.first_index = c0 * inner;
+        b.count = nc * inner;
+        b.exact = acc + offset;
+        b.squares = squares ? squares + offset : nullptr;
+        b.accumulator_bits = options.accumulator.bits;
+        b.out = w.acc64.data();
+        perturber->perturb(b);
+        st.clipped += b.clipped;
+        // 3. Into the accumulator (an overflow counted), the error against the exact sum,
+        // then the bias through the accumulator, then requantization.
+        fit_and_add_bias(1, nc, inner, w.acc64.data(), acc + offset, bias ? bias + c0 : nullptr, reg,
+                         acc + offset, &sum_err, &max_err);
+        for (int64_t c = c0; c < c0 + nc; ++c) {
+          const DyadicMultiplier mc = op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
+          requantize_int32(acc + i * count + c * inner, inner, 0, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax,
+                           y.data.data() + i * count + c * inner);
+        }
+      }
+    }
+    st.sum_abs_error += sum_err;
+    st.max_abs_error = std::max(st.max_abs_error, max_err);
+    st.overflows += reg.overflows();
+    return;
+  }
+  if (calibrating && !op.bias.empty()) {
+    for (int64_t i = 0; i < n; ++i)
+      acc[i] = static_cast<int32_t>(reg.add(acc[i], op.bias.data[static_cast<size_t>(i % count / inner)]));
+  }
+  st.overflows += reg.overflows();
+  requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
 }
 
 std::string format_stats(const std::vector<LayerStats>& stats) {

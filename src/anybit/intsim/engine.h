@@ -19,19 +19,24 @@
 //              reference's order, vectorized across output positions (in 16-bit lanes
 //              where the accumulator has at most 16 bits and the products fit int16); the
 //              engine computes the exact dot products itself and does not call the MAC model.
-//   per dot    otherwise (a non-exact MAC, or KernelPath::kPerDotProduct): every dot
-//   product    product through the MacModel, every addition through the accumulator.
+//   per dot    a MAC model that needs every product (or KernelPath::kPerDotProduct):
+//   product    every dot product through MacModel::dot, every addition through the
+//              accumulator.
 //   reference  only on request (KernelPath::kReference): the plain int64 reference loops.
+// A sum-perturbing MAC model (mac.h) runs on the fast or stepwise kernel: the exact sums
+// (without the bias) go to SumPerturbingMac::perturb in blocks, then into the accumulator,
+// then the bias. Its draws are keyed by image (set_next_image), so the results equal the
+// per-dot-product path's at any thread count and batch size.
 // Pooling sums go through the accumulator one addition at a time, unless no window's sum
 // can leave it (then they are plain sums, the same numbers); KernelPath::kReference runs
 // adaptive average pooling on its reference loops too.
 //
-// Threads (EngineOptions::threads): unless a layer calls the MAC model, the batch is cut
+// Threads (EngineOptions::threads): unless a layer calls MacModel::dot, the batch is cut
 // into chunks of a few images, which threads take in turn through the whole network;
 // every image is computed the same way whatever the chunking, so the results and the
-// statistics do not depend on the thread count. With a MAC model in use the run stays on
-// the calling thread, layer by layer over the whole batch, so that the model sees its dot
-// products in the documented order (mac.h) and a seed reproduces a run.
+// statistics do not depend on the thread count. With a per-product MAC model in use the
+// run stays on the calling thread, layer by layer over the whole batch, so that the model
+// sees its dot products in the documented order (mac.h) and a seed reproduces a run.
 //
 // Not thread-safe: one Engine runs one batch at a time (MAC models keep random state).
 #pragma once
@@ -88,6 +93,7 @@ struct LayerStats {
   int64_t overflows = 0;      // accumulator additions that left the declared range
   double sum_abs_error = 0;   // sum |mac - exact| (non-exact MAC only)
   int64_t max_abs_error = 0;
+  int64_t clipped = 0;        // results the MAC model clipped (an ADC's full scale)
   double mean_abs_error() const {
     return dot_products ? sum_abs_error / static_cast<double>(dot_products) : 0.0;
   }
@@ -113,6 +119,18 @@ class Engine {
   // One entry per op, in model order.
   const std::vector<LayerStats>& stats() const;
   void reset_stats();
+
+  // The conv2d and linear layers as the MAC model sees them (MacModel::prepare).
+  const std::vector<MacLayer>& mac_layers() const;
+  // MacContext::image of the next run's first image; each run advances it by its batch,
+  // so that a data set run in batches in order numbers its images 0, 1, ... whatever the
+  // batch size (the key of a sum-perturbing model's draws). Starts at 0.
+  void set_next_image(int64_t image);
+  int64_t next_image() const;
+  // Runs `inputs` exactly and records, per layer, the MacModel::calibration_percentile()
+  // of |exact dot product| (MacLayer::calibrated); then prepares the MAC model. Required
+  // before run() for a model with needs_calibration() (adc:range=auto).
+  void calibrate(const std::vector<Tensor>& inputs);
 
  private:
   struct Impl;

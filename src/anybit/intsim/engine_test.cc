@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -319,7 +320,7 @@ TEST(Engine, GaussWithSigmaZeroMatchesExactAndReportsZeroError) {
   expect_same_tensors(run_all(b.model, {}, in), run_all(b.model, g, in, &stats));
   for (const LayerStats& s : stats) {
     EXPECT_EQ(s.sum_abs_error, 0.0) << s.name;
-    EXPECT_FALSE(s.fast_path) << s.name;
+    if (s.op == "conv2d" || s.op == "linear") EXPECT_TRUE(s.fast_path) << s.name;  // sum-perturbing
   }
 }
 
@@ -415,6 +416,116 @@ TEST(Engine, SeededNoisyMacGivesTheSameRunOnAnyThreadCount) {
     return run_all(b.model, o, in);
   };
   expect_same_tensors(noisy(1), noisy(4));
+}
+
+// The sum-perturbing models run on the fast kernels and give the numbers of the
+// per-dot-product path (MacModel::dot), with the same statistics, at any thread count and
+// batch size: their draws are keyed by image and element, not by order.
+TEST(Engine, SumPerturbingModelsGiveThePerDotProductNumbersAtAnyThreadCountAndBatch) {
+  for (const std::string spec : {"gauss:sigma=40,seed=3", "gauss:rel=0.05,seed=1", "gauss:fs=0.002,sigma=3",
+                                 "adc:bits=5,fs=0.05", "adc:bits=6,range=300", "bitflip:rate=0.02,seed=2",
+                                 "wnoise:rel=0.2,seed=6"}) {
+    for (AccumulatorSpec acc : {AccumulatorSpec{32, Overflow::kWrap}, AccumulatorSpec{14, Overflow::kSaturate}}) {
+      SCOPED_TRACE(spec + " acc " + std::to_string(acc.bits));
+      ModelBuilder b = random_model(41);
+      const auto in = random_inputs(b, 5);
+      EngineOptions fast;
+      fast.mac = parse_mac_model(spec);
+      fast.accumulator = acc;
+      fast.threads = 3;
+      EngineOptions slow = fast;
+      slow.path = KernelPath::kPerDotProduct;
+      slow.threads = 1;
+      std::vector<LayerStats> s_fast, s_slow;
+      const auto a = run_all(b.model, fast, in, &s_fast);
+      expect_same_tensors(a, run_all(b.model, slow, in, &s_slow));
+      ASSERT_EQ(s_fast.size(), s_slow.size());
+      bool perturbed = false;
+      for (size_t k = 0; k < s_fast.size(); ++k) {
+        if (s_fast[k].op != "conv2d" && s_fast[k].op != "linear") continue;
+        EXPECT_EQ(s_fast[k].overflows, s_slow[k].overflows) << s_fast[k].name;
+        EXPECT_EQ(s_fast[k].sum_abs_error, s_slow[k].sum_abs_error) << s_fast[k].name;
+        EXPECT_EQ(s_fast[k].max_abs_error, s_slow[k].max_abs_error) << s_fast[k].name;
+        EXPECT_EQ(s_fast[k].clipped, s_slow[k].clipped) << s_fast[k].name;
+        perturbed = perturbed || s_fast[k].sum_abs_error > 0;
+      }
+      if (spec.rfind("wnoise", 0) != 0) EXPECT_TRUE(perturbed);  // wnoise: exact sums of other weights
+      EXPECT_NE(a.at(b.model.outputs[0].name).data, run_all(b.model, {acc, nullptr}, in).at(b.model.outputs[0].name).data);
+      // the same images in two runs of one engine: the same numbers, image by image
+      Engine e(b.model, fast);
+      std::vector<Tensor> first(in.size()), second(in.size());
+      for (size_t i = 0; i < in.size(); ++i) {
+        const int64_t per = in[i].numel() / 5;
+        first[i].shape = second[i].shape = in[i].shape;
+        first[i].shape[0] = 2, second[i].shape[0] = 3;
+        first[i].data.assign(in[i].data.begin(), in[i].data.begin() + 2 * per);
+        second[i].data.assign(in[i].data.begin() + 2 * per, in[i].data.end());
+      }
+      const std::vector<Tensor> y1 = e.run(first), y2 = e.run(second);
+      EXPECT_EQ(e.next_image(), 5);
+      for (size_t j = 0; j < y1.size(); ++j) {
+        std::vector<int32_t> joined = y1[j].data;
+        joined.insert(joined.end(), y2[j].data.begin(), y2[j].data.end());
+        EXPECT_EQ(joined, a.at(b.model.outputs[j].name).data) << j;
+      }
+    }
+  }
+}
+
+TEST(Engine, AdcRangeAutoIsCalibratedPerLayerAndNeedsCalibrationData) {
+  ModelBuilder b = random_model(43);
+  const auto calib = random_inputs(b, 6);
+  const auto in = random_inputs(b, 4);
+  EngineOptions o;
+  o.mac = parse_mac_model("adc:bits=6,range=auto,pct=99");
+  o.threads = 2;
+  Engine e(b.model, o);
+  try {
+    e.run(in);
+    FAIL() << "ran without calibration";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("needs calibration data"), std::string::npos) << err.what();
+  }
+  e.calibrate(calib);
+  EXPECT_EQ(e.next_image(), 0);  // calibration images are not counted
+  for (const MacLayer& l : e.mac_layers()) EXPECT_GE(l.calibrated, 0) << l.name;
+  // the same on one thread and on the per-dot-product path
+  EngineOptions one = o;
+  one.threads = 1;
+  one.path = KernelPath::kPerDotProduct;
+  Engine e1(b.model, one);
+  e1.calibrate(calib);
+  for (size_t i = 0; i < e.mac_layers().size(); ++i)
+    EXPECT_EQ(e.mac_layers()[i].calibrated, e1.mac_layers()[i].calibrated) << e.mac_layers()[i].name;
+  std::map<std::string, Tensor> a, b1;
+  e.run(in, &a);
+  e1.run(in, &b1);
+  expect_same_tensors(a, b1);
+  // a layer's calibrated range against its |exact| sums computed here from the reference
+  const MacLayer& first = e.mac_layers()[0];
+  const Op* op = nullptr;
+  for (const Op& cand : b.model.ops)
+    if (cand.name == first.name) op = &cand;
+  ASSERT_NE(op, nullptr);
+  std::map<std::string, Tensor> ref_all;
+  EngineOptions ref;
+  ref.path = KernelPath::kReference;
+  Engine r(b.model, ref);
+  r.run(calib, &ref_all);
+  const Tensor& x = ref_all.at(op->inputs[0]);
+  const TensorInfo xi = validate_model(b.model, "m").at(op->inputs[0]);
+  Conv2dGeometry g;
+  g.batch = x.shape[0], g.in_channels = x.shape[1], g.in_h = x.shape[2], g.in_w = x.shape[3];
+  g.out_channels = op->out_channels, g.kernel_h = op->kernel[0], g.kernel_w = op->kernel[1];
+  g.stride_h = op->stride[0], g.stride_w = op->stride[1], g.pad_h = op->padding[0], g.pad_w = op->padding[1];
+  g.dilation_h = op->dilation[0], g.dilation_w = op->dilation[1], g.groups = op->groups;
+  std::vector<int64_t> sums(static_cast<size_t>(g.batch * g.out_channels * g.out_h() * g.out_w()));
+  conv2d_int_reference(g, x.data.data(), xi.q.zero_point, op->weight.data.data(), op->weight_zero_point, nullptr,
+                       {32, Overflow::kWrap}, sums.data(), nullptr);
+  for (int64_t& v : sums) v = std::llabs(v);
+  std::sort(sums.begin(), sums.end());
+  const size_t rank = static_cast<size_t>(std::ceil(0.99 * static_cast<double>(sums.size())));
+  EXPECT_EQ(first.calibrated, static_cast<double>(sums[rank - 1]));
 }
 
 TEST(Engine, OneEngineRunsBatchesOfAnySizeInTurn) {

@@ -4,36 +4,14 @@
 #include "anybit/intsim/kernels.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
+#include "anybit/intsim/clones.h"
 #include "anybit/intsim/kernels_simd.h"
-
-// ANYBIT_CLONES compiles a function for AVX2 and for the baseline, chosen at load time
-// (kernels.h). Clang cannot clone templates, so every cloned function is a thin wrapper
-// around an always-inlined template body, which is compiled into each clone. Not under
-// ThreadSanitizer: it instruments the ifunc resolvers, which the dynamic loader runs
-// before the sanitizer's runtime is up.
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ANYBIT_INTSIM_TSAN
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define ANYBIT_INTSIM_TSAN
-#endif
-#if !defined(ANYBIT_INTSIM_NO_CLONES) && !defined(ANYBIT_INTSIM_TSAN) && defined(__x86_64__) && \
-    defined(__GLIBC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define ANYBIT_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef ANYBIT_CLONES
-#define ANYBIT_CLONES
-#endif
-#define ANYBIT_INLINE inline __attribute__((always_inline))
 
 namespace anybit {
 namespace intsim {
@@ -539,11 +517,19 @@ struct MacDriver {
   Accumulator exact_acc;  // a second register: the exact result must not count overflows twice
   MacContext ctx;
 
-  MacDriver(MacModel& m, Accumulator& a, MacStats* s, std::string_view layer, const char* op)
+  int64_t first_image = 0;
+
+  MacDriver(MacModel& m, Accumulator& a, MacStats* s, std::string_view layer, const char* op,
+            const MacContext* base)
       : mac(m), acc(a), stats(s), exact_acc(a.spec()) {
+    if (base) {
+      ctx.info = base->info;
+      first_image = base->image;
+    }
     ctx.layer = layer;
     ctx.op = op;
     ctx.acc = &acc;
+    if (s) ctx.clipped = &s->clipped;
   }
 
   int64_t run(const int32_t* xv, const int32_t* wv, size_t n, const int32_t* bias, int64_t oc) {
@@ -829,14 +815,14 @@ void linear_int32_stepwise(int64_t batch, int64_t in_features, int64_t out_featu
 
 void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                     const int32_t* w, const int32_t* bias, MacModel& mac, std::string_view layer,
-                    Accumulator& acc, int64_t* out, MacStats* stats) {
+                    Accumulator& acc, int64_t* out, MacStats* stats, const MacContext* base) {
   const int64_t OH = g.out_h(), OW = g.out_w(), P = OH * OW;
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t K = g.patch_size();
   // Patches laid out [P][K] so each dot product sees two contiguous vectors.
   std::vector<int32_t> col(static_cast<size_t>(K * P + kIm2colSlack<int32_t>)), padded;
   std::vector<int32_t> patches(static_cast<size_t>(K * P));
-  MacDriver driver(mac, acc, stats, layer, "conv2d");
+  MacDriver driver(mac, acc, stats, layer, "conv2d", base);
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
@@ -848,10 +834,12 @@ void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_po
         const int32_t* wr = w + oc * K;
         int64_t* dst = out + (n * g.out_channels + oc) * P;
         driver.ctx.batch = n;
+        driver.ctx.image = driver.first_image + n;
         driver.ctx.channel = oc;
         for (int64_t p = 0; p < P; ++p) {
           driver.ctx.y = p / OW;
           driver.ctx.x = p % OW;
+          driver.ctx.index = oc * P + p;
           dst[p] = driver.run(patches.data() + p * K, wr, static_cast<size_t>(K), bias, oc);
         }
       }
@@ -861,17 +849,132 @@ void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_po
 
 void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
                     int32_t x_zero_point, const int32_t* w, const int32_t* bias, MacModel& mac,
-                    std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats) {
+                    std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats,
+                    const MacContext* base) {
   std::vector<int32_t> row(static_cast<size_t>(in_features));
-  MacDriver driver(mac, acc, stats, layer, "linear");
+  MacDriver driver(mac, acc, stats, layer, "linear", base);
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t i = 0; i < in_features; ++i) row[i] = x[n * in_features + i] - x_zero_point;
     driver.ctx.batch = n;
+    driver.ctx.image = driver.first_image + n;
     for (int64_t o = 0; o < out_features; ++o) {
       driver.ctx.channel = o;
+      driver.ctx.index = o;
       out[n * out_features + o] =
           driver.run(row.data(), w + o * in_features, static_cast<size_t>(in_features), bias, o);
     }
+  }
+}
+
+namespace {
+
+// y[i] += a * x[i] in 64 bits (32 x 32 -> 64 products: vpmuludq).
+ANYBIT_CLONES void square_axpy(uint32_t a, const uint32_t* x, int64_t n, uint64_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += static_cast<uint64_t>(a) * x[i];
+}
+
+ANYBIT_CLONES void square_int32(const int32_t* x, int64_t n, uint32_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<uint32_t>(x[i]) * static_cast<uint32_t>(x[i]);
+}
+
+}  // namespace
+
+namespace {
+
+// Over v[0, n): the least and greatest value, and the sum and greatest |v - e|.
+ANYBIT_CLONES void range_and_error(const int64_t* v, const int32_t* e, int64_t n, int64_t* lo, int64_t* hi,
+                                   int64_t* sum, int64_t* max) {
+  int64_t l = INT64_MAX, h = INT64_MIN, s = 0, m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t x = v[i];
+    l = x < l ? x : l;
+    h = x > h ? x : h;
+    const int64_t d = x - e[i];
+    const int64_t a = d < 0 ? -d : d;
+    s += a;
+    m = a > m ? a : m;
+  }
+  *lo = l, *hi = h, *sum = s, *max = m;
+}
+
+// y[i] = v[i] + b in int32 (the caller has checked the range).
+ANYBIT_CLONES void add_bias_narrow(const int64_t* v, int64_t n, int64_t b, int32_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<int32_t>(v[i] + b);
+}
+
+}  // namespace
+
+void fit_and_add_bias(int64_t batch, int64_t channels, int64_t inner, int64_t* out,
+                      const int32_t* exact, const int32_t* bias, Accumulator& acc, int32_t* y,
+                      double* sum_error, int64_t* max_error) {
+  const int64_t amin = acc.min(), amax = acc.max();
+  for (int64_t r = 0; r < batch * channels; ++r) {
+    int64_t* o = out + r * inner;
+    const int32_t* e = exact + r * inner;
+    int32_t* dst = y + r * inner;
+    const int64_t b = bias ? bias[r % channels] : 0;
+    int64_t lo, hi, sum, max;
+    range_and_error(o, e, inner, &lo, &hi, &sum, &max);
+    if (lo >= amin && hi <= amax) {
+      *sum_error += static_cast<double>(sum);
+      *max_error = std::max(*max_error, max);
+      if (lo + b >= amin && hi + b <= amax) {
+        add_bias_narrow(o, inner, b, dst);
+        continue;
+      }
+    } else {
+      for (int64_t i = 0; i < inner; ++i) {
+        o[i] = acc.fit(o[i]);
+        const int64_t d = o[i] > e[i] ? o[i] - e[i] : e[i] - o[i];
+        *sum_error += static_cast<double>(d);
+        *max_error = std::max(*max_error, d);
+      }
+    }
+    for (int64_t i = 0; i < inner; ++i) dst[i] = static_cast<int32_t>(bias ? acc.add(o[i], b) : o[i]);
+  }
+}
+
+void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                        const uint32_t* w_sq, double* out, KernelScratch& scratch) {
+  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size();
+  const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
+  constexpr int64_t kTile = 256;  // output positions whose sums stay in L1 while k runs
+  scratch.patches32.resize(static_cast<size_t>(K * P + kIm2colSlack<int32_t>));
+  scratch.squares.resize(static_cast<size_t>(K * P));
+  scratch.square_acc.resize(static_cast<size_t>(kTile));
+  uint64_t* acc = scratch.square_acc.data();
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
+      im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), P, scratch.image32);
+      square_int32(scratch.patches32.data(), K * P, scratch.squares.data());
+      for (int64_t p0 = 0; p0 < P; p0 += kTile) {
+        const int64_t len = std::min(kTile, P - p0);
+        for (int64_t o = 0; o < Og; ++o) {
+          const int64_t oc = grp * Og + o;
+          std::fill(acc, acc + len, uint64_t{0});
+          for (int64_t k = 0; k < K; ++k)
+            if (w_sq[oc * K + k] != 0) square_axpy(w_sq[oc * K + k], scratch.squares.data() + k * P + p0, len, acc);
+          double* dst = out + (n * g.out_channels + oc) * P + p0;
+          for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<double>(acc[i]);
+        }
+      }
+    }
+  }
+}
+
+void linear_square_sums(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
+                        int32_t x_zero_point, const uint32_t* w_sq_t, double* out,
+                        KernelScratch& scratch) {
+  scratch.square_acc.resize(static_cast<size_t>(out_features));
+  uint64_t* acc = scratch.square_acc.data();
+  for (int64_t n = 0; n < batch; ++n) {
+    std::fill(acc, acc + out_features, uint64_t{0});
+    for (int64_t i = 0; i < in_features; ++i) {
+      const int64_t v = int64_t{x[n * in_features + i]} - x_zero_point;
+      if (v != 0) square_axpy(static_cast<uint32_t>(v * v), w_sq_t + i * out_features, out_features, acc);
+    }
+    for (int64_t o = 0; o < out_features; ++o) out[n * out_features + o] = static_cast<double>(acc[o]);
   }
 }
 

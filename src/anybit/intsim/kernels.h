@@ -95,6 +95,8 @@ struct KernelScratch {
   std::vector<int16_t> image16, patches16, sums16;
   std::vector<int32_t> image32, patches32, planes, grid, acc32;
   std::vector<int64_t> row_sums;  // adaptive_avgpool2d_sum_int: one plane's window rows
+  std::vector<uint32_t> squares;  // *_square_sums: (x - z_x)^2 of the patches
+  std::vector<uint64_t> square_acc;
 };
 
 // w - z_w of a conv2d or linear layer laid out for the *_acc32 GEMM: per group, one row per
@@ -167,14 +169,18 @@ struct MacStats {
   int64_t dot_products = 0;
   double sum_abs_error = 0;   // sum |mac - exact| over dot products (non-exact MACs only)
   int64_t max_abs_error = 0;
+  int64_t clipped = 0;        // results the model clipped (MacContext::clipped)
 };
 
 // One mac.dot() per output element, in the order n, o, oy, ox; w = q_w - z_w, [O][K].
 // The result is brought into `acc`'s range, then the bias is added through it. For a
 // non-exact MAC the exact dot product is computed too, for the error statistics.
+// `base` (optional) gives the layer's MacLayer and the run's first image (MacContext::info,
+// MacContext::image = base->image + n).
 void conv2d_int_mac(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                     const int32_t* w, const int32_t* bias, MacModel& mac, std::string_view layer,
-                    Accumulator& acc, int64_t* out, MacStats* stats);
+                    Accumulator& acc, int64_t* out, MacStats* stats,
+                    const MacContext* base = nullptr);
 
 // --- linear: x [N][I], w [O][I], acc [N][O] ----------------------------------------------
 
@@ -204,7 +210,30 @@ void linear_int_reference(int64_t batch, int64_t in_features, int64_t out_featur
                           const AccumulatorSpec& spec, int64_t* acc, int64_t* overflows);
 void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
                     int32_t x_zero_point, const int32_t* w, const int32_t* bias, MacModel& mac,
-                    std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats);
+                    std::string_view layer, Accumulator& acc, int64_t* out, MacStats* stats,
+                    const MacContext* base = nullptr);
+
+// --- sums of squared products (the per-product noise of MAC models) ---------------------
+
+// out[n][o][p] = sum_k ((x_k - z_x) * w_ok)^2 for conv2d, out[n][o] likewise for linear, from
+// w_sq = w^2 ([O][K] for conv2d, [I][O] (transposed) for linear). Exact (uint64 sums, then
+// converted to double) under the caller's precondition: |x - z_x| < 2^16, |w| < 2^16 and
+// max (x - z_x)^2 * sum_k w_ok^2 < 2^64 for every o.
+void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
+                        const uint32_t* w_sq, double* out, KernelScratch& scratch);
+void linear_square_sums(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
+                        int32_t x_zero_point, const uint32_t* w_sq_t, double* out,
+                        KernelScratch& scratch);
+
+// A MAC model's results brought into the accumulator, with the bias: for each row r of
+// `inner` elements (batch * channels rows, channel = r % channels), out[i] becomes
+// acc.fit(out[i]) (an overflow counted where it was outside), |that - exact[i]| is summed
+// into *sum_error and maxed into *max_error, and y[i] = acc.add(that, bias[channel]) (bias
+// may be null). Where a whole row and its biased sums are in range (the usual case), in
+// vector lanes; otherwise element by element.
+void fit_and_add_bias(int64_t batch, int64_t channels, int64_t inner, int64_t* out,
+                      const int32_t* exact, const int32_t* bias, Accumulator& acc, int32_t* y,
+                      double* sum_error, int64_t* max_error);
 
 // --- requantization ----------------------------------------------------------------------
 

@@ -420,6 +420,99 @@ void add(const AddParams&, const int32_t*, const int32_t*, int64_t, int32_t*) {
 
 #endif
 
+#ifdef ANYBIT_INTSIM_X86
+namespace {
+
+__attribute__((target("avx2"))) inline void mulhilo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+__attribute__((target("avx2"))) void philox_groups_avx2(uint32_t block0, int64_t groups, uint32_t c1,
+                                                        uint32_t c2, uint32_t c3, uint32_t k0,
+                                                        uint32_t k1, uint32_t* words) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i a = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(block0 + 8 * static_cast<uint32_t>(g))), lanes);
+    __m256i b = _mm256_set1_epi32(static_cast<int>(c1));
+    __m256i c = _mm256_set1_epi32(static_cast<int>(c2));
+    __m256i d = _mm256_set1_epi32(static_cast<int>(c3));
+    uint32_t ka = k0, kb = k1;
+    for (int r = 0; r < 10; ++r) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(a, m0, hi0, lo0);
+      mulhilo(c, m1, hi1, lo1);
+      a = _mm256_xor_si256(_mm256_xor_si256(hi1, b), _mm256_set1_epi32(static_cast<int>(ka)));
+      c = _mm256_xor_si256(_mm256_xor_si256(hi0, d), _mm256_set1_epi32(static_cast<int>(kb)));
+      b = lo1;
+      d = lo0;
+      ka += 0x9E3779B9u;
+      kb += 0xBB67AE85u;
+    }
+    uint32_t* out = words + 32 * g;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), a);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), d);
+  }
+}
+
+__attribute__((target("avx2"))) void normals_avx2(const uint32_t* words, int64_t n, const float* table,
+                                                  double* z) {
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
+  const __m256i low_mask = _mm256_set1_epi32(0xfffff);
+  const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i));
+    const __m256i c = _mm256_min_epi32(_mm256_max_epi32(_mm256_srli_epi32(w, 20), one), top);
+    const __m256 t0 = _mm256_i32gather_ps(table, c, 4);
+    const __m256 t1 = _mm256_i32gather_ps(table + 1, c, 4);
+    const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
+    const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
+    _mm256_storeu_pd(z + i, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    _mm256_storeu_pd(z + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  for (; i < n; ++i) {
+    const uint32_t w = words[i];
+    uint32_t c = w >> 20;
+    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
+    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
+    const float t0 = table[c], t1 = table[c + 1];
+    z[i] = static_cast<double>(t0 + f * (t1 - t0));
+  }
+}
+
+}  // namespace
+#endif
+
+bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
+                   uint32_t k0, uint32_t k1, uint32_t* words) {
+#ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx2) {
+    philox_groups_avx2(block0, groups, c1, c2, c3, k0, k1, words);
+    return true;
+  }
+#endif
+  (void)block0, (void)groups, (void)c1, (void)c2, (void)c3, (void)k0, (void)k1, (void)words;
+  return false;
+}
+
+bool normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z) {
+#ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx2) {
+    normals_avx2(words, n, table, z);
+    return true;
+  }
+#endif
+  (void)words, (void)n, (void)table, (void)z;
+  return false;
+}
+
 }  // namespace simd
 }  // namespace intsim
 }  // namespace anybit

@@ -60,6 +60,16 @@ constexpr int64_t kStepwiseLanes = 32;
 int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64_t depth,
                        int64_t ld, const AccumulatorSpec& spec, int16_t* out);
 
+// Philox4x32-10 (mac.h) of `groups` groups of 8 consecutive blocks: block block0 + 8 g + l
+// at counter (block, c1, c2, c3) and key (k0, k1) gives word j to words[32 g + 8 j + l].
+// Returns false where no SIMD level runs it (the caller computes the same portably).
+bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
+                   uint32_t k0, uint32_t k1, uint32_t* words);
+// z[i] = t0 + f * (t1 - t0) in float32 (no fused multiply-add), c = clamp(words[i] >> 20, 1,
+// 4094), t0 = table[c], t1 = table[c + 1], f = ((words[i] & 0xfffff) + 0.5) / 2^20: the
+// interpolated inverse normal of mac.cc, bit for bit. Returns false where it does not run.
+bool normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z);
+
 // requantize_int32 and add_int (kernels.h), for parameters in the model format.
 void requantize(const int32_t* x, int64_t n, int32_t x_offset, const Requantizer& rq, int32_t* y);
 void add(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y);

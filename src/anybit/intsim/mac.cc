@@ -1,13 +1,17 @@
 // The built-in multiply-accumulate models and their string form; see mac.h.
 #include "anybit/intsim/mac.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <sstream>
 #include <vector>
 
+#include "anybit/intsim/clones.h"
+#include "anybit/intsim/kernels_simd.h"
 #include "anybit/intsim/requantize.h"
 
 namespace anybit {
@@ -17,16 +21,57 @@ namespace {
 constexpr double kPi = 3.14159265358979323846;
 
 // A double rounded half-even and brought into int64 without undefined behaviour: noise can
-// be arbitrarily large, and the engine's accumulator then wraps or saturates it.
-int64_t to_int64_rounded(double v) {
-  if (std::isnan(v)) return 0;
-  const double limit = 4.0e18;  // < 2^62: leaves room for the engine's additions
-  if (v > limit) return static_cast<int64_t>(limit);
-  if (v < -limit) return static_cast<int64_t>(-limit);
-  return static_cast<int64_t>(round_half_even(v));
+// be arbitrarily large; it is clamped to +-2^50 (far outside any accumulator, which then
+// wraps or saturates it). Adding and subtracting 1.5 * 2^52 rounds half-even in the default
+// rounding mode, in a form that vectorizes.
+// The bits of v + 1.5 * 2^52 minus those of 1.5 * 2^52 are the rounded integer itself
+// (|v| <= 2^50): no double-to-int64 conversion, which AVX2 lacks.
+ANYBIT_INLINE double clamp_noise(double v) {
+  constexpr double kLimit = 1125899906842624.0;  // 2^50
+  v = v > -kLimit ? v : -kLimit;                 // NaN -> -2^50
+  return v < kLimit ? v : kLimit;
+}
+ANYBIT_INLINE int64_t to_int64_rounded(double v) {
+  constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  constexpr int64_t kMagicBits = 0x4338000000000000;
+  int64_t bits;
+  const double r = clamp_noise(v) + kMagic;
+  std::memcpy(&bits, &r, sizeof bits);
+  return bits - kMagicBits;
+}
+// round_half_even(v) as a double, for |v| <= 2^50 after the clamp.
+ANYBIT_INLINE double round_even(double v) {
+  constexpr double kMagic = 6755399441055744.0;
+  return (clamp_noise(v) + kMagic) - kMagic;
+}
+
+// out[k] = round(e[k] + sd * z[k])
+ANYBIT_CLONES void add_scaled_noise(const int32_t* e, const double* z, int64_t n, double sd, int64_t* out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = to_int64_rounded(e[k] + sd * z[k]);
+}
+
+// out[k] = round(e[k] + sqrt(var0 + rel2 * sq[k]) * z[k])
+ANYBIT_CLONES void add_relative_noise(const int32_t* e, const double* z, const double* sq, int64_t n,
+                                      double var0, double rel2, int64_t* out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = to_int64_rounded(e[k] + std::sqrt(var0 + rel2 * sq[k]) * z[k]);
+}
+
+// out[k] = step * clamp(round(e[k] / step), lo, hi); returns how many were clamped.
+ANYBIT_CLONES int64_t adc_read(const int32_t* e, int64_t n, double inv_step, double step, double lo, double hi,
+                               int64_t* out) {
+  int64_t clipped = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    double code = round_even(e[k] * inv_step);
+    clipped += (code < lo) | (code > hi);
+    code = code < lo ? lo : code;
+    code = code > hi ? hi : code;
+    out[k] = to_int64_rounded(code * step);
+  }
+  return clipped;
 }
 
 std::string format_double(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<int64_t>(v));
   std::ostringstream os;
   os.precision(17);
   os << v;
@@ -77,6 +122,10 @@ class Params {
     }
   }
   bool has(const std::string& key) const { return values_.count(key) > 0; }
+  std::string text(const std::string& key) const {
+    auto it = values_.find(key);
+    return it == values_.end() ? "" : it->second;
+  }
   double number(const std::string& key, double dflt, double lo, double hi) const {
     auto it = values_.find(key);
     if (it == values_.end()) return dflt;
@@ -110,88 +159,412 @@ class Params {
   std::map<std::string, std::string> values_;
 };
 
+// --- Philox4x32-10 ------------------------------------------------------------------------
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
+ANYBIT_INLINE void philox_rounds(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3,
+                                 uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(p1);
+    c3 = static_cast<uint32_t>(p0);
+    c0 = n0;
+    c2 = n2;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+}
+
+// Portable philox_groups (kernels_simd.h): the same words, one block at a time.
+void philox_groups_portable(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
+                            uint32_t k0, uint32_t k1, uint32_t* words) {
+  for (int64_t g = 0; g < groups; ++g)
+    for (uint32_t l = 0; l < 8; ++l) {
+      uint32_t a = block0 + 8 * static_cast<uint32_t>(g) + l, b = c1, c = c2, d = c3;
+      philox_rounds(a, b, c, d, k0, k1);
+      uint32_t* out = words + 32 * g + l;
+      out[0] = a, out[8] = b, out[16] = c, out[24] = d;
+    }
+}
+
+// --- normals from 32-bit words ----------------------------------------------------------
+
+constexpr int kCellBits = 12, kCells = 1 << kCellBits, kEdgeCells = 16;
+
+// Phi^-1(c / 4096) for c = 0..4096 in float32 (the ends, +-infinity, are never read).
+const std::vector<float>& normal_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(kCells + 1, 0.0f);
+    for (int c = 1; c < kCells; ++c) t[c] = static_cast<float>(inverse_normal_exact(static_cast<double>(c) / kCells));
+    return t;
+  }();
+  return table;
+}
+
+// The interpolation of normals_from_words (kernels_simd.h), portably: the same floats.
+void normals_portable(const uint32_t* words, int64_t n, const float* table, double* z) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t w = words[i];
+    uint32_t c = w >> (32 - kCellBits);
+    c = c < 1 ? 1 : c > kCells - 2 ? kCells - 2 : c;  // edge cells are redone exactly
+    const float f = (static_cast<float>(w & 0xfffffu) + 0.5f) * (1.0f / 1048576.0f);
+    const float t0 = table[c], t1 = table[c + 1];
+    z[i] = static_cast<double>(t0 + f * (t1 - t0));
+  }
+}
+
+double word_to_unit(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }
+
+// The tails: words below 2^24 (u < 2^-8, the 16 outermost cells) interpolate in a second
+// table of 4096 cells of 2^12 words (u in steps of 2^-20), except below 2^16 (u < 2^-16),
+// which are exact; the upper tail by symmetry, z(w) = -z(~w).
+const std::vector<float>& tail_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(kCells + 1, 0.0f);
+    for (int c = 1; c <= kCells; ++c) t[c] = static_cast<float>(inverse_normal_exact(std::ldexp(c, -20)));
+    return t;
+  }();
+  return table;
+}
+
+double lower_tail(uint32_t w) {  // w < 2^24
+  const uint32_t s = w >> 12;
+  if (s < 16) return inverse_normal_exact(word_to_unit(w));
+  const float f = (static_cast<float>(w & 0xfffu) + 0.5f) * (1.0f / 4096.0f);
+  const float t0 = tail_table()[s], t1 = tail_table()[s + 1];
+  return static_cast<double>(t0 + f * (t1 - t0));
+}
+
+bool edge_word(uint32_t w) {
+  const uint32_t c = w >> (32 - kCellBits);
+  return c < kEdgeCells || c >= kCells - kEdgeCells;
+}
+
+double edge_normal(uint32_t w) { return w < (1u << 24) ? lower_tail(w) : -lower_tail(~w); }
+
+// Whether any of words[0, 8) is an edge word: one test per 8 in the common case.
+ANYBIT_CLONES bool any_edge8(const uint32_t* w) {
+  bool any = false;
+  for (int i = 0; i < 8; ++i) any |= (w[i] + (16u << 20)) < (32u << 20);  // c < 16 or c >= 4080
+  return any;
+}
+
+void words_to_normals(const uint32_t* words, int64_t n, double* z) {
+  const float* table = normal_table().data();
+  if (!simd::normals_from_words(words, n, table, z)) normals_portable(words, n, table, z);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    if (any_edge8(words + i))
+      for (int64_t j = i; j < i + 8; ++j)
+        if (edge_word(words[j])) z[j] = edge_normal(words[j]);
+  for (; i < n; ++i)
+    if (edge_word(words[i])) z[i] = edge_normal(words[i]);
+}
+
+
+// Per-thread buffers of the perturbing models (they are called from several threads).
+struct Buffers {
+  std::vector<uint32_t> philox, words, first;
+  std::vector<double> z;
+};
+Buffers& buffers() {
+  thread_local Buffers b;
+  return b;
+}
+
+uint32_t layer_key(const SumBlock& b) { return static_cast<uint32_t>(b.layer ? b.layer->index : 0); }
+
+const MacLayer& default_layer() {
+  static const MacLayer layer;
+  return layer;
+}
+
 }  // namespace
 
-double PortableRng::uniform() {
-  return static_cast<double>(engine_() >> 11) * (1.0 / 9007199254740992.0);  // 2^-53
+std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> c, std::array<uint32_t, 2> key) {
+  philox_rounds(c[0], c[1], c[2], c[3], key[0], key[1]);
+  return c;
 }
 
-double PortableRng::gaussian() {
-  if (has_spare_) {
-    has_spare_ = false;
-    return spare_;
+namespace {
+
+void keyed_words_into(Buffers& buf, uint64_t seed, uint32_t stream, uint32_t layer, uint32_t image,
+                      uint64_t first, int64_t n, uint32_t* words) {
+  if (n <= 0) return;
+  // element e: word (e % 32) / 8 of block 8 (e / 32) + e % 8 (groups of 8 blocks, 32 words)
+  const uint64_t group0 = first / 32, last = (first + static_cast<uint64_t>(n) - 1) / 32;
+  const int64_t groups = static_cast<int64_t>(last - group0 + 1);
+  const uint32_t block0 = static_cast<uint32_t>(group0 * 8);
+  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const int64_t skip = static_cast<int64_t>(first % 32);
+  if (skip == 0 && n % 32 == 0) {
+    if (!simd::philox_groups(block0, groups, image, layer, stream, k0, k1, words))
+      philox_groups_portable(block0, groups, image, layer, stream, k0, k1, words);
+    return;
   }
-  // Box-Muller; 1 - u lies in (0, 1], so the log is finite.
-  const double u1 = 1.0 - uniform();
-  const double u2 = uniform();
-  const double r = std::sqrt(-2.0 * std::log(u1));
-  spare_ = r * std::sin(2 * kPi * u2);
-  has_spare_ = true;
-  return r * std::cos(2 * kPi * u2);
+  std::vector<uint32_t>& tmp = buf.philox;
+  tmp.resize(static_cast<size_t>(groups * 32));
+  if (!simd::philox_groups(block0, groups, image, layer, stream, k0, k1, tmp.data()))
+    philox_groups_portable(block0, groups, image, layer, stream, k0, k1, tmp.data());
+  std::copy(tmp.begin() + skip, tmp.begin() + skip + n, words);
 }
 
-GaussianMac::GaussianMac(double sigma, double rel, uint64_t seed)
-    : sigma_(sigma), rel_(rel), rng_(seed) {
-  if (!(sigma >= 0) || !(rel >= 0)) throw Error("gauss: sigma and rel must be >= 0");
+void keyed_normals_into(Buffers& buf, uint64_t seed, uint32_t stream, uint32_t layer, uint32_t image,
+                        uint64_t first, int64_t n, double* z) {
+  if (n <= 0) return;
+  std::vector<uint32_t>& words = buf.words;
+  words.resize(static_cast<size_t>(n));
+  keyed_words_into(buf, seed, stream, layer, image, first, n, words.data());
+  words_to_normals(words.data(), n, z);
 }
 
-int64_t GaussianMac::dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) {
-  const int64_t exact = dot_exact(x, w, n, *ctx.acc);
-  const double rel_sigma = rel_ * std::fabs(static_cast<double>(exact));
-  // Independent absolute and relative errors: their variances add.
-  const double sigma = rel_ == 0 ? sigma_ : std::sqrt(sigma_ * sigma_ + rel_sigma * rel_sigma);
-  const double z = rng_.gaussian();  // drawn even for sigma 0, so the stream is the same
-  if (sigma == 0) return exact;
-  return to_int64_rounded(static_cast<double>(exact) + sigma * z);
+}  // namespace
+
+double inverse_normal_exact(double u) {
+  // Acklam's rational approximation (relative error < 1.15e-9) ...
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                             1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                             6.680131188771972e+01, -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                             -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00};
+  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                             3.754408661907416e+00};
+  const double lo = 0.02425, hi = 1 - lo;
+  double x;
+  if (u < lo) {
+    const double q = std::sqrt(-2 * std::log(u));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else if (u <= hi) {
+    const double q = u - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  } else {
+    const double q = std::sqrt(-2 * std::log1p(-u));
+    x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  }
+  // ... and one step of Halley's method on Phi(x) - u (Phi through erfc, accurate in the tails).
+  const double e = 0.5 * std::erfc(-x / std::sqrt(2.0)) - u;
+  const double t = e * std::sqrt(2 * kPi) * std::exp(x * x / 2);
+  return x - t / (1 + x * t / 2);
+}
+
+double normal_from_word(uint32_t word) {
+  if (edge_word(word)) return edge_normal(word);
+  double z;
+  normals_portable(&word, 1, normal_table().data(), &z);
+  return z;
+}
+
+void keyed_words(uint64_t seed, uint32_t stream, uint32_t layer, uint32_t image, uint64_t first,
+                 int64_t n, uint32_t* words) {
+  keyed_words_into(buffers(), seed, stream, layer, image, first, n, words);
+}
+
+void keyed_normals(uint64_t seed, uint32_t stream, uint32_t layer, uint32_t image, uint64_t first,
+                   int64_t n, double* z) {
+  keyed_normals_into(buffers(), seed, stream, layer, image, first, n, z);
+}
+
+double dot_squares(const int32_t* x, const int32_t* w, size_t n) {
+  uint64_t s = 0;
+  double fallback = 0;
+  bool exact = true;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t p = static_cast<uint64_t>(std::llabs(static_cast<int64_t>(x[i]) * w[i]));
+    const unsigned __int128 sq = static_cast<unsigned __int128>(p) * p;
+    fallback += static_cast<double>(p) * static_cast<double>(p);
+    if (exact && (sq >> 64 != 0 || s + static_cast<uint64_t>(sq) < s)) exact = false;
+    if (exact) s += static_cast<uint64_t>(sq);
+  }
+  return exact ? static_cast<double>(s) : fallback;
+}
+
+int64_t SumPerturbingMac::dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) {
+  const int32_t exact = static_cast<int32_t>(dot_exact(x, w, n, *ctx.acc));
+  const double squares = needs_squares() ? dot_squares(x, w, n) : 0.0;
+  int64_t out = 0;
+  SumBlock b;
+  b.layer = ctx.info ? ctx.info : &default_layer();
+  b.first_image = ctx.image;
+  b.images = 1;
+  b.first_index = ctx.index;
+  b.count = 1;
+  b.exact = &exact;
+  b.squares = needs_squares() ? &squares : nullptr;
+  b.accumulator_bits = ctx.acc->spec().bits;
+  b.out = &out;
+  perturb(b);
+  if (ctx.clipped) *ctx.clipped += b.clipped;
+  return out;
+}
+
+// --- gauss ----------------------------------------------------------------------------------
+
+GaussianMac::GaussianMac(double sigma, double rel, double fs, uint64_t seed)
+    : sigma_(sigma), rel_(rel), fs_(fs), seed_(seed) {
+  if (!(sigma >= 0) || !(rel >= 0) || !(fs >= 0)) throw Error("gauss: sigma, rel and fs must be >= 0");
+}
+
+void GaussianMac::perturb(SumBlock& b) const {
+  const double fs = fs_ * b.layer->full_scale;
+  const double var0 = sigma_ * sigma_ + fs * fs, rel2 = rel_ * rel_;
+  const double sd0 = std::sqrt(var0);
+  Buffers& buf = buffers();
+  std::vector<double>& z = buf.z;
+  z.resize(static_cast<size_t>(b.count));
+  for (int64_t i = 0; i < b.images; ++i) {
+    keyed_normals_into(buf, seed_, 0, layer_key(b), static_cast<uint32_t>(b.first_image + i),
+                       static_cast<uint64_t>(b.first_index), b.count, z.data());
+    const int32_t* e = b.exact + i * b.count;
+    int64_t* out = b.out + i * b.count;
+    if (b.squares)
+      add_relative_noise(e, z.data(), b.squares + i * b.count, b.count, var0, rel2, out);
+    else
+      add_scaled_noise(e, z.data(), b.count, sd0, out);
+  }
 }
 
 std::string GaussianMac::describe() const {
-  std::string s = "gauss:sigma=" + format_double(sigma_);
-  if (rel_ != 0) s += ",rel=" + format_double(rel_);
-  return s + ",seed=" + std::to_string(rng_.seed());
+  std::string s = "gauss:";
+  if (sigma_ != 0 || (rel_ == 0 && fs_ == 0)) s += "sigma=" + format_double(sigma_) + ",";
+  if (rel_ != 0) s += "rel=" + format_double(rel_) + ",";
+  if (fs_ != 0) s += "fs=" + format_double(fs_) + ",";
+  return s + "seed=" + std::to_string(seed_);
 }
 
-AdcMac::AdcMac(int bits, double range) : bits_(bits), range_(range) {
+// --- adc ------------------------------------------------------------------------------------
+
+AdcMac::AdcMac(int bits, double range, Range kind, double pct)
+    : bits_(bits), range_(range), pct_(pct), kind_(kind) {
   if (bits < 1 || bits > 32) throw Error("adc: bits must be in [1, 32]");
-  if (!(range > 0) || !std::isfinite(range)) throw Error("adc: range must be > 0");
-  step_ = 2 * range / std::ldexp(1.0, bits);
+  if (kind != Range::kCalibrated && (!(range > 0) || !std::isfinite(range)))
+    throw Error("adc: range must be > 0");
+  if (!(pct > 0 && pct <= 100)) throw Error("adc: pct must be in (0, 100]");
 }
 
-int64_t AdcMac::dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) {
-  const int64_t exact = dot_exact(x, w, n, *ctx.acc);
-  const double lo = -std::ldexp(1.0, bits_ - 1), hi = std::ldexp(1.0, bits_ - 1) - 1;
-  double code = round_half_even(static_cast<double>(exact) / step_);
-  if (code < lo || code > hi) {
-    ++clipped_;
-    code = code < lo ? lo : hi;
+void AdcMac::prepare(const std::vector<MacLayer>& layers) {
+  ranges_.assign(layers.size(), range_);
+  for (const MacLayer& l : layers) {
+    double r = range_;
+    if (kind_ == Range::kFullScale) r = range_ * l.full_scale;
+    if (kind_ == Range::kCalibrated) {
+      if (l.calibrated < 0)
+        throw Error("MAC model '" + describe() + "': range=auto needs calibration data (intsim --calib-data), " +
+                    "and layer " + l.name + " has none");
+      r = l.calibrated;
+    }
+    // A layer whose sums are all 0 (zero weights): any positive full scale reads them.
+    ranges_.at(static_cast<size_t>(l.index)) = r > 0 ? r : 1.0;
   }
-  return to_int64_rounded(code * step_);
+}
+
+void AdcMac::perturb(SumBlock& b) const {
+  double range = range_;
+  if (kind_ != Range::kAbsolute) {
+    const size_t i = static_cast<size_t>(b.layer->index);
+    if (i >= ranges_.size())
+      throw Error("MAC model '" + describe() + "': layer " + b.layer->name + " was not prepared");
+    range = ranges_[i];
+  }
+  const double step = 2 * range / std::ldexp(1.0, bits_), inv = 1 / step;
+  const double lo = -std::ldexp(1.0, bits_ - 1), hi = std::ldexp(1.0, bits_ - 1) - 1;
+  b.clipped += adc_read(b.exact, b.images * b.count, inv, step, lo, hi, b.out);
 }
 
 std::string AdcMac::describe() const {
-  return "adc:bits=" + std::to_string(bits_) + ",range=" + format_double(range_);
+  const std::string head = "adc:bits=" + std::to_string(bits_);
+  if (kind_ == Range::kCalibrated) return head + ",range=auto,pct=" + format_double(pct_);
+  if (kind_ == Range::kFullScale) return head + ",fs=" + format_double(range_);
+  return head + ",range=" + format_double(range_);
 }
 
-BitFlipMac::BitFlipMac(double rate, uint64_t seed) : rate_(rate), rng_(seed) {
+// --- bitflip --------------------------------------------------------------------------------
+
+BitFlipMac::BitFlipMac(double rate, uint64_t seed) : rate_(rate), seed_(seed) {
   if (!(rate >= 0 && rate <= 1)) throw Error("bitflip: rate must be in [0, 1]");
 }
 
-int64_t BitFlipMac::dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) {
-  const int64_t exact = dot_exact(x, w, n, *ctx.acc);
-  const int bits = ctx.acc->spec().bits;
-  // Flip bits of the accumulator word as stored: two's complement in `bits` bits.
-  const uint64_t mask = (uint64_t{1} << bits) - 1;
-  uint64_t word = static_cast<uint64_t>(exact) & mask;
-  for (int b = 0; b < bits; ++b)
-    if (rng_.uniform() < rate_) word ^= uint64_t{1} << b;
-  const uint64_t sign = uint64_t{1} << (bits - 1);
-  return (word & sign) ? static_cast<int64_t>(word) - static_cast<int64_t>(mask) - 1
-                       : static_cast<int64_t>(word);
+void BitFlipMac::perturb(SumBlock& b) const {
+  const int bits = b.accumulator_bits;
+  const uint64_t mask = (uint64_t{1} << bits) - 1, sign = uint64_t{1} << (bits - 1);
+  // The gaps between flipped bits are geometric: bit g is the first flipped with
+  // probability (1 - rate)^g rate, g = floor(log u / log(1 - rate)); none is flipped when
+  // u <= (1 - rate)^bits, the common case, decided without a logarithm.
+  const double log_keep = std::log1p(-rate_);
+  const double none = std::pow(1 - rate_, bits);
+  Buffers& buf = buffers();
+  std::vector<uint32_t>& first = buf.first;
+  first.resize(static_cast<size_t>(b.count));
+  for (int64_t i = 0; i < b.images; ++i) {
+    const uint32_t image = static_cast<uint32_t>(b.first_image + i);
+    keyed_words_into(buf, seed_, 0, layer_key(b), image, static_cast<uint64_t>(b.first_index), b.count, first.data());
+    for (int64_t k = 0; k < b.count; ++k) {
+      const int64_t exact = b.exact[i * b.count + k];
+      double u = word_to_unit(first[static_cast<size_t>(k)]);
+      if (u <= none) {
+        b.out[i * b.count + k] = exact;
+        continue;
+      }
+      uint64_t word = static_cast<uint64_t>(exact) & mask;
+      double pos = std::floor(std::log(u) / log_keep);
+      for (uint32_t draw = 1; pos < bits; ++draw) {
+        word ^= uint64_t{1} << static_cast<int>(pos);
+        uint32_t w = 0;
+        keyed_words_into(buf, seed_, draw, layer_key(b), image, static_cast<uint64_t>(b.first_index + k), 1, &w);
+        u = word_to_unit(w);
+        pos += 1 + std::floor(std::log(u) / log_keep);
+      }
+      b.out[i * b.count + k] = (word & sign) ? static_cast<int64_t>(word) - static_cast<int64_t>(mask) - 1
+                                             : static_cast<int64_t>(word);
+    }
+  }
 }
 
 std::string BitFlipMac::describe() const {
-  return "bitflip:rate=" + format_double(rate_) + ",seed=" + std::to_string(rng_.seed());
+  return "bitflip:rate=" + format_double(rate_) + ",seed=" + std::to_string(seed_);
 }
+
+// --- wnoise ---------------------------------------------------------------------------------
+
+WeightNoiseMac::WeightNoiseMac(double rel, uint64_t seed) : rel_(rel), seed_(seed) {
+  if (!(rel >= 0)) throw Error("wnoise: rel must be >= 0");
+}
+
+void WeightNoiseMac::perturb(SumBlock& b) const {
+  std::copy(b.exact, b.exact + b.images * b.count, b.out);
+}
+
+void WeightNoiseMac::perturb_weights(const MacLayer& layer, int32_t* w, const int32_t* lo,
+                                     const int32_t* hi) const {
+  const int64_t K = layer.depth;
+  std::vector<double> z(static_cast<size_t>(K));
+  for (int64_t o = 0; o < layer.out_channels; ++o) {
+    int32_t* row = w + o * K;
+    int64_t m = 0;
+    for (int64_t k = 0; k < K; ++k) m = std::max<int64_t>(m, std::llabs(row[k]));
+    // image 0xFFFFFFFF: a stream no image of a run uses
+    keyed_normals(seed_, 0, static_cast<uint32_t>(layer.index), 0xFFFFFFFFu, static_cast<uint64_t>(o * K), K,
+                  z.data());
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t v = to_int64_rounded(row[k] + rel_ * static_cast<double>(m) * z[static_cast<size_t>(k)]);
+      row[k] = static_cast<int32_t>(std::clamp<int64_t>(v, lo[o], hi[o]));
+    }
+  }
+}
+
+std::string WeightNoiseMac::describe() const {
+  return "wnoise:rel=" + format_double(rel_) + ",seed=" + std::to_string(seed_);
+}
+
+// --- parsing --------------------------------------------------------------------------------
 
 std::unique_ptr<MacModel> parse_mac_model(const std::string& text_in) {
   const std::string text = trim(text_in);
@@ -199,31 +572,120 @@ std::unique_ptr<MacModel> parse_mac_model(const std::string& text_in) {
   const std::string name = trim(text.substr(0, colon));
   const std::string body = colon == std::string::npos ? "" : text.substr(colon + 1);
   const int64_t kMaxSeed = std::numeric_limits<int64_t>::max();
+  auto seed_of = [&](const Params& p) { return static_cast<uint64_t>(p.integer("seed", 0, 0, kMaxSeed)); };
   if (name == "exact") {
     Params p(text, name, body, {});
     return std::make_unique<ExactMac>();
   }
   if (name == "gauss") {
-    Params p(text, name, body, {"sigma", "rel", "seed"});
-    if (!p.has("sigma") && !p.has("rel")) bad_mac(text, "gauss needs sigma=... or rel=...");
+    Params p(text, name, body, {"sigma", "rel", "fs", "seed"});
+    if (!p.has("sigma") && !p.has("rel") && !p.has("fs")) bad_mac(text, "gauss needs sigma=..., rel=... or fs=...");
     return std::make_unique<GaussianMac>(p.number("sigma", 0, 0, 1e18), p.number("rel", 0, 0, 1e6),
-                                         static_cast<uint64_t>(p.integer("seed", 0, 0, kMaxSeed)));
+                                         p.number("fs", 0, 0, 1e6), seed_of(p));
   }
   if (name == "adc") {
-    Params p(text, name, body, {"bits", "range"});
+    Params p(text, name, body, {"bits", "range", "fs", "pct"});
     p.require("bits");
-    p.require("range");
+    const int bits = static_cast<int>(p.integer("bits", 8, 1, 32));
+    if (p.has("range") == p.has("fs")) bad_mac(text, "adc needs range=... (or range=auto) or fs=..., one of them");
+    if (p.has("pct") && p.text("range") != "auto") bad_mac(text, "pct=... goes with range=auto");
+    if (p.has("fs")) {
+      const double fs = p.number("fs", 1, 0, 1e6);
+      if (fs == 0) bad_mac(text, "fs must be > 0");
+      return std::make_unique<AdcMac>(bits, fs, AdcMac::Range::kFullScale);
+    }
+    if (p.text("range") == "auto") {
+      const double pct = p.number("pct", 99.99, 0, 100);
+      if (pct == 0) bad_mac(text, "pct must be > 0");
+      return std::make_unique<AdcMac>(bits, 0, AdcMac::Range::kCalibrated, pct);
+    }
     const double range = p.number("range", 1, 0, 1e18);
     if (range == 0) bad_mac(text, "range must be > 0");
-    return std::make_unique<AdcMac>(static_cast<int>(p.integer("bits", 8, 1, 32)), range);
+    return std::make_unique<AdcMac>(bits, range);
   }
   if (name == "bitflip") {
     Params p(text, name, body, {"rate", "seed"});
     p.require("rate");
-    return std::make_unique<BitFlipMac>(p.number("rate", 0, 0, 1),
-                                        static_cast<uint64_t>(p.integer("seed", 0, 0, kMaxSeed)));
+    return std::make_unique<BitFlipMac>(p.number("rate", 0, 0, 1), seed_of(p));
   }
-  bad_mac(text, "unknown model '" + name + "' (expected exact, gauss, adc or bitflip)");
+  if (name == "wnoise") {
+    Params p(text, name, body, {"rel", "seed"});
+    p.require("rel");
+    return std::make_unique<WeightNoiseMac>(p.number("rel", 0, 0, 1e6), seed_of(p));
+  }
+  bad_mac(text, "unknown model '" + name + "' (expected exact, gauss, adc, bitflip or wnoise)");
+}
+
+std::vector<std::string> expand_mac_levels(const std::string& text_in, std::string* key,
+                                           std::vector<double>* values) {
+  const std::string text = trim(text_in);
+  const size_t colon = text.find(':');
+  std::vector<std::string> items;  // key=value items, the swept one with its values
+  std::vector<std::string> swept;
+  std::string swept_key;
+  int swept_item = -1;
+  if (colon != std::string::npos) {
+    std::stringstream ss(text.substr(colon + 1));
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      item = trim(item);
+      if (item.empty()) continue;
+      if (item.find('=') != std::string::npos) {
+        items.push_back(item);
+        continue;
+      }
+      // a bare value: one more level of the key=value before it
+      if (items.empty()) bad_mac(text, "expected key=value, got '" + item + "'");
+      const std::string& prev = items.back();
+      const std::string prev_key = trim(prev.substr(0, prev.find('=')));
+      if (swept_item >= 0 && swept_item != static_cast<int>(items.size()) - 1)
+        bad_mac(text, "only one parameter may take several values (" + swept_key + " and " + prev_key + ")");
+      if (swept_item < 0) {
+        swept_item = static_cast<int>(items.size()) - 1;
+        swept_key = prev_key;
+        swept.push_back(trim(prev.substr(prev.find('=') + 1)));
+      }
+      swept.push_back(item);
+    }
+  }
+  if (key) *key = swept_key;
+  std::vector<std::string> out;
+  const std::string name = trim(text.substr(0, colon));
+  if (swept_item < 0) {
+    parse_mac_model(text);
+    out.push_back(text);
+  } else {
+    for (const std::string& v : swept) {
+      std::string s = name + ":";
+      for (size_t i = 0; i < items.size(); ++i)
+        s += (i ? "," : "") + (static_cast<int>(i) == swept_item ? swept_key + "=" + v : items[i]);
+      parse_mac_model(s);
+      out.push_back(s);
+    }
+  }
+  if (values) {
+    values->clear();
+    for (const std::string& v : swept) values->push_back(std::strtod(v.c_str(), nullptr));
+  }
+  return out;
+}
+
+std::string with_mac_seed(const std::string& text_in, uint64_t seed) {
+  const std::string text = trim(text_in);
+  const auto model = parse_mac_model(text);
+  const std::string name = trim(text.substr(0, text.find(':')));
+  if (name != "gauss" && name != "bitflip" && name != "wnoise") return text;
+  std::string body = text.find(':') == std::string::npos ? "" : text.substr(text.find(':') + 1);
+  std::stringstream ss(body);
+  std::string item, out = name + ":";
+  bool first = true;
+  while (std::getline(ss, item, ',')) {
+    item = trim(item);
+    if (item.empty() || trim(item.substr(0, item.find('='))) == "seed") continue;
+    out += (first ? "" : ",") + item;
+    first = false;
+  }
+  return out + (first ? "" : ",") + "seed=" + std::to_string(seed);
 }
 
 }  // namespace intsim
