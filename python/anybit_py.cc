@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "anybit/core/export.h"
+#include "anybit/core/noise.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/pipeline.h"
@@ -455,7 +456,8 @@ py::list integer_reference(const std::string& model_dir, const std::vector<py::a
 
 py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_spec, const std::string& reference_path,
                          int64_t batch_size, int acc_bits, const std::string& overflow, const std::string& mac,
-                         int threads, bool reference_kernels, bool progress) {
+                         int threads, bool reference_kernels, bool progress, const std::string& calib_spec,
+                         int64_t calib_samples) {
   anybit::IntegerEvalResult r;
   std::string mac_name;
   {
@@ -464,6 +466,10 @@ py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_s
     o.engine = engine_options(acc_bits, overflow, mac, threads, reference_kernels);
     o.batch_size = batch_size;
     o.progress = progress;
+    std::unique_ptr<anybit::DataSource> calib;
+    if (!calib_spec.empty()) calib = anybit::open_data(calib_spec);
+    o.calib_data = calib.get();
+    o.calib_samples = calib_samples;
     mac_name = o.engine.mac ? o.engine.mac->describe() : "exact";
     intsim::Model m = intsim::load_model(model_dir);
     std::unique_ptr<torch::jit::Module> ref;
@@ -499,6 +505,64 @@ py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_s
     d["layer_agreement"] = agreement;
   }
   d["layers"] = layer_stats(r.layers);
+  return d;
+}
+
+py::dict noise_sweep(const std::string& model_dir, const std::string& data_spec, const std::string& mac, int seeds,
+                     const std::string& out_dir, bool resume, int acc_bits, const std::string& overflow, int threads,
+                     int64_t batch_size, const std::string& calib_spec, int64_t calib_samples, bool progress,
+                     const std::string& model_name, const std::string& data_name) {
+  anybit::NoiseSweepResult r;
+  {
+    py::gil_scoped_release release;
+    anybit::NoiseSweepOptions o;
+    o.mac = mac;
+    o.seeds = seeds;
+    o.out_dir = out_dir;
+    o.resume = resume;
+    o.progress = progress;
+    o.eval.engine = engine_options(acc_bits, overflow, "exact", threads, false);
+    o.eval.batch_size = batch_size;
+    std::unique_ptr<anybit::DataSource> calib;
+    if (!calib_spec.empty()) calib = anybit::open_data(calib_spec);
+    o.eval.calib_data = calib.get();
+    o.eval.calib_samples = calib_samples;
+    o.model_name = model_name;
+    o.data_name = data_name;
+    intsim::Model m = intsim::load_model(model_dir);
+    auto data = anybit::open_data(data_spec);
+    r = anybit::run_noise_sweep(m, *data, o);
+  }
+  auto run = [](const anybit::NoiseRun& x) {
+    py::dict d;
+    d["mac"] = x.mac;
+    d["value"] = x.value;
+    d["seed"] = x.seed;
+    d["top1"] = x.top1;
+    d["top5"] = x.top5;
+    d["seconds"] = x.seconds;
+    return d;
+  };
+  py::dict d;
+  d["key"] = r.key;
+  d["exact"] = run(r.exact);
+  py::list levels, runs;
+  for (const auto& l : r.levels) {
+    py::dict e;
+    e["mac"] = l.mac;
+    e["value"] = l.value;
+    e["runs"] = l.runs;
+    e["top1_mean"] = l.mean;
+    e["top1_std"] = l.std;
+    e["top1_min"] = l.min;
+    e["top1_max"] = l.max;
+    e["top5_mean"] = l.mean_top5;
+    levels.append(e);
+  }
+  for (const auto& x : r.runs) runs.append(run(x));
+  d["levels"] = levels;
+  d["runs"] = runs;
+  d["table"] = anybit::format_noise_table(r);
   return d;
 }
 
@@ -596,6 +660,10 @@ PYBIND11_MODULE(_anybit, m) {
   m.def("integer_reference", &integer_reference, py::arg("model_dir"), py::arg("inputs"));
   m.def("intsim_evaluate", &intsim_evaluate, py::arg("model_dir"), py::arg("data_spec"), py::arg("reference_path"),
         py::arg("batch_size"), py::arg("acc_bits"), py::arg("overflow"), py::arg("mac"), py::arg("threads"),
-        py::arg("reference_kernels"), py::arg("progress"));
+        py::arg("reference_kernels"), py::arg("progress"), py::arg("calib_spec"), py::arg("calib_samples"));
+  m.def("noise_sweep", &noise_sweep, py::arg("model_dir"), py::arg("data_spec"), py::arg("mac"), py::arg("seeds"),
+        py::arg("out_dir"), py::arg("resume"), py::arg("acc_bits"), py::arg("overflow"), py::arg("threads"),
+        py::arg("batch_size"), py::arg("calib_spec"), py::arg("calib_samples"), py::arg("progress"),
+        py::arg("model_name"), py::arg("data_name"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

@@ -127,6 +127,23 @@ if "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=20" --acc-bits 12 -
 else
   fail=$((fail + 1)); echo "FAIL: narrow accumulator"; cat "$T/narrow.txt"
 fi
+# a noise sweep: a line per level with mean +- std, the files, and --resume reading the runs back
+if "$EXE" --threads 2 intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=100" --mac gauss:rel=0.1,0.5 --seeds 2 \
+     -o "$T/noise" --no-progress >"$T/noise.txt" &&
+   grep -Eq "^gauss:rel=0.5 +2 +[0-9.]+ ± [0-9.]+" "$T/noise.txt" &&
+   [ -s "$T/noise/noise.csv" ] && [ -s "$T/noise/noise.svg" ] && [ "$(wc -l <"$T/noise/results.jsonl")" -eq 5 ] &&
+   "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=100" --mac gauss:rel=0.1,0.5 --seeds 2 \
+     -o "$T/noise" --resume --no-progress >"$T/noise2.txt" && diff -q "$T/noise.txt" "$T/noise2.txt" >/dev/null &&
+   [ "$(wc -l <"$T/noise/results.jsonl")" -eq 5 ]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: noise sweep"; cat "$T/noise.txt" "$T/noise2.txt"
+fi
+expect_error noise-negative "outside" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rel=0.1,-0.2
+expect_error noise-two-keys "only one parameter" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rel=0.1,0.2,sigma=1,2
+expect_error noise-unknown-key "unknown parameter 'rate' for gauss" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rate=0.1
+expect_error noise-auto-no-calib "needs calibration data" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac adc:bits=8,range=auto
+expect_error noise-resume-other "written with other options" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=50" --mac gauss:rel=0.1,0.5 --seeds 2 -o "$T/noise" --resume
 mkdir -p "$T/notexport" && echo keep >"$T/notexport/file.txt"
 expect_error export-float "quantize it first" -- "$EXE" export "$MODEL" -o "$T/q.pt"
 expect_error export-unquantized-input "add a rule for role input" -- "$EXE" export "$T/good.pt" -o "$T/q.pt"

@@ -6,12 +6,14 @@
 #include <torch/script.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
 #include <unistd.h>
 
 #include "anybit/core/export.h"
+#include "anybit/core/noise.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
 #include "anybit/core/pipeline.h"
@@ -304,8 +306,10 @@ int cmd_export(const Common& c, const std::string& input_shape) {
 
 struct IntsimFlags {
   int acc_bits = 32;
-  std::string overflow = "wrap", mac = "exact", reference;
-  bool reference_kernels = false;
+  std::string overflow = "wrap", mac = "exact", reference, calib_data, out;
+  bool reference_kernels = false, resume = false;
+  int seeds = 1;
+  int64_t calib_samples = 256;
 };
 
 int cmd_intsim(const Common& c, const IntsimFlags& f) {
@@ -320,7 +324,6 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     o.engine.accumulator.overflow =
         f.overflow == "wrap" ? anybit::intsim::Overflow::kWrap : anybit::intsim::Overflow::kSaturate;
     anybit::intsim::check_accumulator_spec(o.engine.accumulator);
-    o.engine.mac = anybit::intsim::parse_mac_model(f.mac);
   } catch (const anybit::intsim::Error& e) {
     throw anybit::Error(e.what());
   }
@@ -328,6 +331,58 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   o.engine.threads = c.threads;  // 0: one per hardware thread
   o.batch_size = c.eval_batch_size;
   o.progress = progress_on(c);
+  std::unique_ptr<anybit::DataSource> calib;
+  if (!f.calib_data.empty()) calib = anybit::open_data(f.calib_data);
+  o.calib_data = calib.get();
+  o.calib_samples = f.calib_samples;
+  std::vector<std::string> levels;
+  try {
+    levels = anybit::intsim::expand_mac_levels(f.mac, nullptr, nullptr);
+  } catch (const anybit::intsim::Error& e) {
+    throw anybit::Error(e.what());
+  }
+  if (levels.size() > 1 || f.seeds > 1 || !f.out.empty()) {
+    // a noise sweep (docs/noise.md)
+    if (!f.reference.empty()) throw anybit::Error("--reference compares one run; it does not go with a noise sweep");
+    if (f.resume && f.out.empty()) throw anybit::Error("--resume needs -o DIR (the sweep's directory)");
+    anybit::NoiseSweepOptions so;
+    so.mac = f.mac;
+    so.seeds = f.seeds;
+    so.out_dir = f.out;
+    so.resume = f.resume;
+    so.progress = o.progress;
+    so.eval = o;
+    so.model_name = c.model;
+    so.data_name = c.data;
+    auto data = anybit::open_data(c.data);
+    const anybit::NoiseSweepResult r = anybit::run_noise_sweep(m, *data, so);
+    if (c.json) {
+      std::ifstream in(f.out + "/noise.json");
+      if (!f.out.empty() && in) {
+        std::cout << in.rdbuf();
+        return 0;
+      }
+      json j;
+      j["exact"] = {{"top1", r.exact.top1}, {"top5", r.exact.top5}};
+      json lv = json::array();
+      for (const auto& l : r.levels)
+        lv.push_back({{"mac", l.mac}, {"value", l.value}, {"runs", l.runs}, {"top1_mean", l.mean}, {"top1_std", l.std},
+                      {"top1_min", l.min}, {"top1_max", l.max}, {"top5_mean", l.mean_top5}});
+      j["levels"] = lv;
+      std::cout << j.dump(2) << "\n";
+      return 0;
+    }
+    fmt::print("{}: {} on {} ({} seed(s) per level, {}-bit {} accumulator)\n{}", c.model, f.mac, c.data, f.seeds,
+               f.acc_bits, f.overflow, anybit::format_noise_table(r));
+    if (!f.out.empty()) fmt::print("wrote {0}/noise.csv, {0}/noise.json, {0}/noise.svg\n", f.out);
+    return 0;
+  }
+  if (f.resume) throw anybit::Error("--resume continues a noise sweep (-o DIR with several levels or --seeds)");
+  try {
+    o.engine.mac = anybit::intsim::parse_mac_model(levels[0]);
+  } catch (const anybit::intsim::Error& e) {
+    throw anybit::Error(e.what());
+  }
   std::unique_ptr<torch::jit::Module> ref;
   if (!f.reference.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(f.reference));
   auto data = anybit::open_data(c.data);
@@ -666,7 +721,15 @@ int main(int argc, char** argv) {
   isim->add_option("-d,--data", c.data, "data spec, e.g. fmnist:/usr/share/datasets/fashion-mnist:test")->required();
   isim->add_option("--acc-bits", isf.acc_bits, "accumulator width in bits (8..32)");
   isim->add_option("--overflow", isf.overflow, "accumulator overflow: wrap or saturate");
-  isim->add_option("--mac", isf.mac, "multiply-accumulate model: exact, gauss:sigma=S[,rel=R][,seed=K], adc:bits=B,range=F, bitflip:rate=P[,seed=K]");
+  isim->add_option("--mac", isf.mac,
+                   "multiply-accumulate model: exact, gauss:sigma=S,rel=R,fs=F[,seed=K], adc:bits=B,range=F|fs=F|range=auto[,pct=P], "
+                   "bitflip:rate=P[,seed=K], wnoise:rel=R[,seed=K]; several values of one parameter sweep it "
+                   "(gauss:rel=0.001,0.01,0.1); docs/noise.md");
+  isim->add_option("--seeds", isf.seeds, "runs per noise level, seeds K..K+N-1 (mean, std, min, max)")->check(CLI::PositiveNumber);
+  isim->add_option("-o,--output", isf.out, "noise sweep directory: results.jsonl, noise.csv, noise.json, noise.svg");
+  isim->add_flag("--resume", isf.resume, "continue a noise sweep in -o DIR");
+  isim->add_option("--calib-data", isf.calib_data, "data for MAC models that calibrate (adc:range=auto)");
+  isim->add_option("--calib-samples", isf.calib_samples, "calibration images (default 256)")->check(CLI::PositiveNumber);
   isim->add_option("--reference", isf.reference, "the quantized TorchScript model to compare outputs with");
   isim->add_flag("--reference-kernels", isf.reference_kernels, "use the plain int64 reference kernels (slow)");
   isim->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);

@@ -59,7 +59,7 @@ class CoverageWarning(UserWarning):
 
 
 __all__ = ["Error", "ClippingWarning", "CoverageWarning", "coverage", "points", "plan", "quantize", "evaluate", "sweep", "search", "finetune", "load",
-           "quantizer_outputs", "canonical_spec", "export", "intsim_run", "intsim_evaluate"]
+           "quantizer_outputs", "canonical_spec", "export", "intsim_run", "intsim_evaluate", "noise_sweep"]
 
 
 def canonical_spec(text):
@@ -390,7 +390,7 @@ def intsim_run(model_dir, inputs, acc_bits=32, overflow="wrap", mac=None, thread
 
 
 def intsim_evaluate(model_dir, data, reference=None, acc_bits=32, overflow="wrap", mac=None, threads=0,
-                    batch_size=100, reference_kernels=False, progress=True):
+                    batch_size=100, reference_kernels=False, progress=True, calib_data=None, calib_samples=256):
     """Top-1/top-5 accuracy of an integer export on the integer engine over labelled data
     (a data spec string such as 'fmnist::test', tensors (x, y), or a DataLoader), like
     `anybit intsim --json`, with the same fields: model, data, accumulator, mac, samples,
@@ -399,15 +399,46 @@ def intsim_evaluate(model_dir, data, reference=None, acc_bits=32, overflow="wrap
     one step apart / further (outputs_equal, outputs_one_step, outputs_more, max_steps) and,
     per quantized tensor on the first batch, the same against the reference's tensors
     (layer_agreement: point, equal, one_step, max_steps).
-    Inputs are quantized with the model input's parameters, as in intsim_run."""
+    Inputs are quantized with the model input's parameters, as in intsim_run. A MAC model
+    that calibrates (adc:range=auto) needs calib_data (a spec or data as above; its first
+    calib_samples images)."""
     with tempfile.TemporaryDirectory() as d:
         rp = _save(reference, None, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
+        cspec = _calib_spec(calib_data, d)
         r = _anybit.intsim_evaluate(os.fspath(model_dir), spec, rp, int(batch_size), int(acc_bits), overflow,
-                                    mac or "exact", int(threads), bool(reference_kernels), bool(progress))
+                                    mac or "exact", int(threads), bool(reference_kernels), bool(progress),
+                                    cspec, int(calib_samples))
     out = {"model": os.fspath(model_dir), "data": data if isinstance(data, str) else "<python data>"}
     out.update(r)
     if reference is not None:
         out["reference"] = os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else \
             f"<{getattr(reference, 'original_name', type(reference).__name__)}>"
     return out
+
+
+def _calib_spec(calib_data, d):
+    if calib_data is None:
+        return ""
+    sub = os.path.join(d, "calib")
+    os.makedirs(sub, exist_ok=True)
+    return _data(calib_data, sub)[0]
+
+
+def noise_sweep(model_dir, data, mac, seeds=1, out=None, resume=False, acc_bits=32, overflow="wrap", threads=0,
+                batch_size=100, calib_data=None, calib_samples=256, progress=True):
+    """Accuracy of an integer export under a noisy MAC model, like `anybit intsim --mac SPEC
+    --seeds N -o DIR`: `mac` is one model or one parameter given several values
+    ("gauss:rel=0.001,0.01,0.1"), each level run with seeds K..K+seeds-1 (K: the spec's seed,
+    default 0). Returns a dict: key (the swept parameter), exact (the exact run), levels (mac,
+    value, runs, top1_mean, top1_std, top1_min, top1_max, top5_mean), runs (mac, value, seed,
+    top1, top5, seconds) and table (the CLI's table). With out, writes results.jsonl,
+    noise.csv, noise.json and noise.svg there; resume keeps the runs already in
+    out/results.jsonl. calib_data as in intsim_evaluate. docs/noise.md."""
+    with tempfile.TemporaryDirectory() as d:
+        spec, _, _ = _data(data, d)
+        cspec = _calib_spec(calib_data, d)
+        return _anybit.noise_sweep(os.fspath(model_dir), spec, mac, int(seeds), os.fspath(out) if out else "",
+                                   bool(resume), int(acc_bits), overflow, int(threads), int(batch_size), cspec,
+                                   int(calib_samples), bool(progress), os.fspath(model_dir),
+                                   data if isinstance(data, str) else "<python data>")

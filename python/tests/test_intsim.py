@@ -244,3 +244,62 @@ def test_intsim_evaluate_gives_the_cli_json(fmnist_w8a8):
     out = anybit.intsim_run(model, [x.numpy()])[0]
     assert r["data"] == "<python data>" and r["samples"] == 50
     assert r["top1"] == pytest.approx(100.0 * (out.argmax(1) == y.numpy()).mean())
+
+
+def test_noise_sweep_statistics_resume_and_reproducibility(fmnist_w8a8, tmp_path):
+    """A noise sweep's levels are the mean/std/min/max of its runs; the runs do not depend on
+    the thread count or the batch size (keyed draws); --resume reuses them; the CLI agrees."""
+    d, py, cli = fmnist_w8a8
+    model = str(d / "noise_int")
+    if not os.path.exists(model):
+        subprocess.run([EXE, "export", cli, "-o", model], check=True, capture_output=True)
+    data = "fmnist::test:limit=300"
+    out = tmp_path / "sweep"
+    r = anybit.noise_sweep(model, data, "gauss:rel=0.05,0.3", seeds=3, out=str(out), threads=2, batch_size=64,
+                           progress=False)
+    assert r["key"] == "rel" and [lv["value"] for lv in r["levels"]] == [0.05, 0.3]
+    assert len(r["runs"]) == 6 and [x["seed"] for x in r["runs"]] == [0, 1, 2, 0, 1, 2]
+    for lv in r["levels"]:
+        top1 = [x["top1"] for x in r["runs"] if x["value"] == lv["value"]]
+        assert lv["runs"] == 3
+        assert lv["top1_mean"] == pytest.approx(np.mean(top1))
+        assert lv["top1_std"] == pytest.approx(np.std(top1, ddof=1))
+        assert (lv["top1_min"], lv["top1_max"]) == (min(top1), max(top1))
+    assert r["levels"][1]["top1_mean"] < r["levels"][0]["top1_mean"] <= r["exact"]["top1"] + 1
+    assert len(set(x["top1"] for x in r["runs"][3:])) > 1  # the seeds differ
+    for f in ("noise.csv", "noise.json", "noise.svg", "results.jsonl"):
+        assert (out / f).exists(), f
+    # one thread, another batch size: the same numbers, run by run
+    again = anybit.noise_sweep(model, data, "gauss:rel=0.05,0.3", seeds=3, threads=1, batch_size=100, progress=False)
+    assert [x["top1"] for x in again["runs"]] == [x["top1"] for x in r["runs"]]
+    # resume: every run is read back (a changed log line proves it is not recomputed)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    rec["top1"] = 12.34
+    lines[-1] = json.dumps(rec)
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    resumed = anybit.noise_sweep(model, data, "gauss:rel=0.05,0.3", seeds=3, out=str(out), resume=True,
+                                 progress=False)
+    assert resumed["runs"][-1]["top1"] == 12.34 and resumed["runs"][0]["top1"] == r["runs"][0]["top1"]
+    # the CLI prints the same table
+    p = subprocess.run([EXE, "--threads", "2", "intsim", model, "-d", data, "--mac", "gauss:rel=0.05,0.3",
+                        "--seeds", "3", "--no-progress"], check=True, capture_output=True, text=True)
+    assert r["table"] in p.stdout
+
+
+def test_adc_range_auto_needs_and_uses_calibration_data(fmnist_w8a8):
+    d, py, cli = fmnist_w8a8
+    model = str(d / "noise_int")
+    if not os.path.exists(model):
+        subprocess.run([EXE, "export", cli, "-o", model], check=True, capture_output=True)
+    data = "fmnist::test:limit=200"
+    with pytest.raises(anybit.Error, match="needs calibration data"):
+        anybit.intsim_evaluate(model, data, mac="adc:bits=8,range=auto", progress=False)
+    exact = anybit.intsim_evaluate(model, data, progress=False)
+    fine = anybit.intsim_evaluate(model, data, mac="adc:bits=12,range=auto", calib_data="fmnist::train:limit=64",
+                                  progress=False)
+    coarse = anybit.intsim_evaluate(model, data, mac="adc:bits=3,range=auto", calib_data="fmnist::train:limit=64",
+                                    progress=False)
+    assert abs(fine["top1"] - exact["top1"]) <= 1.0  # a 12-bit ADC over the calibrated range reads almost exactly
+    assert coarse["top1"] < fine["top1"]
+    assert fine["layers"][0]["mean_abs_error"] > 0

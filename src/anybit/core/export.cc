@@ -1122,6 +1122,18 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
   }();
   const QuantParams& in_q = engine.model().inputs[0].q;
   const QuantParams& out_q = engine.model().outputs[0].q;
+  if (options.engine.mac && options.engine.mac->needs_calibration()) {
+    if (!options.calib_data)
+      throw Error("MAC model '" + options.engine.mac->describe() +
+                  "' needs calibration data: give --calib-data SPEC (Python: calib_data=)");
+    auto [cx, cy] = options.calib_data->batch(0, std::min(options.calib_samples, options.calib_data->size()));
+    if (cx.size(0) == 0) throw Error(options.calib_data->describe() + ": no calibration samples");
+    try {
+      engine.calibrate({to_engine_tensor(quantize_input(cx, in_q).to(at::kInt).contiguous())});
+    } catch (const intsim::Error& e) {
+      throw Error(options.calib_data->describe() + ": " + e.what());
+    }
+  }
   std::unique_ptr<torch::jit::Module> ref;
   if (reference) {
     ref = std::make_unique<torch::jit::Module>(reference->clone());

@@ -75,6 +75,10 @@ struct IntegerEvalOptions {
   int64_t batch_size = 100;
   bool progress = true;
   intsim::EngineOptions engine;  // accumulator, MAC model, kernel path
+  // A MAC model that needs calibration (adc:range=auto) is calibrated on the first
+  // calib_samples images of calib_data (Engine::calibrate); without it, an Error.
+  const DataSource* calib_data = nullptr;
+  int64_t calib_samples = 256;
 };
 
 // How close one quantized tensor of the engine is to the fake-quantized model's: the share
