@@ -934,29 +934,42 @@ void fit_and_add_bias(int64_t batch, int64_t channels, int64_t inner, int64_t* o
   }
 }
 
+namespace {
+
+// simd::square_block portably: out[r * 8 + c] += w_r[k] * x[k * ld + c] row by row.
+void square_block_portable(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int64_t depth, uint64_t* out) {
+  std::fill(out, out + 32, uint64_t{0});
+  for (int r = 0; r < 4; ++r)
+    for (int64_t k = 0; k < depth; ++k)
+      if (w[r][k] != 0) square_axpy(w[r][k], x + k * ld, 8, out + 8 * r);
+}
+
+}  // namespace
+
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const uint32_t* w_sq, double* out, KernelScratch& scratch) {
-  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size();
+  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, 8);
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
-  constexpr int64_t kTile = 256;  // output positions whose sums stay in L1 while k runs
-  scratch.patches32.resize(static_cast<size_t>(K * P + kIm2colSlack<int32_t>));
-  scratch.squares.resize(static_cast<size_t>(K * P));
-  scratch.square_acc.resize(static_cast<size_t>(kTile));
-  uint64_t* acc = scratch.square_acc.data();
+  scratch.patches32.resize(static_cast<size_t>(K * ld + kIm2colSlack<int32_t>));
+  scratch.squares.resize(static_cast<size_t>(K * ld));
+  scratch.square_acc.assign(static_cast<size_t>(K + 32), 0);  // a zero weight row, then one block's sums
+  const uint32_t* zero = reinterpret_cast<const uint32_t*>(scratch.square_acc.data());
+  uint64_t* block = scratch.square_acc.data() + (K + 1) / 2 + 1;
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
-      im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), P, scratch.image32);
-      square_int32(scratch.patches32.data(), K * P, scratch.squares.data());
-      for (int64_t p0 = 0; p0 < P; p0 += kTile) {
-        const int64_t len = std::min(kTile, P - p0);
-        for (int64_t o = 0; o < Og; ++o) {
-          const int64_t oc = grp * Og + o;
-          std::fill(acc, acc + len, uint64_t{0});
-          for (int64_t k = 0; k < K; ++k)
-            if (w_sq[oc * K + k] != 0) square_axpy(w_sq[oc * K + k], scratch.squares.data() + k * P + p0, len, acc);
-          double* dst = out + (n * g.out_channels + oc) * P + p0;
-          for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<double>(acc[i]);
+      im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), ld, scratch.image32);
+      square_int32(scratch.patches32.data(), K * ld, scratch.squares.data());
+      for (int64_t o0 = 0; o0 < Og; o0 += 4) {
+        const uint32_t* rows[4];
+        for (int r = 0; r < 4; ++r) rows[r] = o0 + r < Og ? w_sq + (grp * Og + o0 + r) * K : zero;
+        for (int64_t p0 = 0; p0 < P; p0 += 8) {
+          if (!simd::square_block(rows, scratch.squares.data() + p0, ld, K, block))
+            square_block_portable(rows, scratch.squares.data() + p0, ld, K, block);
+          for (int64_t r = 0; r < 4 && o0 + r < Og; ++r) {
+            double* dst = out + (n * g.out_channels + grp * Og + o0 + r) * P;
+            for (int64_t c = 0; c < 8 && p0 + c < P; ++c) dst[p0 + c] = static_cast<double>(block[r * 8 + c]);
+          }
         }
       }
     }

@@ -487,8 +487,39 @@ __attribute__((target("avx2"))) void normals_avx2(const uint32_t* words, int64_t
   }
 }
 
+__attribute__((target("avx2"))) void square_block_avx2(const uint32_t* const w[4], const uint32_t* x, int64_t ld,
+                                                       int64_t depth, uint64_t* out) {
+  __m256i s[4][2];
+  for (auto& row : s) row[0] = row[1] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < depth; ++k) {
+    const uint32_t* xr = x + k * ld;
+    const __m256i x0 = _mm256_cvtepu32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr)));
+    const __m256i x1 = _mm256_cvtepu32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + 4)));
+    for (int r = 0; r < 4; ++r) {
+      const __m256i a = _mm256_set1_epi64x(static_cast<int64_t>(w[r][k]));
+      s[r][0] = _mm256_add_epi64(s[r][0], _mm256_mul_epu32(a, x0));
+      s[r][1] = _mm256_add_epi64(s[r][1], _mm256_mul_epu32(a, x1));
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * r), s[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * r + 4), s[r][1]);
+  }
+}
+
 }  // namespace
 #endif
+
+bool square_block(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int64_t depth, uint64_t* out) {
+#ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx2) {
+    square_block_avx2(w, x, ld, depth, out);
+    return true;
+  }
+#endif
+  (void)w, (void)x, (void)ld, (void)depth, (void)out;
+  return false;
+}
 
 bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
                    uint32_t k0, uint32_t k1, uint32_t* words) {

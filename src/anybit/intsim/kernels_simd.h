@@ -70,6 +70,11 @@ bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, ui
 // interpolated inverse normal of mac.cc, bit for bit. Returns false where it does not run.
 bool normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z);
 
+// out[r * 8 + c] = sum_k w_r[k] * x[k * ld + c] for r < 4, c < 8 (32 x 32 -> 64-bit
+// products, exact below 2^64): the sums of squared products of conv2d_square_sums.
+// Returns false where no SIMD level runs it.
+bool square_block(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int64_t depth, uint64_t* out);
+
 // requantize_int32 and add_int (kernels.h), for parameters in the model format.
 void requantize(const int32_t* x, int64_t n, int32_t x_offset, const Requantizer& rq, int32_t* y);
 void add(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int32_t* y);
