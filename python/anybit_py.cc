@@ -231,7 +231,7 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
                   int epochs, double lr, const std::string& optimizer, double weight_decay, double label_smoothing,
                   int64_t batch_size, int64_t max_steps, uint64_t seed, const std::string& checkpoint_dir,
                   bool resume, const std::string& schedule, double momentum, const std::string& teacher_path,
-                  double kd_weight, double kd_temperature, int freeze_bn_epoch) {
+                  double kd_weight, double kd_temperature, int freeze_bn_epoch, const std::string& noise) {
   std::vector<anybit::EpochReport> reports;
   {
     py::gil_scoped_release release;
@@ -244,6 +244,7 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
     o.kd_weight = kd_weight;
     o.kd_temperature = kd_temperature;
     o.freeze_bn_epoch = freeze_bn_epoch;
+    if (!noise.empty()) o.noise_rel = anybit::noise_rel_of(noise);
     o.progress = false;
     o.epochs = epochs;
     o.lr = lr;
@@ -651,7 +652,8 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),
         py::arg("schedule") = "cosine", py::arg("momentum") = 0.9, py::arg("teacher_path") = "",
-        py::arg("kd_weight") = 1.0, py::arg("kd_temperature") = 1.0, py::arg("freeze_bn_epoch") = -1);
+        py::arg("kd_weight") = 1.0, py::arg("kd_temperature") = 1.0, py::arg("freeze_bn_epoch") = -1,
+        py::arg("noise") = "");
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("export_model", &export_model, py::arg("model_path"), py::arg("out_dir"), py::arg("input_shape"),
         py::arg("source"));

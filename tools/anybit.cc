@@ -633,6 +633,10 @@ int main(int argc, char** argv) {
   fine->add_option("-b,--batch-size", ft.batch_size, "batch size")->check(CLI::PositiveNumber);
   fine->add_option("--max-steps", ft.max_steps, "stop after this many steps");
   fine->add_option("--seed", ft.seed, "shuffling seed");
+  std::string fine_noise;
+  fine->add_option("--noise", fine_noise,
+                   "noise-aware training: gauss:rel=R, the integer engine's per-product noise on every conv and "
+                   "linear output while training (docs/noise.md)");
   auto* teacher_opt =
       fine->add_option("--teacher", teacher, "distil from this model (typically the float one) on the same batches");
   fine->add_option("--kd-weight", ft.kd_weight, "weight of the distillation loss; 1 - it weighs the label loss")
@@ -753,7 +757,10 @@ int main(int argc, char** argv) {
     }
     if (*exp) return cmd_export(c, input_shape);
     if (*isim) return cmd_intsim(c, isf);
-    if (*fine) return cmd_finetune(c, ft, teacher, nproc, std::vector<std::string>(argv, argv + argc));
+    if (*fine) {
+      if (!fine_noise.empty()) ft.noise_rel = anybit::noise_rel_of(fine_noise);
+      return cmd_finetune(c, ft, teacher, nproc, std::vector<std::string>(argv, argv + argc));
+    }
     if (*sweep) {
       sw.models = sweep_models;
       sw.fold_bn = !no_fold;

@@ -304,13 +304,15 @@ def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixe
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
              batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False,
              schedule="cosine", momentum=0.9, teacher=None, kd_weight=1.0, kd_temperature=1.0, freeze_bn=None,
-             example_inputs=None):
+             example_inputs=None, noise=None):
     """Quantization-aware fine-tuning of a model anybit quantized, like `anybit finetune`
     (docs/qat.md). `data` is a data spec string or anything `quantize` accepts as
     calibration data (with labels). schedule: cosine, onecycle or constant. teacher: a
     model to distil from (a path, ScriptModule or nn.Module; nn.Module needs
     example_inputs if it cannot be scripted), with kd_weight and kd_temperature.
     freeze_bn=N: BatchNorm trains for N epochs, then freezes and is folded into the convs.
+    noise="gauss:rel=R": noise-aware training against the integer engine's per-product
+    noise (docs/noise.md).
     Returns the trained ScriptModule (and the per-epoch reports with return_report)."""
     with tempfile.TemporaryDirectory() as d:
         src = _save(qmodel, None, d, "in.pt")
@@ -319,7 +321,8 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
         teacher_path = _save(teacher, example_inputs, d, "teacher.pt") if teacher is not None else ""
         report = _anybit.finetune(src, spec, out, epochs, lr, optimizer, weight_decay, label_smoothing, batch_size,
                                   max_steps, seed, os.fspath(checkpoint_dir), resume, schedule, momentum,
-                                  teacher_path, kd_weight, kd_temperature, -1 if freeze_bn is None else int(freeze_bn))
+                                  teacher_path, kd_weight, kd_temperature, -1 if freeze_bn is None else int(freeze_bn),
+                                  noise or "")
         m = torch.jit.load(out)
     return (m, report) if return_report else m
 

@@ -303,3 +303,23 @@ def test_adc_range_auto_needs_and_uses_calibration_data(fmnist_w8a8):
     assert abs(fine["top1"] - exact["top1"]) <= 1.0  # a 12-bit ADC over the calibrated range reads almost exactly
     assert coarse["top1"] < fine["top1"]
     assert fine["layers"][0]["mean_abs_error"] > 0
+
+
+def test_noise_aware_finetune_adds_the_noise_while_training_only(fmnist_w8a8):
+    d, py, cli = fmnist_w8a8
+    data = "fmnist::train:limit=512"
+    still = dict(epochs=1, lr=0.0, schedule="constant", momentum=0.0, weight_decay=0.0, return_report=True)
+    # lr 0: the weights stay, so the reported training accuracy is that of the forward pass
+    m0, r0 = anybit.finetune(cli, data, **still)
+    m1, r1 = anybit.finetune(cli, data, noise="gauss:rel=1.0", **still)
+    assert r1[0]["train_top1"] < r0[0]["train_top1"] - 5, (r0, r1)
+    # the same seed draws the same noise; the saved model has none: it computes the input model
+    _, r2 = anybit.finetune(cli, data, noise="gauss:rel=1.0", **still)
+    assert r2[0]["train_loss"] == r1[0]["train_loss"]
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(m1(x), anybit.load(cli)(x))
+    assert "randn_like" not in str(m1.graph) and "randn_like" not in str(m1.inlined_graph)
+    with pytest.raises(anybit.Error, match="gauss:rel=R"):
+        anybit.finetune(cli, data, epochs=1, noise="adc:bits=8,range=10")
+    with pytest.raises(anybit.Error, match="unknown parameter"):
+        anybit.finetune(cli, data, epochs=1, noise="gauss:rate=0.1")

@@ -13,8 +13,11 @@
 #include <memory>
 #include <sys/stat.h>
 
+#include <torch/csrc/jit/passes/inliner.h>
+
 #include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
+#include "anybit/intsim/mac.h"
 #include "anybit/ptq/fold_bn.h"
 #include "anybit/quant/node.h"
 
@@ -105,7 +108,56 @@ torch::jit::Module frozen_teacher(const torch::jit::Module& teacher) {
   }
 }
 
+// The forward graph with the engine's per-product noise after every conv and linear op
+// (FinetuneOptions::noise_rel), run on the model's own parameters (its `self`).
+std::unique_ptr<torch::jit::GraphFunction> noisy_forward(torch::jit::Module& model, double rel, int* layers) {
+  namespace jit = torch::jit;
+  std::shared_ptr<jit::Graph> g = model.get_method("forward").graph()->copy();
+  jit::Inline(*g);
+  std::vector<jit::Node*> ops;
+  for (jit::Node* n : g->nodes()) {
+    const std::string k = n->kind().toQualString();
+    if (k == "aten::conv1d" || k == "aten::conv2d" || k == "aten::conv3d" || k == "aten::linear") ops.push_back(n);
+    if (k == "aten::_convolution" && n->input(6)->node()->kind() == c10::prim::Constant &&
+        !jit::toIValue(n->input(6))->toBool())
+      ops.push_back(n);
+  }
+  for (jit::Node* n : ops) {
+    jit::WithInsertPoint guard(n->next());
+    jit::Value* x = n->input(0);
+    jit::Value* w = n->input(1);
+    jit::Value* y = n->output();
+    jit::Value* x2 = g->insert(c10::aten::mul, {x, x});
+    jit::Value* w2 = g->insert(c10::aten::mul, {w, w});
+    jit::Value* none = g->insertConstant(c10::IValue());
+    // the same op on the squares, without bias: sum_i (x_i w_i)^2 per output element
+    jit::Node* sq = g->insertNode(g->createClone(n, [&](jit::Value* v) {
+      return v == x ? x2 : v == w ? w2 : v == n->input(2) ? none : v;
+    }));
+    jit::Value* sd = g->insert(c10::aten::mul, {g->insert(c10::aten::sqrt, {sq->output()}), rel});
+    jit::Value* noise = g->insert(c10::aten::detach, {g->insert(c10::aten::mul, {sd, g->insert(c10::aten::randn_like, {y})})});
+    jit::Value* y2 = g->insert(c10::aten::add, {y, noise});
+    y->replaceAllUsesAfterNodeWith(y2->node(), y2);
+  }
+  *layers = static_cast<int>(ops.size());
+  return std::make_unique<jit::GraphFunction>("anybit_noisy_forward", g, nullptr);
+}
+
 }  // namespace
+
+double noise_rel_of(const std::string& spec) {
+  std::unique_ptr<intsim::MacModel> m;
+  try {
+    m = intsim::parse_mac_model(spec);
+  } catch (const intsim::Error& e) {
+    throw Error(std::string("--noise: ") + e.what());
+  }
+  const auto* g = dynamic_cast<const intsim::GaussianMac*>(m.get());
+  if (!g || g->sigma() != 0 || g->fs() != 0 || g->rel() == 0)
+    throw Error("--noise '" + spec + "': fine-tuning injects gauss:rel=R (the noise relative to each product, "
+                "docs/noise.md); sigma, fs and other models are in accumulator units that the float model does not have");
+  return g->rel();
+}
 
 double scheduled_learning_rate(const std::string& schedule, double peak, int64_t step, int64_t total) {
   if (schedule == "constant" || total <= 0) return peak;
@@ -216,6 +268,13 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       }
     }
     model.train();
+    std::unique_ptr<torch::jit::GraphFunction> noisy;
+    if (o.noise_rel > 0) {
+      int layers = 0;
+      noisy = noisy_forward(model, o.noise_rel, &layers);
+      if (layers == 0) throw Error("finetune --noise: the model has no conv or linear op to add noise to");
+      at::manual_seed(o.seed + static_cast<uint64_t>(epoch));  // the noise draws of this epoch
+    }
     const auto t0 = std::chrono::steady_clock::now();
     at::Generator gen = at::detail::createCPUGenerator(o.seed + static_cast<uint64_t>(epoch));
     at::Tensor perm = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
@@ -237,7 +296,14 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       auto [x, y] = train.gather(idx);
       const double lr = scheduled_learning_rate(o.schedule, o.lr, step, schedule_steps);
       for (auto& g : opt->param_groups()) g.options().set_lr(lr);
-      at::Tensor out = model.forward({x}).toTensor();
+      at::Tensor out;
+      if (noisy) {
+        torch::jit::Stack st{model._ivalue(), x};
+        noisy->run(st);
+        out = st.back().toTensor();
+      } else {
+        out = model.forward({x}).toTensor();
+      }
       at::Tensor loss = torch::nn::functional::cross_entropy(
           out, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
       if (teacher) {

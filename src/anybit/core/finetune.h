@@ -51,6 +51,13 @@ struct FinetuneOptions {
   // deploys, without BatchNorm. The optimizer restarts its state (momentum) at the fold.
   // -1: never (BatchNorm stays as the model has it).
   int freeze_bn_epoch = -1;
+  // Noise-aware training (docs/noise.md): with noise_rel > 0, every conv and linear output
+  // gets, during training only, the noise of the integer engine's gauss:rel=R MAC model in
+  // real units: y + R * sqrt(conv(x^2, w^2)) * N(0, 1) element-wise (x, w the fake-quantized
+  // input and weight; the square sums by the layer's own op without bias; the noise term
+  // carries no gradient). Draws come from torch's default generator, seeded with `seed`;
+  // the saved model has no noise in it.
+  double noise_rel = 0;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;
@@ -84,5 +91,9 @@ double scheduled_learning_rate(const std::string& schedule, double peak, int64_t
 
 std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train,
                                   const FinetuneOptions& options);
+
+// The R of a --noise spec: "gauss:rel=R" (a seed is allowed and ignored: training draws
+// from torch's generator); any other MAC model is an Error naming what is accepted.
+double noise_rel_of(const std::string& spec);
 
 }  // namespace anybit

@@ -29,6 +29,7 @@ struct PreparedLayer {
   bool perturb = false;
   int mac_layer = -1;               // index into Engine::Impl::mac_layers
   std::vector<uint32_t> w_sq;       // (w - z_w)^2, [O][K] (conv2d) or [K][O] (linear): rel noise
+  std::vector<double> w_sq_f64;     // conv2d: the same as doubles where their sums stay exact
   bool int16_operands = false;      // x - z_x and w - z_w both fit int16
   std::vector<int32_t> w_offset;    // w - z_w, [O][K]
   std::vector<int16_t> w_offset16;  // the same in int16: stepwise with int16 operands
@@ -101,7 +102,7 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
   // sum (w - z_w)^2.
   const int64_t acc_max = (int64_t{1} << (options.accumulator.bits - 1)) - 1;
   const unsigned __int128 x_max = static_cast<unsigned __int128>(max_abs_offset(in.q));
-  bool bounded = true, squares_fit = w_fits_16_bits && x_max < 65536;
+  bool bounded = true, squares_fit = w_fits_16_bits && x_max < 65536, squares_fit_f64 = squares_fit;
   unsigned __int128 full_scale = 0;
   for (int64_t o = 0; o < p.out_channels; ++o) {
     unsigned __int128 w_sum = 0, w_sq_sum = 0;
@@ -115,6 +116,7 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
     bounded = bounded && bound <= static_cast<unsigned __int128>(acc_max);
     full_scale = std::max(full_scale, x_max * w_sum);
     squares_fit = squares_fit && (w_sq_sum >> 64) == 0 && x_max * x_max * w_sq_sum < (static_cast<unsigned __int128>(1) << 64);
+    squares_fit_f64 = squares_fit && x_max * x_max * w_sq_sum < (static_cast<unsigned __int128>(1) << 53);
   }
   info.full_scale = static_cast<double>(full_scale);
   const int64_t x_lo = int64_t{in.q.qmin} - in.q.zero_point;
@@ -140,6 +142,7 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
         const int64_t v = p.w_offset[static_cast<size_t>(o * p.patch + k)];
         p.w_sq[static_cast<size_t>(conv ? o * p.patch + k : k * p.out_channels + o)] = static_cast<uint32_t>(v * v);
       }
+    if (conv && squares_fit_f64) p.w_sq_f64.assign(p.w_sq.begin(), p.w_sq.end());
   }
 
   if (p.kernel == LayerKernel::kStepwise && p.int16_operands)
@@ -800,7 +803,8 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
     if (perturber->needs_squares()) {
       w.squares.resize(static_cast<size_t>(n));
       if (conv)
-        conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
+        conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch,
+                           L.w_sq_f64.empty() ? nullptr : L.w_sq_f64.data());
       else
         linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
       squares = w.squares.data();

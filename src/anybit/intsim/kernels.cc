@@ -947,19 +947,37 @@ void square_block_portable(const uint32_t* const w[4], const uint32_t* x, int64_
 }  // namespace
 
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
-                        const uint32_t* w_sq, double* out, KernelScratch& scratch) {
-  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, 8);
+                        const uint32_t* w_sq, double* out, KernelScratch& scratch, const double* w_sq_f64) {
+  const bool f64 = w_sq_f64 && simd::level() == simd::Level::kAvx512;
+  const int64_t width = f64 ? 16 : 8;
+  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, width);
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   scratch.patches32.resize(static_cast<size_t>(K * ld + kIm2colSlack<int32_t>));
   scratch.squares.resize(static_cast<size_t>(K * ld));
-  scratch.square_acc.assign(static_cast<size_t>(K + 32), 0);  // a zero weight row, then one block's sums
+  scratch.square_acc.assign(static_cast<size_t>(K + 64), 0);  // a zero weight row, then one block's sums
   const uint32_t* zero = reinterpret_cast<const uint32_t*>(scratch.square_acc.data());
-  uint64_t* block = scratch.square_acc.data() + (K + 1) / 2 + 1;
+  const double* zero_f64 = reinterpret_cast<const double*>(scratch.square_acc.data());
+  uint64_t* block = scratch.square_acc.data() + K;
+  double* block_f64 = reinterpret_cast<double*>(block);
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
       im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), ld, scratch.image32);
       square_int32(scratch.patches32.data(), K * ld, scratch.squares.data());
+      if (f64) {
+        for (int64_t o0 = 0; o0 < Og; o0 += 4) {
+          const double* rows[4];
+          for (int r = 0; r < 4; ++r) rows[r] = o0 + r < Og ? w_sq_f64 + (grp * Og + o0 + r) * K : zero_f64;
+          for (int64_t p0 = 0; p0 < P; p0 += 16) {
+            simd::square_block16_f64(rows, scratch.squares.data() + p0, ld, K, block_f64);
+            for (int64_t r = 0; r < 4 && o0 + r < Og; ++r) {
+              double* dst = out + (n * g.out_channels + grp * Og + o0 + r) * P;
+              for (int64_t c = 0; c < 16 && p0 + c < P; ++c) dst[p0 + c] = block_f64[r * 16 + c];
+            }
+          }
+        }
+        continue;
+      }
       for (int64_t o0 = 0; o0 < Og; o0 += 4) {
         const uint32_t* rows[4];
         for (int r = 0; r < 4; ++r) rows[r] = o0 + r < Og ? w_sq + (grp * Og + o0 + r) * K : zero;

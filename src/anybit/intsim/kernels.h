@@ -219,8 +219,11 @@ void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, co
 // w_sq = w^2 ([O][K] for conv2d, [I][O] (transposed) for linear). Exact (uint64 sums, then
 // converted to double) under the caller's precondition: |x - z_x| < 2^16, |w| < 2^16 and
 // max (x - z_x)^2 * sum_k w_ok^2 < 2^64 for every o.
+// w_sq_f64 (optional): the same weights as doubles, for the AVX-512 kernel; only where
+// max (x - z_x)^2 * sum_k w_ok^2 < 2^53 (then its double sums are exact too).
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
-                        const uint32_t* w_sq, double* out, KernelScratch& scratch);
+                        const uint32_t* w_sq, double* out, KernelScratch& scratch,
+                        const double* w_sq_f64 = nullptr);
 void linear_square_sums(int64_t batch, int64_t in_features, int64_t out_features, const int32_t* x,
                         int32_t x_zero_point, const uint32_t* w_sq_t, double* out,
                         KernelScratch& scratch);

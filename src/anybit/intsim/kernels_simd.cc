@@ -461,8 +461,55 @@ __attribute__((target("avx2"))) void philox_groups_avx2(uint32_t block0, int64_t
   }
 }
 
-__attribute__((target("avx2"))) void normals_avx2(const uint32_t* words, int64_t n, const float* table,
-                                                  double* z) {
+__attribute__((target("avx512f"))) inline void mulhilo512(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+// philox_groups_avx2 two groups at a time: lanes 0-7 are group g, lanes 8-15 group g + 1.
+__attribute__((target("avx512f"))) void philox_groups_avx512(uint32_t block0, int64_t groups, uint32_t c1,
+                                                            uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
+                                                            uint32_t* words) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    __m512i a = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(block0 + 8 * static_cast<uint32_t>(g))), lanes);
+    __m512i b = _mm512_set1_epi32(static_cast<int>(c1));
+    __m512i c = _mm512_set1_epi32(static_cast<int>(c2));
+    __m512i d = _mm512_set1_epi32(static_cast<int>(c3));
+    uint32_t ka = k0, kb = k1;
+    for (int r = 0; r < 10; ++r) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo512(a, m0, hi0, lo0);
+      mulhilo512(c, m1, hi1, lo1);
+      a = _mm512_xor_si512(_mm512_xor_si512(hi1, b), _mm512_set1_epi32(static_cast<int>(ka)));
+      c = _mm512_xor_si512(_mm512_xor_si512(hi0, d), _mm512_set1_epi32(static_cast<int>(kb)));
+      b = lo1;
+      d = lo0;
+      ka += 0x9E3779B9u;
+      kb += 0xBB67AE85u;
+    }
+    uint32_t* out = words + 32 * g;
+    const __m512i v[4] = {a, b, c, d};
+    for (int j = 0; j < 4; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * j), _mm512_castsi512_si256(v[j]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 + 8 * j), _mm512_extracti64x4_epi64(v[j], 1));
+    }
+  }
+  if (g < groups) philox_groups_avx2(block0 + 8 * static_cast<uint32_t>(g), groups - g, c1, c2, c3, k0, k1, words + 32 * g);
+}
+
+__attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int64_t n, const float* table,
+                                                     double* z, int32_t* edges) {
+  // edge words (cells < 16 or >= 4080): (w + 16 * 2^20) mod 2^32 < 32 * 2^20, as a signed
+  // comparison after flipping the sign bit
+  const __m256i shift = _mm256_set1_epi32(16 << 20), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i bound = _mm256_set1_epi32(static_cast<int>((32u << 20) ^ 0x80000000u));
+  int64_t count = 0;
   const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
   const __m256i low_mask = _mm256_set1_epi32(0xfffff);
   const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
@@ -476,15 +523,24 @@ __attribute__((target("avx2"))) void normals_avx2(const uint32_t* words, int64_t
     const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
     _mm256_storeu_pd(z + i, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
     _mm256_storeu_pd(z + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
+    while (mask) {
+      const int l = __builtin_ctz(static_cast<unsigned>(mask));
+      edges[count++] = static_cast<int32_t>(i + l);
+      mask &= mask - 1;
+    }
   }
   for (; i < n; ++i) {
     const uint32_t w = words[i];
     uint32_t c = w >> 20;
+    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
     c = c < 1 ? 1 : c > 4094 ? 4094 : c;
     const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
     const float t0 = table[c], t1 = table[c + 1];
     z[i] = static_cast<double>(t0 + f * (t1 - t0));
   }
+  return count;
 }
 
 __attribute__((target("avx2"))) void square_block_avx2(const uint32_t* const w[4], const uint32_t* x, int64_t ld,
@@ -507,8 +563,39 @@ __attribute__((target("avx2"))) void square_block_avx2(const uint32_t* const w[4
   }
 }
 
+__attribute__((target("avx512f"))) void square_block16_avx512(const double* const w[4], const uint32_t* x,
+                                                              int64_t ld, int64_t depth, double* out) {
+  __m512d s[4][2];
+  for (auto& row : s) row[0] = row[1] = _mm512_setzero_pd();
+  for (int64_t k = 0; k < depth; ++k) {
+    const uint32_t* xr = x + k * ld;
+    const __m512d x0 = _mm512_cvtepu32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)));
+    const __m512d x1 = _mm512_cvtepu32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 8)));
+    for (int r = 0; r < 4; ++r) {
+      const __m512d a = _mm512_set1_pd(w[r][k]);
+      s[r][0] = _mm512_fmadd_pd(a, x0, s[r][0]);
+      s[r][1] = _mm512_fmadd_pd(a, x1, s[r][1]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    _mm512_storeu_pd(out + 16 * r, s[r][0]);
+    _mm512_storeu_pd(out + 16 * r + 8, s[r][1]);
+  }
+}
+
 }  // namespace
 #endif
+
+bool square_block16_f64(const double* const w[4], const uint32_t* x, int64_t ld, int64_t depth, double* out) {
+#ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx512) {
+    square_block16_avx512(w, x, ld, depth, out);
+    return true;
+  }
+#endif
+  (void)w, (void)x, (void)ld, (void)depth, (void)out;
+  return false;
+}
 
 bool square_block(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int64_t depth, uint64_t* out) {
 #ifdef ANYBIT_INTSIM_X86
@@ -524,6 +611,10 @@ bool square_block(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int
 bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
                    uint32_t k0, uint32_t k1, uint32_t* words) {
 #ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx512) {
+    philox_groups_avx512(block0, groups, c1, c2, c3, k0, k1, words);
+    return true;
+  }
   if (level() >= Level::kAvx2) {
     philox_groups_avx2(block0, groups, c1, c2, c3, k0, k1, words);
     return true;
@@ -533,15 +624,12 @@ bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, ui
   return false;
 }
 
-bool normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z) {
+int64_t normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z, int32_t* edges) {
 #ifdef ANYBIT_INTSIM_X86
-  if (level() >= Level::kAvx2) {
-    normals_avx2(words, n, table, z);
-    return true;
-  }
+  if (level() >= Level::kAvx2) return normals_avx2(words, n, table, z, edges);
 #endif
-  (void)words, (void)n, (void)table, (void)z;
-  return false;
+  (void)words, (void)n, (void)table, (void)z, (void)edges;
+  return -1;
 }
 
 }  // namespace simd

@@ -93,6 +93,41 @@ TEST_P(KernelSeed, Conv2dFastKernelsMatchTheReference) {
   }
 }
 
+// The sums of squared products (the gauss:rel noise) against the definition, element by
+// element: sum over the window of ((x - z_x) * w)^2, padding contributing 0; with the
+// double weights too (the AVX-512 kernel where the CPU has it).
+TEST_P(KernelSeed, Conv2dSquareSumsMatchTheDefinition) {
+  const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) + 5000);
+  const Conv2dGeometry& g = c.g;
+  const int64_t K = g.patch_size(), P = g.out_h() * g.out_w(), Cg = g.in_channels / g.groups;
+  const int64_t Og = g.out_channels / g.groups;
+  std::vector<uint32_t> w_sq(c.w_offset.size());
+  for (size_t i = 0; i < w_sq.size(); ++i) w_sq[i] = static_cast<uint32_t>(c.w_offset[i] * c.w_offset[i]);
+  const std::vector<double> w_f64(w_sq.begin(), w_sq.end());
+  std::vector<double> got(static_cast<size_t>(conv_out_size(g))), got64(got.size());
+  KernelScratch scratch;
+  conv2d_square_sums(g, c.x.data(), c.x_zero_point, w_sq.data(), got.data(), scratch);
+  conv2d_square_sums(g, c.x.data(), c.x_zero_point, w_sq.data(), got64.data(), scratch, w_f64.data());
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t o = 0; o < g.out_channels; ++o)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t grp = o / Og, oy = p / g.out_w(), ox = p % g.out_w();
+        double want = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t ci = k / (g.kernel_h * g.kernel_w), ky = k / g.kernel_w % g.kernel_h, kx = k % g.kernel_w;
+          const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
+          const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
+          if (iy < 0 || iy >= g.in_h || ix < 0 || ix >= g.in_w) continue;
+          const int64_t xv = c.x[((n * g.in_channels + grp * Cg + ci) * g.in_h + iy) * g.in_w + ix] - c.x_zero_point;
+          const double prod = static_cast<double>(xv * c.w_offset[o * K + k]);
+          want += prod * prod;
+        }
+        const size_t i = static_cast<size_t>((n * g.out_channels + o) * P + p);
+        ASSERT_EQ(got[i], want) << "element " << i;
+        ASSERT_EQ(got64[i], want) << "element " << i << " (double weights)";
+      }
+}
+
 TEST_P(KernelSeed, Conv2dMacPathWithExactMacMatchesTheReferenceAtEveryWidthAndMode) {
   const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) + 1000);
   const int32_t* bias = c.has_bias ? c.bias.data() : nullptr;

@@ -254,9 +254,15 @@ ANYBIT_CLONES bool any_edge8(const uint32_t* w) {
   return any;
 }
 
-void words_to_normals(const uint32_t* words, int64_t n, double* z) {
+void words_to_normals(const uint32_t* words, int64_t n, double* z, std::vector<int32_t>& edges) {
   const float* table = normal_table().data();
-  if (!simd::normals_from_words(words, n, table, z)) normals_portable(words, n, table, z);
+  edges.resize(static_cast<size_t>(n));
+  const int64_t count = simd::normals_from_words(words, n, table, z, edges.data());
+  if (count >= 0) {
+    for (int64_t e = 0; e < count; ++e) z[edges[e]] = edge_normal(words[edges[e]]);
+    return;
+  }
+  normals_portable(words, n, table, z);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     if (any_edge8(words + i))
@@ -270,6 +276,7 @@ void words_to_normals(const uint32_t* words, int64_t n, double* z) {
 // Per-thread buffers of the perturbing models (they are called from several threads).
 struct Buffers {
   std::vector<uint32_t> philox, words, first;
+  std::vector<int32_t> edges;
   std::vector<double> z;
 };
 Buffers& buffers() {
@@ -320,7 +327,7 @@ void keyed_normals_into(Buffers& buf, uint64_t seed, uint32_t stream, uint32_t l
   std::vector<uint32_t>& words = buf.words;
   words.resize(static_cast<size_t>(n));
   keyed_words_into(buf, seed, stream, layer, image, first, n, words.data());
-  words_to_normals(words.data(), n, z);
+  words_to_normals(words.data(), n, z, buf.edges);
 }
 
 }  // namespace

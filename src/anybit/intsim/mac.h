@@ -185,6 +185,9 @@ class GaussianMac : public SumPerturbingMac {
   void perturb(SumBlock& b) const override;
   bool needs_squares() const override { return rel_ != 0; }
   std::string describe() const override;
+  double sigma() const { return sigma_; }
+  double rel() const { return rel_; }
+  double fs() const { return fs_; }
 
  private:
   double sigma_, rel_, fs_;
