@@ -7,7 +7,7 @@ W8A8 export (examples/export_w8a8.yaml, 10k test images) and on torchvision's Re
 (random weights, traced at 224x224, W8A8, 64 images of noise labelled by the float model).
 curves: accuracy against gauss:rel noise (5 seeds per level, the 10k test images) of the
 shipped model's W8A8 export after PTQ, after 2 epochs of fine-tuning, and after 2 epochs of
-noise-aware fine-tuning (finetune --noise gauss:rel=0.3), the same seeds for all three.
+noise-aware fine-tuning (finetune --noise gauss:rel=0.1 and 0.3), the same seeds for all.
 """
 import argparse
 import json
@@ -89,7 +89,8 @@ def timing():
 def curves():
     model, data, _ = shipped_export()
     ft = {}
-    for tag, noise in (("qat", []), ("qat-noise", ["--noise", "gauss:rel=0.3"])):
+    for tag, noise in (("qat", []), ("qat-noise", ["--noise", "gauss:rel=0.3"]),
+                       ("qat-noise01", ["--noise", "gauss:rel=0.1"])):
         if not os.path.exists(f"{O}/{tag}_int/manifest.json"):
             t0 = time.time()
             run([*B, "finetune", f"{O}/w8a8.pt", "-d", "fmnist::train", "--epochs", "2", "--lr", "0.005", *noise,
@@ -99,6 +100,7 @@ def curves():
     levels = "gauss:rel=0.05,0.1,0.2,0.3,0.5"
     res = {}
     for tag, m in (("PTQ", model), ("fine-tuned 2 epochs", f"{O}/qat_int"),
+                   ("noise-aware fine-tuned 2 epochs (rel 0.1)", f"{O}/qat-noise01_int"),
                    ("noise-aware fine-tuned 2 epochs (rel 0.3)", f"{O}/qat-noise_int")):
         tagdir = f"{O}/sweep-{re.sub(r'[^a-z0-9]+', '-', tag.lower())}"
         run([*B, "intsim", m, "-d", data, "--mac", levels, "--seeds", "5", "-o", tagdir, "--resume", "--no-progress"])

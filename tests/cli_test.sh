@@ -139,6 +139,23 @@ if "$EXE" --threads 2 intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=100" --
 else
   fail=$((fail + 1)); echo "FAIL: noise sweep"; cat "$T/noise.txt" "$T/noise2.txt"
 fi
+# the per-dot-product path (a model that needs every product) gives the fast path's numbers
+if "$EXE" --threads 2 intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=20" --mac gauss:rel=0.2,seed=3 --json \
+     --no-progress >"$T/fast.json" &&
+   "$EXE" --threads 1 intsim "$T/w8_int" --data "fmnist:$DATA:test:limit=20" --mac gauss:rel=0.2,seed=3 --json \
+     --per-dot-product --no-progress >"$T/slow.json" &&
+   /usr/bin/python3 -c "
+import json
+a, b = json.load(open('$T/fast.json')), json.load(open('$T/slow.json'))
+assert a['top1'] == b['top1'], (a['top1'], b['top1'])
+assert [l['mean_abs_error'] for l in a['layers']] == [l['mean_abs_error'] for l in b['layers']]
+assert any(l['mean_abs_error'] > 0 for l in a['layers'])
+assert [l['fast_path'] for l in b['layers'] if l['op'] == 'conv2d'] == [False] * 9
+"; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAIL: per-dot-product path"
+fi
 expect_error noise-negative "outside" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rel=0.1,-0.2
 expect_error noise-two-keys "only one parameter" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rel=0.1,0.2,sigma=1,2
 expect_error noise-unknown-key "unknown parameter 'rate' for gauss" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:rate=0.1

@@ -307,7 +307,7 @@ int cmd_export(const Common& c, const std::string& input_shape) {
 struct IntsimFlags {
   int acc_bits = 32;
   std::string overflow = "wrap", mac = "exact", reference, calib_data, out;
-  bool reference_kernels = false, resume = false;
+  bool reference_kernels = false, resume = false, per_dot = false;
   int seeds = 1;
   int64_t calib_samples = 256;
 };
@@ -327,7 +327,9 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   } catch (const anybit::intsim::Error& e) {
     throw anybit::Error(e.what());
   }
+  if (f.reference_kernels && f.per_dot) throw anybit::Error("--reference-kernels and --per-dot-product pick two paths; give one");
   if (f.reference_kernels) o.engine.path = anybit::intsim::KernelPath::kReference;
+  if (f.per_dot) o.engine.path = anybit::intsim::KernelPath::kPerDotProduct;
   o.engine.threads = c.threads;  // 0: one per hardware thread
   o.batch_size = c.eval_batch_size;
   o.progress = progress_on(c);
@@ -736,6 +738,9 @@ int main(int argc, char** argv) {
   isim->add_option("--calib-samples", isf.calib_samples, "calibration images (default 256)")->check(CLI::PositiveNumber);
   isim->add_option("--reference", isf.reference, "the quantized TorchScript model to compare outputs with");
   isim->add_flag("--reference-kernels", isf.reference_kernels, "use the plain int64 reference kernels (slow)");
+  isim->add_flag("--per-dot-product", isf.per_dot,
+                 "every dot product through the MAC model one at a time, as for a model that needs every product "
+                 "(same numbers, slow; for checks and timing)");
   isim->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);
   isim->add_flag("--json", c.json, "print JSON");
   isim->add_flag("--no-progress", c.no_progress, "no progress bar");

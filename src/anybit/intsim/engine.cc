@@ -245,6 +245,9 @@ struct Worker {
 // a chunk to at most kMaxChunkImages images.
 constexpr int64_t kChunkBytes = 256 * 1024;
 constexpr int64_t kMaxChunkImages = 16;
+// Elements a sum-perturbing MAC model gets at once (whole channels of one image): its
+// results, their fit and the requantization stay in the L1 cache.
+constexpr int64_t kPerturbBlock = 1024;
 
 }  // namespace
 
@@ -809,9 +812,8 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
         linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
       squares = w.squares.data();
     }
-    // In blocks of whole channels of one image, about 4096 elements, so that the model's
-    // results, their fit and the requantization stay in the L1 cache.
-    const int64_t rows = std::max<int64_t>(1, 4096 / inner);
+    // In blocks of whole channels of one image (kPerturbBlock)
+    const int64_t rows = std::max<int64_t>(1, kPerturbBlock / inner);
     w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
     const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
     double sum_err = 0;
