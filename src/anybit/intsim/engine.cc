@@ -211,6 +211,31 @@ Pool2dGeometry pool_geometry(const Op& op, const std::vector<int64_t>& in_nchw,
   return g;
 }
 
+// The accumulators of a conv2d or linear layer on its fast or stepwise kernel (bias may be
+// null); the stepwise kernels add their overflow events to *overflows.
+void exact_sums(const PreparedLayer& L, bool conv, const Conv2dGeometry& g, int64_t batch, int64_t in_features,
+                const int32_t* xd, int32_t zx, const int32_t* bias, int32_t* acc, const AccumulatorSpec& spec,
+                int64_t* overflows, KernelScratch& scratch) {
+  if (L.kernel == LayerKernel::kFast && conv && L.int16_operands)
+    conv2d_acc32(g, xd, zx, L.packed16, bias, acc, scratch);
+  else if (L.kernel == LayerKernel::kFast && conv)
+    conv2d_acc32(g, xd, zx, L.packed32, bias, acc, scratch);
+  else if (L.kernel == LayerKernel::kFast && L.int16_operands)
+    linear_acc32(batch, xd, zx, L.packed16, bias, acc, scratch);
+  else if (L.kernel == LayerKernel::kFast)
+    linear_acc32(batch, xd, zx, L.packed32, bias, acc, scratch);
+  else if (conv && L.int16_operands)
+    conv2d_int16_stepwise(g, xd, zx, L.w_offset16.data(), bias, spec, acc, overflows, scratch);
+  else if (conv)
+    conv2d_int32_stepwise(g, xd, zx, L.w_offset.data(), bias, spec, acc, overflows, scratch);
+  else if (L.int16_operands)
+    linear_int16_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset16.data(), bias, spec, acc,
+                          overflows, scratch);
+  else
+    linear_int32_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(), bias, spec, acc,
+                          overflows, scratch);
+}
+
 // What one thread needs to run the ops on a chunk of the batch.
 struct Worker {
   std::vector<Tensor> env;                  // the chunk's tensors, by id
@@ -627,24 +652,7 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_imag
       if (L.kernel == LayerKernel::kFast || L.kernel == LayerKernel::kStepwise) {
         w.acc32.resize(y.data.size());
         int32_t* acc = w.acc32.data();
-        if (L.kernel == LayerKernel::kFast && conv)
-          conv2d_acc32(g, xd, zx, L.packed32, bias, acc, w.scratch);
-        else if (L.kernel == LayerKernel::kFast && L.int16_operands)
-          linear_acc32(batch, xd, zx, L.packed16, bias, acc, w.scratch);
-        else if (L.kernel == LayerKernel::kFast)
-          linear_acc32(batch, xd, zx, L.packed32, bias, acc, w.scratch);
-        else if (conv && L.int16_operands)
-          conv2d_int16_stepwise(g, xd, zx, L.w_offset16.data(), bias, options.accumulator, acc,
-                                &st.overflows, w.scratch);
-        else if (conv)
-          conv2d_int32_stepwise(g, xd, zx, L.w_offset.data(), bias, options.accumulator, acc,
-                                &st.overflows, w.scratch);
-        else if (L.int16_operands)
-          linear_int16_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset16.data(),
-                                bias, options.accumulator, acc, &st.overflows, w.scratch);
-        else
-          linear_int32_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(),
-                                bias, options.accumulator, acc, &st.overflows, w.scratch);
+        exact_sums(L, conv, g, batch, in_features, xd, zx, bias, acc, options.accumulator, &st.overflows, w.scratch);
         requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
         break;
       }
@@ -770,26 +778,7 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
   // 1. The exact sums, without the bias (which the engine adds after the MAC model).
   w.acc32.resize(y.data.size());
   int32_t* acc = w.acc32.data();
-  if (L.kernel == LayerKernel::kFast && conv && L.int16_operands)
-    conv2d_acc32(g, xd, zx, L.packed16, nullptr, acc, w.scratch);
-  else if (L.kernel == LayerKernel::kFast && conv)
-    conv2d_acc32(g, xd, zx, L.packed32, nullptr, acc, w.scratch);
-  else if (L.kernel == LayerKernel::kFast && L.int16_operands)
-    linear_acc32(batch, xd, zx, L.packed16, nullptr, acc, w.scratch);
-  else if (L.kernel == LayerKernel::kFast)
-    linear_acc32(batch, xd, zx, L.packed32, nullptr, acc, w.scratch);
-  else if (conv && L.int16_operands)
-    conv2d_int16_stepwise(g, xd, zx, L.w_offset16.data(), nullptr, options.accumulator, acc,
-                          &st.overflows, w.scratch);
-  else if (conv)
-    conv2d_int32_stepwise(g, xd, zx, L.w_offset.data(), nullptr, options.accumulator, acc,
-                          &st.overflows, w.scratch);
-  else if (L.int16_operands)
-    linear_int16_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset16.data(), nullptr,
-                          options.accumulator, acc, &st.overflows, w.scratch);
-  else
-    linear_int32_stepwise(batch, in_features, L.out_channels, xd, zx, L.w_offset.data(), nullptr,
-                          options.accumulator, acc, &st.overflows, w.scratch);
+  exact_sums(L, conv, g, batch, in_features, xd, zx, nullptr, acc, options.accumulator, &st.overflows, w.scratch);
   const int64_t n = batch * count;
   Accumulator reg(options.accumulator);
   if (calibrating) {
