@@ -55,7 +55,56 @@ struct Quantizer {
   int32_t qmin = 0, qmax = 0;
   int64_t axis = -1;
   bool two_level_sign = false;  // binary / ternary: levels are multiples of alpha
+  // weights only (OpInfo::no_integer says why not as activations): MX, whose per-channel
+  // steps read_weight finds in the values, and integer codebooks
+  bool weights_only = false;
+  std::string weights_only_why;  // the message for its use as an activation
+  std::string no_weights;        // the message for its use as a weight ("" when it exports)
+  bool binary_grid = false;
 };
+
+// The exponent of v's lowest set bit: v = odd * 2^k (v != 0, a float32 value as a double).
+int lowest_bit_exponent(double v) {
+  int e = 0;
+  const double m = std::frexp(std::fabs(v), &e);  // |v| = m * 2^e, m in [0.5, 1)
+  uint64_t mant = static_cast<uint64_t>(std::ldexp(m, 53));
+  return e - 53 + __builtin_ctzll(mant);
+}
+
+// The step d of codebook levels l[0, n) (sorted, stored as float32) that makes every l / d
+// an integer of at most 16 bits (up to float32's rounding: |l / d - round| <= 1e-4), the
+// largest such of a few candidates (the smallest gap between levels and the smallest
+// nonzero |level|, divided by 1..4); 0 when none does (NF4's levels, k-means levels).
+double codebook_step(const double* l, int64_t n) {
+  double gap = 0, small = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    if (l[k] != 0 && (small == 0 || std::fabs(l[k]) < small)) small = std::fabs(l[k]);
+    if (k > 0 && l[k] > l[k - 1] && (gap == 0 || l[k] - l[k - 1] < gap)) gap = l[k] - l[k - 1];
+  }
+  std::vector<double> candidates;
+  for (double base : {gap, small})
+    for (int div = 1; div <= 4; ++div)
+      if (base > 0) candidates.push_back(base / div);
+  std::sort(candidates.rbegin(), candidates.rend());
+  for (double d : candidates) {
+    bool ok = true;
+    for (int64_t k = 0; k < n && ok; ++k) {
+      const double v = l[k] / d;
+      ok = std::fabs(v) <= 32767 && std::fabs(v - std::nearbyint(v)) <= 1e-4 * std::max(1.0, std::fabs(v));
+    }
+    if (ok) return d;
+  }
+  return n > 0 && small == 0 ? 1.0 : 0.0;  // all levels 0
+}
+
+// The largest power of two that every value of v[0, n) is an integer multiple of (1 when
+// all are 0).
+double binary_grid_step(const double* v, int64_t n) {
+  int k = std::numeric_limits<int>::max();
+  for (int64_t i = 0; i < n; ++i)
+    if (v[i] != 0) k = std::min(k, lowest_bit_exponent(v[i]));
+  return k == std::numeric_limits<int>::max() ? 1.0 : std::ldexp(1.0, k);
+}
 
 struct IntTensor {
   std::string name;
@@ -270,6 +319,46 @@ class Exporter {
       q.qmin = -1;
       q.qmax = 1;
       break;
+    case qnode::IntegerForm::kBinaryGrid:
+      q.weights_only = q.binary_grid = true;
+      q.weights_only_why = in.no_integer;
+      q.scale = {1.0};  // read_weight finds each channel's step in the values
+      q.zero_point = {0};
+      q.axis = 0;
+      break;
+    case qnode::IntegerForm::kCodebook: {
+      if (in.group >= 0 && eval(n->input(in.group)).toInt() != 0)
+        throw Error(q.point + ": per-group codebooks have no integer export (one scale per output channel at most)");
+      q.weights_only = true;
+      q.weights_only_why = in.no_integer;
+      q.axis = eval(n->input(in.axis)).toInt();
+      const std::vector<double> s = float32_values(eval(n->input(in.scale)).toTensor());
+      const at::Tensor levels = eval(n->input(in.levels)).toTensor().detach().to(at::kFloat).to(at::kDouble).contiguous();
+      const int64_t rows = levels.dim() == 1 ? 1 : levels.size(0), L = levels.size(-1);
+      const int64_t channels = std::max<int64_t>(rows, static_cast<int64_t>(s.size()));
+      const double* lv = levels.data_ptr<double>();
+      int64_t lo = 0, hi = 0;
+      for (int64_t c = 0; c < channels && q.no_weights.empty(); ++c) {
+        const double* row = lv + (rows == 1 ? 0 : c) * L;
+        const double d = codebook_step(row, L);
+        if (d <= 0) {
+          q.no_weights = q.point + ": codebook levels that are not integers times a common step (within 16 "
+                         "bits; NF4's and k-means levels are not) have no integer export: give such levels, e.g. "
+                         "lut2:levels=-3/-1/1/3";
+          break;
+        }
+        for (int64_t k = 0; k < L; ++k) {
+          const int64_t v = static_cast<int64_t>(std::nearbyint(row[k] / d));
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+        q.scale.push_back(s[s.size() == 1 ? 0 : c] * d);
+      }
+      q.zero_point = {0};
+      q.qmin = static_cast<int32_t>(lo);
+      q.qmax = static_cast<int32_t>(hi);
+      break;
+    }
     case qnode::IntegerForm::kNone:
       throw Error(q.point + ": " + q.kind + ": " + in.no_integer);
     }
@@ -281,6 +370,7 @@ class Exporter {
 
   // An activation quantizer as tensor parameters (one scale, one zero point).
   QuantParams activation_params(const Quantizer& fq) {
+    if (fq.weights_only) throw Error(fq.point + ": " + fq.kind + ": " + fq.weights_only_why);
     if (fq.two_level_sign)
       throw Error(fq.point + ": binary/ternary activations (alpha * sign) have no integer export; " +
                   "quantize activations as uint1/int2 or wider");
@@ -449,6 +539,7 @@ class Exporter {
     if (!is_quantizer(qn))
       throw Error(op->name + ": its weight is not quantized: add a rule for role weight (e.g. int8)");
     Quantizer fq = read_quantizer(qn);
+    if (!fq.no_weights.empty()) throw Error(fq.no_weights);
     at::Tensor wq = eval(wv).toTensor().detach().to(at::kDouble).contiguous();  // fake-quantized
     const int64_t O = wq.size(0);
     if (fq.scale.size() != 1 && (fq.axis != 0 || static_cast<int64_t>(fq.scale.size()) != O))
@@ -456,6 +547,19 @@ class Exporter {
     op->out_channels = O;
     const int64_t per = wq.numel() / std::max<int64_t>(O, 1);
     const double* pw = wq.data_ptr<double>();
+    if (fq.binary_grid) {
+      // each channel's values are integers times its finest power of two, exactly
+      fq.scale.assign(static_cast<size_t>(O), 1.0);
+      for (int64_t o = 0; o < O; ++o) {
+        const double step = binary_grid_step(pw + o * per, per);
+        for (int64_t i = 0; i < per; ++i)
+          if (std::fabs(pw[o * per + i] / step) > 2147483647.0)
+            throw Error(fq.point + ": the block scales of output channel " + std::to_string(o) +
+                        " span too many octaves for 32-bit integer weights");
+        fq.scale[static_cast<size_t>(o)] = step;
+      }
+      fq.qmin = 0, fq.qmax = 0;
+    }
     op->weight.shape = wq.sizes().vec();
     op->weight.data.resize(wq.numel());
     int32_t lo = fq.qmin, hi = fq.qmax;

@@ -170,7 +170,7 @@ TEST_F(Formats, MinifloatsQuantizeEvaluateAndRefuseIntegerExport) {
 }
 
 // Block formats: MX scales every block from itself (activations need no calibration data),
-// NVFP4 calibrates only its tensor scale; neither has an integer export.
+// NVFP4 calibrates only its tensor scale; MX activations and NVFP4 have no integer export.
 TEST_F(Formats, BlockFormatsQuantizeWithoutDataWhereTheyNeedNoneAndEvaluate) {
   QuantizeResult mx = run("mxint8", "mxint8", /*with_data=*/false);  // every point is MX: no data
   int blocks = 0;
@@ -196,7 +196,7 @@ TEST_F(Formats, BlockFormatsQuantizeWithoutDataWhereTheyNeedNoneAndEvaluate) {
   const EvalResult rn = eval(nv);
   EXPECT_GT(rn.top1, r4.top1 - 5.0);  // E4M3 block scales of 16 against E8M0 scales of 32
   EXPECT_NEAR(eval(nv, false).top1, rn.top1, 0.05);
-  expect_no_integer_export(mx, "MX block formats have no integer export");
+  expect_no_integer_export(mx, "MX activations have no integer export");  // MX weights export (export_test)
   expect_no_integer_export(nv, "NVFP4 has no integer export");
 }
 
@@ -234,7 +234,7 @@ TEST_F(Formats, CodebooksQuantizeWithNf4KmeansAndGivenLevels) {
       EXPECT_EQ(p.value.size(1), 16) << p.name;
     }
   EXPECT_GT(learned, 5);
-  expect_no_integer_export(nf4, "codebook levels (nf4, lut) have no integer export");
+  expect_no_integer_export(nf4, "codebook activations have no integer export");
 }
 
 // The preparation the CLI, Python and the sweep share: folding, equalization, and the

@@ -56,8 +56,9 @@ const std::array<OpInfo, 12>& table() {
     // fake_quant_mx(x, format, axis): scales computed from each block; format [block, exp, man]
     OpInfo& mx = a[9] = make(Op::kMx, "anybit::fake_quant_mx");
     mx.axis = 2;
-    mx.no_integer = "MX block formats have no integer export: the integer engine has one scale per tensor or "
-                    "output channel, not one per block of 32";
+    mx.integer = IntegerForm::kBinaryGrid;
+    mx.no_integer = "MX activations have no integer export: their scales follow each block of the data at run "
+                    "time, and the integer engine has one scale per tensor (MX weights export)";
     // fake_quant_nvfp4(x, scale, axis, block): the tensor scale, block scales from each block
     OpInfo& nv = a[10] = make(Op::kNvfp4, "anybit::fake_quant_nvfp4");
     nv.scale = 1, nv.axis = 2;
@@ -65,9 +66,10 @@ const std::array<OpInfo, 12>& table() {
     // fake_quant_lut(x, scale, levels, axis, group_size, grad_factor): no ranges BatchNorm folding
     // could rescale (a negative factor mirrors an asymmetric codebook such as NF4's)
     OpInfo& lut = a[11] = make(Op::kLut, "anybit::fake_quant_lut");
-    lut.scale = 1, lut.axis = 3, lut.group = 4;
-    lut.no_integer = "codebook levels (nf4, lut) have no integer export: the integer engine computes on uniform "
-                     "integer grids";
+    lut.scale = 1, lut.levels = 2, lut.axis = 3, lut.group = 4;
+    lut.integer = IntegerForm::kCodebook;
+    lut.no_integer = "codebook activations have no integer export: the engine's requantization rounds to every "
+                     "integer of the range, not only to the levels (codebook weights with integer levels export)";
     return a;
   }();
   return t;

@@ -25,6 +25,13 @@ enum class IntegerForm {
   kUniform,  // q = clamp(round(x / s) + z, qmin, qmax) from scale, zero_point, qmin, qmax, axis
   kPact,     // uniform on [0, clip], s = clip / (2^bits - 1), z = 0
   kSign,     // two or three levels alpha * {-1, (0,) 1} per channel
+  // weights only: every value an integer times a power of two (MX: int8 or minifloat
+  // elements times the block's E8M0 scale); per output channel, the integers on the
+  // channel's finest power of two
+  kBinaryGrid,
+  // weights only: levels that are integers times a step (lut2:levels=-3/-1/1/3), times the
+  // scale: a uniform grid of which the weights take only the levels
+  kCodebook,
 };
 
 // The inputs of a quantizer op (input 0 is always the value quantized); -1 where the op
@@ -39,6 +46,7 @@ struct OpInfo {
   int qmin = -1, qmax = -1;
   int bits = -1;          // PACT: the bit width (its range is [0, 2^bits - 1])
   int rounding = -1;      // the rounding mode (fake_quant.h)
+  int levels = -1;        // a codebook's levels ([L] or [C, L])
   // inputs 1..ranges are ranges that scale with the weight: what BatchNorm folding rescales
   // per output channel (the step; binary's alpha; ternary's alpha and threshold)
   int ranges = 0;
