@@ -56,6 +56,16 @@ ANYBIT_CLONES void add_relative_noise(const int32_t* e, const double* z, const d
   for (int64_t k = 0; k < n; ++k) out[k] = to_int64_rounded(e[k] + std::sqrt(var0 + rel2 * sq[k]) * z[k]);
 }
 
+// out[k] = e[k]; whether any w[k] > keep_max.
+ANYBIT_CLONES bool copy_unless_above(const int32_t* e, const uint32_t* w, int64_t n, uint32_t keep_max, int64_t* out) {
+  uint32_t above = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    out[k] = e[k];
+    above |= static_cast<uint32_t>(w[k] > keep_max);
+  }
+  return above != 0;
+}
+
 // out[k] = step * clamp(round(e[k] / step), lo, hi); returns how many were clamped.
 ANYBIT_CLONES int64_t adc_read(const int32_t* e, int64_t n, double inv_step, double step, double lo, double hi,
                                int64_t* out) {
@@ -507,6 +517,16 @@ void BitFlipMac::perturb(SumBlock& b) const {
   // u <= (1 - rate)^bits, the common case, decided without a logarithm.
   const double log_keep = std::log1p(-rate_);
   const double none = std::pow(1 - rate_, bits);
+  // the largest word whose unit is <= none: words up to it flip nothing (compared as
+  // integers, 64 at a time, before any element is looked at on its own)
+  bool all_checked = none < word_to_unit(0);
+  uint32_t keep_max = 0;
+  if (!all_checked) {
+    const double t = std::floor(std::min(none * 4294967296.0, 4294967295.0));
+    keep_max = static_cast<uint32_t>(t);
+    while (keep_max > 0 && word_to_unit(keep_max) > none) --keep_max;
+    while (keep_max < 0xffffffffu && word_to_unit(keep_max + 1) <= none) ++keep_max;
+  }
   Buffers& buf = buffers();
   std::vector<uint32_t>& first = buf.first;
   first.resize(static_cast<size_t>(b.count));
@@ -514,6 +534,13 @@ void BitFlipMac::perturb(SumBlock& b) const {
     const uint32_t image = static_cast<uint32_t>(b.first_image + i);
     keyed_words_into(buf, seed_, 0, layer_key(b), image, static_cast<uint64_t>(b.first_index), b.count, first.data());
     for (int64_t k = 0; k < b.count; ++k) {
+      if (!all_checked && k % 64 == 0) {
+        const int64_t n = std::min<int64_t>(64, b.count - k);
+        if (!copy_unless_above(b.exact + i * b.count + k, first.data() + k, n, keep_max, b.out + i * b.count + k)) {
+          k += n - 1;
+          continue;
+        }
+      }
       const int64_t exact = b.exact[i * b.count + k];
       double u = word_to_unit(first[static_cast<size_t>(k)]);
       if (u <= none) {
