@@ -509,11 +509,12 @@ py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_s
   return d;
 }
 
-py::dict noise_sweep(const std::string& model_dir, const std::string& data_spec, const std::string& mac, int seeds,
-                     const std::string& out_dir, bool resume, int acc_bits, const std::string& overflow, int threads,
-                     int64_t batch_size, const std::string& calib_spec, int64_t calib_samples, bool progress,
-                     const std::string& model_name, const std::string& data_name) {
-  anybit::NoiseSweepResult r;
+// (noise.json's text, the CLI's table)
+py::tuple noise_sweep(const std::string& model_dir, const std::string& data_spec, const std::string& mac, int seeds,
+                      const std::string& out_dir, bool resume, int acc_bits, const std::string& overflow, int threads,
+                      int64_t batch_size, const std::string& calib_spec, int64_t calib_samples, bool progress,
+                      const std::string& model_name, const std::string& data_name) {
+  std::string text, table;
   {
     py::gil_scoped_release release;
     anybit::NoiseSweepOptions o;
@@ -532,39 +533,11 @@ py::dict noise_sweep(const std::string& model_dir, const std::string& data_spec,
     o.data_name = data_name;
     intsim::Model m = intsim::load_model(model_dir);
     auto data = anybit::open_data(data_spec);
-    r = anybit::run_noise_sweep(m, *data, o);
+    const anybit::NoiseSweepResult r = anybit::run_noise_sweep(m, *data, o);
+    text = anybit::noise_json(r, o);
+    table = anybit::format_noise_table(r);
   }
-  auto run = [](const anybit::NoiseRun& x) {
-    py::dict d;
-    d["mac"] = x.mac;
-    d["value"] = x.value;
-    d["seed"] = x.seed;
-    d["top1"] = x.top1;
-    d["top5"] = x.top5;
-    d["seconds"] = x.seconds;
-    return d;
-  };
-  py::dict d;
-  d["key"] = r.key;
-  d["exact"] = run(r.exact);
-  py::list levels, runs;
-  for (const auto& l : r.levels) {
-    py::dict e;
-    e["mac"] = l.mac;
-    e["value"] = l.value;
-    e["runs"] = l.runs;
-    e["top1_mean"] = l.mean;
-    e["top1_std"] = l.std;
-    e["top1_min"] = l.min;
-    e["top1_max"] = l.max;
-    e["top5_mean"] = l.mean_top5;
-    levels.append(e);
-  }
-  for (const auto& x : r.runs) runs.append(run(x));
-  d["levels"] = levels;
-  d["runs"] = runs;
-  d["table"] = anybit::format_noise_table(r);
-  return d;
+  return py::make_tuple(text, table);
 }
 
 }  // namespace

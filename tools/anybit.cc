@@ -6,7 +6,6 @@
 #include <torch/script.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -359,19 +358,7 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     auto data = anybit::open_data(c.data);
     const anybit::NoiseSweepResult r = anybit::run_noise_sweep(m, *data, so);
     if (c.json) {
-      std::ifstream in(f.out + "/noise.json");
-      if (!f.out.empty() && in) {
-        std::cout << in.rdbuf();
-        return 0;
-      }
-      json j;
-      j["exact"] = {{"top1", r.exact.top1}, {"top5", r.exact.top5}};
-      json lv = json::array();
-      for (const auto& l : r.levels)
-        lv.push_back({{"mac", l.mac}, {"value", l.value}, {"runs", l.runs}, {"top1_mean", l.mean}, {"top1_std", l.std},
-                      {"top1_min", l.min}, {"top1_max", l.max}, {"top5_mean", l.mean_top5}});
-      j["levels"] = lv;
-      std::cout << j.dump(2) << "\n";
+      std::cout << anybit::noise_json(r, so);
       return 0;
     }
     fmt::print("{}: {} on {} ({} seed(s) per level, {}-bit {} accumulator)\n{}", c.model, f.mac, c.data, f.seeds,

@@ -441,7 +441,10 @@ def noise_sweep(model_dir, data, mac, seeds=1, out=None, resume=False, acc_bits=
     with tempfile.TemporaryDirectory() as d:
         spec, _, _ = _data(data, d)
         cspec = _calib_spec(calib_data, d)
-        return _anybit.noise_sweep(os.fspath(model_dir), spec, mac, int(seeds), os.fspath(out) if out else "",
-                                   bool(resume), int(acc_bits), overflow, int(threads), int(batch_size), cspec,
-                                   int(calib_samples), bool(progress), os.fspath(model_dir),
-                                   data if isinstance(data, str) else "<python data>")
+        text, table = _anybit.noise_sweep(os.fspath(model_dir), spec, mac, int(seeds), os.fspath(out) if out else "",
+                                          bool(resume), int(acc_bits), overflow, int(threads), int(batch_size), cspec,
+                                          int(calib_samples), bool(progress), os.fspath(model_dir),
+                                          data if isinstance(data, str) else "<python data>")
+    r = json.loads(text)
+    r["table"] = table
+    return r

@@ -211,23 +211,26 @@ NoiseSweepResult run_noise_sweep(const intsim::Model& model, const DataSource& d
     std::string csv = "mac,value,runs,top1_mean,top1_std,top1_min,top1_max,top5_mean\n";
     csv += fmt::format("exact,0,1,{:.2f},0.00,{:.2f},{:.2f},{:.2f}\n", result.exact.top1, result.exact.top1,
                        result.exact.top1, result.exact.top5);
-    json levels_j = json::array(), runs_j = json::array();
-    for (const NoiseLevel& l : result.levels) {
+    for (const NoiseLevel& l : result.levels)
       csv += fmt::format("\"{}\",{:g},{},{:.2f},{:.2f},{:.2f},{:.2f},{:.2f}\n", l.mac, l.value, l.runs, l.mean, l.std,
                          l.min, l.max, l.mean_top5);
-      levels_j.push_back(level_json(l));
-    }
-    for (const NoiseRun& r : result.runs) runs_j.push_back(run_json(r));
-    json all = {{"model", options.model_name}, {"data", options.data_name},
-                {"accumulator", {{"bits", options.eval.engine.accumulator.bits},
-                                 {"overflow", intsim::overflow_name(options.eval.engine.accumulator.overflow)}}},
-                {"key", result.key}, {"seeds", options.seeds}, {"exact", run_json(result.exact)},
-                {"levels", levels_j}, {"runs", runs_j}};
     write_text_atomic(options.out_dir + "/noise.csv", csv);
-    write_text_atomic(options.out_dir + "/noise.json", all.dump(2) + "\n");
+    write_text_atomic(options.out_dir + "/noise.json", noise_json(result, options));
     write_text_atomic(options.out_dir + "/noise.svg", svg_plot(result));
   }
   return result;
+}
+
+std::string noise_json(const NoiseSweepResult& result, const NoiseSweepOptions& options) {
+  json levels = json::array(), runs = json::array();
+  for (const NoiseLevel& l : result.levels) levels.push_back(level_json(l));
+  for (const NoiseRun& r : result.runs) runs.push_back(run_json(r));
+  const json all = {{"model", options.model_name}, {"data", options.data_name},
+                    {"accumulator", {{"bits", options.eval.engine.accumulator.bits},
+                                     {"overflow", intsim::overflow_name(options.eval.engine.accumulator.overflow)}}},
+                    {"key", result.key}, {"seeds", options.seeds}, {"exact", run_json(result.exact)},
+                    {"levels", levels}, {"runs", runs}};
+  return all.dump(2) + "\n";
 }
 
 std::string format_noise_table(const NoiseSweepResult& r) {

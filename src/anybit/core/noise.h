@@ -60,4 +60,9 @@ NoiseSweepResult run_noise_sweep(const intsim::Model& model, const DataSource& d
 // The table the CLI prints: one line per level, mean +- std, min, max.
 std::string format_noise_table(const NoiseSweepResult& r);
 
+// The sweep as noise.json holds it (and `intsim --json` prints it): model, data,
+// accumulator, key, seeds, exact, levels (mac, value, runs, top1_mean, top1_std, top1_min,
+// top1_max, top5_mean) and runs (mac, value, seed, top1, top5, seconds).
+std::string noise_json(const NoiseSweepResult& r, const NoiseSweepOptions& options);
+
 }  // namespace anybit
