@@ -313,6 +313,14 @@ namespace {
 void keyed_words_into(Buffers& buf, uint64_t seed, uint32_t stream, uint32_t layer, uint32_t image,
                       uint64_t first, int64_t n, uint32_t* words) {
   if (n <= 0) return;
+  if (n == 1) {  // one element (the per-dot-product path): its one Philox block
+    uint32_t c0 = static_cast<uint32_t>(8 * (first / 32) + first % 8), c1 = image, c2 = layer, c3 = stream;
+    philox_rounds(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    const uint32_t w[4] = {c0, c1, c2, c3};
+    words[0] = w[(first % 32) / 8];
+    (void)buf;
+    return;
+  }
   // element e: word (e % 32) / 8 of block 8 (e / 32) + e % 8 (groups of 8 blocks, 32 words)
   const uint64_t group0 = first / 32, last = (first + static_cast<uint64_t>(n) - 1) / 32;
   const int64_t groups = static_cast<int64_t>(last - group0 + 1);
