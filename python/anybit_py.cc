@@ -342,6 +342,7 @@ py::list layer_stats(const std::vector<intsim::LayerStats>& stats) {
     d["overflows"] = l.overflows;
     d["mean_abs_error"] = l.mean_abs_error();
     d["max_abs_error"] = l.max_abs_error;
+    d["clipped"] = l.clipped;
     layers.append(d);
   }
   return layers;

@@ -402,7 +402,7 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     for (const auto& l : r.layers)
       layers.push_back({{"name", l.name}, {"op", l.op}, {"fast_path", l.fast_path}, {"dot_products", l.dot_products},
                         {"overflows", l.overflows}, {"mean_abs_error", l.mean_abs_error()},
-                        {"max_abs_error", l.max_abs_error}});
+                        {"max_abs_error", l.max_abs_error}, {"clipped", l.clipped}});
     j["layers"] = layers;
     std::cout << j.dump(2) << "\n";
     return 0;

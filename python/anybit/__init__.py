@@ -385,7 +385,8 @@ def intsim_run(model_dir, inputs, acc_bits=32, overflow="wrap", mac=None, thread
 
     Returns the outputs as int32 arrays [N, ...] in the order of the manifest's outputs
     (dequantize with (q - zero_point) * scale); with return_stats, (outputs, layers) where
-    layers has, per op, dot_products, overflows, mean_abs_error and max_abs_error."""
+    layers has, per op, dot_products, overflows, mean_abs_error, max_abs_error and clipped
+    (results a MAC model such as an ADC clipped)."""
     seq = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     outs, stats = _anybit.intsim_run(os.fspath(model_dir), [_engine_array(x) for x in seq], int(acc_bits), overflow,
                                      mac or "exact", int(threads), bool(reference_kernels))

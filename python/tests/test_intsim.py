@@ -303,6 +303,10 @@ def test_adc_range_auto_needs_and_uses_calibration_data(fmnist_w8a8):
     assert abs(fine["top1"] - exact["top1"]) <= 1.0  # a 12-bit ADC over the calibrated range reads almost exactly
     assert coarse["top1"] < fine["top1"]
     assert fine["layers"][0]["mean_abs_error"] > 0
+    # an ADC whose full scale is a small fraction of the layer's reachable range clips, and says so
+    clipping = anybit.intsim_evaluate(model, data, mac="adc:bits=6,fs=0.01", progress=False)
+    convs = [l for l in clipping["layers"] if l["op"] == "conv2d"]
+    assert sum(l["clipped"] for l in convs) > 0 and all(l["clipped"] == 0 for l in exact["layers"])
 
 
 def test_noise_aware_finetune_adds_the_noise_while_training_only(fmnist_w8a8):

@@ -850,18 +850,18 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
 std::string format_stats(const std::vector<LayerStats>& stats) {
   std::ostringstream os;
   char line[256];
-  std::snprintf(line, sizeof line, "%-32s %-15s %5s %14s %10s %12s %10s\n", "layer", "op", "fast",
-                "dot products", "overflows", "mean |err|", "max |err|");
+  std::snprintf(line, sizeof line, "%-32s %-15s %5s %14s %10s %12s %10s %10s\n", "layer", "op", "fast",
+                "dot products", "overflows", "mean |err|", "max |err|", "clipped");
   os << line;
   for (const LayerStats& s : stats) {
     if (s.op != "conv2d" && s.op != "linear" && s.op != "avgpool2d" && s.op != "global_avgpool" &&
         s.op != "adaptive_avgpool2d")
       continue;
     const bool dot = s.op == "conv2d" || s.op == "linear";
-    std::snprintf(line, sizeof line, "%-32s %-15s %5s %14lld %10lld %12.4g %10lld\n",
+    std::snprintf(line, sizeof line, "%-32s %-15s %5s %14lld %10lld %12.4g %10lld %10lld\n",
                   s.name.c_str(), s.op.c_str(), !dot ? "-" : s.fast_path ? "yes" : "no",
                   static_cast<long long>(s.dot_products), static_cast<long long>(s.overflows),
-                  s.mean_abs_error(), static_cast<long long>(s.max_abs_error));
+                  s.mean_abs_error(), static_cast<long long>(s.max_abs_error), static_cast<long long>(s.clipped));
     os << line;
   }
   return os.str();
