@@ -1,7 +1,7 @@
 #!/bin/bash
 # The peer table (BENCHMARKS.md "Peers"): anybit's sweep and the same configs through
-# Brevitas (installed from PyPI into its own venv here, never by the README's commands) and
-# through torch.ao's FakeQuantize recipe (bench/pytorch_lowbit.py), 2 threads.
+# Brevitas and NNCF (each installed from PyPI into its own venv here, never by the README's
+# commands) and through torch.ao's FakeQuantize recipe (bench/pytorch_lowbit.py), 2 threads.
 #
 #   bash bench/peers/run.sh [OUT]        (default /tmp/anybit-peers)
 set -euo pipefail
@@ -22,7 +22,18 @@ if [ ! -x "$BV/bin/python" ] || ! "$BV/bin/python" -c "import brevitas" 2>/dev/n
   "$BV/bin/pip" install -q "dependencies==2.0.1" "setuptools<81" unfoldNd sympy packaging
 fi
 
+# NNCF the same way
+NV="$OUT/nncf-venv"
+if [ ! -x "$NV/bin/python" ] || ! "$NV/bin/python" -c "import nncf" 2>/dev/null; then
+  rm -rf "$NV"
+  "$PY" -m venv "$NV"
+  "$PY" -c "import site; print(site.getsitepackages()[0])" >"$("$NV/bin/python" -c "import site; print(site.getsitepackages()[0])")/anybit-project.pth"
+  "$NV/bin/pip" install -q nncf==3.4.0
+fi
+
 PAIRS=W8A8,W4A4,W3A3,W2A4,W2A2
+OMP_NUM_THREADS=2 "$NV/bin/python" bench/peers/nncf_ptq.py --pairs W8A8 --threads 2 >/dev/null 2>&1 || true  # builds its extension
+OMP_NUM_THREADS=2 "$NV/bin/python" bench/peers/nncf_ptq.py --pairs "$PAIRS" --threads 2 2>/dev/null | grep '^{' >"$OUT/nncf.jsonl"
 OMP_NUM_THREADS=2 "$BV/bin/python" bench/peers/brevitas_ptq.py --pairs "$PAIRS" --threads 2 2>/dev/null >"$OUT/brevitas.jsonl"
 OMP_NUM_THREADS=2 "$PY" bench/pytorch_lowbit.py --threads 2 >"$OUT/torch_ao.txt" 2>/dev/null
 rm -rf "$OUT/anybit"
@@ -48,6 +59,16 @@ for m in ("calibrate", "bias_correction", "gptq", "mse", "mse_gptq"):
         r = [x for x in rows if x["method"] == m and x["pair"] == p]
         cells.append(f"{r[0]['top1']:.2f} ({r[0]['seconds']:.0f} s)" if r else "")
     print(f"| Brevitas 0.13.4, {m} | " + " | ".join(cells) + " |")
+nncf = [json.loads(l) for l in open(f"{out}/nncf.jsonl") if l.strip()]
+cells = []
+for p in "W8A8,W4A4,W3A3,W2A4,W2A2".split(","):
+    r = [x for x in nncf if x["pair"] == p]
+    cells.append("refused" if r and "error" in r[0] else f"{r[0]['top1']:.2f} ({r[0]['seconds']:.0f} s)" if r else "")
+print("| NNCF 3.4.0, quantize | " + " | ".join(cells) + " |")
+for x in nncf:
+    if "error" in x:
+        print(f"NNCF {x['pair']}: {x['error']}")
+        break
 print()
 print(open(f"{out}/torch_ao.txt").read())
 PYEOF
