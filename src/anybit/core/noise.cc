@@ -24,11 +24,7 @@ namespace {
 using json = nlohmann::json;
 
 // The spec's own seed (the first of the sweep's seeds), 0 without one.
-uint64_t spec_seed(const std::string& spec) {
-  const size_t at = spec.find("seed=");
-  if (at == std::string::npos) return 0;
-  return std::strtoull(spec.c_str() + at + 5, nullptr, 10);
-}
+uint64_t spec_seed(const std::string& spec) { return intsim::parse_mac_model(spec)->seed().value_or(0); }
 
 // The run's identity in results.jsonl, with what must agree for --resume.
 json run_key(const NoiseSweepOptions& o, const std::string& mac) {

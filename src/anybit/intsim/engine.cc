@@ -115,8 +115,12 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
     const unsigned __int128 bound = static_cast<unsigned __int128>(b < 0 ? -b : b) + x_max * w_sum;
     bounded = bounded && bound <= static_cast<unsigned __int128>(acc_max);
     full_scale = std::max(full_scale, x_max * w_sum);
-    squares_fit = squares_fit && (w_sq_sum >> 64) == 0 && x_max * x_max * w_sq_sum < (static_cast<unsigned __int128>(1) << 64);
-    squares_fit_f64 = squares_fit && x_max * x_max * w_sq_sum < (static_cast<unsigned __int128>(1) << 53);
+    if (squares_fit) {  // x_max < 2^16: the product stays below 2^96
+      const unsigned __int128 sq_bound = x_max * x_max * w_sq_sum;
+      squares_fit = (w_sq_sum >> 64) == 0 && sq_bound < (static_cast<unsigned __int128>(1) << 64);
+      squares_fit_f64 = squares_fit_f64 && sq_bound < (static_cast<unsigned __int128>(1) << 53);
+    }
+    squares_fit_f64 = squares_fit_f64 && squares_fit;  // every channel's bound
   }
   info.full_scale = static_cast<double>(full_scale);
   const int64_t x_lo = int64_t{in.q.qmin} - in.q.zero_point;
@@ -346,7 +350,7 @@ struct Engine::Impl {
   void run_chunk(Worker& w, const std::vector<Tensor>& inputs, int64_t begin, int64_t end,
                  bool keep_all, std::vector<Tensor>& results);
   void run_op(size_t k, Worker& w, int64_t batch, int64_t first_image);
-  void run_perturbed(const Op& op, const PreparedOp& p, Worker& w, int64_t batch,
+  void run_perturbed(const Op& op, const PreparedOp& p, Worker& w, LayerStats& st, int64_t batch,
                      int64_t first_image, const Tensor& x, Tensor& y);
   // Engine::calibrate's pass: the percentile of |exact| of each layer into mac_layers.
   void collect(const std::vector<Tensor>& inputs, double pct);
@@ -431,21 +435,14 @@ int64_t Engine::next_image() const { return impl_->next_image; }
 
 void Engine::calibrate(const std::vector<Tensor>& inputs) {
   Impl& m = *impl_;
-  const double pct = m.mac->calibration_percentile();
-  bool fast = true;
-  for (const PreparedOp& p : m.ops)
-    fast = fast && p.layer.kernel != LayerKernel::kMac && p.layer.kernel != LayerKernel::kReference;
-  if (fast) {
-    m.collect(inputs, pct);
-  } else {
-    // Layers on the per-dot-product or reference path: the exact sums from an exact engine.
-    EngineOptions o = m.options;
-    o.mac = nullptr;
-    o.path = KernelPath::kAuto;
-    Engine exact(m.model, o);
-    exact.impl_->collect(inputs, pct);
-    for (size_t i = 0; i < m.mac_layers.size(); ++i) m.mac_layers[i].calibrated = exact.impl_->mac_layers[i].calibrated;
-  }
+  // The exact sums come from an exact engine on the fast kernels, whatever path and MAC
+  // model this one runs (a model that calibrates does not change the weights).
+  EngineOptions o = m.options;
+  o.mac = nullptr;
+  o.path = KernelPath::kAuto;
+  Engine exact(m.model, o);
+  exact.impl_->collect(inputs, m.mac->calibration_percentile());
+  for (size_t i = 0; i < m.mac_layers.size(); ++i) m.mac_layers[i].calibrated = exact.impl_->mac_layers[i].calibrated;
   m.mac->prepare(m.mac_layers);
   m.mac_ready = true;
 }
@@ -458,8 +455,7 @@ void Engine::Impl::collect(const std::vector<Tensor>& inputs, double pct) {
     for (const MacLayer& l : mac_layers) most = std::max(most, l.out_channels * l.positions);
     sample_stride = std::max<int64_t>(1, inputs[0].shape[0] * most >> 21);
   }
-  calibrating = true;
-  for (Worker& w : workers) w.samples.assign(mac_layers.size(), {});
+  calibrating = true;  // run_batch sizes each worker's samples; they are cleared below
   try {
     run_batch(inputs, nullptr);
   } catch (...) {
@@ -640,7 +636,7 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_imag
       const int32_t* xd = x.data.data();
       st.dot_products += batch * L.out_channels * inner;
       if ((L.perturb || calibrating) && L.kernel != LayerKernel::kMac && L.kernel != LayerKernel::kReference) {
-        run_perturbed(op, p, w, batch, first_image, x, y);
+        run_perturbed(op, p, w, st, batch, first_image, x, y);
         break;
       }
       if (L.kernel == LayerKernel::kFast && conv && L.int16_operands) {
@@ -761,14 +757,13 @@ void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_imag
   }
 }
 
-void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, int64_t batch,
+void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, LayerStats& st, int64_t batch,
                                  int64_t first_image, const Tensor& x, Tensor& y) {
   const bool conv = op.kind == OpKind::kConv2d;
   const PreparedLayer& L = p.layer;
   const TensorInfo& xi = *p.input_info[0];
   const TensorInfo& yi = *p.output_info;
   const MacLayer& info = mac_layers[static_cast<size_t>(L.mac_layer)];
-  LayerStats& st = w.stats[&p - ops.data()];
   const int64_t inner = conv ? yi.shape[1] * yi.shape[2] : 1;
   const int64_t count = L.out_channels * inner;  // elements per image
   const int64_t in_features = conv ? 0 : xi.shape[0];
@@ -779,42 +774,44 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
   w.acc32.resize(y.data.size());
   int32_t* acc = w.acc32.data();
   exact_sums(L, conv, g, batch, in_features, xd, zx, nullptr, acc, options.accumulator, &st.overflows, w.scratch);
-  const int64_t n = batch * count;
   Accumulator reg(options.accumulator);
+  const double* squares = nullptr;
   if (calibrating) {
-    // 2'. Engine::calibrate: sample |exact|; the layer's output is the exact one.
+    // Engine::calibrate: sample |exact| (without the bias); the layer computes the exact sums
     std::vector<int32_t>& samples = w.samples[static_cast<size_t>(L.mac_layer)];
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t global = (first_image + i / count) * count + i % count;
-      if (global % sample_stride == 0)
-        samples.push_back(static_cast<int32_t>(std::min<int64_t>(std::llabs(int64_t{acc[i]}), INT32_MAX)));
-    }
-  } else {
-    // 2. The unit's results from the exact sums (and the sums of squared products).
-    const double* squares = nullptr;
-    if (perturber->needs_squares()) {
-      w.squares.resize(static_cast<size_t>(n));
-      if (conv)
-        conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch,
-                           L.w_sq_f64.empty() ? nullptr : L.w_sq_f64.data());
-      else
-        linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
-      squares = w.squares.data();
-    }
-    // In blocks of whole channels of one image (kPerturbBlock)
-    const int64_t rows = std::max<int64_t>(1, kPerturbBlock / inner);
-    w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
-    const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
-    double sum_err = 0;
-    int64_t max_err = 0;
-    for (int64_t i = 0; i < batch; ++i) {
-      for (int64_t c0 = 0; c0 < L.out_channels; c0 += rows) {
-        const int64_t nc = std::min(rows, L.out_channels - c0);
-        const int64_t offset = i * count + c0 * inner;
+    for (int64_t i = 0; i < batch; ++i)
+      for (int64_t e = 0; e < count; ++e)
+        if (((first_image + i) * count + e) % sample_stride == 0)
+          samples.push_back(static_cast<int32_t>(std::min<int64_t>(std::llabs(int64_t{acc[i * count + e]}), INT32_MAX)));
+  } else if (perturber->needs_squares()) {
+    // the sums of squared products the model needs
+    w.squares.resize(static_cast<size_t>(batch * count));
+    if (conv)
+      conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch,
+                         L.w_sq_f64.empty() ? nullptr : L.w_sq_f64.data());
+    else
+      linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
+    squares = w.squares.data();
+  }
+  // 2. In blocks of whole channels of one image (kPerturbBlock): the unit's results from the
+  // exact sums (the exact sums themselves when calibrating), into the accumulator (an
+  // overflow counted) with the error against the exact sum, the bias through the
+  // accumulator, then requantization.
+  const int64_t rows = std::max<int64_t>(1, kPerturbBlock / inner);
+  w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
+  const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
+  double sum_err = 0;
+  int64_t max_err = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    for (int64_t c0 = 0; c0 < L.out_channels; c0 += rows) {
+      const int64_t nc = std::min(rows, L.out_channels - c0);
+      const int64_t offset = i * count + c0 * inner;
+      if (calibrating) {
+        std::copy(acc + offset, acc + offset + nc * inner, w.acc64.begin());
+      } else {
         SumBlock b;
         b.layer = &info;
-        b.first_image = first_image + i;
-        b.images = 1;
+        b.image = first_image + i;
         b.first_index = c0 * inner;
         b.count = nc * inner;
         b.exact = acc + offset;
@@ -823,28 +820,19 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, i
         b.out = w.acc64.data();
         perturber->perturb(b);
         st.clipped += b.clipped;
-        // 3. Into the accumulator (an overflow counted), the error against the exact sum,
-        // then the bias through the accumulator, then requantization.
-        fit_and_add_bias(1, nc, inner, w.acc64.data(), acc + offset, bias ? bias + c0 : nullptr, reg,
-                         acc + offset, &sum_err, &max_err);
-        for (int64_t c = c0; c < c0 + nc; ++c) {
-          const DyadicMultiplier mc = op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
-          requantize_int32(acc + i * count + c * inner, inner, 0, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax,
-                           y.data.data() + i * count + c * inner);
-        }
+      }
+      fit_and_add_bias(nc, inner, w.acc64.data(), acc + offset, bias ? bias + c0 : nullptr, reg, acc + offset,
+                       &sum_err, &max_err);
+      for (int64_t c = c0; c < c0 + nc; ++c) {
+        const DyadicMultiplier mc = op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
+        requantize_int32(acc + i * count + c * inner, inner, 0, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax,
+                         y.data.data() + i * count + c * inner);
       }
     }
-    st.sum_abs_error += sum_err;
-    st.max_abs_error = std::max(st.max_abs_error, max_err);
-    st.overflows += reg.overflows();
-    return;
   }
-  if (calibrating && !op.bias.empty()) {
-    for (int64_t i = 0; i < n; ++i)
-      acc[i] = static_cast<int32_t>(reg.add(acc[i], op.bias.data[static_cast<size_t>(i % count / inner)]));
-  }
+  st.sum_abs_error += sum_err;
+  st.max_abs_error = std::max(st.max_abs_error, max_err);
   st.overflows += reg.overflows();
-  requantize_channels(acc, batch, L.out_channels, inner, op.multiplier, yi.q, y.data.data());
 }
 
 std::string format_stats(const std::vector<LayerStats>& stats) {

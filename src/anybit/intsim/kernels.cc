@@ -904,15 +904,14 @@ ANYBIT_CLONES void add_bias_narrow(const int64_t* v, int64_t n, int64_t b, int32
 
 }  // namespace
 
-void fit_and_add_bias(int64_t batch, int64_t channels, int64_t inner, int64_t* out,
-                      const int32_t* exact, const int32_t* bias, Accumulator& acc, int32_t* y,
-                      double* sum_error, int64_t* max_error) {
+void fit_and_add_bias(int64_t rows, int64_t inner, int64_t* out, const int32_t* exact, const int32_t* bias,
+                      Accumulator& acc, int32_t* y, double* sum_error, int64_t* max_error) {
   const int64_t amin = acc.min(), amax = acc.max();
-  for (int64_t r = 0; r < batch * channels; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     int64_t* o = out + r * inner;
     const int32_t* e = exact + r * inner;
     int32_t* dst = y + r * inner;
-    const int64_t b = bias ? bias[r % channels] : 0;
+    const int64_t b = bias ? bias[r] : 0;
     int64_t lo, hi, sum, max;
     range_and_error(o, e, inner, &lo, &hi, &sum, &max);
     if (lo >= amin && hi <= amax) {
@@ -946,50 +945,51 @@ void square_block_portable(const uint32_t* const w[4], const uint32_t* x, int64_
 
 }  // namespace
 
+namespace {
+
+// out[o][p] for the Og output channels of one group: blocks of 4 rows (w: [Og][K]) by kWidth
+// positions, `block` computing one (kernels_simd.h's square_block layout, B its sums' type).
+// A last block of fewer rows repeats the group's last row and drops its sums.
+template <int kWidth, typename W, typename B, typename Block>
+void square_sums_group(const W* w, int64_t Og, int64_t K, const uint32_t* squares, int64_t ld, int64_t P,
+                       double* out, Block block) {
+  B sums[4 * kWidth];
+  for (int64_t o0 = 0; o0 < Og; o0 += 4) {
+    const W* rows[4];
+    for (int64_t r = 0; r < 4; ++r) rows[r] = w + std::min(o0 + r, Og - 1) * K;
+    for (int64_t p0 = 0; p0 < P; p0 += kWidth) {
+      block(rows, squares + p0, ld, K, sums);
+      for (int64_t r = 0; r < 4 && o0 + r < Og; ++r)
+        for (int64_t c = 0; c < kWidth && p0 + c < P; ++c)
+          out[(o0 + r) * P + p0 + c] = static_cast<double>(sums[r * kWidth + c]);
+    }
+  }
+}
+
+}  // namespace
+
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const uint32_t* w_sq, double* out, KernelScratch& scratch, const double* w_sq_f64) {
   const bool f64 = w_sq_f64 && simd::level() == simd::Level::kAvx512;
-  const int64_t width = f64 ? 16 : 8;
-  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, width);
+  const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, f64 ? 16 : 8);
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   scratch.patches32.resize(static_cast<size_t>(K * ld + kIm2colSlack<int32_t>));
   scratch.squares.resize(static_cast<size_t>(K * ld));
-  scratch.square_acc.assign(static_cast<size_t>(K + 64), 0);  // a zero weight row, then one block's sums
-  const uint32_t* zero = reinterpret_cast<const uint32_t*>(scratch.square_acc.data());
-  const double* zero_f64 = reinterpret_cast<const double*>(scratch.square_acc.data());
-  uint64_t* block = scratch.square_acc.data() + K;
-  double* block_f64 = reinterpret_cast<double*>(block);
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
       im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), ld, scratch.image32);
       square_int32(scratch.patches32.data(), K * ld, scratch.squares.data());
-      if (f64) {
-        for (int64_t o0 = 0; o0 < Og; o0 += 4) {
-          const double* rows[4];
-          for (int r = 0; r < 4; ++r) rows[r] = o0 + r < Og ? w_sq_f64 + (grp * Og + o0 + r) * K : zero_f64;
-          for (int64_t p0 = 0; p0 < P; p0 += 16) {
-            simd::square_block16_f64(rows, scratch.squares.data() + p0, ld, K, block_f64);
-            for (int64_t r = 0; r < 4 && o0 + r < Og; ++r) {
-              double* dst = out + (n * g.out_channels + grp * Og + o0 + r) * P;
-              for (int64_t c = 0; c < 16 && p0 + c < P; ++c) dst[p0 + c] = block_f64[r * 16 + c];
-            }
-          }
-        }
-        continue;
-      }
-      for (int64_t o0 = 0; o0 < Og; o0 += 4) {
-        const uint32_t* rows[4];
-        for (int r = 0; r < 4; ++r) rows[r] = o0 + r < Og ? w_sq + (grp * Og + o0 + r) * K : zero;
-        for (int64_t p0 = 0; p0 < P; p0 += 8) {
-          if (!simd::square_block(rows, scratch.squares.data() + p0, ld, K, block))
-            square_block_portable(rows, scratch.squares.data() + p0, ld, K, block);
-          for (int64_t r = 0; r < 4 && o0 + r < Og; ++r) {
-            double* dst = out + (n * g.out_channels + grp * Og + o0 + r) * P;
-            for (int64_t c = 0; c < 8 && p0 + c < P; ++c) dst[p0 + c] = static_cast<double>(block[r * 8 + c]);
-          }
-        }
-      }
+      double* dst = out + (n * g.out_channels + grp * Og) * P;
+      if (f64)
+        square_sums_group<16, double, double>(w_sq_f64 + grp * Og * K, Og, K, scratch.squares.data(), ld, P, dst,
+                                              simd::square_block16_f64);
+      else
+        square_sums_group<8, uint32_t, uint64_t>(
+            w_sq + grp * Og * K, Og, K, scratch.squares.data(), ld, P, dst,
+            [](const uint32_t* const w[4], const uint32_t* xs, int64_t l, int64_t depth, uint64_t* sums) {
+              if (!simd::square_block(w, xs, l, depth, sums)) square_block_portable(w, xs, l, depth, sums);
+            });
     }
   }
 }

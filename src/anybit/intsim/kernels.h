@@ -228,15 +228,14 @@ void linear_square_sums(int64_t batch, int64_t in_features, int64_t out_features
                         int32_t x_zero_point, const uint32_t* w_sq_t, double* out,
                         KernelScratch& scratch);
 
-// A MAC model's results brought into the accumulator, with the bias: for each row r of
-// `inner` elements (batch * channels rows, channel = r % channels), out[i] becomes
-// acc.fit(out[i]) (an overflow counted where it was outside), |that - exact[i]| is summed
-// into *sum_error and maxed into *max_error, and y[i] = acc.add(that, bias[channel]) (bias
-// may be null). Where a whole row and its biased sums are in range (the usual case), in
-// vector lanes; otherwise element by element.
-void fit_and_add_bias(int64_t batch, int64_t channels, int64_t inner, int64_t* out,
-                      const int32_t* exact, const int32_t* bias, Accumulator& acc, int32_t* y,
-                      double* sum_error, int64_t* max_error);
+// A MAC model's results brought into the accumulator, with the bias: for each of `rows`
+// rows of `inner` elements (one output channel each, bias[r] its bias; bias may be null),
+// out[i] becomes acc.fit(out[i]) (an overflow counted where it was outside),
+// |that - exact[i]| is summed into *sum_error and maxed into *max_error, and
+// y[i] = acc.add(that, bias[r]). Where a whole row and its biased sums are in range (the
+// usual case), in vector lanes; otherwise element by element.
+void fit_and_add_bias(int64_t rows, int64_t inner, int64_t* out, const int32_t* exact, const int32_t* bias,
+                      Accumulator& acc, int32_t* y, double* sum_error, int64_t* max_error);
 
 // --- requantization ----------------------------------------------------------------------
 

@@ -20,30 +20,28 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-// A double rounded half-even and brought into int64 without undefined behaviour: noise can
-// be arbitrarily large; it is clamped to +-2^50 (far outside any accumulator, which then
-// wraps or saturates it). Adding and subtracting 1.5 * 2^52 rounds half-even in the default
-// rounding mode, in a form that vectorizes.
-// The bits of v + 1.5 * 2^52 minus those of 1.5 * 2^52 are the rounded integer itself
-// (|v| <= 2^50): no double-to-int64 conversion, which AVX2 lacks.
+// Noise can be arbitrarily large: results are clamped to +-2^50 (far outside any
+// accumulator, which then wraps or saturates them; NaN becomes -2^50) and rounded half-even
+// by adding and subtracting 1.5 * 2^52 in the default rounding mode. The bits of
+// v + 1.5 * 2^52 minus those of 1.5 * 2^52 are then the rounded integer itself: no
+// double-to-int64 conversion, which AVX2 lacks, so the loops below vectorize.
+constexpr double kRoundMagic = 6755399441055744.0;  // 1.5 * 2^52
+constexpr int64_t kRoundMagicBits = 0x4338000000000000;
+
 ANYBIT_INLINE double clamp_noise(double v) {
   constexpr double kLimit = 1125899906842624.0;  // 2^50
-  v = v > -kLimit ? v : -kLimit;                 // NaN -> -2^50
+  v = v > -kLimit ? v : -kLimit;
   return v < kLimit ? v : kLimit;
 }
+// round_half_even(clamp(v)) as an int64
 ANYBIT_INLINE int64_t to_int64_rounded(double v) {
-  constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
-  constexpr int64_t kMagicBits = 0x4338000000000000;
   int64_t bits;
-  const double r = clamp_noise(v) + kMagic;
+  const double r = clamp_noise(v) + kRoundMagic;
   std::memcpy(&bits, &r, sizeof bits);
-  return bits - kMagicBits;
+  return bits - kRoundMagicBits;
 }
-// round_half_even(v) as a double, for |v| <= 2^50 after the clamp.
-ANYBIT_INLINE double round_even(double v) {
-  constexpr double kMagic = 6755399441055744.0;
-  return (clamp_noise(v) + kMagic) - kMagic;
-}
+// round_half_even(clamp(v)) as a double
+ANYBIT_INLINE double round_even(double v) { return (clamp_noise(v) + kRoundMagic) - kRoundMagic; }
 
 // out[k] = round(e[k] + sd * z[k])
 ANYBIT_CLONES void add_scaled_noise(const int32_t* e, const double* z, int64_t n, double sd, int64_t* out) {
@@ -216,16 +214,26 @@ const std::vector<float>& normal_table() {
   return table;
 }
 
-// The interpolation of normals_from_words (kernels_simd.h), portably: the same floats.
-void normals_portable(const uint32_t* words, int64_t n, const float* table, double* z) {
+// Edge words (cells below kEdgeCells or from kCells - kEdgeCells) are redone exactly.
+bool edge_word(uint32_t w) {
+  const uint32_t c = w >> (32 - kCellBits);
+  return c < kEdgeCells || c >= kCells - kEdgeCells;
+}
+
+// The interpolation of normals_from_words (kernels_simd.h), portably: the same floats; the
+// edge words' indices go to edges, their count is returned.
+int64_t normals_portable(const uint32_t* words, int64_t n, const float* table, double* z, int32_t* edges) {
+  int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t w = words[i];
+    if (edge_word(w)) edges[count++] = static_cast<int32_t>(i);
     uint32_t c = w >> (32 - kCellBits);
-    c = c < 1 ? 1 : c > kCells - 2 ? kCells - 2 : c;  // edge cells are redone exactly
+    c = c < 1 ? 1 : c > kCells - 2 ? kCells - 2 : c;
     const float f = (static_cast<float>(w & 0xfffffu) + 0.5f) * (1.0f / 1048576.0f);
     const float t0 = table[c], t1 = table[c + 1];
     z[i] = static_cast<double>(t0 + f * (t1 - t0));
   }
+  return count;
 }
 
 double word_to_unit(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }
@@ -250,38 +258,15 @@ double lower_tail(uint32_t w) {  // w < 2^24
   return static_cast<double>(t0 + f * (t1 - t0));
 }
 
-bool edge_word(uint32_t w) {
-  const uint32_t c = w >> (32 - kCellBits);
-  return c < kEdgeCells || c >= kCells - kEdgeCells;
-}
-
 double edge_normal(uint32_t w) { return w < (1u << 24) ? lower_tail(w) : -lower_tail(~w); }
-
-// Whether any of words[0, 8) is an edge word: one test per 8 in the common case.
-ANYBIT_CLONES bool any_edge8(const uint32_t* w) {
-  bool any = false;
-  for (int i = 0; i < 8; ++i) any |= (w[i] + (16u << 20)) < (32u << 20);  // c < 16 or c >= 4080
-  return any;
-}
 
 void words_to_normals(const uint32_t* words, int64_t n, double* z, std::vector<int32_t>& edges) {
   const float* table = normal_table().data();
   edges.resize(static_cast<size_t>(n));
-  const int64_t count = simd::normals_from_words(words, n, table, z, edges.data());
-  if (count >= 0) {
-    for (int64_t e = 0; e < count; ++e) z[edges[e]] = edge_normal(words[edges[e]]);
-    return;
-  }
-  normals_portable(words, n, table, z);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    if (any_edge8(words + i))
-      for (int64_t j = i; j < i + 8; ++j)
-        if (edge_word(words[j])) z[j] = edge_normal(words[j]);
-  for (; i < n; ++i)
-    if (edge_word(words[i])) z[i] = edge_normal(words[i]);
+  int64_t count = simd::normals_from_words(words, n, table, z, edges.data());
+  if (count < 0) count = normals_portable(words, n, table, z, edges.data());
+  for (int64_t e = 0; e < count; ++e) z[edges[e]] = edge_normal(words[edges[e]]);
 }
-
 
 // Per-thread buffers of the perturbing models (they are called from several threads).
 struct Buffers {
@@ -318,7 +303,6 @@ void keyed_words_into(Buffers& buf, uint64_t seed, uint32_t stream, uint32_t lay
     philox_rounds(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     const uint32_t w[4] = {c0, c1, c2, c3};
     words[0] = w[(first % 32) / 8];
-    (void)buf;
     return;
   }
   // element e: word (e % 32) / 8 of block 8 (e / 32) + e % 8 (groups of 8 blocks, 32 words)
@@ -382,9 +366,9 @@ double inverse_normal_exact(double u) {
 }
 
 double normal_from_word(uint32_t word) {
-  if (edge_word(word)) return edge_normal(word);
   double z;
-  normals_portable(&word, 1, normal_table().data(), &z);
+  int32_t edge;
+  if (normals_portable(&word, 1, normal_table().data(), &z, &edge) > 0) return edge_normal(word);
   return z;
 }
 
@@ -418,8 +402,7 @@ int64_t SumPerturbingMac::dot(const int32_t* x, const int32_t* w, size_t n, cons
   int64_t out = 0;
   SumBlock b;
   b.layer = ctx.info ? ctx.info : &default_layer();
-  b.first_image = ctx.image;
-  b.images = 1;
+  b.image = ctx.image;
   b.first_index = ctx.index;
   b.count = 1;
   b.exact = &exact;
@@ -445,16 +428,12 @@ void GaussianMac::perturb(SumBlock& b) const {
   Buffers& buf = buffers();
   std::vector<double>& z = buf.z;
   z.resize(static_cast<size_t>(b.count));
-  for (int64_t i = 0; i < b.images; ++i) {
-    keyed_normals_into(buf, seed_, 0, layer_key(b), static_cast<uint32_t>(b.first_image + i),
-                       static_cast<uint64_t>(b.first_index), b.count, z.data());
-    const int32_t* e = b.exact + i * b.count;
-    int64_t* out = b.out + i * b.count;
-    if (b.squares)
-      add_relative_noise(e, z.data(), b.squares + i * b.count, b.count, var0, rel2, out);
-    else
-      add_scaled_noise(e, z.data(), b.count, sd0, out);
-  }
+  keyed_normals_into(buf, seed_, 0, layer_key(b), static_cast<uint32_t>(b.image),
+                     static_cast<uint64_t>(b.first_index), b.count, z.data());
+  if (b.squares)
+    add_relative_noise(b.exact, z.data(), b.squares, b.count, var0, rel2, b.out);
+  else
+    add_scaled_noise(b.exact, z.data(), b.count, sd0, b.out);
 }
 
 std::string GaussianMac::describe() const {
@@ -501,7 +480,7 @@ void AdcMac::perturb(SumBlock& b) const {
   }
   const double step = 2 * range / std::ldexp(1.0, bits_), inv = 1 / step;
   const double lo = -std::ldexp(1.0, bits_ - 1), hi = std::ldexp(1.0, bits_ - 1) - 1;
-  b.clipped += adc_read(b.exact, b.images * b.count, inv, step, lo, hi, b.out);
+  b.clipped += adc_read(b.exact, b.count, inv, step, lo, hi, b.out);
 }
 
 std::string AdcMac::describe() const {
@@ -519,7 +498,7 @@ BitFlipMac::BitFlipMac(double rate, uint64_t seed) : rate_(rate), seed_(seed) {
 
 void BitFlipMac::perturb(SumBlock& b) const {
   const int bits = b.accumulator_bits;
-  const uint64_t mask = (uint64_t{1} << bits) - 1, sign = uint64_t{1} << (bits - 1);
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
   // The gaps between flipped bits are geometric: bit g is the first flipped with
   // probability (1 - rate)^g rate, g = floor(log u / log(1 - rate)); none is flipped when
   // u <= (1 - rate)^bits, the common case, decided without a logarithm.
@@ -538,35 +517,32 @@ void BitFlipMac::perturb(SumBlock& b) const {
   Buffers& buf = buffers();
   std::vector<uint32_t>& first = buf.first;
   first.resize(static_cast<size_t>(b.count));
-  for (int64_t i = 0; i < b.images; ++i) {
-    const uint32_t image = static_cast<uint32_t>(b.first_image + i);
-    keyed_words_into(buf, seed_, 0, layer_key(b), image, static_cast<uint64_t>(b.first_index), b.count, first.data());
-    for (int64_t k = 0; k < b.count; ++k) {
-      if (!all_checked && k % 64 == 0) {
-        const int64_t n = std::min<int64_t>(64, b.count - k);
-        if (!copy_unless_above(b.exact + i * b.count + k, first.data() + k, n, keep_max, b.out + i * b.count + k)) {
-          k += n - 1;
-          continue;
-        }
-      }
-      const int64_t exact = b.exact[i * b.count + k];
-      double u = word_to_unit(first[static_cast<size_t>(k)]);
-      if (u <= none) {
-        b.out[i * b.count + k] = exact;
+  const uint32_t image = static_cast<uint32_t>(b.image);
+  keyed_words_into(buf, seed_, 0, layer_key(b), image, static_cast<uint64_t>(b.first_index), b.count, first.data());
+  for (int64_t k = 0; k < b.count; ++k) {
+    if (!all_checked && k % 64 == 0) {
+      const int64_t n = std::min<int64_t>(64, b.count - k);
+      if (!copy_unless_above(b.exact + k, first.data() + k, n, keep_max, b.out + k)) {
+        k += n - 1;
         continue;
       }
-      uint64_t word = static_cast<uint64_t>(exact) & mask;
-      double pos = std::floor(std::log(u) / log_keep);
-      for (uint32_t draw = 1; pos < bits; ++draw) {
-        word ^= uint64_t{1} << static_cast<int>(pos);
-        uint32_t w = 0;
-        keyed_words_into(buf, seed_, draw, layer_key(b), image, static_cast<uint64_t>(b.first_index + k), 1, &w);
-        u = word_to_unit(w);
-        pos += 1 + std::floor(std::log(u) / log_keep);
-      }
-      b.out[i * b.count + k] = (word & sign) ? static_cast<int64_t>(word) - static_cast<int64_t>(mask) - 1
-                                             : static_cast<int64_t>(word);
     }
+    double u = word_to_unit(first[static_cast<size_t>(k)]);
+    if (u <= none) {
+      b.out[k] = b.exact[k];
+      continue;
+    }
+    uint64_t word = static_cast<uint64_t>(int64_t{b.exact[k]}) & mask;
+    double pos = std::floor(std::log(u) / log_keep);
+    for (uint32_t draw = 1; pos < bits; ++draw) {
+      word ^= uint64_t{1} << static_cast<int>(pos);
+      uint32_t w = 0;
+      keyed_words_into(buf, seed_, draw, layer_key(b), image, static_cast<uint64_t>(b.first_index + k), 1, &w);
+      u = word_to_unit(w);
+      pos += 1 + std::floor(std::log(u) / log_keep);
+    }
+    // the word read back as a two's-complement value of `bits` bits
+    b.out[k] = fit_accumulator(static_cast<int64_t>(word), {bits, Overflow::kWrap}, nullptr);
   }
 }
 
@@ -581,7 +557,7 @@ WeightNoiseMac::WeightNoiseMac(double rel, uint64_t seed) : rel_(rel), seed_(see
 }
 
 void WeightNoiseMac::perturb(SumBlock& b) const {
-  std::copy(b.exact, b.exact + b.images * b.count, b.out);
+  std::copy(b.exact, b.exact + b.count, b.out);
 }
 
 void WeightNoiseMac::perturb_weights(const MacLayer& layer, int32_t* w, const int32_t* lo,
@@ -714,9 +690,8 @@ std::vector<std::string> expand_mac_levels(const std::string& text_in, std::stri
 
 std::string with_mac_seed(const std::string& text_in, uint64_t seed) {
   const std::string text = trim(text_in);
-  const auto model = parse_mac_model(text);
+  if (!parse_mac_model(text)->seed()) return text;
   const std::string name = trim(text.substr(0, text.find(':')));
-  if (name != "gauss" && name != "bitflip" && name != "wnoise") return text;
   std::string body = text.find(':') == std::string::npos ? "" : text.substr(text.find(':') + 1);
   std::stringstream ss(body);
   std::string item, out = name + ":";

@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -91,6 +92,9 @@ class MacModel {
   virtual std::string describe() const = 0;
   // Restarts the random stream (so two runs can see the same noise).
   virtual void reset() {}
+  // The seed of a model that draws random numbers (describe() then ends in ",seed=K");
+  // nullopt for one that draws none.
+  virtual std::optional<uint64_t> seed() const { return std::nullopt; }
   // Called by the engine before any run with every conv2d/linear layer (and again after
   // Engine::calibrate). Throws Error if the model cannot run on them.
   virtual void prepare(const std::vector<MacLayer>& layers) { (void)layers; }
@@ -119,12 +123,11 @@ inline int64_t dot_exact(const int32_t* x, const int32_t* w, size_t n, Accumulat
 // sum_i (x[i] * w[i])^2, exact while the sum stays below 2^64 (then as a double: rounded).
 double dot_squares(const int32_t* x, const int32_t* w, size_t n);
 
-// Exact dot products of a layer handed to a sum-perturbing model: `images` images of
-// `count` elements each, element e of image i being element first_index + e of image
-// first_image + i's output (MacContext::index), laid out [images][count].
+// Exact dot products of a layer handed to a sum-perturbing model: elements first_index ..
+// first_index + count - 1 of image `image`'s output (MacContext::index).
 struct SumBlock {
   const MacLayer* layer = nullptr;
-  int64_t first_image = 0, images = 0;
+  int64_t image = 0;
   int64_t first_index = 0, count = 0;
   const int32_t* exact = nullptr;     // in the accumulator's range (no bias)
   const double* squares = nullptr;    // sum_i (x_i w_i)^2 when needs_squares(), else null
@@ -185,6 +188,7 @@ class GaussianMac : public SumPerturbingMac {
   void perturb(SumBlock& b) const override;
   bool needs_squares() const override { return rel_ != 0; }
   std::string describe() const override;
+  std::optional<uint64_t> seed() const override { return seed_; }
   double sigma() const { return sigma_; }
   double rel() const { return rel_; }
   double fs() const { return fs_; }
@@ -218,6 +222,7 @@ class BitFlipMac : public SumPerturbingMac {
   BitFlipMac(double rate, uint64_t seed);
   void perturb(SumBlock& b) const override;
   std::string describe() const override;
+  std::optional<uint64_t> seed() const override { return seed_; }
 
  private:
   double rate_;
@@ -234,6 +239,7 @@ class WeightNoiseMac : public SumPerturbingMac {
   void perturb_weights(const MacLayer& layer, int32_t* w, const int32_t* lo,
                        const int32_t* hi) const override;
   std::string describe() const override;
+  std::optional<uint64_t> seed() const override { return seed_; }
 
  private:
   double rel_;
@@ -250,8 +256,8 @@ std::unique_ptr<MacModel> parse_mac_model(const std::string& text);
 // `key` gets the swept parameter ("" when the text names one model). Validates each.
 std::vector<std::string> expand_mac_levels(const std::string& text, std::string* key,
                                            std::vector<double>* values);
-// The spec with its seed replaced (or added): models that take no seed are returned as
-// they are. Throws Error for a malformed spec.
+// The spec with its seed replaced (or added): models that draw nothing (MacModel::seed()
+// empty) are returned as they are. Throws Error for a malformed spec.
 std::string with_mac_seed(const std::string& text, uint64_t seed);
 
 }  // namespace intsim

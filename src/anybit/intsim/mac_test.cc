@@ -144,7 +144,6 @@ TEST(MacModel, AdcRoundsToItsStepAndClipsAtFullScale) {
   const std::vector<int32_t> exact{23, 1000, -1000, 5};
   std::vector<int64_t> out(4);
   SumBlock b;
-  b.images = 1;
   b.count = 4;
   b.exact = exact.data();
   b.out = out.data();
