@@ -1213,6 +1213,11 @@ std::vector<LayerAgreement> compare_layers(const intsim::Model& model,
 
 }  // namespace
 
+void require_mac_calibration_data(const intsim::MacModel& mac, const DataSource* calib) {
+  if (mac.needs_calibration() && !calib)
+    throw Error("MAC model '" + mac.describe() + "' needs calibration data: give --calib-data SPEC (Python: calib_data=)");
+}
+
 IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource& data,
                                    const IntegerEvalOptions& options, torch::jit::Module* reference) {
   if (model.inputs.size() != 1 || model.outputs.size() != 1)
@@ -1227,9 +1232,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
   const QuantParams& in_q = engine.model().inputs[0].q;
   const QuantParams& out_q = engine.model().outputs[0].q;
   if (options.engine.mac && options.engine.mac->needs_calibration()) {
-    if (!options.calib_data)
-      throw Error("MAC model '" + options.engine.mac->describe() +
-                  "' needs calibration data: give --calib-data SPEC (Python: calib_data=)");
+    require_mac_calibration_data(*options.engine.mac, options.calib_data);
     auto [cx, cy] = options.calib_data->batch(0, std::min(options.calib_samples, options.calib_data->size()));
     if (cx.size(0) == 0) throw Error(options.calib_data->describe() + ": no calibration samples");
     try {

@@ -71,6 +71,9 @@ intsim::Tensor to_engine_tensor(const at::Tensor& q);
 
 class DataSource;
 
+// Throws Error when `mac` needs calibration data (adc:range=auto) and `calib` is null.
+void require_mac_calibration_data(const intsim::MacModel& mac, const DataSource* calib);
+
 struct IntegerEvalOptions {
   int64_t batch_size = 100;
   bool progress = true;

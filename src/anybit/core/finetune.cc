@@ -16,6 +16,7 @@
 #include <torch/csrc/jit/passes/inliner.h>
 
 #include "anybit/core/quantize.h"
+#include "anybit/graph/graph.h"
 #include "anybit/data/progress.h"
 #include "anybit/intsim/mac.h"
 #include "anybit/ptq/fold_bn.h"
@@ -116,11 +117,9 @@ std::unique_ptr<torch::jit::GraphFunction> noisy_forward(torch::jit::Module& mod
   jit::Inline(*g);
   std::vector<jit::Node*> ops;
   for (jit::Node* n : g->nodes()) {
-    const std::string k = n->kind().toQualString();
-    if (k == "aten::conv1d" || k == "aten::conv2d" || k == "aten::conv3d" || k == "aten::linear") ops.push_back(n);
-    if (k == "aten::_convolution" && n->input(6)->node()->kind() == c10::prim::Constant &&
-        !jit::toIValue(n->input(6))->toBool())
-      ops.push_back(n);
+    // the convolutions (not transposed) and linear layers: weight input 1, bias input 2
+    const WeightSlots ws = weight_slots(n);
+    if (ws.weight == 1 && ws.bias == 2 && ws.axis == 0) ops.push_back(n);
   }
   for (jit::Node* n : ops) {
     jit::WithInsertPoint guard(n->next());

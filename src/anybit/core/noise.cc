@@ -105,8 +105,7 @@ NoiseSweepResult run_noise_sweep(const intsim::Model& model, const DataSource& d
         throw Error(e.what());
       }
     }
-  if (intsim::parse_mac_model(levels[0])->needs_calibration() && !options.eval.calib_data)
-    throw Error("MAC model '" + levels[0] + "' needs calibration data: give --calib-data SPEC (Python: calib_data=)");
+  require_mac_calibration_data(*intsim::parse_mac_model(levels[0]), options.eval.calib_data);
 
   // runs already done (--resume)
   namespace fs = std::filesystem;

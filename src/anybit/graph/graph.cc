@@ -258,11 +258,8 @@ ModuleInfo module_of(const jit::Node* n, const jit::Module& root) {
   return info;
 }
 
-// Which input of a conv/linear-like node is the weight and which the bias, and the
-// weight's output-channel axis.
-struct WeightSlots {
-  int weight = -1, bias = -1, axis = 0;
-};
+}  // namespace
+
 WeightSlots weight_slots(const jit::Node* n) {
   const std::string k = n->kind().toQualString();
   WeightSlots w;
@@ -281,6 +278,8 @@ WeightSlots weight_slots(const jit::Node* n) {
   }
   return w;
 }
+
+namespace {
 
 // True when a and b are certainly the same tensor object: the same value, equal constants,
 // the same pure op on the same inputs, or outputs of one `if` that are the same in each branch

@@ -66,6 +66,14 @@ void find_points(ModelGraph& g);
 // Attribute paths: the chain of prim::GetAttr from `self` that produces v
 // ("layer1.conv1.weight"); false if v is not such a chain.
 bool attr_path(torch::jit::Value* v, torch::jit::Value* self, std::string* out);
+
+// Which input of a conv/linear-like node is the weight and which the bias (-1: none), and
+// the weight's output-channel axis: {1, 2, 0} for conv1d/2d/3d, linear and a non-transposed
+// _convolution; axis 1 for the transposed convolutions; {1, -1, -1} for matmul and mm.
+struct WeightSlots {
+  int weight = -1, bias = -1, axis = 0;
+};
+WeightSlots weight_slots(const torch::jit::Node* n);
 // The value at an attribute path of the module, and assignment to it.
 c10::IValue resolve_attr(const torch::jit::Module& m, const std::string& path);
 void assign_attr(torch::jit::Module& m, const std::string& path, const at::Tensor& t);
