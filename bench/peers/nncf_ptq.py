@@ -12,12 +12,10 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "models"))
-from train_fmnist import FmnistResNet, read_idx  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fmnist import calibration_batches, float_model as load_float_model, top1  # noqa: E402
 
 import nncf  # noqa: E402
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters  # noqa: E402
@@ -29,30 +27,8 @@ ap.add_argument("--threads", type=int, default=2)
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
-D = "/usr/share/datasets/fashion-mnist"
-
-
-def load(split):
-    pre = "train" if split == "train" else "t10k"
-    x = read_idx(os.path.join(D, f"{pre}-images-idx3-ubyte.gz")).astype(np.float32) / 255.0
-    y = read_idx(os.path.join(D, f"{pre}-labels-idx1-ubyte.gz")).astype(np.int64)
-    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
-
-
-xtr, _ = load("train")
-xte, yte = load("test")
-calib = [xtr[i:i + 128] for i in range(0, a.calib, 128)]
-ts = torch.jit.load(os.path.join(ROOT, "models", "fmnist_resnet.pt"))
-float_model = FmnistResNet()
-float_model.load_state_dict(dict(ts.state_dict().items()))
-float_model.eval()
-
-
-def top1(m):
-    with torch.no_grad():
-        return 100.0 * sum((m(xte[i:i + 500]).argmax(1) == yte[i:i + 500]).sum().item()
-                           for i in range(0, len(xte), 500)) / len(xte)
-
+calib = calibration_batches(a.calib)
+float_model = load_float_model()
 
 for pair in a.pairs.split(","):
     w, act = int(pair[1:pair.index("A")]), int(pair[pair.index("A") + 1:])
