@@ -206,9 +206,9 @@ int cmd_quantize(const Common& c) {
   if (!c.json) {
     for (const auto& [layer, nearest, learned] : q.gptq)
       fmt::print(stderr, "gptq {:<32} output error {:.4g} (nearest rounding: {:.4g})\n", layer, learned, nearest);
-    for (const auto& [block, nearest, learned] : q.brecq)
-      fmt::print(stderr, "brecq {:<24} block error {:.4g} (nearest rounding, calibrated steps: {:.4g})\n", block,
-                 learned, nearest);
+    for (const auto& [block, nearest, learned, seconds] : q.brecq)
+      fmt::print(stderr, "brecq {:<24} block error {:.4g} (nearest rounding, calibrated steps: {:.4g}){}\n", block,
+                 learned, nearest, seconds > 0 ? fmt::format(", {:.1f} ms an iteration", seconds * 1e3) : "");
   }
   for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
   anybit::save_module(q.model.module, c.out);

@@ -480,7 +480,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     bo.resume = options.brecq_resume;
     bo.progress = options.progress;
     for (const auto& r : brecq(g, *reference, ada_layers, *calib, bo))
-      result.brecq.emplace_back(r.name, r.mse_nearest, r.mse_brecq);
+      result.brecq.emplace_back(r.name, r.mse_nearest, r.mse_brecq, r.seconds_per_iteration);
     // the report shows the steps the blocks learned, not the calibrated ones
     for (auto& r : result.points) {
       if (r.point.role == Role::kWeight || r.first_param.empty() || !r.assignment.spec.is_uniform() ||

@@ -104,8 +104,9 @@ struct QuantizeResult {
   // per AdaRounded layer: reconstruction MSE with nearest rounding and with AdaRound
   std::vector<std::tuple<std::string, double, double>> adaround;
   // per reconstructed block: its objective with nearest rounding and calibrated steps,
-  // and with BRECQ (equal where nearest rounding was kept)
-  std::vector<std::tuple<std::string, double, double>> brecq;
+  // and with BRECQ (equal where nearest rounding was kept), and the seconds one learning
+  // iteration took (0 for a block restored from its checkpoint)
+  std::vector<std::tuple<std::string, double, double, double>> brecq;
   // per GPTQ'd layer: the layer output's error (tr(D H D^T) / rows) with nearest rounding and
   // with GPTQ (equal where nearest was kept); gptq_skipped: "layer: why" for layers left at nearest
   std::vector<std::tuple<std::string, double, double>> gptq;

@@ -112,12 +112,13 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
   std::vector<at::Tensor> targets = capture_values(ref, fouts, calib, o.samples, 128);
   data::ProgressBar bar("adaround", static_cast<int64_t>(layers.size()) * o.iterations, o.progress);
   at::Generator gen = at::detail::createCPUGenerator(0);
+  CaptureChain quantized(q, calib, o.samples);  // each layer's input from the latest one it follows from
   for (size_t li = 0; li < layers.size(); ++li) {
     const AdaRoundLayer& L = layers[li];
     LayerOp op;
     if (!op.init(L.qnode, ref.module, rself, L.fnode)) continue;
     // the layer's input in the quantized model, earlier layers already rounded
-    at::Tensor xq = capture_values(q, {L.qnode->input(0)}, calib, o.samples, 128)[0];
+    at::Tensor xq = quantized.get(L.qnode->input(0));
     const at::Tensor& yfp = targets[li];
     const at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor();
     LearnedRounding rounding(W, L);
@@ -149,6 +150,7 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     // never worse than round-to-nearest on the objective: keep the better rounding
     if (r.mse_adaround <= r.mse_nearest) {
       assign_attr(q.module, L.weight_path, Whard.to(W.scalar_type()));
+      quantized.changed(L.qnode);
     } else {
       r.mse_adaround = r.mse_nearest;
     }

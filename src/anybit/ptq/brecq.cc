@@ -9,6 +9,7 @@
 #include <torch/optim/adam.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -301,6 +302,8 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
   std::vector<BrecqReport> reports;
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   if (o.drop_inside) at::manual_seed(o.seed);  // the graph's rand_like draws from the default generator
+  // each block's input in the quantized model from the previous block's: one block runs
+  CaptureChain quantized(q, calib, o.samples);
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
     const Block& B = blocks[bi];
     std::vector<size_t> wl;  // layers in the block, forward order
@@ -324,6 +327,8 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
                     " (another model or config): choose another --checkpoint-dir");
       for (size_t l : wl) assign_attr(q.module, layers[l].weight_path, d.at("w:" + layers[l].weight_path).toTensor());
       for (jit::Value* sv : svals) q.module.attr(scale_of[sv].attr).toTensor().copy_(d.at("s:" + scale_of[sv].attr).toTensor());
+      for (size_t l : wl) quantized.changed(layers[l].qnode);
+      for (jit::Value* sv : svals) quantized.changed(sv->node());
       gen.set_state(d.at("generator").toTensor());
       {
         at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the one generator
@@ -376,7 +381,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     };
 
     // block inputs (quantized model, earlier blocks done; float model) and float outputs
-    at::Tensor xq = capture_values(q, {B.in}, calib, o.samples, 128)[0];
+    at::Tensor xq = quantized.get(B.in, /*forward_only=*/true);
     std::vector<at::Tensor> fp = capture_values(ref, {rin, rout}, calib, o.samples, 128);
     const at::Tensor &xfp = fp[0], &yfp = fp[1];
     const int64_t n = xq.size(0);
@@ -411,6 +416,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     // one bar per block, with its own rate and time left
     data::ProgressBar bar("brecq " + B.name + " (" + std::to_string(bi + 1) + "/" + std::to_string(blocks.size()) + ")",
                           o.iterations, o.progress);
+    const auto learn_start = std::chrono::steady_clock::now();
     for (int it = 0; it < o.iterations; ++it) {
       at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
       at::Tensor x = xq.index_select(0, idx);
@@ -437,6 +443,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       }
       bar.update(it + 1);
     }
+    const double learn_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - learn_start).count();
     bar.finish();
 
     // harden, and compare with nearest rounding and the calibrated steps on x_q
@@ -459,6 +466,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     r.name = B.name;
     r.weights = static_cast<int>(wl.size());
     r.scales = static_cast<int>(svals.size());
+    r.seconds_per_iteration = learn_seconds / std::max(1, o.iterations);
     r.mse_nearest = objective(wnear, s0);
     r.mse_brecq = objective(whard, slearn);
     // the learned rounding with the calibrated steps is a third candidate: the step
@@ -479,6 +487,8 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         at::Tensor t = q.module.attr(scale_of[svals[k]].attr).toTensor();
         t.copy_(slearn[k].reshape(t.sizes()));
       }
+      for (size_t l : wl) quantized.changed(layers[l].qnode);
+      for (jit::Value* sv : svals) quantized.changed(sv->node());
     } else {
       r.kept_nearest = true;
       r.kept_steps = !svals.empty();

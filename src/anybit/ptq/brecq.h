@@ -80,6 +80,7 @@ struct BrecqReport {
   bool kept_nearest = false;            // the learned result was worse: nearest rounding kept
   bool kept_steps = false;              // the calibrated steps reconstructed better: kept
   bool resumed = false;                 // restored from its checkpoint
+  double seconds_per_iteration = 0;     // the learning loop's wall time over its iterations
 };
 
 // The automatic partition of a quantized model's points (see above); `q` is the graph

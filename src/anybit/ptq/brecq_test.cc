@@ -60,6 +60,7 @@ TEST(Brecq, AKilledRunResumesAtTheNextBlockWithTheSameResult) {
   for (size_t i = 0; i < 5; ++i) {
     EXPECT_EQ(std::get<0>(resumed.brecq[i]), std::get<0>(full.brecq[i]));
     EXPECT_EQ(std::get<2>(resumed.brecq[i]), std::get<2>(full.brecq[i])) << i;  // the same objective, bit for bit
+    EXPECT_EQ(std::get<3>(resumed.brecq[i]) == 0, i < 3) << i;  // restored blocks did not learn
   }
   // every learned weight and step equals the uninterrupted run's
   auto tensors = [](torch::jit::Module& m) {
@@ -104,8 +105,9 @@ TEST(Brecq, NeverDoesWorseThanRoundToNearestWithCalibratedStepsOnItsBlockObjecti
   const auto& r = runs().learned.brecq;
   ASSERT_EQ(r.size(), 5u);
   int better = 0;
-  for (const auto& [name, nearest, learned] : r) {
+  for (const auto& [name, nearest, learned, seconds] : r) {
     EXPECT_LE(learned, nearest) << name;
+    EXPECT_GT(seconds, 0) << name << ": every block learned here, and says how long an iteration took";
     better += learned < nearest;
   }
   EXPECT_GE(better, 3) << "block reconstruction should beat nearest rounding on most blocks";

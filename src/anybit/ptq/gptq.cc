@@ -172,6 +172,8 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     float_inputs.erase(li);
     return x;
   };
+  // the quantized model's layer inputs, each from the latest one it follows from
+  CaptureChain quantized(qg, calib, o.samples);
   for (size_t li = 0; li < layers.size(); ++li) {
     const AdaRoundLayer& L = layers[li];
     GptqReport r;
@@ -184,7 +186,7 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     }
     const Unfold u(L.qnode);
     // the layer's input in the quantized model, the earlier layers already done
-    const at::Tensor X = capture_values(qg, {L.qnode->input(0)}, calib, o.samples, 128)[0];
+    const at::Tensor X = quantized.get(L.qnode->input(0));
     const bool asym = o.asymmetric && ref && L.fnode;
     const at::Tensor Xf = asym ? float_input(li) : at::Tensor();
     const at::Tensor W = resolve_attr(qg.module, L.weight_path).toTensor();
@@ -237,6 +239,7 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     // it was (the quantizer node rounds it to nearest)
     if (r.err_gptq <= r.err_nearest) {
       assign_attr(qg.module, L.weight_path, Q.reshape(W.sizes()).to(W.scalar_type()));
+      quantized.changed(L.qnode);
     } else {
       r.err_gptq = r.err_nearest;
     }
