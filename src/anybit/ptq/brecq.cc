@@ -301,9 +301,9 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
 
   std::vector<BrecqReport> reports;
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
-  if (o.drop_inside) at::manual_seed(o.seed);  // the graph's rand_like draws from the default generator
   // each block's input in the quantized model from the previous block's: one block runs
   CaptureChain quantized(q, calib, o.samples);
+  CaptureChain floats(ref, calib, o.samples);  // the float model's, likewise
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
     const Block& B = blocks[bi];
     std::vector<size_t> wl;  // layers in the block, forward order
@@ -330,11 +330,6 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       for (size_t l : wl) quantized.changed(layers[l].qnode);
       for (jit::Value* sv : svals) quantized.changed(sv->node());
       gen.set_state(d.at("generator").toTensor());
-      {
-        at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the one generator
-        std::lock_guard<std::mutex> lock(global.mutex());
-        global.set_state(d.at("default_generator").toTensor());
-      }
       BrecqReport r;
       r.name = B.name;
       r.weights = static_cast<int>(wl.size());
@@ -355,35 +350,49 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     for (size_t l : wl) vmap[layers[l].qnode->input(1)] = sub->addInput()->setType(c10::TensorType::get());
     for (jit::Value* s : svals) vmap[s] = sub->addInput()->setType(c10::TensorType::get());
     // QDrop inside the block: each learned activation quantizer's output is, element-wise
-    // with probability `drop`, its unquantized input (0 when evaluating)
+    // with probability `drop`, its unquantized input (0 when evaluating). The quantizer
+    // becomes anybit::fake_quant_affine_drop, which draws its mask from (seed, its stream,
+    // the element) in the kernel: no random tensor, comparison and select per quantizer.
     jit::Value* drop = o.drop_inside ? sub->addInput("drop")->setType(c10::FloatType::get()) : nullptr;
+    jit::Value* drop_seed = o.drop_inside ? sub->addInput("seed")->setType(c10::IntType::get()) : nullptr;
     const std::unordered_set<jit::Value*> learned(svals.begin(), svals.end());
+    int64_t stream = 0;
     for (jit::Node* n : B.nodes) {
       jit::Node* c = sub->insertNode(sub->createClone(n, [&](jit::Value* v) { return vmap.at(v); }));
       for (size_t i = 0; i < n->outputs().size(); ++i) vmap[n->output(i)] = c->output(i);
-      if (drop && n->inputs().size() > 1 && learned.count(n->input(1))) {
-        jit::Value* x = c->input(0);
-        jit::Value* keep_fp = sub->insert(c10::aten::lt, {sub->insert(c10::aten::rand_like, {x}), drop});
-        vmap[n->output()] = sub->insert(c10::aten::where, {keep_fp, x, c->output()});
+      if (drop && n->inputs().size() == 9 && learned.count(n->input(1))) {
+        const auto in = c->inputs();
+        jit::Node* d = sub->create(c10::Symbol::fromQualString("anybit::fake_quant_affine_drop"),
+                                   {in[0], in[1], in[2], in[3], in[4], in[5], in[6], drop, drop_seed,
+                                    sub->insertConstant(stream++), in[7], in[8]});
+        sub->insertNode(d)->output()->setType(c10::TensorType::get());
+        vmap[n->output()] = d->output();
       }
     }
     sub->registerOutput(vmap.at(B.out));
     jit::EliminateDeadCode(sub);
     jit::GraphFunction fn("anybit_brecq_block", sub, nullptr);
     auto run = [&](const at::Tensor& x, const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& ss,
-                   double p = 0) {
+                   double p = 0, int64_t seed = 0) {
       jit::Stack st{q.module._ivalue(), x};
       for (const auto& w : ws) st.emplace_back(w);
       for (const auto& s : ss) st.emplace_back(s);
-      if (drop) st.emplace_back(p);
+      if (drop) {
+        st.emplace_back(p);
+        st.emplace_back(seed);
+      }
       fn.run(st);
       return st.back().toTensor();
     };
 
-    // block inputs (quantized model, earlier blocks done; float model) and float outputs
+    // the block input in the quantized model, earlier blocks done
     at::Tensor xq = quantized.get(B.in, /*forward_only=*/true);
-    std::vector<at::Tensor> fp = capture_values(ref, {rin, rout}, calib, o.samples, 128);
-    const at::Tensor &xfp = fp[0], &yfp = fp[1];
+    // the float block's output (and input, where QDrop mixes it into the block input)
+    const bool mix_input = o.drop_prob > 0 && !o.drop_inside;
+    const std::vector<at::Tensor> fp =
+        floats.get(mix_input ? std::vector<jit::Value*>{rin, rout} : std::vector<jit::Value*>{rout},
+                   /*forward_only=*/true);
+    const at::Tensor xfp = mix_input ? fp[0] : at::Tensor(), yfp = fp.back();
     const int64_t n = xq.size(0);
 
     // AdaRound's rounding variables (adaround.h)
@@ -425,7 +434,10 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         x = at::where(keep_fp, xfp.index_select(0, idx), x);
       }
       std::vector<at::Tensor> ws = soft_weights();
-      at::Tensor loss = rec_loss(run(x, ws, steps(), o.drop_prob), yfp.index_select(0, idx));
+      // the QDrop masks of (seed, block, iteration): a resumed run draws the same ones
+      const int64_t seed = static_cast<int64_t>((o.seed << 40) ^ (static_cast<uint64_t>(bi) << 24) ^
+                                                static_cast<uint64_t>(it));
+      at::Tensor loss = rec_loss(run(x, ws, steps(), o.drop_prob, seed), yfp.index_select(0, idx));
       if (it >= warmup && !V.empty()) {
         // beta decays linearly from 20 to 2 after the warm-up (BRECQ's LinearTempDecay)
         const double t = static_cast<double>(it - warmup) / std::max(1, o.iterations - warmup);
@@ -500,7 +512,6 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       for (size_t l : wl) d.insert("w:" + layers[l].weight_path, resolve_attr(q.module, layers[l].weight_path).toTensor().clone());
       for (jit::Value* sv : svals) d.insert("s:" + scale_of[sv].attr, q.module.attr(scale_of[sv].attr).toTensor().clone());
       d.insert("generator", gen.get_state());
-      d.insert("default_generator", at::detail::getDefaultCPUGenerator().get_state());
       d.insert("mse_nearest", r.mse_nearest);
       d.insert("mse_brecq", r.mse_brecq);
       d.insert("kept_nearest", r.kept_nearest);

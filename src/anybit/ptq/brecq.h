@@ -12,7 +12,9 @@
 // x_q is the block's input in the quantized model with the earlier blocks already done,
 // x_fp the float model's. QDrop: while learning, every learned activation quantizer
 // inside the block passes its input through unquantized, element-wise with probability
-// p = 0.5 (y = where(u < p, x, fq(x)), u ~ U(0, 1)); the alternative (drop_inside =
+// p = 0.5 (y = where(u < p, x, fq(x)), u ~ U(0, 1), drawn in the quantizer's kernel from
+// (seed, block, iteration, quantizer, element): quant/fake_quant.h's
+// fake_quant_affine_drop); the alternative (drop_inside =
 // false) mixes only the block input, x~ = where(u < p, x_fp, x_q). W~ and the
 // regularizer are AdaRound's (ptq/adaround.h). The step sizes are learned LSQ-style (the gradient of the fake-quant op with respect to its
 // scale) through s = exp(u), so they stay positive. After a block, its rounding is

@@ -387,6 +387,146 @@ at::Tensor fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
 }
 
 // ---------------------------------------------------------------------------------
+// QDrop: the affine quantizer with elements passed through at random
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+// murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit
+inline uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+struct DropKey {
+  uint32_t k1, k2, threshold;  // dropped where hash >> 8 < threshold (p of 2^24)
+  DropKey(double p, int64_t seed, int64_t stream) {
+    const uint64_t s = static_cast<uint64_t>(seed);
+    k1 = fmix32(static_cast<uint32_t>(s) ^ fmix32(static_cast<uint32_t>(s >> 32) + 0x9e3779b9u));
+    k2 = fmix32(static_cast<uint32_t>(stream) + 0x7f4a7c15u) ^ 0x2545f491u;
+    threshold = static_cast<uint32_t>(std::min(1.0, std::max(0.0, p)) * 16777216.0);
+  }
+};
+
+inline bool dropped(uint32_t i, uint32_t k1, uint32_t k2, uint32_t threshold) {
+  return (fmix32(fmix32(i ^ k1) + k2) >> 8) < threshold;
+}
+
+// y[j] = x[j] where element start + j is dropped (y keeps its value elsewhere); with
+// `zero`, y[j] = 0 there and x[j] elsewhere. Branch-free so that it vectorizes.
+__attribute__((target_clones("avx2", "default"))) void qdrop_select(const float* __restrict x,
+                                                                     float* __restrict y, int64_t n,
+                                                                     uint32_t start, DropKey key, bool zero) {
+  if (zero) {
+    for (int64_t j = 0; j < n; ++j)
+      y[j] = dropped(start + static_cast<uint32_t>(j), key.k1, key.k2, key.threshold) ? 0.0f : x[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      y[j] = dropped(start + static_cast<uint32_t>(j), key.k1, key.k2, key.threshold) ? x[j] : y[j];
+  }
+}
+
+void qdrop_select_parallel(const float* x, float* y, int64_t n, const DropKey& key, bool zero) {
+  at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {
+    qdrop_select(x + b, y + b, e - b, static_cast<uint32_t>(b), key, zero);
+  });
+}
+
+void check_drop(const at::Tensor& x, double p) {
+  if (!(p >= 0 && p <= 1)) throw Error("fake_quant_affine_drop: p must lie in [0, 1]");
+  if (x.numel() > (int64_t{1} << 32)) throw Error("fake_quant_affine_drop: more than 2^32 elements");
+}
+
+class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDropFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t axis, int64_t group_size, int64_t qmin,
+                            int64_t qmax, double p, int64_t seed, int64_t stream, int64_t rounding,
+                            double grad_factor) {
+    check_drop(x, p);
+    ctx->save_for_backward({x, scale, zero_point});
+    ctx->saved_data["axis"] = axis;
+    ctx->saved_data["group"] = group_size;
+    ctx->saved_data["qmin"] = qmin;
+    ctx->saved_data["qmax"] = qmax;
+    ctx->saved_data["gf"] = grad_factor;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["stream"] = stream;
+    at::Tensor y = fake_quant_affine_forward(x, scale, zero_point, axis, group_size, qmin, qmax, rounding);
+    if (p <= 0) return y;
+    if (!fast_path_ok(x) || !y.is_contiguous()) {
+      const at::Tensor m = qdrop_mask(x.numel(), p, seed, stream).reshape(x.sizes()).to(x.device());
+      return at::where(m, x, y);
+    }
+    const at::Tensor xc = x.contiguous();
+    qdrop_select_parallel(xc.data_ptr<float>(), y.data_ptr<float>(), x.numel(), DropKey(p, seed, stream), false);
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const bool ns = saved[1].requires_grad(), nz = saved[2].requires_grad();
+    const double p = ctx->saved_data["p"].toDouble();
+    at::Tensor g = grads[0].to(at::kFloat).contiguous(), g_kept = g, mask;
+    const bool fast = fast_path_ok(saved[0]) && g.device().is_cpu();
+    const DropKey key(p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
+    if (p > 0) {
+      if (fast) {  // the quantizer's gradient sees only the kept elements
+        g_kept = at::empty_like(g);
+        qdrop_select_parallel(g.data_ptr<float>(), g_kept.data_ptr<float>(), g.numel(), key, true);
+      } else {
+        mask = qdrop_mask(g.numel(), p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt())
+                   .reshape(g.sizes())
+                   .to(g.device());
+        g_kept = at::where(mask, at::zeros_like(g), g);
+      }
+    }
+    auto r = fake_quant_affine_backward(g_kept, saved[0], saved[1], saved[2], ctx->saved_data["axis"].toInt(),
+                                        ctx->saved_data["group"].toInt(), ctx->saved_data["qmin"].toInt(),
+                                        ctx->saved_data["qmax"].toInt(), ctx->saved_data["gf"].toDouble(), ns, nz);
+    at::Tensor dx = std::get<0>(r);
+    if (p > 0) {
+      if (fast && dx.is_contiguous() && dx.scalar_type() == at::kFloat) {
+        // the identity where dropped (the quantizer's pass left 0 there)
+        qdrop_select_parallel(g.data_ptr<float>(), dx.data_ptr<float>(), g.numel(), key, false);
+      } else {
+        if (!mask.defined())
+          mask = qdrop_mask(g.numel(), p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt())
+                     .reshape(g.sizes())
+                     .to(g.device());
+        dx = at::where(mask, g.to(dx.scalar_type()), dx);
+      }
+    }
+    return {dx,           ns ? std::get<1>(r) : at::Tensor(), nz ? std::get<2>(r) : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor qdrop_mask(int64_t n, double p, int64_t seed, int64_t stream) {
+  const DropKey key(p, seed, stream);
+  at::Tensor m = at::empty({n}, at::kBool);
+  bool* pm = m.data_ptr<bool>();
+  at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) pm[i] = dropped(static_cast<uint32_t>(i), key.k1, key.k2, key.threshold);
+  });
+  return m;
+}
+
+at::Tensor fake_quant_affine_drop(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                  int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax, double p,
+                                  int64_t seed, int64_t stream, int64_t rounding, double grad_factor) {
+  return FakeQuantAffineDropFn::apply(x, scale, zero_point, axis, group_size, qmin, qmax, p, seed, stream,
+                                      rounding, grad_factor);
+}
+
+// ---------------------------------------------------------------------------------
 // Logarithmic
 // ---------------------------------------------------------------------------------
 

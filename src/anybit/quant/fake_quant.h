@@ -82,6 +82,18 @@ at::Tensor fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
                              const at::Tensor& zero_point, int64_t axis, int64_t group_size,
                              int64_t qmin, int64_t qmax, int64_t rounding, double grad_factor);
 
+// QDrop (Wei et al. 2022): y = x where u < p, else fake_quant_affine(x), element-wise, with
+// u ~ U[0, 1) drawn from a counter-based hash of (seed, stream, flat element index), so the
+// forward and backward passes see the same mask without storing it, whatever the thread
+// count. The gradient is the identity where dropped and fake_quant_affine's elsewhere (the
+// step's gradient sums only the kept elements). p = 0 is fake_quant_affine.
+at::Tensor fake_quant_affine_drop(const at::Tensor& x, const at::Tensor& scale,
+                                  const at::Tensor& zero_point, int64_t axis, int64_t group_size,
+                                  int64_t qmin, int64_t qmax, double p, int64_t seed, int64_t stream,
+                                  int64_t rounding, double grad_factor);
+// The mask of fake_quant_affine_drop for n elements: true where x passes unquantized.
+at::Tensor qdrop_mask(int64_t n, double p, int64_t seed, int64_t stream);
+
 // --- logarithmic: x^ = sign(x) 2^clamp(round(log2|x|), hi-L+1, hi), x^(0) = 0 ---------
 // STE: dx = dy where 2^(lo) <= |x| <= 2^hi (the clamp range), else 0.
 at::Tensor fake_quant_log(const at::Tensor& x, const at::Tensor& hi, int64_t num_exponents,

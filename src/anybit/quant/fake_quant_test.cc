@@ -3,6 +3,7 @@
 #include "anybit/quant/fake_quant.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
@@ -570,6 +571,45 @@ TEST(Ops, RegisteredWithTheDispatcherUnderTheAnybitNamespace) {
   at::Tensor x = at::randn({10});
   EXPECT_TRUE(bit_equal(op.call(x, at::full({1}, 0.1), at::zeros({1}), -1, 0, -8, 7, 0, 1.0),
                         at::fake_quantize_per_tensor_affine(x, 0.1f, 0, -8, 7)));
+}
+
+// QDrop's fused quantizer equals where(mask, x, fake_quant_affine(x)) forward and backward,
+// with a mask that is p of the elements, differs between streams and does not depend on
+// the thread count.
+TEST(FakeQuantAffineDrop, EqualsTheSelectOfInputAndQuantizerWithItsMask) {
+  const at::Tensor x0 = test_input({4, 8, 9, 11}, 0.05, 7);
+  const at::Tensor z = at::zeros({1});
+  for (double p : {0.0, 0.3, 1.0}) {
+    SCOPED_TRACE(p);
+    at::Tensor x = x0.clone().requires_grad_(true), s = at::full({1}, 0.05).requires_grad_(true);
+    at::Tensor y = fake_quant_affine_drop(x, s, z, -1, 0, -128, 127, p, 1234, 3, 0, 1.0);
+    const at::Tensor m = qdrop_mask(x0.numel(), p, 1234, 3).view(x0.sizes());
+    at::Tensor xr = x0.clone().requires_grad_(true), sr = at::full({1}, 0.05).requires_grad_(true);
+    at::Tensor yr = at::where(m, xr, fake_quant_affine(xr, sr, z, -1, 0, -128, 127, 0, 1.0));
+    EXPECT_TRUE(bit_equal(y, yr));
+    const at::Tensor g = at::randn(x0.sizes());
+    y.backward(g);
+    yr.backward(g);
+    EXPECT_TRUE(bit_equal(x.grad(), xr.grad()));
+    EXPECT_TRUE(at::allclose(s.grad(), sr.grad(), 1e-5, 1e-6)) << s.grad() << " " << sr.grad();
+    EXPECT_EQ(m.sum().item<int64_t>() == 0, p == 0);
+    EXPECT_EQ(m.all().item<bool>(), p == 1);
+  }
+  // the mask holds p of the elements, and another stream or seed draws another one
+  const int64_t n = 1 << 20;
+  const at::Tensor a = qdrop_mask(n, 0.3, 5, 0), b = qdrop_mask(n, 0.3, 5, 1), c = qdrop_mask(n, 0.3, 6, 0);
+  EXPECT_NEAR(a.to(at::kFloat).mean().item<double>(), 0.3, 0.003);
+  // independent masks agree on p^2 + (1-p)^2 = 0.58 of the elements
+  EXPECT_NEAR(a.eq(b).to(at::kFloat).mean().item<double>(), 0.58, 0.005);
+  EXPECT_NEAR(a.eq(c).to(at::kFloat).mean().item<double>(), 0.58, 0.005);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = fake_quant_affine_drop(x0, at::full({1}, 0.05), z, -1, 0, -128, 127, 0.5, 9, 0, 0, 1.0);
+  at::set_num_threads(2);
+  const at::Tensor two = fake_quant_affine_drop(x0, at::full({1}, 0.05), z, -1, 0, -128, 127, 0.5, 9, 0, 0, 1.0);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(bit_equal(one, two));
+  EXPECT_THROW(fake_quant_affine_drop(x0, at::full({1}, 0.05), z, -1, 0, -128, 127, 1.5, 9, 0, 0, 1.0), Error);
 }
 
 }  // namespace

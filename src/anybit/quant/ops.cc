@@ -18,6 +18,13 @@ at::Tensor op_fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
                                    rounding, grad_factor);
 }
 
+at::Tensor op_fake_quant_affine_drop(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                     int64_t axis, int64_t group_size, int64_t quant_min, int64_t quant_max, double p,
+                                     int64_t seed, int64_t stream, int64_t rounding, double grad_factor) {
+  return anybit::fake_quant_affine_drop(x, scale, zero_point, axis, group_size, quant_min, quant_max, p, seed,
+                                        stream, rounding, grad_factor);
+}
+
 at::Tensor op_fake_quant_log(const at::Tensor& x, const at::Tensor& hi, int64_t num_exponents,
                              int64_t axis) {
   return anybit::fake_quant_log(x, hi, num_exponents, axis);
@@ -67,6 +74,10 @@ TORCH_LIBRARY(anybit, m) {
   m.def("fake_quant_affine(Tensor x, Tensor scale, Tensor zero_point, int axis, int group_size, "
         "int quant_min, int quant_max, int rounding=0, float grad_factor=1.0) -> Tensor",
         &op_fake_quant_affine);
+  m.def("fake_quant_affine_drop(Tensor x, Tensor scale, Tensor zero_point, int axis, int group_size, "
+        "int quant_min, int quant_max, float p, int seed, int stream, int rounding=0, float grad_factor=1.0) "
+        "-> Tensor",
+        &op_fake_quant_affine_drop);
   m.def("fake_quant_log(Tensor x, Tensor hi, int num_exponents, int axis=-1) -> Tensor",
         &op_fake_quant_log);
   m.def("fake_quant_binary(Tensor x, Tensor alpha, int axis=-1, float ste_clip=1.0, "
