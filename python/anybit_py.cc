@@ -414,7 +414,7 @@ py::tuple intsim_run(const std::string& model_dir, const std::vector<py::array>&
     py::gil_scoped_release release;
     try {
       out = engine->run(in);
-    } catch (const intsim::Error& e) {
+    } catch (const anybit::Error& e) {
       throw anybit::Error(model_dir + ": " + e.what());
     }
   }
@@ -550,10 +550,6 @@ PYBIND11_MODULE(_anybit, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const anybit::Error& e) {  // PyErr_SetString: the one spelling every pybind11 version takes
-      PyErr_SetString(error.ptr(), e.what());
-    } catch (const anybit::data::Error& e) {
-      PyErr_SetString(error.ptr(), e.what());
-    } catch (const anybit::intsim::Error& e) {
       PyErr_SetString(error.ptr(), e.what());
     }
   });

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The integer engine's tests under AddressSanitizer + UndefinedBehaviorSanitizer, then the
+# The integer engine's tests (and base/'s .npy reader's) under AddressSanitizer + UndefinedBehaviorSanitizer, then the
 # libFuzzer target over the .npy parser, the manifest loader and the engine for a bounded
 # time, seeded with a real export. Built with Clang in its own tree (plain C++17, no
 # LibTorch: about a minute on 2 cores).
@@ -18,8 +18,9 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 cmake -S "$SRC/src/anybit/intsim" -B "$BUILD" -DCMAKE_CXX_COMPILER="$CXX" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
-cmake --build "$BUILD" -j2 --target anybit_intsim_test fuzz_npy_manifest >>"$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
+cmake --build "$BUILD" -j2 --target anybit_intsim_test anybit_base_test fuzz_npy_manifest >>"$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 "$BUILD/anybit_intsim_test" --gtest_brief=1
+"$BUILD/base/anybit_base_test" --gtest_brief=1  # the .npy reader the engine loads its arrays with
 
 # Seed corpus: small valid models in the fuzzer's input format (manifest, "\n--\n", the
 # one .npy every array of the manifest resolves to), one per kind of op.

@@ -315,17 +315,13 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   if (c.data.empty()) throw anybit::Error("intsim needs --data SPEC");
   anybit::intsim::Model m;
   anybit::IntegerEvalOptions o;
-  try {
-    m = anybit::intsim::load_model(c.model);
-    if (f.overflow != "wrap" && f.overflow != "saturate")
-      throw anybit::Error("--overflow: '" + f.overflow + "' is not wrap or saturate");
-    o.engine.accumulator.bits = f.acc_bits;
-    o.engine.accumulator.overflow =
-        f.overflow == "wrap" ? anybit::intsim::Overflow::kWrap : anybit::intsim::Overflow::kSaturate;
-    anybit::intsim::check_accumulator_spec(o.engine.accumulator);
-  } catch (const anybit::intsim::Error& e) {
-    throw anybit::Error(e.what());
-  }
+  m = anybit::intsim::load_model(c.model);
+  if (f.overflow != "wrap" && f.overflow != "saturate")
+    throw anybit::Error("--overflow: '" + f.overflow + "' is not wrap or saturate");
+  o.engine.accumulator.bits = f.acc_bits;
+  o.engine.accumulator.overflow =
+      f.overflow == "wrap" ? anybit::intsim::Overflow::kWrap : anybit::intsim::Overflow::kSaturate;
+  anybit::intsim::check_accumulator_spec(o.engine.accumulator);
   if (f.reference_kernels && f.per_dot) throw anybit::Error("--reference-kernels and --per-dot-product pick two paths; give one");
   if (f.reference_kernels) o.engine.path = anybit::intsim::KernelPath::kReference;
   if (f.per_dot) o.engine.path = anybit::intsim::KernelPath::kPerDotProduct;
@@ -336,12 +332,7 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   if (!f.calib_data.empty()) calib = anybit::open_data(f.calib_data);
   o.calib_data = calib.get();
   o.calib_samples = f.calib_samples;
-  std::vector<std::string> levels;
-  try {
-    levels = anybit::intsim::expand_mac_levels(f.mac, nullptr, nullptr);
-  } catch (const anybit::intsim::Error& e) {
-    throw anybit::Error(e.what());
-  }
+  const std::vector<std::string> levels = anybit::intsim::expand_mac_levels(f.mac, nullptr, nullptr);
   if (levels.size() > 1 || f.seeds > 1 || !f.out.empty()) {
     // a noise sweep (docs/noise.md)
     if (!f.reference.empty()) throw anybit::Error("--reference compares one run; it does not go with a noise sweep");
@@ -367,11 +358,7 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
     return 0;
   }
   if (f.resume) throw anybit::Error("--resume continues a noise sweep (-o DIR with several levels or --seeds)");
-  try {
-    o.engine.mac = anybit::intsim::parse_mac_model(levels[0]);
-  } catch (const anybit::intsim::Error& e) {
-    throw anybit::Error(e.what());
-  }
+  o.engine.mac = anybit::intsim::parse_mac_model(levels[0]);
   std::unique_ptr<torch::jit::Module> ref;
   if (!f.reference.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(f.reference));
   auto data = anybit::open_data(c.data);

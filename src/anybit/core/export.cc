@@ -128,12 +128,6 @@ struct Pending {
   bool flatten_after = false;  // mean(dim=[2,3]) without keepdim
 };
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 std::vector<double> tensor_values(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kCPU, at::kDouble).contiguous().reshape({-1});
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
@@ -178,7 +172,7 @@ class Exporter {
     if (!options_.source.empty()) result_.model.metadata["source"] = options_.source;
     try {
       intsim::validate_model(result_.model, "exported model");
-    } catch (const intsim::Error& e) {
+    } catch (const Error& e) {
       throw Error(std::string("export produced an invalid integer model (a bug): ") + e.what());
     }
     return std::move(result_);
@@ -876,7 +870,7 @@ class Exporter {
     auto mult = [&](double m) {
       try {
         return intsim::quantize_multiplier(m);
-      } catch (const intsim::Error& e) {
+      } catch (const Error& e) {
         throw Error(p.what + ": " + e.what());
       }
     };
@@ -907,7 +901,7 @@ class Exporter {
         if (std::all_of(op.multiplier.begin(), op.multiplier.end(), [&](DyadicMultiplier m) { return m == op.multiplier[0]; }))
           op.multiplier.resize(1);
         if (p.has_bias) {
-          op.bias.dtype = intsim::DType::kInt32;
+          op.bias.dtype = DType::kInt32;
           op.bias.shape = {O};
           op.bias.data.resize(O);
           for (int64_t o = 0; o < O; ++o) {
@@ -919,8 +913,8 @@ class Exporter {
           }
         }
         int32_t wlo = op.weight_qmin, whi = op.weight_qmax;
-        op.weight.dtype = (wlo >= -128 && whi <= 127) ? intsim::DType::kInt8
-                          : (wlo >= -32768 && whi <= 32767) ? intsim::DType::kInt16 : intsim::DType::kInt32;
+        op.weight.dtype = (wlo >= -128 && whi <= 127) ? DType::kInt8
+                          : (wlo >= -32768 && whi <= 32767) ? DType::kInt16 : DType::kInt32;
         break;
       }
       case OpKind::kAdd: {
@@ -1222,13 +1216,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
                                    const IntegerEvalOptions& options, torch::jit::Module* reference) {
   if (model.inputs.size() != 1 || model.outputs.size() != 1)
     throw Error("integer evaluation needs a model with one input and one output");
-  intsim::Engine engine = [&] {
-    try {
-      return intsim::Engine(model, options.engine);
-    } catch (const intsim::Error& e) {
-      throw Error(e.what());
-    }
-  }();
+  intsim::Engine engine(model, options.engine);
   const QuantParams& in_q = engine.model().inputs[0].q;
   const QuantParams& out_q = engine.model().outputs[0].q;
   if (options.engine.mac && options.engine.mac->needs_calibration()) {
@@ -1237,7 +1225,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
     if (cx.size(0) == 0) throw Error(options.calib_data->describe() + ": no calibration samples");
     try {
       engine.calibrate({to_engine_tensor(quantize_input(cx, in_q).to(at::kInt).contiguous())});
-    } catch (const intsim::Error& e) {
+    } catch (const Error& e) {
       throw Error(options.calib_data->describe() + ": " + e.what());
     }
   }
@@ -1259,7 +1247,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
     std::map<std::string, intsim::Tensor> tensors;  // kept for the first batch's per-layer comparison
     try {
       out = engine.run({to_engine_tensor(qx)}, ref && b == 0 ? &tensors : nullptr);
-    } catch (const intsim::Error& e) {
+    } catch (const Error& e) {
       throw Error(data.describe() + ": " + e.what());
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -1313,9 +1301,9 @@ void save_integer_model_atomic(const intsim::Model& m, const std::string& dir) {
   fs::remove_all(tmp, ec);
   try {
     intsim::save_model(m, tmp.string());
-  } catch (const intsim::Error& e) {
+  } catch (...) {
     fs::remove_all(tmp, ec);
-    throw Error(e.what());
+    throw;
   }
   fs::remove_all(target, ec);
   fs::rename(tmp, target, ec);

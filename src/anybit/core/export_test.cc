@@ -83,9 +83,9 @@ TEST(Export, ShippedModelW8A8EngineIsBitExactAndPredictsLikeTheFakeQuantModel) {
     convs += op.kind == intsim::OpKind::kConv2d;
     adds += op.kind == intsim::OpKind::kAdd;
     if (op.kind == intsim::OpKind::kConv2d) {
-      EXPECT_EQ(op.weight.dtype, intsim::DType::kInt8) << op.name;
+      EXPECT_EQ(op.weight.dtype, DType::kInt8) << op.name;
       EXPECT_EQ(op.weight_scale.size(), static_cast<size_t>(op.out_channels)) << op.name;  // per channel
-      EXPECT_EQ(op.bias.dtype, intsim::DType::kInt32) << op.name;  // the folded BatchNorm
+      EXPECT_EQ(op.bias.dtype, DType::kInt32) << op.name;  // the folded BatchNorm
     }
   }
   EXPECT_EQ(convs, 9);

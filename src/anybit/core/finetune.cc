@@ -148,7 +148,7 @@ double noise_rel_of(const std::string& spec) {
   std::unique_ptr<intsim::MacModel> m;
   try {
     m = intsim::parse_mac_model(spec);
-  } catch (const intsim::Error& e) {
+  } catch (const Error& e) {
     throw Error(std::string("--noise: ") + e.what());
   }
   const auto* g = dynamic_cast<const intsim::GaussianMac*>(m.get());

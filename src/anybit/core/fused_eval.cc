@@ -20,6 +20,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "anybit/base/npy.h"
 #include "anybit/core/fused_graph.h"
 #include "anybit/quant/spec.h"
 
@@ -106,7 +107,6 @@ void apply_post_ops(float* y, int64_t n, int64_t channels, const std::vector<Pos
   });
 }
 
-std::string shape_str(const std::vector<int64_t>& s) { return c10::str(c10::IntArrayRef(s)); }
 
 }  // namespace
 

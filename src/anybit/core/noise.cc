@@ -86,24 +86,16 @@ NoiseSweepResult run_noise_sweep(const intsim::Model& model, const DataSource& d
   NoiseSweepResult result;
   std::vector<std::string> levels;
   std::vector<double> values;
-  try {
-    levels = intsim::expand_mac_levels(options.mac, &result.key, &values);
-  } catch (const intsim::Error& e) {
-    throw Error(e.what());
-  }
+  levels = intsim::expand_mac_levels(options.mac, &result.key, &values);
   if (values.empty()) values.assign(levels.size(), 0.0);
   // every run's spec, checked before any work
   std::vector<std::vector<std::string>> specs(levels.size());
   // (a model without randomness, such as adc, runs once whatever the seeds)
   for (size_t i = 0; i < levels.size(); ++i)
     for (int s = 0; s < options.seeds; ++s) {
-      try {
-        const std::string spec = intsim::parse_mac_model(intsim::with_mac_seed(
-            levels[i], spec_seed(levels[i]) + static_cast<uint64_t>(s)))->describe();
-        if (std::find(specs[i].begin(), specs[i].end(), spec) == specs[i].end()) specs[i].push_back(spec);
-      } catch (const intsim::Error& e) {
-        throw Error(e.what());
-      }
+      const std::string spec = intsim::parse_mac_model(intsim::with_mac_seed(
+          levels[i], spec_seed(levels[i]) + static_cast<uint64_t>(s)))->describe();
+      if (std::find(specs[i].begin(), specs[i].end(), spec) == specs[i].end()) specs[i].push_back(spec);
     }
   require_mac_calibration_data(*intsim::parse_mac_model(levels[0]), options.eval.calib_data);
 

@@ -30,7 +30,7 @@
 #include "anybit/core/fused_eval.h"
 #include "anybit/data/dataset.h"
 #include "anybit/data/progress.h"
-#include "anybit/intsim/npy.h"
+#include "anybit/base/npy.h"
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/gptq.h"
 #include "anybit/ptq/bias_correction.h"
@@ -96,11 +96,7 @@ class DatasetData : public DataSource {
 }  // namespace
 
 std::unique_ptr<DataSource> open_data(const std::string& spec) {
-  try {
-    return std::make_unique<DatasetData>(data::open_dataset(spec), spec);
-  } catch (const data::Error& e) {
-    throw Error(e.what());
-  }
+  return std::make_unique<DatasetData>(data::open_dataset(spec), spec);
 }
 
 std::unique_ptr<DataSource> tensor_data(at::Tensor inputs, at::Tensor labels, std::string name) {
@@ -597,11 +593,7 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
 }
 
 void write_text_atomic(const std::string& path, const std::string& text) {
-  try {
-    intsim::write_file_atomic(path, text.data(), text.size());
-  } catch (const intsim::Error& e) {
-    throw Error(e.what());
-  }
+  write_file_atomic(path, text.data(), text.size());
 }
 
 namespace {

@@ -42,17 +42,13 @@
 
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "anybit/base/error.h"
+
 namespace anybit {
 namespace data {
-
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
 
 // A random-access dataset. get() is const and keeps no state, so it may be called from several
 // threads at once.

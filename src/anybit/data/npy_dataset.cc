@@ -1,19 +1,13 @@
-// Images and labels from .npy files (see npy_read.h for what is accepted).
+// Images and labels from .npy files (base/npy.h: what is accepted).
 #include <array>
 #include <cstring>
 
-#include "anybit/data/npy_read.h"
+#include "anybit/base/npy.h"
 #include "anybit/data/readers.h"
 
 namespace anybit {
 namespace data {
 namespace {
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 class NpyDataset : public Dataset {
  public:
@@ -27,52 +21,55 @@ class NpyDataset : public Dataset {
   std::vector<int64_t> sample_shape() const override { return shape_; }
   void get(int64_t index, float* out, int64_t* label) const override {
     check_index("npy", index, size());
-    if (images_.item_size == 4) {
-      std::memcpy(out, images_.data.data() + index * per_ * 4, static_cast<size_t>(per_) * 4);
+    if (images_.dtype == DType::kFloat32) {
+      std::memcpy(out, images_.bytes.data() + index * per_ * 4, static_cast<size_t>(per_) * 4);
     } else {
-      const uint8_t* p = images_.data.data() + index * per_;
+      const uint8_t* p = images_.bytes.data() + index * per_;
       for (int64_t k = 0; k < per_; ++k) out[k] = scaled_[p[k]];
     }
     *label = labels_.empty() ? -1 : labels_[index];
   }
 
  private:
-  NpyArray images_;              // '<f4' or '|u1', [N, ...]
+  NpyArray images_;              // float32 or uint8, [N, ...]
   std::vector<int64_t> labels_;  // empty: unlabeled
   std::vector<int64_t> shape_;
   int64_t per_;
   std::array<float, 256> scaled_;  // v / 255 for uint8 images
 };
 
+// The array of a .npy file, with the data spec's scheme in front of any error, as every reader's
+NpyArray read_npy_array(const std::string& path) {
+  try {
+    return read_npy(path);
+  } catch (const Error& e) {
+    throw Error(std::string("npy: ") + e.what());
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Dataset> open_npy_dataset(const std::string& images_path, const std::string& labels_path) {
-  NpyArray x = read_npy(images_path);
-  if (x.descr != "<f4" && x.descr != "|u1" && x.descr != "<u1")
-    throw Error("npy: " + images_path + ": images must be float32 or uint8, got dtype '" + x.descr + "'");
+  NpyArray x = read_npy_array(images_path);
+  if (x.dtype != DType::kFloat32 && x.dtype != DType::kUInt8)
+    throw Error("npy: " + images_path + ": images must be float32 or uint8, got " + dtype_name(x.dtype));
   if (x.shape.size() < 2)
     throw Error("npy: " + images_path + ": images must have shape [N, C, H, W] (rank >= 2), got " +
-                shape_string(x.shape));
+                shape_str(x.shape));
   const int64_t n = x.shape[0];
   std::vector<int64_t> labels;
   if (!labels_path.empty()) {
-    NpyArray y = read_npy(labels_path);
-    if (y.descr != "<i8" && y.descr != "<i4")
-      throw Error("npy: " + labels_path + ": labels must be int64 or int32, got dtype '" + y.descr + "'");
+    NpyArray y = read_npy_array(labels_path);
+    if (y.dtype != DType::kInt64 && y.dtype != DType::kInt32)
+      throw Error("npy: " + labels_path + ": labels must be int64 or int32, got " + dtype_name(y.dtype));
     if (y.shape.size() != 1)
-      throw Error("npy: " + labels_path + ": labels must have shape [N], got " + shape_string(y.shape));
+      throw Error("npy: " + labels_path + ": labels must have shape [N], got " + shape_str(y.shape));
     if (y.shape[0] != n)
       throw Error("npy: " + labels_path + ": " + std::to_string(y.shape[0]) + " labels, but " + images_path +
                   " holds " + std::to_string(n) + " images");
     labels.resize(n);
     for (int64_t i = 0; i < n; ++i) {
-      if (y.item_size == 8) {
-        std::memcpy(&labels[i], y.data.data() + 8 * i, 8);
-      } else {
-        int32_t v;
-        std::memcpy(&v, y.data.data() + 4 * i, 4);
-        labels[i] = v;
-      }
+      labels[i] = y.int_at(i);
       if (labels[i] < 0)
         throw Error("npy: " + labels_path + ": label " + std::to_string(labels[i]) + " of sample " +
                     std::to_string(i) + " is negative");

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "anybit/intsim/error.h"
+#include "anybit/base/error.h"
 
 namespace anybit {
 namespace intsim {

@@ -11,8 +11,9 @@
 #include <string>
 
 #include "anybit/intsim/engine.h"
-#include "anybit/intsim/npy.h"
+#include "anybit/base/npy.h"
 
+using namespace anybit;
 using namespace anybit::intsim;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

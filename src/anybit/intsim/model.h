@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "anybit/intsim/error.h"
-#include "anybit/intsim/npy.h"
+#include "anybit/base/error.h"
+#include "anybit/base/npy.h"
 #include "anybit/intsim/requantize.h"
 
 namespace anybit {

@@ -136,7 +136,7 @@ class CorruptModel : public ::testing::Test {
     } catch (const Error& e) {
       return e.what();
     } catch (const std::exception& e) {
-      return std::string("(not an anybit::intsim::Error: ") + e.what() + ")";
+      return std::string("(not an anybit::Error: ") + e.what() + ")";
     }
     return "(no error)";
   }

@@ -42,7 +42,7 @@
 #include <limits>
 #include <string>
 
-#include "anybit/intsim/error.h"
+#include "anybit/base/error.h"
 
 namespace anybit {
 namespace intsim {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "anybit/base/test_temp_dir.h"
 #include "anybit/intsim/kernels.h"
 #include "anybit/intsim/model.h"
 #include "anybit/intsim/requantize.h"
@@ -25,26 +26,7 @@ inline double uniform_real(std::mt19937_64& rng, double lo, double hi) {
   return std::uniform_real_distribution<double>(lo, hi)(rng);
 }
 
-// A fresh empty directory under the system temp dir, removed by the destructor.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    std::random_device rd;
-    path_ = (std::filesystem::temp_directory_path() /
-             ("anybit_intsim_" + tag + "_" + std::to_string(rd()) + std::to_string(rd())))
-                .string();
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using anybit::testing::TempDir;
 
 // Random activation quantization: unsigned (uint8-like, free zero point) or signed
 // (int8-like, zero point 0), at 8 bits unless told otherwise.

@@ -106,20 +106,18 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
                                      const DataSource& calib, const AdaRoundOptions& o) {
   std::vector<AdaRoundReport> reports;
   jit::Value* rself = ref.graph->inputs().at(0);
-  // float targets for every layer at once
-  std::vector<jit::Value*> fouts;
-  for (const auto& l : layers) fouts.push_back(l.fnode->output());
-  std::vector<at::Tensor> targets = capture_values(ref, fouts, calib, o.samples, 128);
   data::ProgressBar bar("adaround", static_cast<int64_t>(layers.size()) * o.iterations, o.progress);
   at::Generator gen = at::detail::createCPUGenerator(0);
-  CaptureChain quantized(q, calib, o.samples);  // each layer's input from the latest one it follows from
+  // each layer's input (quantized model) and float target (float model) from the latest
+  // value captured before it that it follows from
+  CaptureChain quantized(q, calib, o.samples), floats(ref, calib, o.samples);
   for (size_t li = 0; li < layers.size(); ++li) {
     const AdaRoundLayer& L = layers[li];
     LayerOp op;
     if (!op.init(L.qnode, ref.module, rself, L.fnode)) continue;
     // the layer's input in the quantized model, earlier layers already rounded
     at::Tensor xq = quantized.get(L.qnode->input(0));
-    const at::Tensor& yfp = targets[li];
+    const at::Tensor yfp = floats.get(L.fnode->output());
     const at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor();
     LearnedRounding rounding(W, L);
     torch::optim::Adam adam({rounding.v}, torch::optim::AdamOptions(o.learning_rate));

@@ -352,28 +352,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
 
 namespace {
 
+// What the affine quantizer's backward needs, saved by the autograd functions that use it.
+void save_affine(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                 int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax, double grad_factor) {
+  ctx->save_for_backward({x, scale, zero_point});
+  ctx->saved_data["axis"] = axis;
+  ctx->saved_data["group"] = group_size;
+  ctx->saved_data["qmin"] = qmin;
+  ctx->saved_data["qmax"] = qmax;
+  ctx->saved_data["gf"] = grad_factor;
+}
+
+// (dx, ds or undefined, dz or undefined) for the output gradient g
+std::tuple<at::Tensor, at::Tensor, at::Tensor> saved_affine_backward(AutogradContext* ctx, const at::Tensor& g) {
+  auto saved = ctx->get_saved_variables();
+  const bool ns = saved[1].requires_grad(), nz = saved[2].requires_grad();
+  auto r = fake_quant_affine_backward(g, saved[0], saved[1], saved[2], ctx->saved_data["axis"].toInt(),
+                                      ctx->saved_data["group"].toInt(), ctx->saved_data["qmin"].toInt(),
+                                      ctx->saved_data["qmax"].toInt(), ctx->saved_data["gf"].toDouble(), ns, nz);
+  return {std::get<0>(r), ns ? std::get<1>(r) : at::Tensor(), nz ? std::get<2>(r) : at::Tensor()};
+}
+
 class FakeQuantAffineFn : public torch::autograd::Function<FakeQuantAffineFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
                             const at::Tensor& zero_point, int64_t axis, int64_t group_size,
                             int64_t qmin, int64_t qmax, int64_t rounding, double grad_factor) {
-    ctx->save_for_backward({x, scale, zero_point});
-    ctx->saved_data["axis"] = axis;
-    ctx->saved_data["group"] = group_size;
-    ctx->saved_data["qmin"] = qmin;
-    ctx->saved_data["qmax"] = qmax;
-    ctx->saved_data["gf"] = grad_factor;
+    save_affine(ctx, x, scale, zero_point, axis, group_size, qmin, qmax, grad_factor);
     return fake_quant_affine_forward(x, scale, zero_point, axis, group_size, qmin, qmax, rounding);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const bool ns = saved[1].requires_grad(), nz = saved[2].requires_grad();
-    auto r = fake_quant_affine_backward(
-        grads[0], saved[0], saved[1], saved[2], ctx->saved_data["axis"].toInt(),
-        ctx->saved_data["group"].toInt(), ctx->saved_data["qmin"].toInt(),
-        ctx->saved_data["qmax"].toInt(), ctx->saved_data["gf"].toDouble(), ns, nz);
-    return {std::get<0>(r), ns ? std::get<1>(r) : at::Tensor(), nz ? std::get<2>(r) : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [dx, ds, dz] = saved_affine_backward(ctx, grads[0]);
+    return {dx, ds, dz, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -448,12 +458,7 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
                             int64_t qmax, double p, int64_t seed, int64_t stream, int64_t rounding,
                             double grad_factor) {
     check_drop(x, p);
-    ctx->save_for_backward({x, scale, zero_point});
-    ctx->saved_data["axis"] = axis;
-    ctx->saved_data["group"] = group_size;
-    ctx->saved_data["qmin"] = qmin;
-    ctx->saved_data["qmax"] = qmax;
-    ctx->saved_data["gf"] = grad_factor;
+    save_affine(ctx, x, scale, zero_point, axis, group_size, qmin, qmax, grad_factor);
     ctx->saved_data["p"] = p;
     ctx->saved_data["seed"] = seed;
     ctx->saved_data["stream"] = stream;
@@ -468,11 +473,9 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const bool ns = saved[1].requires_grad(), nz = saved[2].requires_grad();
     const double p = ctx->saved_data["p"].toDouble();
     at::Tensor g = grads[0].to(at::kFloat).contiguous(), g_kept = g, mask;
-    const bool fast = fast_path_ok(saved[0]) && g.device().is_cpu();
+    const bool fast = fast_path_ok(ctx->get_saved_variables()[0]) && g.device().is_cpu();
     const DropKey key(p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
     if (p > 0) {
       if (fast) {  // the quantizer's gradient sees only the kept elements
@@ -485,10 +488,7 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
         g_kept = at::where(mask, at::zeros_like(g), g);
       }
     }
-    auto r = fake_quant_affine_backward(g_kept, saved[0], saved[1], saved[2], ctx->saved_data["axis"].toInt(),
-                                        ctx->saved_data["group"].toInt(), ctx->saved_data["qmin"].toInt(),
-                                        ctx->saved_data["qmax"].toInt(), ctx->saved_data["gf"].toDouble(), ns, nz);
-    at::Tensor dx = std::get<0>(r);
+    auto [dx, ds, dz] = saved_affine_backward(ctx, g_kept);
     if (p > 0) {
       if (fast && dx.is_contiguous() && dx.scalar_type() == at::kFloat) {
         // the identity where dropped (the quantizer's pass left 0 there)
@@ -501,9 +501,8 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
         dx = at::where(mask, g.to(dx.scalar_type()), dx);
       }
     }
-    return {dx,           ns ? std::get<1>(r) : at::Tensor(), nz ? std::get<2>(r) : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,           ds,           dz,           at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -33,18 +33,11 @@
 //               resolve_sign() turns it into that spec before any parameter is computed
 #pragma once
 
-#include <stdexcept>
+#include "anybit/base/error.h"
 #include <string>
 #include <vector>
 
 namespace anybit {
-
-// The one exception type of anybit: every message names the file, rule, point or
-// field where the problem was found and the offending value.
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
 
 enum class Scheme { kFloat, kInt, kUInt, kFixed, kUFixed, kLog, kBinary, kTernary, kMinifloat, kMx, kNvfp4, kNf4, kLut };
 enum class Granularity { kPerTensor, kPerChannel, kPerGroup };

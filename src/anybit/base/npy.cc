@@ -1,5 +1,5 @@
 // NumPy .npy reading and writing; see npy.h for what is accepted and why.
-#include "anybit/intsim/npy.h"
+#include "anybit/base/npy.h"
 
 #include <cerrno>
 #include <cmath>
@@ -11,7 +11,6 @@
 #include <sstream>
 
 namespace anybit {
-namespace intsim {
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
@@ -498,5 +497,4 @@ void write_npy(const std::string& path, const NpyArray& array) {
   write_file_atomic(path, bytes.data(), bytes.size());
 }
 
-}  // namespace intsim
 }  // namespace anybit

@@ -1,5 +1,6 @@
-// NumPy .npy files (format versions 1.0, 2.0 and 3.0), the array container of the
-// exported integer model: https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
+// NumPy .npy files (format versions 1.0, 2.0 and 3.0): the array container of the
+// exported integer model and of .npy datasets, read and written here only:
+// https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html
 //
 // Supported: C order, little-endian int8, uint8, int16, int32, int64, float32, float64.
 // Everything else (Fortran order, big endian, object or structured dtypes, a truncated
@@ -16,10 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "anybit/intsim/error.h"
+#include "anybit/base/error.h"
 
 namespace anybit {
-namespace intsim {
 
 enum class DType { kInt8, kUInt8, kInt16, kInt32, kInt64, kFloat32, kFloat64 };
 
@@ -71,5 +71,4 @@ void write_file_atomic(const std::string& path, const void* data, size_t size);
 // Whole file into memory; throws Error naming the file if it cannot be read.
 std::vector<uint8_t> read_file_bytes(const std::string& path);
 
-}  // namespace intsim
 }  // namespace anybit

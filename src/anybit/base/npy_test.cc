@@ -1,18 +1,18 @@
 // .npy reading and writing: round trips of every dtype, the bytes NumPy writes, and every
 // way a file can be corrupt, each giving an Error that names the file and the problem.
-#include "anybit/intsim/npy.h"
+#include "anybit/base/npy.h"
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
-#include "anybit/intsim/test_util.h"
+#include "anybit/base/test_temp_dir.h"
 
 namespace anybit {
-namespace intsim {
 namespace {
 
 using testing::TempDir;
@@ -198,6 +198,75 @@ TEST(Npy, ConversionsRejectFloatsAndValuesThatDoNotFit) {
   EXPECT_THROW(parse_dtype_name("int4"), Error);
 }
 
+// The cases of the dataset reader's former parser (data/), now read by this one: what
+// np.save writes parses, and every malformed header is an Error naming the file.
+NpyArray parse(const std::vector<uint8_t>& b) { return parse_npy(b.data(), b.size(), "t.npy"); }
+
+void expect_error_with(const std::vector<uint8_t>& bytes, const std::vector<std::string>& fragments) {
+  const std::string e = error_of(bytes, "t.npy");
+  for (const auto& f : fragments) EXPECT_NE(e.find(f), std::string::npos) << "missing '" << f << "' in: " << e;
+}
+
+TEST(Npy, ScalarsEmptyArraysAndCompactDoubleQuotedHeadersParse) {
+  EXPECT_EQ(parse(npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (), }", std::string(8, '\0'))).size(), 1);
+  EXPECT_EQ(parse(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (0, 3), }", "")).size(), 0);
+  const NpyArray a = parse(npy_file("{\"descr\":\"|u1\",\"shape\":(3,),\"fortran_order\":False}", "\x01\x02\x03"));
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{3}));
+  EXPECT_EQ(a.bytes, (std::vector<uint8_t>{1, 2, 3}));
+}
+
+TEST(Npy, MalformedHeadersAreErrorsNamingTheFile) {
+  const std::string one = "\x07";
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': True, 'shape': (1,), }", one), {"t.npy", "fortran_order"});
+  expect_error_with(npy_file("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", one), {"t.npy", "big-endian"});
+  expect_error_with(npy_file("{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", one), {"unsupported dtype '<c8'"});
+  expect_error_with(npy_file("{'descr': '|u1', 'shape': (1,), }", one), {"missing key 'fortran_order'"});
+  expect_error_with(npy_file("{'descr': '|u1', 'descr': '|u1', 'fortran_order': False, 'shape': (1,)}", one),
+                    {"duplicate key 'descr'"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (1,), 'x': 1}", one),
+                    {"unexpected key 'x'"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (-1,), }", one),
+                    {"non-negative integer"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (1,), } x", one),
+                    {"unexpected text after the header"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (1,", one), {"t.npy", "malformed header"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': Maybe, 'shape': (1,)}", one), {"True or False"});
+}
+
+TEST(Npy, TooFewOrTooManyDataBytesAndHugeShapesAreErrorsNotAllocations) {
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (3,), }", "\x01\x02"),
+                    {"t.npy", "truncated data", "needs 3 bytes", "has 2"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (1,), }", "\x01\x02"),
+                    {"t.npy", "size mismatch"});
+  expect_error_with(npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (999999999999999, 999999999999999), }", ""),
+                    {"too large"});
+  expect_error_with(npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000), }", ""),
+                    {"truncated data"});
+  expect_error_with(npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (1234567890123456789,), }", ""),
+                    {"too large"});
+}
+
+TEST(Npy, RandomCorruptionEitherParsesConsistentlyOrIsAnError) {
+  const std::vector<uint8_t> good =
+      npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }", std::string(24, '\x3f'));
+  std::mt19937 rng(7);
+  int errors = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<uint8_t> b = good;
+    const int flips = 1 + trial % 4;
+    for (int f = 0; f < flips; ++f) b[rng() % b.size()] = static_cast<uint8_t>(rng());
+    if (trial % 5 == 0) b.resize(rng() % b.size());
+    // an exact-size copy, so a read past its end would be one past the allocation
+    const std::vector<uint8_t> exact(b.begin(), b.end());
+    try {
+      const NpyArray a = parse(exact);
+      ASSERT_EQ(a.bytes.size(), static_cast<size_t>(a.size()) * dtype_size(a.dtype));
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(errors, 0);
+}
+
 }  // namespace
-}  // namespace intsim
 }  // namespace anybit
