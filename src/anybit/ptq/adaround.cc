@@ -108,8 +108,8 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
   jit::Value* rself = ref.graph->inputs().at(0);
   data::ProgressBar bar("adaround", static_cast<int64_t>(layers.size()) * o.iterations, o.progress);
   at::Generator gen = at::detail::createCPUGenerator(0);
-  // each layer's input (quantized model) and float target (float model) from the latest
-  // value captured before it that it follows from
+  // each layer's input in the quantized and in the float model from the latest value
+  // captured before it that it follows from
   CaptureChain quantized(q, calib, o.samples), floats(ref, calib, o.samples);
   for (size_t li = 0; li < layers.size(); ++li) {
     const AdaRoundLayer& L = layers[li];
@@ -117,7 +117,12 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     if (!op.init(L.qnode, ref.module, rself, L.fnode)) continue;
     // the layer's input in the quantized model, earlier layers already rounded
     at::Tensor xq = quantized.get(L.qnode->input(0));
-    const at::Tensor yfp = floats.get(L.fnode->output());
+    // the float layer's output from its input (the float chain keeps layer inputs, as the
+    // quantized one does: a block's input serves every layer of the block)
+    const at::Tensor xfp = floats.get(L.fnode->input(0));
+    const auto from_input = capture_values_from(ref, L.fnode->input(0), xfp, {L.fnode->output()}, 128);
+    const at::Tensor yfp =
+        from_input ? (*from_input)[0] : capture_values(ref, {L.fnode->output()}, calib, o.samples, 128)[0];
     const at::Tensor W = resolve_attr(q.module, L.weight_path).toTensor();
     LearnedRounding rounding(W, L);
     torch::optim::Adam adam({rounding.v}, torch::optim::AdamOptions(o.learning_rate));
