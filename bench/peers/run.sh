@@ -1,6 +1,6 @@
 #!/bin/bash
 # The peer table (BENCHMARKS.md "Peers"): anybit's sweep and the same configs through
-# Brevitas and NNCF (each installed from PyPI into its own venv here, never by the README's
+# Brevitas, NNCF and AIMET (each installed from PyPI into its own venv here, never by the README's
 # commands) and through torch.ao's FakeQuantize recipe (bench/pytorch_lowbit.py), 2 threads.
 #
 #   bash bench/peers/run.sh [OUT]        (default /tmp/anybit-peers)
@@ -31,9 +31,19 @@ if [ ! -x "$NV/bin/python" ] || ! "$NV/bin/python" -c "import nncf" 2>/dev/null;
   "$NV/bin/pip" install -q nncf==3.4.0
 fi
 
+# AIMET the same way (a pure-Python wheel; its other dependencies from PyPI)
+AV="$OUT/aimet-venv"
+if [ ! -x "$AV/bin/python" ] || ! "$AV/bin/python" -c "import aimet_torch" 2>/dev/null; then
+  rm -rf "$AV"
+  "$PY" -m venv "$AV"
+  "$PY" -c "import site; print(site.getsitepackages()[0])" >"$("$AV/bin/python" -c "import site; print(site.getsitepackages()[0])")/anybit-project.pth"
+  "$AV/bin/pip" install -q aimet-torch==2.42.0
+fi
+
 PAIRS=W8A8,W4A4,W3A3,W2A4,W2A2
 OMP_NUM_THREADS=2 "$NV/bin/python" bench/peers/nncf_ptq.py --pairs W8A8 --threads 2 >/dev/null 2>&1 || true  # builds its extension
 OMP_NUM_THREADS=2 "$NV/bin/python" bench/peers/nncf_ptq.py --pairs "$PAIRS" --threads 2 2>/dev/null | grep '^{' >"$OUT/nncf.jsonl"
+OMP_NUM_THREADS=2 "$AV/bin/python" bench/peers/aimet_ptq.py --pairs "$PAIRS" --threads 2 2>/dev/null | grep '^{' >"$OUT/aimet.jsonl"
 OMP_NUM_THREADS=2 "$BV/bin/python" bench/peers/brevitas_ptq.py --pairs "$PAIRS" --threads 2 2>/dev/null >"$OUT/brevitas.jsonl"
 OMP_NUM_THREADS=2 "$PY" bench/pytorch_lowbit.py --threads 2 >"$OUT/torch_ao.txt" 2>/dev/null
 rm -rf "$OUT/anybit"
@@ -69,6 +79,16 @@ for x in nncf:
     if "error" in x:
         print(f"NNCF {x['pair']}: {x['error']}")
         break
+aimet = [json.loads(l) for l in open(f"{out}/aimet.jsonl") if l.strip()]
+for m in ("ptq", "adaround"):
+    cells = []
+    for p in "W8A8,W4A4,W3A3,W2A4,W2A2".split(","):
+        r = [x for x in aimet if x["method"] == m and x["pair"] == p]
+        cells.append("refused" if r and "error" in r[0] else f"{r[0]['top1']:.2f} ({r[0]['seconds']:.0f} s)" if r else "")
+    print(f"| AIMET 2.42.0, {m} | " + " | ".join(cells) + " |")
+for x in aimet:
+    if "error" in x:
+        print(f"AIMET {x['pair']} {x['method']}: {x['error']}")
 print()
 print(open(f"{out}/torch_ao.txt").read())
 PYEOF

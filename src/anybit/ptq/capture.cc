@@ -117,11 +117,15 @@ std::optional<std::vector<at::Tensor>> capture_values_from(ModelGraph& g, jit::V
                                                            const at::Tensor& from_values,
                                                            const std::vector<jit::Value*>& vals, int64_t batch,
                                                            std::vector<bool>* batch_first) {
-  // a value that aliases another (a view) would miss the in-place ops on what it views
+  // a view of another value would miss the in-place ops on what it views; the output of an
+  // in-place op (relu_) is its input, changed: fine as long as nothing else of the model's
+  // input is read (checked below)
   const c10::FunctionSchema* schema = from->node()->maybeSchema();
-  if (from->node()->kind() != c10::prim::Param &&
-      (!schema || from->offset() >= schema->returns().size() || schema->returns()[from->offset()].alias_info()))
-    return std::nullopt;
+  if (from->node()->kind() != c10::prim::Param) {
+    if (!schema || from->offset() >= schema->returns().size()) return std::nullopt;
+    const c10::AliasInfo* alias = schema->returns()[from->offset()].alias_info();
+    if (alias && !alias->isWrite()) return std::nullopt;
+  }
   return capture(g, vals, nullptr, 0, from, from_values, batch, batch_first);
 }
 

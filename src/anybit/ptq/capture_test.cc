@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <ATen/ATen.h>
 
 #include "anybit/core/quantize.h"
@@ -88,6 +90,27 @@ TEST(CaptureChain, EqualsCapturingFromTheModelInputOnScriptedAndTracedModels) {
     torch::NoGradGuard no_grad;
     w.copy_(saved);
   }
+}
+
+// In torchvision's ResNet-18, traced, the layers' inputs are outputs of in-place ReLUs
+// (relu_): the chain computes from them too, with the numbers of captures from the model's input.
+TEST(CaptureChain, ComputesFromInPlaceOpOutputsOfATracedFloatModel) {
+  at::manual_seed(0);
+  auto calib = tensor_data(at::rand({64, 3, 64, 64}), at::zeros({64}, at::kLong), "random images");
+  const char* dir = std::getenv("ANYBIT_FIXTURES");
+  ModelGraph g = load_model(std::string(dir ? dir : "fixtures") + "/resnet18_trace.pt");  // torchvision's
+  fold_batch_norm(g);
+  const std::vector<jit::Value*> in = layer_inputs(*g.graph);
+  ASSERT_GE(in.size(), 4u);
+  bool in_place = false;
+  for (jit::Value* v : in) in_place |= v->node()->kind().toQualString() == std::string("aten::relu_");
+  ASSERT_TRUE(in_place) << "the traced model's layer inputs should include relu_ outputs";
+  const std::vector<at::Tensor> full = capture_values(g, in, *calib, 64, 24);
+  CaptureChain chain(g, *calib, 64, 24);
+  for (size_t i = 0; i < in.size(); ++i) EXPECT_TRUE(at::equal(chain.get(in[i]), full[i])) << "layer input " << i;
+  auto from = capture_values_from(g, in[1], full[1], {in[2]}, 24);
+  ASSERT_TRUE(from.has_value());
+  EXPECT_TRUE(at::equal((*from)[0], full[2]));
 }
 
 }  // namespace
