@@ -315,6 +315,11 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
             wl.push_back(weight_of[v]);
           if (scale_of.count(v) && std::find(svals.begin(), svals.end(), v) == svals.end()) svals.push_back(v);
         }
+    // the block's weights or steps now hold other values: kept captures through them go
+    auto block_changed = [&] {
+      for (size_t l : wl) quantized.changed(layers[l].qnode);
+      for (jit::Value* sv : svals) quantized.changed(sv->node());
+    };
     jit::Value* rin = reference_value(q, ref, B.in);
     jit::Value* rout = reference_value(q, ref, B.out);
     if ((wl.empty() && svals.empty()) || !rin || !rout) continue;
@@ -327,8 +332,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
                     " (another model or config): choose another --checkpoint-dir");
       for (size_t l : wl) assign_attr(q.module, layers[l].weight_path, d.at("w:" + layers[l].weight_path).toTensor());
       for (jit::Value* sv : svals) q.module.attr(scale_of[sv].attr).toTensor().copy_(d.at("s:" + scale_of[sv].attr).toTensor());
-      for (size_t l : wl) quantized.changed(layers[l].qnode);
-      for (jit::Value* sv : svals) quantized.changed(sv->node());
+      block_changed();
       gen.set_state(d.at("generator").toTensor());
       BrecqReport r;
       r.name = B.name;
@@ -360,7 +364,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     for (jit::Node* n : B.nodes) {
       jit::Node* c = sub->insertNode(sub->createClone(n, [&](jit::Value* v) { return vmap.at(v); }));
       for (size_t i = 0; i < n->outputs().size(); ++i) vmap[n->output(i)] = c->output(i);
-      if (drop && n->inputs().size() == 9 && learned.count(n->input(1))) {
+      if (drop && qnode::op_of(n) == qnode::Op::kAffine && learned.count(n->input(1))) {
         const auto in = c->inputs();
         jit::Node* d = sub->create(c10::Symbol::fromQualString("anybit::fake_quant_affine_drop"),
                                    {in[0], in[1], in[2], in[3], in[4], in[5], in[6], drop, drop_seed,
@@ -499,8 +503,7 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
         at::Tensor t = q.module.attr(scale_of[svals[k]].attr).toTensor();
         t.copy_(slearn[k].reshape(t.sizes()));
       }
-      for (size_t l : wl) quantized.changed(layers[l].qnode);
-      for (jit::Value* sv : svals) quantized.changed(sv->node());
+      block_changed();
     } else {
       r.kept_nearest = true;
       r.kept_steps = !svals.empty();
