@@ -14,6 +14,7 @@
 #include "anybit/core/search.h"
 #include "anybit/core/sweep.h"
 #include "anybit/data/dataset.h"
+#include "anybit/quant/device.h"
 
 
 #include <cstring>
@@ -112,7 +113,8 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
 }
 
 py::dict evaluate(const std::string& model_path, const std::string& data_spec,
-                  const std::string& reference_path, int64_t batch_size, bool freeze, bool fused) {
+                  const std::string& reference_path, int64_t batch_size, bool freeze, bool fused,
+                  const std::string& device) {
   anybit::EvalResult r;
   {
     py::gil_scoped_release release;
@@ -124,6 +126,7 @@ py::dict evaluate(const std::string& model_path, const std::string& data_spec,
     o.batch_size = batch_size;
     o.freeze = freeze;
     o.fused = fused;
+    o.device = anybit::parse_device(device);
     r = anybit::evaluate(m, *data, o, ref.get());
   }
   py::dict d;
@@ -231,7 +234,8 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
                   int epochs, double lr, const std::string& optimizer, double weight_decay, double label_smoothing,
                   int64_t batch_size, int64_t max_steps, uint64_t seed, const std::string& checkpoint_dir,
                   bool resume, const std::string& schedule, double momentum, const std::string& teacher_path,
-                  double kd_weight, double kd_temperature, int freeze_bn_epoch, const std::string& noise) {
+                  double kd_weight, double kd_temperature, int freeze_bn_epoch, const std::string& noise,
+                  const std::string& device) {
   std::vector<anybit::EpochReport> reports;
   {
     py::gil_scoped_release release;
@@ -245,6 +249,7 @@ py::list finetune(const std::string& model_path, const std::string& data_spec, c
     o.kd_temperature = kd_temperature;
     o.freeze_bn_epoch = freeze_bn_epoch;
     if (!noise.empty()) o.noise_rel = anybit::noise_rel_of(noise);
+    o.device = anybit::parse_device(device);
     o.progress = false;
     o.epochs = epochs;
     o.lr = lr;
@@ -554,6 +559,8 @@ PYBIND11_MODULE(_anybit, m) {
     }
   });
   m.def("points", &points, py::arg("model_path"));
+  // "" once libanybit_cuda's kernels are registered, else why not (quant/device.h)
+  m.def("load_cuda_kernels", &anybit::load_cuda_kernels);
   m.def("coverage", &coverage, py::arg("model_path"));
   // the library's option structs, filled by keyword from Python (anybit/__init__.py)
   py::class_<anybit::PrepareOptions>(m, "PrepareOptions")
@@ -572,11 +579,14 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("gptq", &anybit::QuantizeOptions::gptq)
       .def_readwrite("bias_correction", &anybit::QuantizeOptions::bias_correction)
       .def_readwrite("int32_bias", &anybit::QuantizeOptions::int32_bias)
-      .def_readwrite("strict", &anybit::QuantizeOptions::strict);
+      .def_readwrite("strict", &anybit::QuantizeOptions::strict)
+      .def_property(
+          "device", [](const anybit::QuantizeOptions& o) { return o.device.str(); },
+          [](anybit::QuantizeOptions& o, const std::string& d) { o.device = anybit::parse_device(d); });
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("prepare"), py::arg("options"), py::arg("dry_run"), py::arg("out_path"));
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
-        py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true);
+        py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true, py::arg("device") = "cpu");
   py::class_<anybit::SweepOptions>(m, "SweepOptions")
       .def(py::init<>())
       .def_readwrite("models", &anybit::SweepOptions::models)
@@ -593,7 +603,8 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("first_last_8bit", &anybit::SweepOptions::first_last_8bit)
       .def_readwrite("out_dir", &anybit::SweepOptions::out_dir)
       .def_readwrite("resume", &anybit::SweepOptions::resume)
-      .def_readwrite("progress", &anybit::SweepOptions::progress);
+      .def_readwrite("progress", &anybit::SweepOptions::progress)
+      .def_readwrite("device", &anybit::SweepOptions::device);
   m.def("sweep", &sweep, py::arg("options"));
   py::class_<anybit::SearchOptions>(m, "SearchOptions")
       .def(py::init<>())
@@ -623,7 +634,7 @@ PYBIND11_MODULE(_anybit, m) {
         py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),
         py::arg("schedule") = "cosine", py::arg("momentum") = 0.9, py::arg("teacher_path") = "",
         py::arg("kd_weight") = 1.0, py::arg("kd_temperature") = 1.0, py::arg("freeze_bn_epoch") = -1,
-        py::arg("noise") = "");
+        py::arg("noise") = "", py::arg("device") = "cpu");
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("export_model", &export_model, py::arg("model_path"), py::arg("out_dir"), py::arg("input_shape"),
         py::arg("source"));

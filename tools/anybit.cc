@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   quant->add_option("--eval-batch-size", c.eval_batch_size, "evaluation batch size")->check(CLI::PositiveNumber);
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   quant->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
+  quant->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
   quant->add_flag("--portable", c.portable, "use only stock aten::fake_quantize_* ops (loads without anybit)");
   quant->add_flag("--json", c.json, "print JSON");
   quant->add_flag("--no-progress", c.no_progress, "no progress bar");
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   eval->add_option("-b,--batch-size", c.eval_batch_size, "batch size")->check(CLI::PositiveNumber);
   eval->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   eval->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
+  eval->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 
@@ -100,6 +102,7 @@ int main(int argc, char** argv) {
   fine->add_option("--checkpoint-dir", ft.checkpoint_dir, "write a checkpoint after every epoch here");
   fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
   fine->add_option("-o,--output", c.out, "output TorchScript file")->required();
+  fine->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
   fine->add_flag("--no-progress", c.no_progress, "no progress bar");
   fine->add_option("--nproc", nproc, "data-parallel training in N processes on this host (Gloo); -b stays the "
                    "global batch, --threads is per process")->check(CLI::PositiveNumber);
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
   sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv, last linear and input at 8 bits");
   sweep->add_option("-o,--output", sw.out_dir, "output directory")->required();
   sweep->add_flag("--resume", sw.resume, "continue a sweep that was interrupted");
+  sweep->add_option("--device", sw.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
   sweep->add_flag("--no-progress", c.no_progress, "no progress bar");
 
   auto* demo = app.add_subcommand("demo", "quantize the shipped Fashion-MNIST model at 8..2 bits and print the accuracy table");

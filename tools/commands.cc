@@ -1,8 +1,6 @@
 // The anybit command line's subcommands (commands.h): call the library, print. No logic lives here.
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
-#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <cstdio>
@@ -15,6 +13,7 @@
 #include "anybit/core/noise.h"
 #include "anybit/core/finetune.h"
 #include "anybit/core/quantize.h"
+#include "anybit/quant/device.h"
 #include "anybit/core/pipeline.h"
 #include "anybit/core/search.h"
 #include "anybit/core/sweep.h"
@@ -171,6 +170,7 @@ anybit::EvalOptions eval_options(const Common& c) {
   o.progress = progress_on(c);
   o.freeze = !c.no_freeze;
   o.fused = !c.no_fuse;
+  o.device = anybit::parse_device(c.device);
   return o;
 }
 
@@ -227,6 +227,7 @@ int cmd_quantize(const Common& c) {
   opt.bias_correction = c.bias_correction;
   opt.int32_bias = c.int32_bias;
   opt.strict = c.strict;
+  opt.device = anybit::parse_device(c.device);
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
   anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
@@ -494,6 +495,9 @@ int cmd_demo(const Common& c) {
 int cmd_finetune(const Common& c, anybit::FinetuneOptions ft, const std::string& teacher, int nproc,
                  const std::vector<std::string>& args) {
   ft.distributed = anybit::distributed_from_environment();
+  ft.device = anybit::parse_device(c.device);
+  if (nproc > 1 && !ft.device.is_cpu())
+    throw anybit::Error("--nproc trains in processes on the CPU; --device " + c.device + " trains in one process");
   if (nproc > 1 && ft.distributed.world_size == 1) {
     if (nproc > ft.batch_size)
       throw anybit::Error("--nproc " + std::to_string(nproc) + " is larger than the batch size " +

@@ -27,6 +27,7 @@ struct Common {
   bool brecq_resume = false;
   int64_t calib_samples = 0;
   int threads = 0;
+  std::string device = "cpu";  // --device (quant/device.h parse_device)
 };
 
 struct IntsimFlags {

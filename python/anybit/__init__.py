@@ -48,6 +48,18 @@ except ImportError as _e:
         """anybit's error (the C++ extension is not loaded: only anybit.onnx_export works)."""
 else:
     Error = _anybit.Error
+    # the CUDA kernels of the quantizer ops (libanybit_cuda, next to the extension where anybit
+    # was built with CUDA), registered for tensors on CUDA devices; without them such tensors
+    # take the ATen-op compositions
+    _cuda_kernels_note = _anybit.load_cuda_kernels() if torch.version.cuda else "torch has no CUDA"
+
+
+def cuda_kernels():
+    """Whether anybit's own CUDA kernels are registered, and if not, why: ``(True, "")`` or
+    ``(False, reason)``. The quantizer ops run on CUDA tensors either way (without the kernels,
+    as compositions of ATen ops)."""
+    note = _cuda_kernels_note if not isinstance(_anybit, _MissingExtension) else "the extension is not loaded"
+    return (note == "", note)
 
 
 class ClippingWarning(UserWarning):
@@ -188,7 +200,7 @@ def plan(model, config, example_inputs=None, fold_bn=False):
 
 def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=8, batch_size=None,
              portable=False, return_report=False, fold_bn=False, adaround=0, bias_correction=False,
-             int32_bias=False, cle=False, brecq=0, strict=False, gptq=False):
+             int32_bias=False, cle=False, brecq=0, strict=False, gptq=False, device="cpu"):
     """Quantize `model` by the rules of `config` (dict, YAML/JSON text or file) and calibrate
     it on `calib_data` (a DataLoader, an iterable of batches or (x, y) pairs, a tensor, or a
     data spec string such as 'fmnist::train'). fold_bn folds BatchNorm into the convs first;
@@ -205,8 +217,10 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     signed data) is reported with warnings.warn (anybit.ClippingWarning) and in the report
     (clip_warning, and clipped_low / clipped_high for every calibrated point); strict=True
     raises anybit.Error instead, as it does for an op that has no points (otherwise an
-    anybit.CoverageWarning; see coverage). Returns the quantized ScriptModule, and with
-    return_report=True also the per-point report (a list of dicts)."""
+    anybit.CoverageWarning; see coverage). device="cuda" runs the calibration passes on the GPU
+    (the statistics are kept on the host; AdaRound, BRECQ, GPTQ and bias correction refuse it
+    for now). Returns the quantized ScriptModule, on the CPU, and with return_report=True also
+    the per-point report (a list of dicts)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
         src = _save(model, example_inputs, d)
@@ -222,7 +236,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
                            cle_relu6=cle == "relu6")
         options = _options(_anybit.QuantizeOptions, calib_batches=calib_batches, batch_size=batch_size or 128,
                            portable=portable, adaround_iterations=adaround, brecq_iterations=brecq, gptq=gptq,
-                           bias_correction=bias_correction, int32_bias=int32_bias, strict=strict)
+                           bias_correction=bias_correction, int32_bias=int32_bias, strict=strict,
+                           device=str(device))
         report, uncovered = _anybit.quantize(src, text, source, spec, prepare, options, False, out)
         qm = torch.jit.load(out)
     for u in uncovered:
@@ -233,29 +248,32 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     return (qm, report) if return_report else qm
 
 
-def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True):
+def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True, device="cpu"):
     """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`.
     The frozen model runs as fused oneDNN layers, the ops oneDNN has no layer for through
     ATen, unless it has a loop that computes tensors or its first batch disagrees with the
     interpreter (fused=False keeps the TorchScript interpreter); the result's "runtime" says
-    which ran and "runtime_note" how much ran where."""
+    which ran and "runtime_note" how much ran where. device="cuda" (or "cuda:N") runs a copy of
+    the model on that GPU in the interpreter."""
     with tempfile.TemporaryDirectory() as d:
         mp = _save(model, example_inputs, d)
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
-        return _anybit.evaluate(mp, spec, rp, batch_size, freeze, fused)
+        return _anybit.evaluate(mp, spec, rp, batch_size, freeze, fused, str(device))
 
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
-          first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None):
+          first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None,
+          device="cpu"):
     """Post-training quantization at every (weight, activation) bit pair and method
     (minmax, mse, percentile, entropy, adaround, brecq, gptq), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
     `formats` (e.g. ["int4", "fp4:e2m1", "mxfp4", "nvfp4", "nf4", "lut4"]) sweeps number formats,
     each for the weights and the activations, instead of bit pairs (`anybit sweep --formats`;
     the rows then have a "format").
-    `models` are TorchScript files or modules (saved into out_dir)."""
+    `models` are TorchScript files or modules (saved into out_dir). device="cuda" calibrates and
+    evaluates on the GPU."""
     if formats is not None and pairs is not None:
         raise Error("sweep: give formats or pairs, not both")
     os.makedirs(out_dir, exist_ok=True)
@@ -274,7 +292,8 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
                                   formats=list(formats or []), methods=list(methods), calib_data=calib_data,
                                   eval_data=eval_data, calib_batches=calib_batches, fold_bn=fold_bn,
                                   first_last_8bit=first_last_8bit, out_dir=os.fspath(out_dir), resume=resume,
-                                  adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations))
+                                  adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations,
+                                  device=str(device)))
 
 
 def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixed=8, uniform=None, metric="kl", method="mse",
@@ -304,7 +323,7 @@ def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixe
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
              batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False,
              schedule="cosine", momentum=0.9, teacher=None, kd_weight=1.0, kd_temperature=1.0, freeze_bn=None,
-             example_inputs=None, noise=None):
+             example_inputs=None, noise=None, device="cpu"):
     """Quantization-aware fine-tuning of a model anybit quantized, like `anybit finetune`
     (docs/qat.md). `data` is a data spec string or anything `quantize` accepts as
     calibration data (with labels). schedule: cosine, onecycle or constant. teacher: a
@@ -312,8 +331,8 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
     example_inputs if it cannot be scripted), with kd_weight and kd_temperature.
     freeze_bn=N: BatchNorm trains for N epochs, then freezes and is folded into the convs.
     noise="gauss:rel=R": noise-aware training against the integer engine's per-product
-    noise (docs/noise.md).
-    Returns the trained ScriptModule (and the per-epoch reports with return_report)."""
+    noise (docs/noise.md). device="cuda" (or "cuda:N") trains on that GPU.
+    Returns the trained ScriptModule, on the CPU, (and the per-epoch reports with return_report)."""
     with tempfile.TemporaryDirectory() as d:
         src = _save(qmodel, None, d, "in.pt")
         spec, _, _ = _data(data, d)
@@ -322,7 +341,7 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
         report = _anybit.finetune(src, spec, out, epochs, lr, optimizer, weight_decay, label_smoothing, batch_size,
                                   max_steps, seed, os.fspath(checkpoint_dir), resume, schedule, momentum,
                                   teacher_path, kd_weight, kd_temperature, -1 if freeze_bn is None else int(freeze_bn),
-                                  noise or "")
+                                  noise or "", str(device))
         m = torch.jit.load(out)
     return (m, report) if return_report else m
 

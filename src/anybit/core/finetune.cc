@@ -57,14 +57,14 @@ at::Tensor distillation_loss(const at::Tensor& student, const at::Tensor& teache
 // resumed run computes the same ones. Returns an undefined tensor (the caller then runs the
 // teacher on every batch) when they would take more than `max_bytes`.
 at::Tensor teacher_logits(torch::jit::Module& teacher, const DataSource& data, int64_t batch_size, int64_t max_bytes,
-                          bool progress) {
+                          const c10::Device& device, bool progress) {
   torch::NoGradGuard no_grad;
   const int64_t n = data.size(), batches = (n + batch_size - 1) / batch_size;
   at::Tensor all;
   data::ProgressBar bar("teacher", batches, progress);
   for (int64_t b = 0; b < batches; ++b) {
     const int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
-    at::Tensor t = teacher.forward({data.batch(begin, count).first}).toTensor();
+    at::Tensor t = teacher.forward({data.batch(begin, count).first.to(device)}).toTensor();
     if (b == 0) {
       if (t.dim() < 1 || t.numel() / count * n * static_cast<int64_t>(t.element_size()) > max_bytes)
         return at::Tensor();
@@ -99,8 +99,9 @@ void all_reduce_gradients(Communicator& comm, std::vector<at::Tensor>& params) {
   }
 }
 
-torch::jit::Module frozen_teacher(const torch::jit::Module& teacher) {
+torch::jit::Module frozen_teacher(const torch::jit::Module& teacher, const c10::Device& device) {
   torch::jit::Module t = teacher.clone();
+  t.to(device);  // before freezing: frozen weights are constants of the graph
   t.eval();
   try {
     return torch::jit::freeze(t);
@@ -193,7 +194,10 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     throw Error("finetune: " + std::to_string(comm.size()) + " processes need a batch size of at least as many, got " +
                 std::to_string(o.batch_size));
   std::optional<torch::jit::Module> teacher;
-  if (o.teacher) teacher = frozen_teacher(*o.teacher);
+  if (!o.device.is_cpu() && comm.size() > 1)
+    throw Error("finetune: data-parallel processes (--nproc) train on the CPU; --device " + o.device.str() +
+                " trains in one process");
+  if (o.teacher) teacher = frozen_teacher(*o.teacher, o.device);
   const std::string ckpt_model = o.checkpoint_dir + "/checkpoint.pt";
   const std::string ckpt_opt = o.checkpoint_dir + "/optimizer.pt";
   const std::string ckpt_state = o.checkpoint_dir + "/epoch.txt";
@@ -205,6 +209,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     std::ifstream f(ckpt_state);
     f >> start_epoch;
   }
+  model.to(o.device);  // parameters, buffers and the optimizer's state live there from here on
   // weight decay for weights only: quantizer steps/clips and biases are not decayed
   std::vector<at::Tensor> positive;
   std::vector<at::Tensor> trained;  // the parameters whose gradients are summed over processes
@@ -238,7 +243,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     }
   };
   build_optimizer();
-  if (o.resume) torch::load(*opt, ckpt_opt);
+  if (o.resume) torch::load(*opt, ckpt_opt, o.device);
   if (comm.size() > 1) {  // every process starts from rank 0's weights and buffers
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> state;
@@ -249,7 +254,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
 
   const int64_t n = train.size();
   at::Tensor teacher_cache;
-  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, progress);
+  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.device, progress);
   const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   // the schedule always spans all epochs; max_steps only stops early, like a kill would
   const int64_t schedule_steps = steps_per_epoch * o.epochs;
@@ -292,7 +297,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       const int64_t mine = hi - lo;
       const double share = static_cast<double>(mine) / static_cast<double>(count);
       at::Tensor idx = perm.narrow(0, begin + (mine ? lo : 0), std::max<int64_t>(mine, 1));
-      auto [x, y] = train.gather(idx);
+      auto [x_host, y_host] = train.gather(idx);
+      const at::Tensor x = x_host.to(o.device), y = y_host.to(o.device);
       const double lr = scheduled_learning_rate(o.schedule, o.lr, step, schedule_steps);
       for (auto& g : opt->param_groups()) g.options().set_lr(lr);
       at::Tensor out;
@@ -308,7 +314,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       if (teacher) {
         at::Tensor t;
         if (teacher_cache.defined()) {
-          t = teacher_cache.index_select(0, idx);
+          t = teacher_cache.index_select(0, idx.to(teacher_cache.device()));
         } else {
           torch::NoGradGuard no_grad;
           t = teacher->forward({x}).toTensor();
@@ -359,7 +365,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     reports.push_back(r);
     if (root && !o.checkpoint_dir.empty() && r.steps == steps_per_epoch) {  // only whole epochs
       ::mkdir(o.checkpoint_dir.c_str(), 0755);
-      save_module(model, ckpt_model);
+      save_module(model, ckpt_model);  // loads onto the CPU (load_module), then moves to the device
       torch::save(*opt, ckpt_opt + ".tmp");
       std::rename((ckpt_opt + ".tmp").c_str(), ckpt_opt.c_str());
       write_text_atomic(ckpt_state, std::to_string(epoch + 1) + "\n");
@@ -367,6 +373,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
     comm.barrier();  // no process starts the next epoch (or returns) before the checkpoint is written
   }
   model.eval();
+  model.to(at::kCPU);  // the caller saves and evaluates it
   return reports;
 }
 

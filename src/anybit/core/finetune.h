@@ -58,6 +58,9 @@ struct FinetuneOptions {
   // carries no gradient). Draws come from torch's default generator, seeded with `seed`;
   // the saved model has no noise in it.
   double noise_rel = 0;
+  // where training runs (quant/device.h parse_device): the model, the teacher and each batch
+  // move there; the model comes back to the CPU at the end (one process: not with --nproc)
+  c10::Device device = c10::kCPU;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;

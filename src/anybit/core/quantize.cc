@@ -128,7 +128,8 @@ at::Tensor op_observe(const at::Tensor& x, int64_t slot) {
     if (it != g_slots.end()) s = it->second;
   }
   if (s) {
-    at::Tensor c = x.detach().to(at::kFloat).contiguous();
+    // statistics are kept on the host: a value on a device comes over once per batch
+    at::Tensor c = x.detach().to(at::kCPU, at::kFloat).contiguous();
     s->observer.observe(c.data_ptr<float>(), c.numel());
     if (c.dim() >= 1 && c.size(0) > 0) s->per_sample_numel = c.numel() / c.size(0);
   }
@@ -324,6 +325,9 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   if (options.adaround_iterations > 0 || options.brecq_iterations > 0 || options.bias_correction ||
       (options.gptq && calib)) {
     if (!calib) throw Error("AdaRound, BRECQ and bias correction need calibration data (--data)");
+    if (!options.device.is_cpu())
+      throw Error("--device " + options.device.str() + ": AdaRound, BRECQ, GPTQ and bias correction run on the CPU "
+                  "for now (calibration and evaluation run on the device)");
     reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
   }
   std::vector<AdaRoundLayer> ada_layers;
@@ -360,10 +364,20 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     if (total <= 0) throw Error(calib->describe() + ": no calibration samples");
     jit::GraphFunction fn("anybit_calibrate", g.graph, nullptr);
     torch::NoGradGuard no_grad;
+    // the calibration passes run on the device; the model comes back to the CPU after them
+    // (or on an error), where its quantizer parameters are computed
+    struct OnDevice {
+      torch::jit::Module m;
+      bool moved;
+      ~OnDevice() {
+        if (moved) m.to(at::kCPU);
+      }
+    } on_device{g.module, !options.device.is_cpu()};
+    if (on_device.moved) g.module.to(options.device);
     data::ProgressBar bar("calibrate", total, options.progress);
     for (int64_t b = 0; b < total; b += options.batch_size) {
       auto batch = calib->batch(b, std::min(options.batch_size, total - b));
-      jit::Stack stack{g.module._ivalue(), batch.first};
+      jit::Stack stack{g.module._ivalue(), batch.first.to(options.device)};
       try {
         fn.run(stack);
       } catch (const std::exception& e) {
@@ -658,18 +672,29 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
   const int64_t batch_size = opt.batch_size;
   const bool progress = opt.progress;
   torch::NoGradGuard no_grad;
-  model_in.eval();
-  torch::jit::Module model = opt.freeze ? frozen_copy(model_in) : model_in;
+  const bool on_device = !opt.device.is_cpu();
+  // a copy on the device, moved before freezing (frozen weights are constants of the graph)
+  auto prepared = [&](torch::jit::Module& m) {
+    m.eval();
+    torch::jit::Module src = m;
+    if (on_device) {
+      src = m.clone();
+      src.to(opt.device);
+    }
+    return opt.freeze ? frozen_copy(src) : src;
+  };
+  torch::jit::Module model = prepared(model_in);
   torch::jit::Module ref_module;
   torch::jit::Module* reference = nullptr;
   if (reference_in) {
-    reference_in->eval();
-    ref_module = opt.freeze ? frozen_copy(*reference_in) : *reference_in;
+    ref_module = prepared(*reference_in);
     reference = &ref_module;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  FusedRunner run(model, opt.freeze && opt.fused, &r);
-  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused, nullptr);
+  // the fused oneDNN layers are the CPU's; on a device the interpreter runs the model there
+  FusedRunner run(model, opt.freeze && opt.fused && !on_device, &r);
+  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused && !on_device, nullptr);
+  if (on_device) r.runtime_note = "on " + opt.device.str();
   int64_t correct1 = 0, correct5 = 0, agree = 0;
   double loss = 0;
   data::ProgressBar bar("evaluate", data.size(), progress);
@@ -677,7 +702,7 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     auto batch = data.batch(b, batch_size);
     at::Tensor out;
     try {
-      out = run(batch.first);
+      out = run(batch.first.to(opt.device)).to(at::kCPU);
     } catch (const std::exception& e) {
       std::string what = e.what();
       throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
@@ -699,7 +724,7 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     correct5 += (top == y.unsqueeze(1)).any(1).sum().item<int64_t>();
     loss += at::cross_entropy_loss(out, y, {}, at::Reduction::Sum).item<double>();
     if (reference) {
-      at::Tensor ref = run_ref(batch.first);
+      at::Tensor ref = run_ref(batch.first.to(opt.device)).to(at::kCPU);
       agree += (ref.argmax(1) == pred).sum().item<int64_t>();
     }
     r.samples += batch.first.size(0);

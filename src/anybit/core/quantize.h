@@ -78,6 +78,10 @@ struct QuantizeOptions {
   // so is an op that computes linear algebra without points (ModelGraph::uncovered).
   double clip_warn_share = 0.01;
   bool strict = false;
+  // where the calibration passes run (quant/device.h parse_device); the statistics are kept,
+  // and the parameters computed, on the CPU, and the quantized model is returned there.
+  // AdaRound, BRECQ, GPTQ and bias correction refuse another device for now.
+  c10::Device device = c10::kCPU;
 };
 
 // What one point got: spec, calibrator and the quantizer parameters chosen.
@@ -160,6 +164,9 @@ struct EvalOptions {
   // first batch is checked against the TorchScript interpreter (argmax agreement of at
   // least 99%), else the interpreter evaluates and EvalResult::runtime_note says why.
   bool fused = true;
+  // where the model runs (quant/device.h parse_device): a copy of it moves there, each batch
+  // goes there and its scores come back; off the CPU the interpreter runs it (no oneDNN)
+  c10::Device device = c10::kCPU;
 };
 EvalResult evaluate(torch::jit::Module& model, const DataSource& data, const EvalOptions& options,
                     torch::jit::Module* reference = nullptr);

@@ -17,6 +17,7 @@
 #include "anybit/core/quantize.h"
 #include "anybit/data/file_read.h"
 #include "anybit/data/progress.h"
+#include "anybit/quant/device.h"
 
 namespace anybit {
 
@@ -161,8 +162,11 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
     std::string config;
   };
   std::vector<Run> runs;
+  const c10::Device device = parse_device(o.device);  // refuses an unusable device before any work
   for (const auto& m : o.methods) {
     sweep_config(m, 8, 8, false);
+    if (!device.is_cpu() && (m == "adaround" || m == "brecq" || m == "gptq"))
+      throw Error("sweep --device " + o.device + ": method " + m + " runs on the CPU for now");
     for (const auto& f : o.formats) {
       std::string config = sweep_format_config(m, f, o.first_last_8bit);  // names the flag on a bad format
       const QuantSpec spec = parse_spec(f);
@@ -205,6 +209,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   int64_t step = 0;
   EvalOptions eo;
   eo.progress = false;
+  eo.device = device;
   for (const auto& model : o.models) {
     const std::string name = base_name(model);
     torch::jit::Module fm = load_module(model);
@@ -235,6 +240,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
       qo.calib_batches = o.calib_batches;
       qo.batch_size = o.batch_size;
       qo.progress = false;
+      qo.device = eo.device;
       set_method_options(method, o.adaround_iterations, o.brecq_iterations, &qo);
       QuantizeResult q = quantize(std::move(g), parse_config_string(run.config, "sweep " + method), calib.get(), qo);
       EvalResult e = evaluate(q.model.module, *test, eo, &fm);

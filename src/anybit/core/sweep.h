@@ -29,6 +29,7 @@ struct SweepOptions {
   std::string out_dir;
   bool resume = false;
   bool progress = true;
+  std::string device = "cpu";  // where calibration and evaluation run (quant/device.h parse_device)
 };
 
 struct SweepRow {

@@ -487,7 +487,9 @@ torch::jit::Module load_module(const std::string& path) {
     if (!f) throw Error(path + ": cannot open model file (does it exist?)");
   }
   try {
-    jit::Module m = torch::jit::load(path);
+    // onto the CPU whatever device it was saved from (a model saved on a GPU loads anywhere;
+    // the front ends move it to --device)
+    jit::Module m = torch::jit::load(path, c10::Device(c10::kCPU));
     if (!m.find_method("forward"))
       throw Error(path + ": the TorchScript module has no forward method");
     m.eval();

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -12,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "anybit/quant/device.h"
+#include "anybit/quant/fake_quant_elem.h"
 #include "anybit/quant/fake_quant_internal.h"
 #include "anybit/quant/spec.h"
 
@@ -114,12 +117,12 @@ __attribute__((noinline)) void fq_grad_span_lsq(const float* __restrict x,
     v = v < lo - 1.0f ? lo - 1.0f : v;
     v = v > hi + 1.0f ? hi + 1.0f : v;
     const float r = round_half_even_small(v);
-    // r lies in [lo-1, hi+1]: |r - clamp(r)| is 1 outside the range and 0 inside, and
-    // clamp(r) is lo below and hi above. Arithmetic instead of branches vectorizes.
+    // r lies in [lo-1, hi+1]; clamp(r) is lo below the range and hi above. A mask instead of
+    // branches vectorizes (and gives a NaN input dx = 0, as the STE kernel above does).
     float rc = r < lo ? lo : r;
     rc = rc > hi ? hi : rc;
-    const float outside = std::fabs(r - rc);
-    const float inside = 1.0f - outside;
+    const float inside = static_cast<float>((r >= lo) & (r <= hi));
+    const float outside = 1.0f - inside;
     dx[i] = g[i] * inside;
     ds += g[i] * (inside * ((r * sc - x[i]) * inv) + outside * rc);
     dz -= g[i] * sc * outside;
@@ -217,6 +220,15 @@ at::Tensor fake_quant_affine_forward(const at::Tensor& x_in, const at::Tensor& s
                                      const at::Tensor& zero_point, int64_t axis,
                                      int64_t group_size, int64_t qmin, int64_t qmax,
                                      int64_t rounding) {
+  if (!fast_path_ok(x_in) && rounding != kStochastic && x_in.scalar_type() == at::kFloat &&
+      has_device_kernel("anybit::_fake_quant_affine_forward", x_in)) {
+    check_range(qmin, qmax);
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("anybit::_fake_quant_affine_forward", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                 int64_t, int64_t, int64_t, int64_t)>();
+    return op.call(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
+  }
   if (!fast_path_ok(x_in) || rounding == kStochastic)
     return fake_quant_affine_torchops(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
   at::Tensor x = x_in.contiguous();
@@ -295,6 +307,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& scale,
     const at::Tensor& zero_point, int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax,
     double grad_factor, bool need_scale_grad, bool need_zero_point_grad) {
+  if (!fast_path_ok(x_in) && x_in.scalar_type() == at::kFloat &&
+      has_device_kernel("anybit::_fake_quant_affine_backward", x_in)) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("anybit::_fake_quant_affine_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                  const at::Tensor&, const at::Tensor&, int64_t,
+                                                                  int64_t, int64_t, int64_t, double, bool, bool)>();
+    return op.call(grad_in, x_in, scale, zero_point, axis, group_size, qmin, qmax, grad_factor, need_scale_grad,
+                   need_zero_point_grad);
+  }
   if (!fast_path_ok(x_in)) {
     auto r = fake_quant_affine_backward_reference(grad_in.cpu(), x_in.cpu(), scale, zero_point,
                                                   axis, group_size, qmin, qmax, grad_factor);
@@ -402,29 +425,8 @@ at::Tensor fake_quant_affine(const at::Tensor& x, const at::Tensor& scale,
 
 namespace {
 
-// murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit
-inline uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  h *= 0xc2b2ae35u;
-  h ^= h >> 16;
-  return h;
-}
-
-struct DropKey {
-  uint32_t k1, k2, threshold;  // dropped where hash >> 8 < threshold (p of 2^24)
-  DropKey(double p, int64_t seed, int64_t stream) {
-    const uint64_t s = static_cast<uint64_t>(seed);
-    k1 = fmix32(static_cast<uint32_t>(s) ^ fmix32(static_cast<uint32_t>(s >> 32) + 0x9e3779b9u));
-    k2 = fmix32(static_cast<uint32_t>(stream) + 0x7f4a7c15u) ^ 0x2545f491u;
-    threshold = static_cast<uint32_t>(std::min(1.0, std::max(0.0, p)) * 16777216.0);
-  }
-};
-
-inline bool dropped(uint32_t i, uint32_t k1, uint32_t k2, uint32_t threshold) {
-  return (fmix32(fmix32(i ^ k1) + k2) >> 8) < threshold;
-}
+using elem::DropKey;
+using elem::dropped;
 
 // y[j] = x[j] where element start + j is dropped (y keeps its value elsewhere); with
 // `zero`, y[j] = 0 there and x[j] elsewhere. Branch-free so that it vectorizes.
@@ -446,6 +448,17 @@ void qdrop_select_parallel(const float* x, float* y, int64_t n, const DropKey& k
   });
 }
 
+// QDrop's mask shaped like x, on x's device: drawn there where the device has the kernel
+at::Tensor drop_mask_like(const at::Tensor& x, double p, int64_t seed, int64_t stream) {
+  if (has_device_kernel("anybit::_qdrop_mask", x)) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("anybit::_qdrop_mask", "")
+                               .typed<at::Tensor(const at::Tensor&, double, int64_t, int64_t)>();
+    return op.call(x, p, seed, stream);
+  }
+  return qdrop_mask(x.numel(), p, seed, stream).reshape(x.sizes()).to(x.device());
+}
+
 void check_drop(const at::Tensor& x, double p) {
   if (!(p >= 0 && p <= 1)) throw Error("fake_quant_affine_drop: p must lie in [0, 1]");
   if (x.numel() > (int64_t{1} << 32)) throw Error("fake_quant_affine_drop: more than 2^32 elements");
@@ -465,26 +478,23 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
     at::Tensor y = fake_quant_affine_forward(x, scale, zero_point, axis, group_size, qmin, qmax, rounding);
     if (p <= 0) return y;
     if (!fast_path_ok(x) || !y.is_contiguous()) {
-      const at::Tensor m = qdrop_mask(x.numel(), p, seed, stream).reshape(x.sizes()).to(x.device());
-      return at::where(m, x, y);
+      return at::where(drop_mask_like(x, p, seed, stream), x, y);
     }
     const at::Tensor xc = x.contiguous();
-    qdrop_select_parallel(xc.data_ptr<float>(), y.data_ptr<float>(), x.numel(), DropKey(p, seed, stream), false);
+    qdrop_select_parallel(xc.data_ptr<float>(), y.data_ptr<float>(), x.numel(), elem::drop_key(p, seed, stream), false);
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const double p = ctx->saved_data["p"].toDouble();
     at::Tensor g = grads[0].to(at::kFloat).contiguous(), g_kept = g, mask;
     const bool fast = fast_path_ok(ctx->get_saved_variables()[0]) && g.device().is_cpu();
-    const DropKey key(p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
+    const DropKey key = elem::drop_key(p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
     if (p > 0) {
       if (fast) {  // the quantizer's gradient sees only the kept elements
         g_kept = at::empty_like(g);
         qdrop_select_parallel(g.data_ptr<float>(), g_kept.data_ptr<float>(), g.numel(), key, true);
       } else {
-        mask = qdrop_mask(g.numel(), p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt())
-                   .reshape(g.sizes())
-                   .to(g.device());
+        mask = drop_mask_like(g, p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
         g_kept = at::where(mask, at::zeros_like(g), g);
       }
     }
@@ -495,9 +505,7 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
         qdrop_select_parallel(g.data_ptr<float>(), dx.data_ptr<float>(), g.numel(), key, false);
       } else {
         if (!mask.defined())
-          mask = qdrop_mask(g.numel(), p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt())
-                     .reshape(g.sizes())
-                     .to(g.device());
+          mask = drop_mask_like(g, p, ctx->saved_data["seed"].toInt(), ctx->saved_data["stream"].toInt());
         dx = at::where(mask, g.to(dx.scalar_type()), dx);
       }
     }
@@ -509,7 +517,7 @@ class FakeQuantAffineDropFn : public torch::autograd::Function<FakeQuantAffineDr
 }  // namespace
 
 at::Tensor qdrop_mask(int64_t n, double p, int64_t seed, int64_t stream) {
-  const DropKey key(p, seed, stream);
+  const DropKey key = elem::drop_key(p, seed, stream);
   at::Tensor m = at::empty({n}, at::kBool);
   bool* pm = m.data_ptr<bool>();
   at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "anybit/quant/fake_quant_elem.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -610,6 +611,69 @@ TEST(FakeQuantAffineDrop, EqualsTheSelectOfInputAndQuantizerWithItsMask) {
   at::set_num_threads(threads);
   EXPECT_TRUE(bit_equal(one, two));
   EXPECT_THROW(fake_quant_affine_drop(x0, at::full({1}, 0.05), z, -1, 0, -128, 127, 1.5, 9, 0, 0, 1.0), Error);
+}
+
+// The element functions the CUDA kernels run (quant/fake_quant_elem.h) against the CPU kernels,
+// element by element: x^ and dx bit for bit, the LSQ sums to rounding, over per-tensor,
+// per-channel and grouped parameters, every deterministic rounding, ties, NaN and infinities.
+TEST(FakeQuantElem, ElementFunctionsEqualTheCpuKernels) {
+  at::Tensor x = test_input({6, 5, 4, 4}, 0.05, 11);
+  float* px = x.data_ptr<float>();
+  const float specials[] = {0.0f, -0.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 0.025f, -0.075f};
+  for (int i = 0; i < 9; ++i) px[5 * i + 1] = specials[i];
+  const at::Tensor g = at::randn({6, 5, 4, 4});
+  struct Case {
+    at::Tensor scale, zp;
+    int64_t axis, group, qmin, qmax;
+  };
+  const Case cases[] = {{at::full({1}, 0.05f), at::full({1}, 2.4f), -1, 0, -128, 127},
+                        {at::rand({5}) * 0.1 + 0.01, at::randint(-3, 4, {5}).to(at::kFloat), 1, 0, -8, 7},
+                        {at::rand({6 * 5 * 4}) * 0.2 + 0.01, at::randint(0, 3, {6 * 5 * 4}).to(at::kFloat), 0, 4, 0, 3}};
+  for (const Case& c : cases) {
+    const ChannelLayout L = channel_layout(x, c.scale.numel(), c.axis, c.group, "test");
+    const float* ps = c.scale.data_ptr<float>();
+    const float* pz = c.zp.data_ptr<float>();
+    auto grid_of = [&](int64_t i) {
+      const int64_t ch = (i / L.inner) % L.channels;
+      return elem::grid(ps[c.scale.numel() == 1 ? 0 : ch], pz[c.zp.numel() == 1 ? 0 : ch],
+                        static_cast<float>(c.qmin), static_cast<float>(c.qmax));
+    };
+    for (int r = 0; r < 3; ++r) {
+      const at::Tensor y = fake_quant_affine_forward(x, c.scale, c.zp, c.axis, c.group, c.qmin, c.qmax, r);
+      at::Tensor e = at::empty_like(x);
+      for (int64_t i = 0; i < x.numel(); ++i) e.data_ptr<float>()[i] = elem::affine(px[i], grid_of(i), r);
+      EXPECT_TRUE(at::equal(y.isnan(), e.isnan())) << "rounding " << r;
+      EXPECT_TRUE(at::equal(at::nan_to_num(y), at::nan_to_num(e))) << "rounding " << r;
+    }
+    const at::Tensor dx =
+        std::get<0>(fake_quant_affine_backward(g, x, c.scale, c.zp, c.axis, c.group, c.qmin, c.qmax, 1.0, false, false));
+    at::Tensor edx = at::empty_like(x);
+    for (int64_t i = 0; i < x.numel(); ++i)
+      edx.data_ptr<float>()[i] = elem::affine_grad(px[i], g.data_ptr<float>()[i], grid_of(i)).dx;
+    EXPECT_TRUE(at::equal(dx, edx));
+  }
+  // the LSQ sums, on finite inputs (the CPU sums blocks of floats in double: equal to rounding)
+  const at::Tensor xf = at::nan_to_num(x, 0.0, 1e3, -1e3);
+  const Case& c = cases[1];
+  const auto [dx, ds, dz] = fake_quant_affine_backward(g, xf, c.scale, c.zp, 1, 0, -8, 7, 0.5, true, true);
+  std::vector<double> eds(5, 0.0), edz(5, 0.0);
+  for (int64_t i = 0; i < xf.numel(); ++i) {
+    const int64_t ch = (i / 16) % 5;
+    const elem::AffineGrad t = elem::affine_grad(
+        xf.data_ptr<float>()[i], g.data_ptr<float>()[i],
+        elem::grid(c.scale.data_ptr<float>()[ch], c.zp.data_ptr<float>()[ch], -8.0f, 7.0f));
+    eds[ch] += 0.5 * t.ds;
+    edz[ch] += 0.5 * t.dz;
+  }
+  for (int64_t ch = 0; ch < 5; ++ch) {
+    EXPECT_NEAR(ds[ch].item<double>(), eds[ch], 1e-4 * (1 + std::fabs(eds[ch])));
+    EXPECT_NEAR(dz[ch].item<double>(), edz[ch], 1e-4 * (1 + std::fabs(edz[ch])));
+  }
+  // and the mask: the element function is the one qdrop_mask draws with
+  const elem::DropKey k = elem::drop_key(0.3, 77, 2);
+  const at::Tensor m = qdrop_mask(4096, 0.3, 77, 2);
+  for (int64_t i = 0; i < 4096; ++i)
+    ASSERT_EQ(m.data_ptr<bool>()[i], elem::dropped(static_cast<uint32_t>(i), k.k1, k.k2, k.threshold));
 }
 
 }  // namespace

@@ -2,6 +2,11 @@
 // Each op is a CompositeImplicitAutograd kernel that calls a custom autograd Function,
 // so one registration serves TorchScript graphs, C++, Python and every device (the
 // fast CPU kernels fall back to ATen-op compositions elsewhere).
+//
+// The kernels that have a device form are ops of their own, `_fake_quant_affine_forward`,
+// `_fake_quant_affine_backward` and `_qdrop_mask`: CPU kernels here, CUDA kernels in
+// libanybit_cuda (cuda/ops_cuda.cc) when it is loaded (quant/device.h). The autograd
+// functions call them through the dispatcher for tensors on a device that has them.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -68,6 +73,25 @@ at::Tensor op_fake_quant_lut(const at::Tensor& x, const at::Tensor& scale, const
   return anybit::fake_quant_lut(x, scale, levels, axis, group_size, grad_factor);
 }
 
+at::Tensor op_affine_forward(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                             int64_t axis, int64_t group_size, int64_t quant_min, int64_t quant_max,
+                             int64_t rounding) {
+  return anybit::fake_quant_affine_forward(x, scale, zero_point, axis, group_size, quant_min, quant_max, rounding);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> op_affine_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                                  const at::Tensor& scale, const at::Tensor& zero_point,
+                                                                  int64_t axis, int64_t group_size, int64_t quant_min,
+                                                                  int64_t quant_max, double grad_factor,
+                                                                  bool need_scale_grad, bool need_zero_point_grad) {
+  return anybit::fake_quant_affine_backward(grad, x, scale, zero_point, axis, group_size, quant_min, quant_max,
+                                            grad_factor, need_scale_grad, need_zero_point_grad);
+}
+
+at::Tensor op_qdrop_mask(const at::Tensor& like, double p, int64_t seed, int64_t stream) {
+  return anybit::qdrop_mask(like.numel(), p, seed, stream).reshape(like.sizes());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(anybit, m) {
@@ -96,4 +120,17 @@ TORCH_LIBRARY(anybit, m) {
   m.def("fake_quant_lut(Tensor x, Tensor scale, Tensor levels, int axis, int group_size, float grad_factor=1.0) "
         "-> Tensor",
         &op_fake_quant_lut);
+  // the kernels with device forms (see the top of this file); their CPU kernels follow
+  m.def("_fake_quant_affine_forward(Tensor x, Tensor scale, Tensor zero_point, int axis, int group_size, "
+        "int quant_min, int quant_max, int rounding) -> Tensor");
+  m.def("_fake_quant_affine_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int axis, "
+        "int group_size, int quant_min, int quant_max, float grad_factor, bool need_scale_grad, "
+        "bool need_zero_point_grad) -> (Tensor, Tensor, Tensor)");
+  m.def("_qdrop_mask(Tensor like, float p, int seed, int stream) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(anybit, CPU, m) {
+  m.impl("_fake_quant_affine_forward", &op_affine_forward);
+  m.impl("_fake_quant_affine_backward", &op_affine_backward);
+  m.impl("_qdrop_mask", &op_qdrop_mask);
 }
