@@ -1,20 +1,21 @@
-// The Python binding: thin wrappers over the C++ API (src/anybit/core/quantize.h).
+// The Python binding: thin wrappers over the C++ API (src/anybit/api/quantize.h).
 // Models cross the boundary as TorchScript files written by the Python side, so the
 // binding needs no LibTorch-Python type casters and works with any torch build that
 // shares this LibTorch.
+#include <nlohmann/json.hpp>
 #include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include "anybit/core/export.h"
-#include "anybit/core/noise.h"
-#include "anybit/core/finetune.h"
-#include "anybit/core/quantize.h"
-#include "anybit/core/pipeline.h"
-#include "anybit/core/search.h"
-#include "anybit/core/sweep.h"
+#include "anybit/api/pipeline.h"
+#include "anybit/api/quantize.h"
 #include "anybit/data/dataset.h"
+#include "anybit/export/export.h"
 #include "anybit/quant/device.h"
+#include "anybit/study/noise.h"
+#include "anybit/study/search.h"
+#include "anybit/study/sweep.h"
+#include "anybit/train/finetune.h"
 
 
 #include <cstring>
@@ -27,37 +28,19 @@ namespace py = pybind11;
 
 namespace {
 
-py::dict point_dict(const anybit::PointDesc& p) {
-  py::dict d;
-  d["index"] = p.index;
-  d["name"] = p.name;
-  d["role"] = anybit::role_name(p.role);
-  d["kind"] = p.kind;
-  d["op"] = p.op;
-  d["module"] = p.module;
-  d["shape"] = p.shape;
-  d["params"] = p.numel;
-  return d;
+// Python objects from the library's JSON form of a result (to_json beside each result type,
+// graph/point.h): the dicts the package returns are what the CLI's --json prints.
+py::object to_python(const nlohmann::json& j) {
+  // imported per call (a cached module): a static py::object would be released after the
+  // interpreter has finalized
+  return py::module_::import("json").attr("loads")(j.dump());
 }
 
-py::list points(const std::string& model_path) {
+py::object points(const std::string& model_path) {
   anybit::ModelGraph g = anybit::load_model(model_path);
-  py::list out;
-  for (const auto& p : g.points) out.append(point_dict(p));
-  return out;
-}
-
-py::list uncovered_list(const std::vector<anybit::Uncovered>& uncovered) {
-  py::list unc;
-  for (const auto& u : uncovered) {
-    py::dict d;
-    d["op"] = u.op;
-    d["module"] = u.module;
-    d["reason"] = u.reason;
-    d["where"] = u.where();  // "aten::lstm in rnn", as the CLI's messages say it
-    unc.append(d);
-  }
-  return unc;
+  nlohmann::json out = nlohmann::json::array();
+  for (const anybit::PointDesc& p : g.points) out.push_back(p);
+  return to_python(out);
 }
 
 py::dict coverage(const std::string& model_path) {
@@ -65,7 +48,7 @@ py::dict coverage(const std::string& model_path) {
   py::dict out;
   out["linear_algebra_ops"] = g.linear_algebra_ops;
   out["with_points"] = g.linear_algebra_ops - static_cast<int>(g.uncovered.size());
-  out["uncovered"] = uncovered_list(g.uncovered);
+  out["uncovered"] = to_python(g.uncovered);
   return out;
 }
 
@@ -80,41 +63,23 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
-    anybit::PreparedModel prepared = anybit::prepare_model(model_path, prepare);
-    anybit::ModelGraph& g = prepared.graph;
-    uncovered = prepared.uncovered;
     if (dry_run) {
-      pts = anybit::plan(g, c);
+      anybit::PreparedModel prepared = anybit::prepare_model(model_path, prepare);
+      uncovered = prepared.uncovered;
+      pts = anybit::plan(prepared.graph, c);
     } else {
       std::unique_ptr<anybit::DataSource> data;
       if (!data_spec.empty()) data = anybit::open_data(data_spec);
-      anybit::QuantizeResult q = anybit::quantize(std::move(g), c, data.get(), options);
-      anybit::save_module(q.model.module, out_path);
-      pts = q.points;
+      anybit::QuantizedModel q = anybit::quantize_model(model_path, c, data.get(), prepare, options, out_path);
+      uncovered = q.uncovered;
+      pts = q.result.points;
     }
   }
-  py::list out;
-  for (const auto& r : pts) {
-    py::dict d = point_dict(r.point);
-    d["spec"] = r.assignment.spec.str();
-    d["bits"] = r.assignment.spec.is_float() ? 32 : r.assignment.spec.bits;
-    d["calibrator"] = r.assignment.calibrator;
-    d["rule"] = r.assignment.rule;
-    d["params_chosen"] = r.params;
-    if (!r.auto_spec.empty()) d["auto_spec"] = r.auto_spec;
-    if (r.clipped_low >= 0) {
-      d["clipped_low"] = r.clipped_low;
-      d["clipped_high"] = r.clipped_high;
-    }
-    if (!r.clip_warning.empty()) d["clip_warning"] = r.clip_warning;
-    out.append(d);
-  }
-  return py::make_tuple(out, uncovered_list(uncovered));
+  return py::make_tuple(to_python(pts), to_python(uncovered));
 }
 
-py::dict evaluate(const std::string& model_path, const std::string& data_spec,
-                  const std::string& reference_path, int64_t batch_size, bool freeze, bool fused,
-                  const std::string& device) {
+py::object evaluate(const std::string& model_path, const std::string& data_spec,
+                    const std::string& reference_path, anybit::EvalOptions o) {
   anybit::EvalResult r;
   {
     py::gil_scoped_release release;
@@ -122,23 +87,10 @@ py::dict evaluate(const std::string& model_path, const std::string& data_spec,
     std::unique_ptr<torch::jit::Module> ref;
     if (!reference_path.empty()) ref = std::make_unique<torch::jit::Module>(anybit::load_module(reference_path));
     auto data = anybit::open_data(data_spec);
-    anybit::EvalOptions o;
-    o.batch_size = batch_size;
-    o.freeze = freeze;
-    o.fused = fused;
-    o.device = anybit::parse_device(device);
+    o.progress = false;
     r = anybit::evaluate(m, *data, o, ref.get());
   }
-  py::dict d;
-  d["samples"] = r.samples;
-  d["top1"] = r.top1;
-  d["top5"] = r.top5;
-  d["loss"] = r.loss;
-  d["seconds"] = r.seconds;
-  d["runtime"] = r.runtime;
-  if (!r.runtime_note.empty()) d["runtime_note"] = r.runtime_note;
-  if (r.agreement >= 0) d["agreement"] = r.agreement;
-  return d;
+  return to_python(r);
 }
 
 py::list probe(const std::string& model_path, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
@@ -161,140 +113,45 @@ py::list probe(const std::string& model_path, py::array_t<float, py::array::c_st
   return result;
 }
 
-py::list sweep(const anybit::SweepOptions& o) {
+py::object sweep(const anybit::SweepOptions& o) {
   std::vector<anybit::SweepRow> rows;
   {
     py::gil_scoped_release release;
     rows = anybit::run_sweep(o);
   }
-  py::list out;
-  for (const auto& r : rows) {
-    py::dict d;
-    d["model"] = r.model;
-    d["method"] = r.method;
-    d["wbits"] = r.wbits;
-    d["abits"] = r.abits;
-    if (!r.format.empty()) d["format"] = r.format;
-    d["top1"] = r.top1;
-    d["top5"] = r.top5;
-    d["seconds"] = r.seconds;
-    if (r.agreement >= 0) d["agreement"] = r.agreement;
-    out.append(d);
-  }
-  return out;
+  return to_python(rows);
 }
 
-py::dict search(const anybit::SearchOptions& o) {
+py::object search(const anybit::SearchOptions& o) {
   anybit::SearchResult r;
   {
     py::gil_scoped_release release;
     r = anybit::run_search(o);
   }
-  py::list layers, rows;
-  for (const auto& l : r.layers) {
-    py::dict d;
-    d["point"] = l.point;
-    d["input"] = l.input_point;
-    d["params"] = l.params;
-    d["macs"] = l.macs;
-    d["wbits"] = l.wbits;
-    d["abits"] = l.abits;
-    d["sensitivity"] = l.loss;
-    layers.append(d);
-  }
-  for (const auto& x : r.rows) {
-    py::dict d;
-    d["kind"] = x.kind;
-    d["label"] = x.label;
-    d["budget"] = x.budget;
-    d["avg_wbits"] = x.avg_wbits;
-    d["size_bytes"] = x.size_bytes;
-    d["bops"] = x.bops;
-    d["predicted"] = x.predicted;
-    d["top1"] = x.top1;
-    d["top5"] = x.top5;
-    if (x.agreement >= 0) d["agreement"] = x.agreement;
-    d["seconds"] = x.seconds;
-    d["config"] = x.config;
-    rows.append(d);
-  }
-  py::dict out;
-  out["budget"] = r.budget.text;
-  out["layers"] = layers;
-  out["rows"] = rows;
-  out["exact"] = r.exact;
-  out["config"] = r.config_path;
-  out["command"] = r.command;
-  out["sensitivity_seconds"] = r.sensitivity_seconds;
-  out["total_seconds"] = r.total_seconds;
-  return out;
+  return to_python(r);
 }
 
-py::list finetune(const std::string& model_path, const std::string& data_spec, const std::string& out_path,
-                  int epochs, double lr, const std::string& optimizer, double weight_decay, double label_smoothing,
-                  int64_t batch_size, int64_t max_steps, uint64_t seed, const std::string& checkpoint_dir,
-                  bool resume, const std::string& schedule, double momentum, const std::string& teacher_path,
-                  double kd_weight, double kd_temperature, int freeze_bn_epoch, const std::string& noise,
-                  const std::string& device) {
+py::object finetune(const std::string& model_path, const std::string& data_spec, const std::string& out_path,
+                    const std::string& teacher_path, anybit::FinetuneOptions o) {
   std::vector<anybit::EpochReport> reports;
   {
     py::gil_scoped_release release;
     torch::jit::Module m = anybit::load_module(model_path);
     auto data = anybit::open_data(data_spec);
-    anybit::FinetuneOptions o;
-    o.schedule = schedule;
-    o.momentum = momentum;
     if (!teacher_path.empty()) o.teacher = anybit::load_module(teacher_path);
-    o.kd_weight = kd_weight;
-    o.kd_temperature = kd_temperature;
-    o.freeze_bn_epoch = freeze_bn_epoch;
-    if (!noise.empty()) o.noise_rel = anybit::noise_rel_of(noise);
-    o.device = anybit::parse_device(device);
     o.progress = false;
-    o.epochs = epochs;
-    o.lr = lr;
-    o.optimizer = optimizer;
-    o.weight_decay = weight_decay;
-    o.label_smoothing = label_smoothing;
-    o.batch_size = batch_size;
-    o.max_steps = max_steps;
-    o.seed = seed;
-    o.checkpoint_dir = checkpoint_dir;
-    o.resume = resume;
     reports = anybit::finetune(m, *data, o);
     anybit::save_module(m, out_path);
   }
-  py::list out;
-  for (const auto& r : reports) {
-    py::dict d;
-    d["epoch"] = r.epoch;
-    d["train_loss"] = r.train_loss;
-    d["train_top1"] = r.train_top1;
-    d["train_kd_loss"] = r.train_kd_loss;
-    d["bn_folded"] = r.bn_folded;
-    d["steps"] = r.steps;
-    d["seconds"] = r.seconds;
-    out.append(d);
-  }
-  return out;
+  return to_python(reports);
 }
 
 // --- integer export and the integer engine ------------------------------------------------
 
 namespace intsim = anybit::intsim;
 
-py::dict quant_dict(const intsim::TensorSpec& t) {
-  py::dict d;
-  d["name"] = t.name;
-  d["shape"] = t.shape;
-  d["scale"] = t.q.scale;
-  d["zero_point"] = t.q.zero_point;
-  d["qmin"] = t.q.qmin;
-  d["qmax"] = t.q.qmax;
-  return d;
-}
 
-py::dict export_model(const std::string& model_path, const std::string& out_dir,
+py::object export_model(const std::string& model_path, const std::string& out_dir,
                       const std::vector<int64_t>& input_shape, const std::string& source) {
   anybit::ExportResult r;
   {
@@ -306,51 +163,9 @@ py::dict export_model(const std::string& model_path, const std::string& out_dir,
     r = anybit::export_integer_model(m, o);
     anybit::save_integer_model_atomic(r.model, out_dir);
   }
-  std::map<std::string, int> kinds;
-  for (const auto& op : r.model.ops) kinds[intsim::op_kind_name(op.kind)]++;
-  py::dict d;
-  d["output"] = out_dir;
-  d["op_count"] = r.model.ops.size();
-  d["ops"] = kinds;
-  d["notes"] = r.notes;
-  py::list ins, outs;
-  for (const auto& t : r.model.inputs) ins.append(quant_dict(t));
-  for (const auto& t : r.model.outputs) outs.append(quant_dict(t));
-  d["inputs"] = ins;
-  d["outputs"] = outs;
-  return d;
-}
-
-intsim::EngineOptions engine_options(int acc_bits, const std::string& overflow, const std::string& mac, int threads,
-                                     bool reference_kernels) {
-  intsim::EngineOptions o;
-  if (overflow != "wrap" && overflow != "saturate")
-    throw anybit::Error("overflow: '" + overflow + "' is not wrap or saturate");
-  if (threads < 0) throw anybit::Error("threads: must be >= 0 (0: one per hardware thread), got " + std::to_string(threads));
-  o.accumulator.bits = acc_bits;
-  o.accumulator.overflow = overflow == "wrap" ? intsim::Overflow::kWrap : intsim::Overflow::kSaturate;
-  intsim::check_accumulator_spec(o.accumulator);
-  o.mac = intsim::parse_mac_model(mac);
-  o.threads = threads;
-  if (reference_kernels) o.path = intsim::KernelPath::kReference;
-  return o;
-}
-
-py::list layer_stats(const std::vector<intsim::LayerStats>& stats) {
-  py::list layers;
-  for (const auto& l : stats) {
-    py::dict d;
-    d["name"] = l.name;
-    d["op"] = l.op;
-    d["fast_path"] = l.fast_path;
-    d["dot_products"] = l.dot_products;
-    d["overflows"] = l.overflows;
-    d["mean_abs_error"] = l.mean_abs_error();
-    d["max_abs_error"] = l.max_abs_error;
-    d["clipped"] = l.clipped;
-    layers.append(d);
-  }
-  return layers;
+  nlohmann::json j = r;
+  j["output"] = out_dir;
+  return to_python(j);
 }
 
 // Integer values of any NumPy integer array, checked to fit int32 (never wrapped).
@@ -400,12 +215,12 @@ intsim::Tensor engine_input(const py::array& a, const intsim::TensorSpec& spec, 
   return t;
 }
 
-py::tuple intsim_run(const std::string& model_dir, const std::vector<py::array>& inputs, int acc_bits,
-                     const std::string& overflow, const std::string& mac, int threads, bool reference_kernels) {
+py::tuple intsim_run(const std::string& model_dir, const std::vector<py::array>& inputs,
+                     const intsim::EngineSpec& spec) {
   std::unique_ptr<intsim::Engine> engine;
   {
     py::gil_scoped_release release;
-    intsim::EngineOptions o = engine_options(acc_bits, overflow, mac, threads, reference_kernels);
+    intsim::EngineOptions o = intsim::engine_options(spec);
     engine = std::make_unique<intsim::Engine>(intsim::load_model(model_dir), o);
   }
   const auto& specs = engine->model().inputs;
@@ -430,7 +245,7 @@ py::tuple intsim_run(const std::string& model_dir, const std::vector<py::array>&
     if (!t.data.empty()) std::memcpy(a.mutable_data(), t.data.data(), t.data.size() * sizeof(int32_t));
     arrays.append(a);
   }
-  return py::make_tuple(arrays, layer_stats(engine->stats()));
+  return py::make_tuple(arrays, to_python(engine->stats()));
 }
 
 // The exported model run by anybit::run_integer_reference, the LibTorch twin of the engine
@@ -461,22 +276,15 @@ py::list integer_reference(const std::string& model_dir, const std::vector<py::a
   return arrays;
 }
 
-py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_spec, const std::string& reference_path,
-                         int64_t batch_size, int acc_bits, const std::string& overflow, const std::string& mac,
-                         int threads, bool reference_kernels, bool progress, const std::string& calib_spec,
-                         int64_t calib_samples) {
+py::object intsim_evaluate(const std::string& model_dir, const std::string& data_spec, const std::string& reference_path,
+                           const std::string& calib_spec, anybit::IntegerEvalOptions o) {
   anybit::IntegerEvalResult r;
   std::string mac_name;
   {
     py::gil_scoped_release release;
-    anybit::IntegerEvalOptions o;
-    o.engine = engine_options(acc_bits, overflow, mac, threads, reference_kernels);
-    o.batch_size = batch_size;
-    o.progress = progress;
     std::unique_ptr<anybit::DataSource> calib;
     if (!calib_spec.empty()) calib = anybit::open_data(calib_spec);
     o.calib_data = calib.get();
-    o.calib_samples = calib_samples;
     mac_name = o.engine.mac ? o.engine.mac->describe() : "exact";
     intsim::Model m = intsim::load_model(model_dir);
     std::unique_ptr<torch::jit::Module> ref;
@@ -484,59 +292,22 @@ py::dict intsim_evaluate(const std::string& model_dir, const std::string& data_s
     auto data = anybit::open_data(data_spec);
     r = anybit::evaluate_integer(m, *data, o, ref.get());
   }
-  py::dict d;
-  py::dict acc;
-  acc["bits"] = acc_bits;
-  acc["overflow"] = overflow;
-  d["accumulator"] = acc;
-  d["mac"] = mac_name;
-  d["samples"] = r.samples;
-  d["top1"] = r.top1;
-  d["top5"] = r.top5;
-  d["seconds"] = r.seconds;
-  if (!reference_path.empty()) {
-    d["agreement"] = r.agreement;
-    d["outputs_equal"] = r.equal;
-    d["outputs_one_step"] = r.one_step;
-    d["outputs_more"] = r.more;
-    d["max_steps"] = r.max_steps;
-    py::list agreement;
-    for (const auto& a : r.layer_agreement) {
-      py::dict e;
-      e["point"] = a.point;
-      e["equal"] = a.equal;
-      e["one_step"] = a.one_step;
-      e["max_steps"] = a.max_steps;
-      agreement.append(e);
-    }
-    d["layer_agreement"] = agreement;
-  }
-  d["layers"] = layer_stats(r.layers);
-  return d;
+  nlohmann::json j = r;
+  j["accumulator"] = {{"bits", o.engine.accumulator.bits},
+                      {"overflow", o.engine.accumulator.overflow == intsim::Overflow::kWrap ? "wrap" : "saturate"}};
+  j["mac"] = mac_name;
+  return to_python(j);
 }
 
 // (noise.json's text, the CLI's table)
-py::tuple noise_sweep(const std::string& model_dir, const std::string& data_spec, const std::string& mac, int seeds,
-                      const std::string& out_dir, bool resume, int acc_bits, const std::string& overflow, int threads,
-                      int64_t batch_size, const std::string& calib_spec, int64_t calib_samples, bool progress,
-                      const std::string& model_name, const std::string& data_name) {
+py::tuple noise_sweep(const std::string& model_dir, const std::string& data_spec, const std::string& calib_spec,
+                      anybit::NoiseSweepOptions o) {
   std::string text, table;
   {
     py::gil_scoped_release release;
-    anybit::NoiseSweepOptions o;
-    o.mac = mac;
-    o.seeds = seeds;
-    o.out_dir = out_dir;
-    o.resume = resume;
-    o.progress = progress;
-    o.eval.engine = engine_options(acc_bits, overflow, "exact", threads, false);
-    o.eval.batch_size = batch_size;
     std::unique_ptr<anybit::DataSource> calib;
     if (!calib_spec.empty()) calib = anybit::open_data(calib_spec);
     o.eval.calib_data = calib.get();
-    o.eval.calib_samples = calib_samples;
-    o.model_name = model_name;
-    o.data_name = data_name;
     intsim::Model m = intsim::load_model(model_dir);
     auto data = anybit::open_data(data_spec);
     const anybit::NoiseSweepResult r = anybit::run_noise_sweep(m, *data, o);
@@ -585,8 +356,16 @@ PYBIND11_MODULE(_anybit, m) {
           [](anybit::QuantizeOptions& o, const std::string& d) { o.device = anybit::parse_device(d); });
   m.def("quantize", &quantize, py::arg("model_path"), py::arg("config_text"), py::arg("config_source"),
         py::arg("data_spec"), py::arg("prepare"), py::arg("options"), py::arg("dry_run"), py::arg("out_path"));
+  py::class_<anybit::EvalOptions>(m, "EvalOptions")
+      .def(py::init<>())
+      .def_readwrite("batch_size", &anybit::EvalOptions::batch_size)
+      .def_readwrite("freeze", &anybit::EvalOptions::freeze)
+      .def_readwrite("fused", &anybit::EvalOptions::fused)
+      .def_property(
+          "device", [](const anybit::EvalOptions& o) { return o.device.str(); },
+          [](anybit::EvalOptions& o, const std::string& d) { o.device = anybit::parse_device(d); });
   m.def("evaluate", &evaluate, py::arg("model_path"), py::arg("data_spec"), py::arg("reference_path"),
-        py::arg("batch_size"), py::arg("freeze"), py::arg("fused") = true, py::arg("device") = "cpu");
+        py::arg("options"));
   py::class_<anybit::SweepOptions>(m, "SweepOptions")
       .def(py::init<>())
       .def_readwrite("models", &anybit::SweepOptions::models)
@@ -629,24 +408,68 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("resume", &anybit::SearchOptions::resume)
       .def_readwrite("progress", &anybit::SearchOptions::progress);
   m.def("search", &search, py::arg("options"));
-  m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"), py::arg("epochs"),
-        py::arg("lr"), py::arg("optimizer"), py::arg("weight_decay"), py::arg("label_smoothing"),
-        py::arg("batch_size"), py::arg("max_steps"), py::arg("seed"), py::arg("checkpoint_dir"), py::arg("resume"),
-        py::arg("schedule") = "cosine", py::arg("momentum") = 0.9, py::arg("teacher_path") = "",
-        py::arg("kd_weight") = 1.0, py::arg("kd_temperature") = 1.0, py::arg("freeze_bn_epoch") = -1,
-        py::arg("noise") = "", py::arg("device") = "cpu");
+  py::class_<anybit::FinetuneOptions>(m, "FinetuneOptions")
+      .def(py::init<>())
+      .def_readwrite("epochs", &anybit::FinetuneOptions::epochs)
+      .def_readwrite("batch_size", &anybit::FinetuneOptions::batch_size)
+      .def_readwrite("optimizer", &anybit::FinetuneOptions::optimizer)
+      .def_readwrite("lr", &anybit::FinetuneOptions::lr)
+      .def_readwrite("schedule", &anybit::FinetuneOptions::schedule)
+      .def_readwrite("momentum", &anybit::FinetuneOptions::momentum)
+      .def_readwrite("weight_decay", &anybit::FinetuneOptions::weight_decay)
+      .def_readwrite("label_smoothing", &anybit::FinetuneOptions::label_smoothing)
+      .def_readwrite("max_steps", &anybit::FinetuneOptions::max_steps)
+      .def_readwrite("seed", &anybit::FinetuneOptions::seed)
+      .def_readwrite("kd_weight", &anybit::FinetuneOptions::kd_weight)
+      .def_readwrite("kd_temperature", &anybit::FinetuneOptions::kd_temperature)
+      .def_readwrite("freeze_bn_epoch", &anybit::FinetuneOptions::freeze_bn_epoch)
+      .def_readwrite("checkpoint_dir", &anybit::FinetuneOptions::checkpoint_dir)
+      .def_readwrite("resume", &anybit::FinetuneOptions::resume)
+      .def_property(
+          "noise", [](const anybit::FinetuneOptions& o) { return o.noise_rel; },
+          [](anybit::FinetuneOptions& o, const std::string& spec) {
+            o.noise_rel = spec.empty() ? 0.0 : anybit::noise_rel_of(spec);
+          })
+      .def_property(
+          "device", [](const anybit::FinetuneOptions& o) { return o.device.str(); },
+          [](anybit::FinetuneOptions& o, const std::string& d) { o.device = anybit::parse_device(d); });
+  m.def("finetune", &finetune, py::arg("model_path"), py::arg("data_spec"), py::arg("out_path"),
+        py::arg("teacher_path"), py::arg("options"));
   m.def("probe", &probe, py::arg("model_path"), py::arg("x"));
   m.def("export_model", &export_model, py::arg("model_path"), py::arg("out_dir"), py::arg("input_shape"),
         py::arg("source"));
-  m.def("intsim_run", &intsim_run, py::arg("model_dir"), py::arg("inputs"), py::arg("acc_bits"), py::arg("overflow"),
-        py::arg("mac"), py::arg("threads"), py::arg("reference_kernels"));
+  // the integer engine's options by keyword (intsim/engine.h EngineSpec, parsed as the CLI's flags are)
+  py::class_<intsim::EngineSpec>(m, "EngineSpec")
+      .def(py::init<>())
+      .def_readwrite("acc_bits", &intsim::EngineSpec::acc_bits)
+      .def_readwrite("overflow", &intsim::EngineSpec::overflow)
+      .def_readwrite("mac", &intsim::EngineSpec::mac)
+      .def_readwrite("threads", &intsim::EngineSpec::threads)
+      .def_readwrite("reference_kernels", &intsim::EngineSpec::reference_kernels)
+      .def_readwrite("per_dot_product", &intsim::EngineSpec::per_dot_product);
+  py::class_<anybit::IntegerEvalOptions>(m, "IntegerEvalOptions")
+      .def(py::init<>())
+      .def_readwrite("batch_size", &anybit::IntegerEvalOptions::batch_size)
+      .def_readwrite("progress", &anybit::IntegerEvalOptions::progress)
+      .def_readwrite("calib_samples", &anybit::IntegerEvalOptions::calib_samples)
+      .def_property(
+          "engine", [](const anybit::IntegerEvalOptions&) { return py::none(); },
+          [](anybit::IntegerEvalOptions& o, const intsim::EngineSpec& spec) { o.engine = intsim::engine_options(spec); });
+  py::class_<anybit::NoiseSweepOptions>(m, "NoiseSweepOptions")
+      .def(py::init<>())
+      .def_readwrite("mac", &anybit::NoiseSweepOptions::mac)
+      .def_readwrite("seeds", &anybit::NoiseSweepOptions::seeds)
+      .def_readwrite("out_dir", &anybit::NoiseSweepOptions::out_dir)
+      .def_readwrite("resume", &anybit::NoiseSweepOptions::resume)
+      .def_readwrite("progress", &anybit::NoiseSweepOptions::progress)
+      .def_readwrite("eval", &anybit::NoiseSweepOptions::eval)
+      .def_readwrite("model_name", &anybit::NoiseSweepOptions::model_name)
+      .def_readwrite("data_name", &anybit::NoiseSweepOptions::data_name);
+  m.def("intsim_run", &intsim_run, py::arg("model_dir"), py::arg("inputs"), py::arg("engine"));
   m.def("integer_reference", &integer_reference, py::arg("model_dir"), py::arg("inputs"));
   m.def("intsim_evaluate", &intsim_evaluate, py::arg("model_dir"), py::arg("data_spec"), py::arg("reference_path"),
-        py::arg("batch_size"), py::arg("acc_bits"), py::arg("overflow"), py::arg("mac"), py::arg("threads"),
-        py::arg("reference_kernels"), py::arg("progress"), py::arg("calib_spec"), py::arg("calib_samples"));
-  m.def("noise_sweep", &noise_sweep, py::arg("model_dir"), py::arg("data_spec"), py::arg("mac"), py::arg("seeds"),
-        py::arg("out_dir"), py::arg("resume"), py::arg("acc_bits"), py::arg("overflow"), py::arg("threads"),
-        py::arg("batch_size"), py::arg("calib_spec"), py::arg("calib_samples"), py::arg("progress"),
-        py::arg("model_name"), py::arg("data_name"));
+        py::arg("calib_spec"), py::arg("options"));
+  m.def("noise_sweep", &noise_sweep, py::arg("model_dir"), py::arg("data_spec"), py::arg("calib_spec"),
+        py::arg("options"));
   m.def("canonical_spec", [](const std::string& s) { return anybit::parse_spec(s).str(); });
 }

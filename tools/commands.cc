@@ -9,15 +9,15 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "anybit/core/export.h"
-#include "anybit/core/noise.h"
-#include "anybit/core/finetune.h"
-#include "anybit/core/quantize.h"
-#include "anybit/quant/device.h"
-#include "anybit/core/pipeline.h"
-#include "anybit/core/search.h"
-#include "anybit/core/sweep.h"
+#include "anybit/api/pipeline.h"
+#include "anybit/api/quantize.h"
+#include "anybit/export/export.h"
 #include "anybit/graph/graph.h"
+#include "anybit/quant/device.h"
+#include "anybit/study/noise.h"
+#include "anybit/study/search.h"
+#include "anybit/study/sweep.h"
+#include "anybit/train/finetune.h"
 #include "commands.h"
 #include "launch.h"
 
@@ -69,14 +69,6 @@ void print_plan(const std::vector<anybit::PointReport>& pts, bool show_params) {
     fmt::print("{:<42} {:<10} {:<7} {:<22} {:<16} {}\n", r.point.name, anybit::role_name(r.point.role),
                r.point.kind, spec, fl ? "" : r.assignment.calibrator, show_params ? r.params : "");
   }
-}
-
-json eval_json(const anybit::EvalResult& r) {
-  json j = {{"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss},
-            {"seconds", r.seconds}, {"runtime", r.runtime}};
-  if (r.agreement >= 0) j["agreement"] = r.agreement;
-  if (!r.runtime_note.empty()) j["runtime_note"] = r.runtime_note;
-  return j;
 }
 
 void print_eval(const std::string& what, const anybit::EvalResult& r) {
@@ -134,14 +126,9 @@ int cmd_inspect(const std::string& model, bool as_json) {
   anybit::ModelGraph g = anybit::load_model(model);
   if (as_json) {
     json pts = json::array();
-    for (const auto& p : g.points)
-      pts.push_back({{"index", p.index}, {"name", p.name}, {"role", anybit::role_name(p.role)},
-                     {"kind", p.kind}, {"op", p.op}, {"module", p.module}, {"shape", p.shape},
-                     {"params", p.numel}});
-    json unc = json::array();
-    for (const auto& u : g.uncovered) unc.push_back({{"op", u.op}, {"module", u.module}, {"reason", u.reason}});
+    for (const anybit::PointDesc& p : g.points) pts.push_back(p);
     json j = {{"points", pts},
-              {"uncovered", unc},
+              {"uncovered", g.uncovered},
               {"coverage", {{"linear_algebra_ops", g.linear_algebra_ops},
                             {"with_points", g.linear_algebra_ops - static_cast<int>(g.uncovered.size())},
                             {"without_points", g.uncovered.size()}}}};
@@ -180,22 +167,20 @@ int cmd_quantize(const Common& c) {
   po.fold_bn = c.fold_bn;
   po.cle = c.cle;
   po.cle_relu6 = c.cle_relu6;
-  anybit::PreparedModel prepared = anybit::prepare_model(c.model, po);
-  anybit::ModelGraph& g = prepared.graph;
-  if ((c.cle || c.cle_relu6) && !c.json)
-    fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", prepared.cle.pairs,
-               prepared.cle.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", prepared.cle.relu6_replaced)
-                                           : "");
-  for (const auto& u : g.uncovered)
-    fmt::print(stderr, "warning: {} has no points and stays float: {}\n", u.where(), u.reason);
+  auto report_prepared = [&](const anybit::PreparedModel& prepared) {
+    if ((c.cle || c.cle_relu6) && !c.json)
+      fmt::print(stderr, "cross-layer equalization: {} layer pairs{}\n", prepared.cle.pairs,
+                 prepared.cle.relu6_replaced ? fmt::format(", {} ReLU6 turned into ReLU", prepared.cle.relu6_replaced)
+                                             : "");
+    for (const auto& u : prepared.uncovered)
+      fmt::print(stderr, "warning: {} has no points and stays float: {}\n", u.where(), u.reason);
+  };
   if (c.dry_run) {
-    auto pts = anybit::plan(g, cfg);
+    anybit::PreparedModel prepared = anybit::prepare_model(c.model, po);
+    report_prepared(prepared);
+    auto pts = anybit::plan(prepared.graph, cfg);
     if (c.json) {
-      json j = json::array();
-      for (const auto& r : pts)
-        j.push_back({{"name", r.point.name}, {"spec", r.assignment.spec.str()},
-                     {"calibrator", r.assignment.calibrator}, {"rule", r.assignment.rule}});
-      std::cout << j.dump(2) << "\n";
+      std::cout << json(pts).dump(2) << "\n";
     } else {
       print_plan(pts, false);
     }
@@ -230,7 +215,8 @@ int cmd_quantize(const Common& c) {
   opt.device = anybit::parse_device(c.device);
   std::unique_ptr<anybit::DataSource> eval_data;
   if (!c.eval_data.empty()) eval_data = anybit::open_data(c.eval_data);  // fail before working
-  anybit::QuantizeResult q = anybit::quantize(std::move(g), cfg, calib.get(), opt);
+  anybit::QuantizedModel run = anybit::quantize_model(c.model, cfg, calib.get(), po, opt, c.out, report_prepared);
+  anybit::QuantizeResult& q = run.result;
   for (const std::string& w : q.clipping) fmt::print(stderr, "warning: {}\n", w);
   if (!c.json) {
     for (const auto& [layer, nearest, learned] : q.gptq)
@@ -240,26 +226,17 @@ int cmd_quantize(const Common& c) {
                  learned, nearest, seconds > 0 ? fmt::format(", {:.1f} ms an iteration", seconds * 1e3) : "");
   }
   for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
-  anybit::save_module(q.model.module, c.out);
   json j = json::object();
   if (eval_data) {
     anybit::EvalResult r = anybit::evaluate(q.model.module, *eval_data, eval_options(c));
-    j["eval"] = eval_json(r);
+    j["eval"] = json(r);
     if (!c.json) print_eval(c.out, r);
   }
   if (c.json) {
     json pts = json::array();
     for (const auto& r : q.points) {
       if (r.assignment.spec.is_float()) continue;
-      json p = {{"name", r.point.name}, {"spec", r.assignment.spec.str()},
-                {"calibrator", r.assignment.calibrator}, {"params", r.params}};
-      if (!r.auto_spec.empty()) p["auto_spec"] = r.auto_spec;
-      if (r.clipped_low >= 0) {
-        p["clipped_low"] = r.clipped_low;
-        p["clipped_high"] = r.clipped_high;
-      }
-      if (!r.clip_warning.empty()) p["clip_warning"] = r.clip_warning;
-      pts.push_back(p);
+      pts.push_back(r);
     }
     j["output"] = c.out;
     j["points"] = pts;
@@ -280,7 +257,7 @@ int cmd_eval(const Common& c, const std::string& reference) {
   auto data = anybit::open_data(c.data);
   anybit::EvalResult r = anybit::evaluate(m, *data, eval_options(c), ref.get());
   if (c.json) {
-    json j = eval_json(r);
+    json j = json(r);
     j["model"] = c.model;
     j["data"] = c.data;
     std::cout << j.dump(2) << "\n";
@@ -298,17 +275,15 @@ int cmd_export(const Common& c, const std::string& input_shape) {
   o.source = c.model;
   anybit::ExportResult r = anybit::export_integer_model(m, o);
   anybit::save_integer_model_atomic(r.model, c.out);
-  std::map<std::string, int> kinds;
-  for (const auto& op : r.model.ops) kinds[anybit::intsim::op_kind_name(op.kind)]++;
   if (c.json) {
-    json j;
+    json j = r;
     j["model"] = c.model;
     j["output"] = c.out;
-    j["ops"] = kinds;
-    j["notes"] = r.notes;
     std::cout << j.dump(2) << "\n";
     return 0;
   }
+  std::map<std::string, int> kinds;
+  for (const auto& op : r.model.ops) kinds[anybit::intsim::op_kind_name(op.kind)]++;
   std::string summary;
   for (const auto& [k, n] : kinds) summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + k;
   const auto& in = r.model.inputs[0];
@@ -323,16 +298,14 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   anybit::intsim::Model m;
   anybit::IntegerEvalOptions o;
   m = anybit::intsim::load_model(c.model);
-  if (f.overflow != "wrap" && f.overflow != "saturate")
-    throw anybit::Error("--overflow: '" + f.overflow + "' is not wrap or saturate");
-  o.engine.accumulator.bits = f.acc_bits;
-  o.engine.accumulator.overflow =
-      f.overflow == "wrap" ? anybit::intsim::Overflow::kWrap : anybit::intsim::Overflow::kSaturate;
-  anybit::intsim::check_accumulator_spec(o.engine.accumulator);
   if (f.reference_kernels && f.per_dot) throw anybit::Error("--reference-kernels and --per-dot-product pick two paths; give one");
-  if (f.reference_kernels) o.engine.path = anybit::intsim::KernelPath::kReference;
-  if (f.per_dot) o.engine.path = anybit::intsim::KernelPath::kPerDotProduct;
-  o.engine.threads = c.threads;  // 0: one per hardware thread
+  anybit::intsim::EngineSpec es;
+  es.acc_bits = f.acc_bits;
+  es.overflow = f.overflow;
+  es.threads = c.threads;  // 0: one per hardware thread
+  es.reference_kernels = f.reference_kernels;
+  es.per_dot_product = f.per_dot;
+  o.engine = anybit::intsim::engine_options(es);  // the MAC model is set below, per level
   o.batch_size = c.eval_batch_size;
   o.progress = progress_on(c);
   std::unique_ptr<anybit::DataSource> calib;
@@ -371,33 +344,12 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   auto data = anybit::open_data(c.data);
   anybit::IntegerEvalResult r = anybit::evaluate_integer(m, *data, o, ref.get());
   if (c.json) {
-    json j;
+    json j = r;
     j["model"] = c.model;
     j["data"] = c.data;
     j["accumulator"] = {{"bits", f.acc_bits}, {"overflow", f.overflow}};
     j["mac"] = o.engine.mac ? o.engine.mac->describe() : "exact";
-    j["samples"] = r.samples;
-    j["top1"] = r.top1;
-    j["top5"] = r.top5;
-    j["seconds"] = r.seconds;
-    if (ref) {
-      j["reference"] = f.reference;
-      j["agreement"] = r.agreement;
-      j["outputs_equal"] = r.equal;
-      j["outputs_one_step"] = r.one_step;
-      j["outputs_more"] = r.more;
-      j["max_steps"] = r.max_steps;
-      json agreement = json::array();
-      for (const auto& a : r.layer_agreement)
-        agreement.push_back({{"point", a.point}, {"equal", a.equal}, {"one_step", a.one_step}, {"max_steps", a.max_steps}});
-      j["layer_agreement"] = agreement;
-    }
-    json layers = json::array();
-    for (const auto& l : r.layers)
-      layers.push_back({{"name", l.name}, {"op", l.op}, {"fast_path", l.fast_path}, {"dot_products", l.dot_products},
-                        {"overflows", l.overflows}, {"mean_abs_error", l.mean_abs_error()},
-                        {"max_abs_error", l.max_abs_error}, {"clipped", l.clipped}});
-    j["layers"] = layers;
+    if (ref) j["reference"] = f.reference;
     std::cout << j.dump(2) << "\n";
     return 0;
   }

@@ -5,10 +5,10 @@
 #include <string>
 #include <vector>
 
-#include "anybit/core/finetune.h"
-#include "anybit/core/quantize.h"
-#include "anybit/core/search.h"
-#include "anybit/core/sweep.h"
+#include "anybit/train/finetune.h"
+#include "anybit/api/quantize.h"
+#include "anybit/study/search.h"
+#include "anybit/study/sweep.h"
 
 namespace anybit_cli {
 

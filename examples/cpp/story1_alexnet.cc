@@ -2,7 +2,7 @@
 //   build/example_story1_alexnet alexnet.pt examples/story1_alexnet.yaml
 #include <iostream>
 
-#include "anybit/core/quantize.h"
+#include "anybit/api/quantize.h"
 
 int main(int argc, char** argv) {
   if (argc < 3) {

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "anybit/core/sweep.h"
+#include "anybit/study/sweep.h"
 #include "anybit/quant/spec.h"
 
 int main(int argc, char** argv) {

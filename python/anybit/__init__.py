@@ -259,7 +259,8 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
         mp = _save(model, example_inputs, d)
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
-        return _anybit.evaluate(mp, spec, rp, batch_size, freeze, fused, str(device))
+        return _anybit.evaluate(mp, spec, rp, _options(_anybit.EvalOptions, batch_size=batch_size, freeze=freeze,
+                                                       fused=fused, device=str(device)))
 
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
@@ -338,10 +339,13 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
         spec, _, _ = _data(data, d)
         out = os.path.join(d, "out.pt")
         teacher_path = _save(teacher, example_inputs, d, "teacher.pt") if teacher is not None else ""
-        report = _anybit.finetune(src, spec, out, epochs, lr, optimizer, weight_decay, label_smoothing, batch_size,
-                                  max_steps, seed, os.fspath(checkpoint_dir), resume, schedule, momentum,
-                                  teacher_path, kd_weight, kd_temperature, -1 if freeze_bn is None else int(freeze_bn),
-                                  noise or "", str(device))
+        options = _options(_anybit.FinetuneOptions, epochs=epochs, lr=lr, optimizer=optimizer,
+                           weight_decay=weight_decay, label_smoothing=label_smoothing, batch_size=batch_size,
+                           max_steps=max_steps, seed=seed, checkpoint_dir=os.fspath(checkpoint_dir), resume=resume,
+                           schedule=schedule, momentum=momentum, kd_weight=kd_weight, kd_temperature=kd_temperature,
+                           freeze_bn_epoch=-1 if freeze_bn is None else int(freeze_bn), noise=noise or "",
+                           device=str(device))
+        report = _anybit.finetune(src, spec, out, teacher_path, options)
         m = torch.jit.load(out)
     return (m, report) if return_report else m
 
@@ -407,8 +411,9 @@ def intsim_run(model_dir, inputs, acc_bits=32, overflow="wrap", mac=None, thread
     layers has, per op, dot_products, overflows, mean_abs_error, max_abs_error and clipped
     (results a MAC model such as an ADC clipped)."""
     seq = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    outs, stats = _anybit.intsim_run(os.fspath(model_dir), [_engine_array(x) for x in seq], int(acc_bits), overflow,
-                                     mac or "exact", int(threads), bool(reference_kernels))
+    engine = _options(_anybit.EngineSpec, acc_bits=int(acc_bits), overflow=overflow, mac=mac or "exact",
+                      threads=int(threads), reference_kernels=bool(reference_kernels))
+    outs, stats = _anybit.intsim_run(os.fspath(model_dir), [_engine_array(x) for x in seq], engine)
     return (outs, stats) if return_stats else outs
 
 
@@ -429,9 +434,11 @@ def intsim_evaluate(model_dir, data, reference=None, acc_bits=32, overflow="wrap
         rp = _save(reference, None, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
         cspec = _calib_spec(calib_data, d)
-        r = _anybit.intsim_evaluate(os.fspath(model_dir), spec, rp, int(batch_size), int(acc_bits), overflow,
-                                    mac or "exact", int(threads), bool(reference_kernels), bool(progress),
-                                    cspec, int(calib_samples))
+        engine = _options(_anybit.EngineSpec, acc_bits=int(acc_bits), overflow=overflow, mac=mac or "exact",
+                          threads=int(threads), reference_kernels=bool(reference_kernels))
+        options = _options(_anybit.IntegerEvalOptions, batch_size=int(batch_size), progress=bool(progress),
+                           calib_samples=int(calib_samples), engine=engine)
+        r = _anybit.intsim_evaluate(os.fspath(model_dir), spec, rp, cspec, options)
     out = {"model": os.fspath(model_dir), "data": data if isinstance(data, str) else "<python data>"}
     out.update(r)
     if reference is not None:
@@ -461,10 +468,13 @@ def noise_sweep(model_dir, data, mac, seeds=1, out=None, resume=False, acc_bits=
     with tempfile.TemporaryDirectory() as d:
         spec, _, _ = _data(data, d)
         cspec = _calib_spec(calib_data, d)
-        text, table = _anybit.noise_sweep(os.fspath(model_dir), spec, mac, int(seeds), os.fspath(out) if out else "",
-                                          bool(resume), int(acc_bits), overflow, int(threads), int(batch_size), cspec,
-                                          int(calib_samples), bool(progress), os.fspath(model_dir),
-                                          data if isinstance(data, str) else "<python data>")
+        engine = _options(_anybit.EngineSpec, acc_bits=int(acc_bits), overflow=overflow, threads=int(threads))
+        run = _options(_anybit.IntegerEvalOptions, batch_size=int(batch_size), calib_samples=int(calib_samples),
+                       engine=engine)
+        options = _options(_anybit.NoiseSweepOptions, mac=mac, seeds=int(seeds), out_dir=os.fspath(out) if out else "",
+                           resume=bool(resume), progress=bool(progress), eval=run, model_name=os.fspath(model_dir),
+                           data_name=data if isinstance(data, str) else "<python data>")
+        text, table = _anybit.noise_sweep(os.fspath(model_dir), spec, cspec, options)
     r = json.loads(text)
     r["table"] = table
     return r

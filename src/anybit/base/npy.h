@@ -68,6 +68,9 @@ void write_npy(const std::string& path, const NpyArray& array);
 
 // The same temp-then-rename write for any bytes (used for manifest.json).
 void write_file_atomic(const std::string& path, const void* data, size_t size);
+inline void write_text_atomic(const std::string& path, const std::string& text) {
+  write_file_atomic(path, text.data(), text.size());
+}
 // Whole file into memory; throws Error naming the file if it cannot be read.
 std::vector<uint8_t> read_file_bytes(const std::string& path);
 

@@ -34,6 +34,8 @@ struct Uncovered {
   // "aten::lstm in rnn", "aten::einsum in the root module": how messages name it
   std::string where() const { return op + " in " + (module.empty() ? "the root module" : module); }
 };
+// {op, module, reason, where}
+void to_json(nlohmann::json& j, const Uncovered& u);
 
 struct ModelGraph {
   std::string path;  // file it came from ("" if built in memory)
@@ -48,6 +50,8 @@ struct ModelGraph {
 // Loads a TorchScript file; throws anybit::Error naming the file when it is missing,
 // not a TorchScript archive, or has no forward.
 torch::jit::Module load_module(const std::string& path);
+// Writes through a temporary file and renames, so a failure never leaves a partial file.
+void save_module(torch::jit::Module& module, const std::string& path);
 // Inlines forward in place and finds the points (what PyTorch's own graph-mode
 // quantization passes do before rewriting).
 ModelGraph analyze_module(torch::jit::Module module, const std::string& path = "");

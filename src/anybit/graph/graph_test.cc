@@ -10,7 +10,7 @@
 #include <set>
 #include <string>
 
-#include "anybit/core/quantize.h"
+#include "anybit/api/quantize.h"
 #include "anybit/graph/graph.h"
 #include "anybit/graph/rules.h"
 #include "anybit/quant/fake_quant.h"

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace anybit {
 
 enum class Role { kWeight, kBias, kActivation, kInput };
@@ -22,5 +24,11 @@ struct PointDesc {
   int index = 0;         // forward order
   int channel_axis = 0;  // weights: output-channel axis (1 for transposed convs); activations: 1
 };
+
+// The JSON form of each result (nlohmann's to_json, found by `json j = x;`): `inspect --json`,
+// the other commands' --json, the files studies write and the Python package's dicts (the
+// binding converts this JSON) all use it, so they agree by construction.
+// {index, name, role, kind, op, module, shape, params (its element count)}
+void to_json(nlohmann::json& j, const PointDesc& p);
 
 }  // namespace anybit

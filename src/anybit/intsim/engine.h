@@ -84,6 +84,21 @@ struct EngineOptions {
   int threads = 0;
 };
 
+// The engine's options as the front ends spell them (the CLI's intsim flags, Python's
+// keywords), parsed in one place (engine_options): an accumulator of acc_bits (8..32) that
+// wraps or saturates on overflow, a MAC model spec (mac.h; "exact"), threads (0: one per
+// hardware thread) and the kernel path (the reference loops, or one dot product at a time).
+struct EngineSpec {
+  int acc_bits = 32;
+  std::string overflow = "wrap";  // wrap | saturate
+  std::string mac = "exact";
+  int threads = 0;
+  bool reference_kernels = false;
+  bool per_dot_product = false;
+};
+// Throws Error naming the field at fault.
+EngineOptions engine_options(const EngineSpec& spec);
+
 // What one op did, summed over every run since construction or reset_stats().
 struct LayerStats {
   std::string name;  // the op's name

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <string>
 
-#include "anybit/intsim/engine.h"
 #include "anybit/base/npy.h"
+#include "anybit/intsim/engine.h"
 
 using namespace anybit;
 using namespace anybit::intsim;

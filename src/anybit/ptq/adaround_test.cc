@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "anybit/core/quantize.h"
+#include "anybit/api/quantize.h"
 #include "anybit/ptq/fold_bn.h"
 
 namespace anybit {

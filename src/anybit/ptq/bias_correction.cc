@@ -3,8 +3,8 @@
 
 #include <ATen/ATen.h>
 
-#include "anybit/core/quantize.h"
 #include "anybit/ptq/capture.h"
+#include "anybit/source/data_source.h"
 
 namespace anybit {
 namespace jit = torch::jit;

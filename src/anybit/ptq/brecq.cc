@@ -20,11 +20,11 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "anybit/core/quantize.h"
 #include "anybit/data/file_read.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/capture.h"
 #include "anybit/quant/node.h"
+#include "anybit/source/data_source.h"
 
 namespace anybit {
 namespace jit = torch::jit;

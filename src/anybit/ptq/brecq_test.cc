@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <map>
 
-#include "anybit/core/quantize.h"
+#include "anybit/api/quantize.h"
 #include "anybit/ptq/fold_bn.h"
 
 namespace anybit {

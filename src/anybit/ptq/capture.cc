@@ -8,7 +8,7 @@
 #include <optional>
 #include <unordered_set>
 
-#include "anybit/core/quantize.h"
+#include "anybit/source/data_source.h"
 
 namespace anybit {
 namespace jit = torch::jit;

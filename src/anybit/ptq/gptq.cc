@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <map>
 
-#include "anybit/core/quantize.h"
 #include "anybit/data/progress.h"
 #include "anybit/ptq/capture.h"
+#include "anybit/source/data_source.h"
 
 namespace anybit {
 namespace jit = torch::jit;

@@ -7,7 +7,7 @@
 
 #include <ATen/ATen.h>
 
-#include "anybit/core/quantize.h"
+#include "anybit/api/quantize.h"
 #include "anybit/ptq/fold_bn.h"
 
 namespace anybit {

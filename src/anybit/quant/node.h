@@ -19,7 +19,7 @@ namespace qnode {
 enum class Op { kNone, kAffine, kPact, kLog, kBinary, kTernary, kAtenPerTensor, kAtenPerChannel, kMinifloat,
                 kMx, kNvfp4, kLut };
 
-// The integer form export gives a quantizer op (core/export.cc reads its parameters by it).
+// The integer form export gives a quantizer op (export/export.cc reads its parameters by it).
 enum class IntegerForm {
   kNone,     // none: OpInfo::no_integer says why
   kUniform,  // q = clamp(round(x / s) + z, qmin, qmax) from scale, zero_point, qmin, qmax, axis

@@ -1,0 +1,330 @@
+// Naming the quantization points of an analyzed graph (find_points) and the coverage of its
+// linear algebra.
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/jit.h>
+
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <unordered_map>
+
+#include "anybit/graph/graph.h"
+#include "anybit/graph/graph_internal.h"
+
+namespace anybit {
+namespace jit = torch::jit;
+
+using detail::fixed_bool;
+using detail::fused_ops;
+using detail::is_tensor;
+
+namespace {
+
+// aten op -> point kind. Ops that only move or reshape data (view, flatten, dropout in
+// eval, size) are not points: quantizing them again would change nothing.
+const std::unordered_map<std::string, std::string>& op_kinds() {
+  static const std::unordered_map<std::string, std::string> m = {
+      {"aten::conv1d", "conv"}, {"aten::conv2d", "conv"}, {"aten::conv3d", "conv"},
+      {"aten::_convolution", "conv"}, {"aten::conv_transpose1d", "conv"},
+      {"aten::conv_transpose2d", "conv"}, {"aten::conv_transpose3d", "conv"},
+      {"aten::linear", "linear"}, {"aten::addmm", "linear"}, {"aten::matmul", "linear"},
+      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"},
+      {"aten::softmax", "softmax"}, {"aten::_softmax", "softmax"}, {"aten::log_softmax", "softmax"},
+      {"aten::layer_norm", "norm"}, {"aten::group_norm", "norm"},
+      {"aten::embedding", "embedding"},
+      {"aten::relu", "relu"}, {"aten::relu_", "relu"}, {"aten::relu6", "relu"},
+      {"aten::relu6_", "relu"}, {"aten::hardtanh", "relu"}, {"aten::hardtanh_", "relu"},
+      {"aten::leaky_relu", "relu"}, {"aten::leaky_relu_", "relu"},
+      {"aten::sigmoid", "act"}, {"aten::tanh", "act"}, {"aten::gelu", "act"},
+      {"aten::silu", "act"}, {"aten::silu_", "act"}, {"aten::hardswish", "act"},
+      {"aten::hardswish_", "act"}, {"aten::hardsigmoid", "act"}, {"aten::elu", "act"},
+      {"aten::add", "add"}, {"aten::add_", "add"}, {"aten::mul", "mul"}, {"aten::mul_", "mul"},
+      {"aten::cat", "cat"},
+      {"aten::max_pool1d", "pool"}, {"aten::max_pool2d", "pool"}, {"aten::max_pool3d", "pool"},
+      {"aten::avg_pool1d", "pool"}, {"aten::avg_pool2d", "pool"}, {"aten::avg_pool3d", "pool"},
+      {"aten::adaptive_avg_pool1d", "pool"}, {"aten::adaptive_avg_pool2d", "pool"},
+      {"aten::adaptive_max_pool2d", "pool"},
+      {"aten::batch_norm", "bn"}, {"aten::mean", "mean"},
+      {"aten::flatten", "flatten"},
+  };
+  return m;
+}
+
+struct ModuleInfo {
+  std::string path;
+  bool leaf = false;  // a torch.nn module (one op per call, named `path:out`)
+};
+
+// The child of `m` called `name`; a container that is never called itself (ModuleList,
+// Sequential, ModuleDict: a traced model records `enc.0` for `enc.layers.0`) is looked
+// through, and its name is put into *path too.
+bool child_module(const jit::Module& m, const std::string& name, jit::Module* out, std::string* path) {
+  if (m.hasattr(name) && m.attr(name).isModule()) {
+    *out = m.attr(name).toModule();
+    *path += (path->empty() ? "" : ".") + name;
+    return true;
+  }
+  for (const jit::NameModule& c : m.named_children()) {
+    if (c.value.hasattr(name) && c.value.attr(name).isModule()) {
+      *out = c.value.attr(name).toModule();
+      *path += (path->empty() ? "" : ".") + c.name + "." + name;
+      return true;
+    }
+  }
+  return false;
+}
+
+ModuleInfo module_of(const jit::Node* n, const jit::Module& root) {
+  ModuleInfo info;
+  auto cs = n->callstack();
+  if (!cs) return info;
+  std::string cls;
+  jit::Module cur = root;
+  bool tracking = true;  // the path so far names real submodules of root
+  for (const auto& entry : (*cs)->vec()) {
+    const auto& mi = std::get<jit::kModuleInstanceInfo>(entry);
+    if (!mi) continue;
+    const std::string inst = mi->instance_name();
+    if (inst == "SELF" || inst.empty()) continue;
+    jit::Module next;
+    if (!(tracking && child_module(cur, inst, &next, &info.path))) {
+      tracking = false;
+      info.path += (info.path.empty() ? "" : ".") + inst;
+    } else {
+      cur = next;
+    }
+    cls = mi->class_type() ? mi->class_type()->name()->qualifiedName() : "";
+  }
+  // a torch.nn module without children runs one op per call (nn.MultiheadAttention, with its
+  // out_proj child, runs several and its own ops are named by kind)
+  info.leaf = !info.path.empty() && cls.rfind("__torch__.torch.nn.modules.", 0) == 0 &&
+              !(tracking && cur.named_children().size() > 0);
+  return info;
+}
+
+}  // namespace
+
+namespace {
+
+// Linear algebra that should have points: the ops of kind conv and linear (convs, linear
+// layers, matmuls), and the fused ops above that hide them.
+bool is_linear_algebra(const std::string& op) {
+  if (fused_ops().count(op)) return true;
+  auto it = op_kinds().find(op);
+  return it != op_kinds().end() && (it->second == "conv" || it->second == "linear");
+}
+
+// Integer and boolean tensors (a traced model's sizes, masks) and values computed only from
+// shapes (aten::size, prim::NumToTensor and arithmetic on them) are never points.
+bool shape_or_integer(jit::Value* v, std::unordered_map<jit::Value*, bool>& memo) {
+  auto it = memo.find(v);
+  if (it != memo.end()) return it->second;
+  memo[v] = false;  // cycles cannot occur in an SSA graph; this only guards re-entry
+  bool r = false;
+  if (auto t = v->type()->cast<c10::TensorType>()) {
+    if (auto st = t->scalarType()) r = !c10::isFloatingType(*st) && !c10::isComplexType(*st);
+  }
+  jit::Node* n = v->node();
+  const auto k = n->kind();
+  if (!r && (k == c10::prim::NumToTensor || k == c10::aten::size || k == c10::aten::dim)) r = true;
+  if (!r && k == c10::prim::Constant) {  // a traced constant such as the {4} of bsz * num_heads
+    auto iv = jit::toIValue(v);
+    r = iv && iv->isTensor() && !at::isFloatingType(iv->toTensor().scalar_type());
+  }
+  if (!r && n->kind() != c10::prim::Param && n->kind() != c10::prim::GetAttr && n->kind() != c10::prim::Constant) {
+    // arithmetic whose tensor inputs all come from shapes
+    bool any_tensor = false, all_shape = true;
+    for (jit::Value* in : n->inputs()) {
+      if (!is_tensor(in)) continue;
+      any_tensor = true;
+      all_shape = all_shape && shape_or_integer(in, memo);
+    }
+    r = any_tensor && all_shape;
+  }
+  memo[v] = r;
+  return r;
+}
+
+// True when v is a point's value, possibly seen through ops that only move data (view,
+// transpose, chunk, ...), so that quantizing v again would change nothing.
+bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
+  static const std::set<std::string> layout = {
+      "aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
+      "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
+      "aten::split", "aten::unbind", "prim::ListUnpack", "aten::t", "aten::unflatten", "aten::dropout",
+      "prim::TupleUnpack"};
+  for (; depth < 24 && v; ++depth) {
+    for (const Point& p : points)
+      if (p.value == v) return true;
+    jit::Node* n = v->node();
+    if (n->kind() == c10::prim::If) {  // every branch must reach one
+      for (jit::Block* b : n->blocks())
+        if (!reaches_point(b->outputs()[v->offset()], points, depth + 1)) return false;
+      return true;
+    }
+    if (!layout.count(n->kind().toQualString()) || n->inputs().empty()) return false;
+    if (n->kind() == c10::prim::TupleUnpack || n->kind() == c10::prim::ListUnpack) {
+      // element k of a tuple or list built in the graph is that construct's input k
+      jit::Node* src = n->input(0)->node();
+      if ((src->kind() == c10::prim::TupleConstruct || src->kind() == c10::prim::ListConstruct) &&
+          v->offset() < src->inputs().size()) {
+        v = src->input(v->offset());
+        continue;
+      }
+    }
+    v = n->input(0);
+  }
+  return false;
+}
+
+}  // namespace
+
+void find_points(ModelGraph& g) {
+  g.points.clear();
+  g.uncovered.clear();
+  g.linear_algebra_ops = 0;
+  jit::Graph& graph = *g.graph;
+  jit::Value* self = graph.inputs().at(0);
+  int index = 0;
+  int input_no = 0;
+  for (size_t i = 1; i < graph.inputs().size(); ++i) {
+    jit::Value* v = graph.inputs()[i];
+    if (!is_tensor(v)) continue;
+    Point p;
+    p.name = "input." + std::to_string(input_no++);
+    p.role = Role::kInput;
+    p.kind = "input";
+    p.channel_axis = 1;
+    p.value = v;
+    p.node = nullptr;
+    p.index = index++;
+    g.points.push_back(p);
+  }
+  std::map<std::string, int> name_count;
+  auto unique = [&](const std::string& base, const std::string& suffix) {
+    int k = ++name_count[base + suffix];
+    return k == 1 ? base + suffix : base + suffix + std::to_string(k);
+  };
+  std::map<std::string, int> kind_count_in_module;
+  std::unordered_map<jit::Value*, bool> shape_memo;
+  // ops inside control flow that is left (data-dependent conditions, loops) get no points:
+  // each linear-algebra op there is reported instead
+  std::function<void(jit::Block*, const std::string&)> report_block = [&](jit::Block* b, const std::string& why) {
+    for (jit::Node* n : b->nodes()) {
+      const std::string op = n->kind().toQualString();
+      if (is_linear_algebra(op)) {
+        ++g.linear_algebra_ops;
+        g.uncovered.push_back({op, module_of(n, g.module).path, why});
+      }
+      for (jit::Block* inner : n->blocks()) report_block(inner, why);
+    }
+  };
+  for (jit::Node* n : graph.nodes()) {
+    const std::string op = n->kind().toQualString();
+    if (n->kind() == c10::prim::If || n->kind() == c10::prim::Loop) {
+      bool mode;
+      const std::string why =
+          n->kind() == c10::prim::Loop ? "inside a loop"
+          : fixed_bool(n->input(0), self, g.module, &mode, true)
+              ? "inside an if on self.training (kept, so that fine-tuning has both modes)"
+              : "inside an if whose condition depends on the data (not fixed for the eval-mode model)";
+      for (jit::Block* b : n->blocks()) report_block(b, why);
+      continue;
+    }
+    const bool algebra = is_linear_algebra(op);
+    if (algebra) ++g.linear_algebra_ops;
+    auto fused = fused_ops().find(op);
+    if (fused != fused_ops().end()) {
+      g.uncovered.push_back({op, module_of(n, g.module).path, fused->second});
+      continue;
+    }
+    auto it = op_kinds().find(op);
+    if (it == op_kinds().end()) continue;
+    std::string kind = it->second;
+    if ((kind == "add" || kind == "mul") &&
+        (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1)) ||
+         shape_or_integer(n->input(0), shape_memo) || shape_or_integer(n->input(1), shape_memo)))
+      continue;  // x + 1 is not a point, nor x * head_dim ** -0.5 with the size traced as a tensor
+    if (n->outputs().size() != 1 || !is_tensor(n->output())) continue;
+    if (shape_or_integer(n->output(), shape_memo)) {
+      if (algebra) g.uncovered.push_back({op, module_of(n, g.module).path, "integer tensors (not a float value)"});
+      continue;
+    }
+    ModuleInfo mi = module_of(n, g.module);
+    // parameters first: they are read before the op runs
+    WeightSlots ws = weight_slots(n);
+    if (n->kind() == c10::aten::embedding) ws = {0, -1, 0};  // the table, one row per index
+    bool weight_attr = false;
+    for (int slot : {ws.weight, ws.bias}) {
+      if (slot < 0 || slot >= static_cast<int>(n->inputs().size())) continue;
+      jit::Value* v = n->input(slot);
+      std::string ap;
+      if (!attr_path(v, self, &ap)) continue;  // Optional[Tensor] biases too
+      c10::IValue t = resolve_attr(g.module, ap);
+      if (!t.isTensor()) continue;
+      if (slot == ws.weight) weight_attr = true;
+      Point p;
+      p.name = ap;
+      p.role = slot == ws.weight ? Role::kWeight : Role::kBias;
+      p.kind = kind;
+      p.op = op;
+      p.module = mi.path;
+      p.shape = t.toTensor().sizes().vec();
+      p.numel = t.toTensor().numel();
+      p.channel_axis = ws.axis >= 0 ? ws.axis : static_cast<int>(p.shape.size()) - 1;
+      if (p.role == Role::kBias) p.channel_axis = 0;
+      p.value = v;
+      p.node = n;
+      p.attr_path = ap;
+      p.index = index++;
+      // one weight read by several ops keeps one point
+      bool seen = false;
+      for (const auto& q : g.points) seen = seen || q.name == p.name;
+      if (!seen) g.points.push_back(p);
+    }
+    // a product of two activations (attention scores, attention times values) is a matmul
+    if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr)
+      kind = "matmul";
+    if (kind == "flatten") continue;  // named for completeness of kinds, not a point
+    Point p;
+    p.role = Role::kActivation;
+    p.kind = kind;
+    p.op = op;
+    p.module = mi.path;
+    std::string base = mi.path;
+    if (!mi.leaf) {
+      const std::string key = mi.path + "/" + kind;
+      int k = kind_count_in_module[key]++;
+      base = (mi.path.empty() ? "" : mi.path + ":") + kind + (k ? "_" + std::to_string(k) : "");
+    }
+    // the operands of a product of two activations, where they are not already a point's
+    // value seen through layout-only ops (q / sqrt(d) in attention is not)
+    if (kind == "matmul") {
+      for (int i = 0; i < 2; ++i) {
+        jit::Value* v = n->input(i);
+        if (v->node()->kind() == c10::prim::Param || reaches_point(v, g.points)) continue;
+        Point o;
+        o.role = Role::kActivation;
+        o.kind = kind;
+        o.op = op;
+        o.module = mi.path;
+        o.name = unique(base, ":in" + std::to_string(i));
+        o.value = v;
+        o.node = v->node();
+        o.channel_axis = 1;
+        o.index = index++;
+        g.points.push_back(o);
+      }
+    }
+    p.name = unique(base, ":out");
+    p.value = n->output();
+    p.node = n;
+    p.channel_axis = 1;
+    p.inplace = op.back() == '_';
+    p.index = index++;
+    g.points.push_back(p);
+  }
+}
+
+}  // namespace anybit

@@ -1,0 +1,204 @@
+// Evaluation and probing; see evaluate.h.
+#include "anybit/runtime/evaluate.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/passes/freeze_module.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "anybit/base/error.h"
+#include "anybit/data/progress.h"
+#include "anybit/graph/graph.h"
+#include "anybit/quant/node.h"
+#include "anybit/runtime/fused_eval.h"
+
+namespace anybit {
+namespace jit = torch::jit;
+
+namespace {
+torch::jit::Module frozen_copy(torch::jit::Module& m) {
+  m.eval();
+  try {
+    return torch::jit::freeze(m.clone());
+  } catch (const std::exception&) {
+    return m;  // models freezing cannot handle are evaluated as they are
+  }
+}
+}  // namespace
+
+std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const at::Tensor& x) {
+  std::map<std::string, std::string> names;
+  if (model.hasattr("anybit_points"))
+    for (const auto& kv : model.attr("anybit_points").toGenericDict())
+      names[kv.key().toStringRef()] = kv.value().toStringRef();
+  auto graph = jit::toGraphFunction(model.get_method("forward").function()).graph()->copy();
+  std::vector<jit::Value*> outs;
+  std::vector<QuantizerOutput> result;
+  for (jit::Node* n : graph->nodes()) {
+    if (!qnode::is_quantizer(n)) continue;
+    QuantizerOutput q;
+    q.op = n->kind().toQualString();
+    if (n->inputs().size() > 1 && n->input(1)->node()->kind() == c10::prim::GetAttr) {
+      auto it = names.find(n->input(1)->node()->s(c10::attr::name));
+      if (it != names.end()) q.point = it->second;
+    }
+    outs.push_back(n->output());
+    result.push_back(q);
+  }
+  // what each quantizer produced, before any in-place op later in the graph changes it
+  for (jit::Value*& v : outs) v = insert_snapshot(*graph, v);
+  graph->eraseOutput(0);
+  graph->registerOutput(graph->insertNode(graph->createTuple(outs))->output());
+  jit::GraphFunction fn("anybit_probe", graph, nullptr);
+  jit::Stack stack{model._ivalue(), x};
+  torch::NoGradGuard no_grad;
+  fn.run(stack);
+  auto elems = stack.back().toTuple()->elements();
+  for (size_t i = 0; i < result.size(); ++i) result[i].value = elems[i].toTensor();
+  return result;
+}
+
+namespace {
+// Runs a frozen model on the fused oneDNN layers when it compiles, else in the
+// interpreter; the first batch runs both ways and the compiled model is kept only if
+// its argmax agrees with the interpreter's on at least 99% of the samples.
+class FusedRunner {
+ public:
+  // `r` (optional) receives the runtime and its note.
+  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult* r) : module_(m), result_(r) {
+    if (!fuse) return;
+    std::string why;
+    fused_ = FusedModel::compile(m, &why);
+    note(fused_ ? "" : why);
+  }
+  at::Tensor operator()(const at::Tensor& x) {
+    if (!fused_) return module_.forward({x}).toTensor();
+    if (checked_) return fused_->forward(x);
+    at::Tensor expect = module_.forward({x}).toTensor();
+    at::Tensor got;
+    std::string why;
+    try {
+      got = fused_->forward(x);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    if (why.empty() && got.sizes() != expect.sizes()) why = "the compiled layers give another output shape";
+    if (why.empty() && expect.dim() == 2 && expect.size(0) > 0) {
+      const double agree = (got.argmax(1) == expect.argmax(1)).to(at::kDouble).mean().item<double>();
+      if (agree < 0.99) {
+        const double sqnr = 10 * std::log10(expect.pow(2).sum().item<double>() / (got - expect).pow(2).sum().item<double>());
+        why = "the compiled layers agree with the interpreter on " + std::to_string(100 * agree) +
+              "% of the first batch's argmax (SQNR " + std::to_string(sqnr) + " dB)";
+      }
+    }
+    checked_ = true;
+    if (!why.empty()) {
+      fused_.reset();
+      note(why);
+    } else {
+      note(fused_->summary(x));
+    }
+    return expect;
+  }
+
+ private:
+  void note(const std::string& why) {
+    if (!result_) return;
+    result_->runtime = fused_ ? "onednn" : "torchscript";
+    result_->runtime_note = why;
+  }
+  torch::jit::Module& module_;
+  EvalResult* result_;
+  std::unique_ptr<FusedModel> fused_;
+  bool checked_ = false;
+};
+}  // namespace
+
+EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,
+                    torch::jit::Module* reference_in) {
+  EvalResult r;
+  const int64_t batch_size = opt.batch_size;
+  const bool progress = opt.progress;
+  torch::NoGradGuard no_grad;
+  const bool on_device = !opt.device.is_cpu();
+  // a copy on the device, moved before freezing (frozen weights are constants of the graph)
+  auto prepared = [&](torch::jit::Module& m) {
+    m.eval();
+    torch::jit::Module src = m;
+    if (on_device) {
+      src = m.clone();
+      src.to(opt.device);
+    }
+    return opt.freeze ? frozen_copy(src) : src;
+  };
+  torch::jit::Module model = prepared(model_in);
+  torch::jit::Module ref_module;
+  torch::jit::Module* reference = nullptr;
+  if (reference_in) {
+    ref_module = prepared(*reference_in);
+    reference = &ref_module;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // the fused oneDNN layers are the CPU's; on a device the interpreter runs the model there
+  FusedRunner run(model, opt.freeze && opt.fused && !on_device, &r);
+  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused && !on_device, nullptr);
+  if (on_device) r.runtime_note = "on " + opt.device.str();
+  int64_t correct1 = 0, correct5 = 0, agree = 0;
+  double loss = 0;
+  data::ProgressBar bar("evaluate", data.size(), progress);
+  for (int64_t b = 0; b < data.size(); b += batch_size) {
+    auto batch = data.batch(b, batch_size);
+    at::Tensor out;
+    try {
+      out = run(batch.first.to(opt.device)).to(at::kCPU);
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
+                  ": " + what.substr(0, what.find('\n')));
+    }
+    if (out.dim() != 2 || out.size(0) != batch.first.size(0))
+      throw Error("the model's output has shape " + c10::str(out.sizes()) +
+                  "; evaluation expects class scores [N, classes]");
+    const at::Tensor& y = batch.second;
+    if (y.min().item<int64_t>() < 0)
+      throw Error(data.describe() + ": the data has no labels; evaluation needs them (npy:X.npy:LABELS.npy)");
+    if (y.max().item<int64_t>() >= out.size(1))
+      throw Error(data.describe() + ": label " + std::to_string(y.max().item<int64_t>()) +
+                  " is outside the model's " + std::to_string(out.size(1)) + " classes");
+    at::Tensor pred = out.argmax(1);
+    correct1 += (pred == y).sum().item<int64_t>();
+    const int64_t k = std::min<int64_t>(5, out.size(1));
+    at::Tensor top = std::get<1>(out.topk(k, 1));
+    correct5 += (top == y.unsqueeze(1)).any(1).sum().item<int64_t>();
+    loss += at::cross_entropy_loss(out, y, {}, at::Reduction::Sum).item<double>();
+    if (reference) {
+      at::Tensor ref = run_ref(batch.first.to(opt.device)).to(at::kCPU);
+      agree += (ref.argmax(1) == pred).sum().item<int64_t>();
+    }
+    r.samples += batch.first.size(0);
+    bar.update(r.samples);
+  }
+  bar.finish();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r.samples) {
+    r.top1 = 100.0 * correct1 / r.samples;
+    r.top5 = 100.0 * correct5 / r.samples;
+    r.loss = loss / r.samples;
+    if (reference) r.agreement = 100.0 * agree / r.samples;
+  }
+  return r;
+}
+
+void to_json(nlohmann::json& j, const EvalResult& r) {
+  j = {{"samples", r.samples}, {"top1", r.top1},       {"top5", r.top5},
+       {"loss", r.loss},       {"seconds", r.seconds}, {"runtime", r.runtime}};
+  if (r.agreement >= 0) j["agreement"] = r.agreement;
+  if (!r.runtime_note.empty()) j["runtime_note"] = r.runtime_note;
+}
+
+}  // namespace anybit
