@@ -7,25 +7,20 @@
 #include <limits>
 #include <sstream>
 
-#include "anybit/calib/channels.h"
+#include "anybit/calib/calib_internal.h"
 
 namespace anybit {
 namespace calib {
 
 using detail::check_view;
 using detail::gather_channel;
+using detail::kInf;
+using detail::num;
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 // Scales below this are raised to it, as the parameters from weights (quant/scheme.cc) are.
 constexpr double kMinScale = 1e-12;
-
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 
 }  // namespace

@@ -9,25 +9,20 @@
 #include <sstream>
 #include <string>
 
-#include "anybit/calib/channels.h"
+#include "anybit/calib/calib_internal.h"
 
 namespace anybit {
 namespace calib {
 
 using detail::check_view;
 using detail::gather_channel;
+using detail::kInf;
+using detail::num;
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 // The smallest histogram range: FLT_MIN, so every non-zero normal float grows it.
 const double kMinRange = std::ldexp(1.0, -126);
-
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 // floor(a / 2^k) for k >= 0, exact for every int64 a.
 int64_t floor_div_pow2(int64_t a, int k) {

@@ -1,9 +1,11 @@
-// Helpers histogram.cc and calibrator.cc share: per-channel views of [outer, channels, inner]
-// data. Internal to calib/.
+// What histogram.cc and calibrator.cc share: per-channel views of [outer, channels, inner]
+// data, and number formatting for messages. Internal to calib/.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -11,6 +13,15 @@
 namespace anybit {
 namespace calib {
 namespace detail {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// v as a message shows it (the shortest default stream form).
+inline std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
 
 // Copies channel c of x viewed as [outer, channels, inner] into out ([outer * inner]).
 inline void gather_channel(const float* x, int64_t outer, int64_t channels, int64_t inner, int64_t c,
