@@ -171,6 +171,8 @@ expect_error intsim-missing "manifest.json" -- "$EXE" intsim "$T/nope_int" --dat
 expect_error intsim-mac "gauss" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --mac gauss:x
 expect_error intsim-acc "accumulator" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --acc-bits 40
 expect_error intsim-overflow "wrap or saturate" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --overflow clip
+expect_error intsim-two-paths "two kernel paths" -- "$EXE" intsim "$T/w8_int" --data "fmnist:$DATA:test" --reference-kernels --per-dot-product
+expect_error device "expected cpu, cuda or cuda:N" -- "$EXE" eval "$MODEL" --data "fmnist:$DATA:test" --device tpu
 cp -r "$T/w8_int" "$T/broken_int"
 w=$(ls "$T/broken_int" | grep weight | head -1)
 head -c 100 "$T/w8_int/$w" >"$T/broken_int/$w"

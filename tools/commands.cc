@@ -298,7 +298,6 @@ int cmd_intsim(const Common& c, const IntsimFlags& f) {
   anybit::intsim::Model m;
   anybit::IntegerEvalOptions o;
   m = anybit::intsim::load_model(c.model);
-  if (f.reference_kernels && f.per_dot) throw anybit::Error("--reference-kernels and --per-dot-product pick two paths; give one");
   anybit::intsim::EngineSpec es;
   es.acc_bits = f.acc_bits;
   es.overflow = f.overflow;

@@ -334,7 +334,8 @@ EngineOptions engine_options(const EngineSpec& spec) {
   if (spec.threads < 0)
     throw Error("threads: must be >= 0 (0: one per hardware thread), got " + std::to_string(spec.threads));
   if (spec.reference_kernels && spec.per_dot_product)
-    throw Error("the reference kernels and one dot product at a time are two kernel paths; choose one");
+    throw Error("reference kernels (--reference-kernels) and one dot product at a time (--per-dot-product) are "
+                "two kernel paths; choose one");
   o.accumulator.bits = spec.acc_bits;
   o.accumulator.overflow = spec.overflow == "wrap" ? Overflow::kWrap : Overflow::kSaturate;
   check_accumulator_spec(o.accumulator);

@@ -182,6 +182,48 @@ QuantParams qp(double scale, int32_t z, int32_t lo, int32_t hi) {
   return q;
 }
 
+// The engine's options as the CLI and Python spell them, parsed in one place.
+TEST(Engine, EngineSpecParsesOrRefusesWithOneMessage) {
+  EngineSpec spec;
+  spec.acc_bits = 16;
+  spec.overflow = "saturate";
+  spec.mac = "gauss:sigma=2,seed=1";
+  spec.threads = 2;
+  const EngineOptions o = engine_options(spec);
+  EXPECT_EQ(o.accumulator.bits, 16);
+  EXPECT_EQ(o.accumulator.overflow, Overflow::kSaturate);
+  ASSERT_TRUE(o.mac);
+  EXPECT_EQ(o.threads, 2);
+  EXPECT_EQ(o.path, KernelPath::kAuto);
+  const EngineOptions exact = engine_options(EngineSpec{});
+  EXPECT_EQ(exact.mac ? exact.mac->describe() : "exact", "exact");
+  EXPECT_EQ(exact.accumulator.bits, 32);
+  EXPECT_EQ(exact.accumulator.overflow, Overflow::kWrap);
+  auto refused = [](EngineSpec s, const std::string& fragment) {
+    try {
+      engine_options(s);
+      ADD_FAILURE() << "accepted; expected an error with '" << fragment << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  EngineSpec bad;
+  bad.overflow = "clip";
+  refused(bad, "wrap or saturate");
+  bad = EngineSpec{};
+  bad.threads = -1;
+  refused(bad, "threads");
+  bad = EngineSpec{};
+  bad.acc_bits = 40;
+  refused(bad, "accumulator");
+  bad = EngineSpec{};
+  bad.mac = "gauss:x";
+  refused(bad, "gauss");
+  bad = EngineSpec{};
+  bad.reference_kernels = bad.per_dot_product = true;
+  refused(bad, "two kernel paths");
+}
+
 TEST(Engine, HandComputedLinearFollowsTheIntegerFormula) {
   // acc = (10-2)*3 + (20-2)*(-1) + (2-2)*5 + 6 = 24 - 18 + 0 + 6 = 12;  y = 5 + 12 * 0.25 = 8
   const Model m = one_linear({3, -1, 5}, 3, 6, qp(0.1, 2, 0, 255), qp(0.2, 5, -128, 127), 0.25);

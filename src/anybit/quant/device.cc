@@ -1,7 +1,6 @@
 #include "anybit/quant/device.h"
 
 #include <ATen/Context.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -36,10 +35,8 @@ std::string load_cuda_kernels() {
   return why;
 }
 
-bool has_device_kernel(const char* name, const at::Tensor& x) {
-  if (!x.is_cuda()) return false;
-  const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
-  return op && op->hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+bool has_device_kernel(const c10::OperatorHandle& op, const at::Tensor& x) {
+  return x.is_cuda() && op.hasKernelForDispatchKey(c10::DispatchKey::CUDA);
 }
 
 c10::Device parse_device(const std::string& spec) {

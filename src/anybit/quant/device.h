@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <string>
 
@@ -13,10 +14,10 @@ namespace anybit {
 // are registered, or why not (not built: LibTorch without CUDA or no nvcc; the loader's error).
 std::string load_cuda_kernels();
 
-// Whether the op `name` (e.g. "anybit::_fake_quant_affine_forward") has a kernel for x's device
-// (CUDA: libanybit_cuda is loaded). The autograd functions ask before calling the dispatcher;
-// without one they use their ATen-op compositions.
-bool has_device_kernel(const char* name, const at::Tensor& x);
+// Whether `op` (one of quant/ops.cc's device ops) has a kernel for x's device, a CUDA device
+// with libanybit_cuda loaded. The autograd functions ask with the handle they call through;
+// without a kernel they use their ATen-op compositions.
+bool has_device_kernel(const c10::OperatorHandle& op, const at::Tensor& x);
 
 // Parses `--device` ("cpu", "cuda", "cuda:N"), loads the CUDA kernels for a CUDA device and
 // checks that the device exists; throws anybit::Error naming the option and the reason.

@@ -3,7 +3,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -209,10 +208,10 @@ at::Tensor fake_quant_affine_torchops(const at::Tensor& x, const at::Tensor& sca
 std::vector<AffineGrid> affine_grid(const at::Tensor& scale, const at::Tensor& zero_point,
                                     int64_t channels, int64_t qmin, int64_t qmax) {
   const std::vector<float> s = float_params(scale, channels);
-  const std::vector<float> z = integer_zero_points(zero_point, channels, qmin, qmax);
+  const std::vector<float> zp = float_params(zero_point, channels);
   std::vector<AffineGrid> grid(channels);
   for (int64_t c = 0; c < channels; ++c)
-    grid[c] = {1.0f / s[c], s[c], static_cast<float>(qmin) - z[c], static_cast<float>(qmax) - z[c]};
+    grid[c] = elem::grid(s[c], zp[c], static_cast<float>(qmin), static_cast<float>(qmax));
   return grid;
 }
 
@@ -220,14 +219,14 @@ at::Tensor fake_quant_affine_forward(const at::Tensor& x_in, const at::Tensor& s
                                      const at::Tensor& zero_point, int64_t axis,
                                      int64_t group_size, int64_t qmin, int64_t qmax,
                                      int64_t rounding) {
+  static const auto device_op = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("anybit::_fake_quant_affine_forward", "")
+                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                      int64_t, int64_t, int64_t, int64_t, int64_t)>();
   if (!fast_path_ok(x_in) && rounding != kStochastic && x_in.scalar_type() == at::kFloat &&
-      has_device_kernel("anybit::_fake_quant_affine_forward", x_in)) {
+      has_device_kernel(device_op, x_in)) {
     check_range(qmin, qmax);
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("anybit::_fake_quant_affine_forward", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                 int64_t, int64_t, int64_t, int64_t)>();
-    return op.call(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
+    return device_op.call(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
   }
   if (!fast_path_ok(x_in) || rounding == kStochastic)
     return fake_quant_affine_torchops(x_in, scale, zero_point, axis, group_size, qmin, qmax, rounding);
@@ -307,17 +306,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& scale,
     const at::Tensor& zero_point, int64_t axis, int64_t group_size, int64_t qmin, int64_t qmax,
     double grad_factor, bool need_scale_grad, bool need_zero_point_grad) {
-  if (!fast_path_ok(x_in) && x_in.scalar_type() == at::kFloat &&
-      has_device_kernel("anybit::_fake_quant_affine_backward", x_in)) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("anybit::_fake_quant_affine_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor&, const at::Tensor&, int64_t,
-                                                                  int64_t, int64_t, int64_t, double, bool, bool)>();
-    return op.call(grad_in, x_in, scale, zero_point, axis, group_size, qmin, qmax, grad_factor, need_scale_grad,
-                   need_zero_point_grad);
-  }
+  static const auto device_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("anybit::_fake_quant_affine_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, int64_t, int64_t, int64_t, int64_t,
+                                                                double, bool, bool)>();
+  if (!fast_path_ok(x_in) && x_in.scalar_type() == at::kFloat && has_device_kernel(device_op, x_in))
+    return device_op.call(grad_in, x_in, scale, zero_point, axis, group_size, qmin, qmax, grad_factor,
+                          need_scale_grad, need_zero_point_grad);
   if (!fast_path_ok(x_in)) {
     auto r = fake_quant_affine_backward_reference(grad_in.cpu(), x_in.cpu(), scale, zero_point,
                                                   axis, group_size, qmin, qmax, grad_factor);
@@ -327,8 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
   at::Tensor x = x_in.contiguous();
   at::Tensor g = grad_in.to(at::kFloat).contiguous();
   ChannelLayout L = channel_layout(x, scale.numel(), axis, group_size, "fake_quant_affine");
-  std::vector<float> s = float_params(scale, L.channels);
-  std::vector<float> z = integer_zero_points(zero_point, L.channels, qmin, qmax);
+  const std::vector<AffineGrid> grid = affine_grid(scale, zero_point, L.channels, qmin, qmax);
   at::Tensor dx = at::empty_like(x);
   const float* px = x.data_ptr<float>();
   const float* pg = g.data_ptr<float>();
@@ -339,8 +335,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_affine_backward(
   std::vector<std::vector<double>> acc(need_params ? nthreads : 0,
                                        std::vector<double>(2 * L.channels, 0.0));
   for_each_channel_run(x.numel(), L, [&](int64_t b, int64_t e, int64_t c) {
-    const float sc = s[c], inv = 1.0f / sc;
-    const float lo = static_cast<float>(qmin) - z[c], hi = static_cast<float>(qmax) - z[c];
+    const float sc = grid[c].scale, inv = grid[c].inv, lo = grid[c].lo, hi = grid[c].hi;
     if (!need_params) {
       fq_grad_span_ste(px + b, pg + b, pdx + b, e - b, inv, lo, hi);
       return;
@@ -450,12 +445,10 @@ void qdrop_select_parallel(const float* x, float* y, int64_t n, const DropKey& k
 
 // QDrop's mask shaped like x, on x's device: drawn there where the device has the kernel
 at::Tensor drop_mask_like(const at::Tensor& x, double p, int64_t seed, int64_t stream) {
-  if (has_device_kernel("anybit::_qdrop_mask", x)) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("anybit::_qdrop_mask", "")
-                               .typed<at::Tensor(const at::Tensor&, double, int64_t, int64_t)>();
-    return op.call(x, p, seed, stream);
-  }
+  static const auto device_op = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("anybit::_qdrop_mask", "")
+                                    .typed<at::Tensor(const at::Tensor&, double, int64_t, int64_t)>();
+  if (has_device_kernel(device_op, x)) return device_op.call(x, p, seed, stream);
   return qdrop_mask(x.numel(), p, seed, stream).reshape(x.sizes()).to(x.device());
 }
 

@@ -22,6 +22,8 @@
 #include <tuple>
 #include <vector>
 
+#include "anybit/quant/fake_quant_elem.h"
+
 namespace anybit {
 
 struct ChannelLayout {
@@ -38,9 +40,8 @@ ChannelLayout channel_layout(const at::Tensor& x, int64_t num_params, int64_t ax
 //   inv = 1.0f / scale, z = clamp(round(zero_point), qmin, qmax), lo = qmin - z, hi = qmax - z.
 // clamp(round(v) + z, qmin, qmax) - z == round(clamp(v, qmin - z, qmax - z)) because the
 // bounds are integers and rounding is monotonic.
-struct AffineGrid {
-  float inv, scale, lo, hi;
-};
+// One channel's constants are elem::grid's (fake_quant_elem.h), which the CUDA kernels compute too.
+using AffineGrid = elem::Grid;
 std::vector<AffineGrid> affine_grid(const at::Tensor& scale, const at::Tensor& zero_point,
                                     int64_t channels, int64_t qmin, int64_t qmax);
 at::Tensor fake_quant_affine_forward(const at::Tensor& x, const at::Tensor& scale,

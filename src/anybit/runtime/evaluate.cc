@@ -21,10 +21,11 @@ namespace anybit {
 namespace jit = torch::jit;
 
 namespace {
+// A frozen copy of m (torch::jit::freeze copies the module and leaves m as it is).
 torch::jit::Module frozen_copy(torch::jit::Module& m) {
   m.eval();
   try {
-    return torch::jit::freeze(m.clone());
+    return torch::jit::freeze(m);
   } catch (const std::exception&) {
     return m;  // models freezing cannot handle are evaluated as they are
   }
@@ -128,7 +129,6 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
   const bool on_device = !opt.device.is_cpu();
   // a copy on the device, moved before freezing (frozen weights are constants of the graph)
   auto prepared = [&](torch::jit::Module& m) {
-    m.eval();
     torch::jit::Module src = m;
     if (on_device) {
       src = m.clone();
