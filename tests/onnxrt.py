@@ -5,6 +5,9 @@ PyPI, installed into the project's venv by scripts/install-deps.sh). Shared by t
 A test that needs it calls `require()` first: without onnxruntime the test is skipped (and
 ctest shows it as skipped, see tests/pytest_skip_code.py), never passed.
 """
+import platform
+import re
+
 import numpy as np
 import pytest
 
@@ -15,6 +18,28 @@ def require():
     """Returns the onnxruntime module, or skips the calling test."""
     return pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (scripts/install-deps.sh "
                                                      "puts it in the project's venv, .venv)")
+
+
+def int8_kernels_exact():
+    """Whether ONNX Runtime's fused integer kernels (`opt="all"`: QLinearConv, QGemm) sum
+    exactly on this CPU. On x86-64 without VNNI (AVX-512 VNNI or AVX-VNNI) its u8 x s8 kernels
+    add pairs of products in saturating 16-bit lanes (vpmaddubsw, as ONNX Runtime's
+    quantization documentation says), so 8-bit activations with 8-bit weights can come out
+    several steps off; `opt="disabled"` (the graph's own float ops) is exact everywhere."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) is not None
+
+
+def require_exact_int8():
+    """Skips the calling test where ONNX Runtime's integer kernels saturate (int8_kernels_exact)."""
+    if not int8_kernels_exact():
+        pytest.skip("ONNX Runtime's u8s8 integer kernels saturate in 16 bits on this x86-64 CPU without VNNI")
 
 
 def run(model_path, x, batch=500, opt="all", output=None):

@@ -95,8 +95,11 @@ def test_onnx_runtime_gives_anybits_predictions_on_the_fashion_mnist_test_set(tm
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     np.save(str(tmp_path / "x.npy"), x)
 
+    # ONNX Runtime's fused integer kernels where they sum exactly, else the graph's float ops
+    # (on x86-64 without VNNI its u8s8 kernels saturate: measured 87.94% top-1 there)
+    opt = "all" if onnxrt.int8_kernels_exact() else "disabled"
     t = time.time()
-    ort = onnxrt.run(qonnx, x, batch=500)
+    ort = onnxrt.run(qonnx, x, batch=500, opt=opt)
     times["onnxruntime"] = time.time() - t
     assert ort.shape == (10000, 10) and ort.dtype == np.float32
 
@@ -126,7 +129,7 @@ def test_onnx_runtime_gives_anybits_predictions_on_the_fashion_mnist_test_set(tm
     steps_fq = np.abs(ints(ort) - ints(fq))
     steps_engine = np.abs(ints(ort) - engine)
     equal_fq, equal_engine = 100.0 * (steps_fq == 0).mean(), 100.0 * (steps_engine == 0).mean()
-    print(f"\nONNX Runtime on 10000 Fashion-MNIST test images: top-1 {acc['ort']:.2f}% "
+    print(f"\nONNX Runtime (graph optimization {opt}) on 10000 Fashion-MNIST test images: top-1 {acc['ort']:.2f}% "
           f"(fake-quant {acc['fake_quant']:.2f}%, engine {acc['engine']:.2f}%); argmax equal to fake-quant "
           f"{agree_fq:.2f}%, to the engine {agree_engine:.2f}%; output integers equal to fake-quant "
           f"{equal_fq:.3f}% (max {steps_fq.max()} step), to the engine {equal_engine:.3f}% "

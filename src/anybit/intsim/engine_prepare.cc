@@ -132,30 +132,35 @@ PreparedLayer prepare_layer(const Op& op, const TensorInfo& in, const EngineOpti
   return p;
 }
 
+namespace {
+
+// row(base, M_c) for every [batch][channel] row of `inner` accumulators.
+template <typename Row>
+void for_each_channel_row(int64_t batch, int64_t channels, int64_t inner, const std::vector<DyadicMultiplier>& m,
+                          Row row) {
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t c = 0; c < channels; ++c)
+      row((n * channels + c) * inner, m.size() == 1 ? m[0] : m[static_cast<size_t>(c)]);
+}
+
+}  // namespace
+
 // y = requantize_dyadic(acc, M[channel], ...) over [batch][channels][inner].
 void requantize_channels(const int32_t* acc, int64_t batch, int64_t channels, int64_t inner,
                          const std::vector<DyadicMultiplier>& m, const QuantParams& q,
                          int32_t* y) {
-  for (int64_t n = 0; n < batch; ++n) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const DyadicMultiplier mc = m.size() == 1 ? m[0] : m[static_cast<size_t>(c)];
-      const int64_t base = (n * channels + c) * inner;
-      requantize_int32(acc + base, inner, 0, mc, q.zero_point, q.qmin, q.qmax, y + base);
-    }
-  }
+  for_each_channel_row(batch, channels, inner, m, [&](int64_t base, const DyadicMultiplier& mc) {
+    requantize_int32(acc + base, inner, 0, mc, q.zero_point, q.qmin, q.qmax, y + base);
+  });
 }
 
 void requantize_channels(const int64_t* acc, int64_t batch, int64_t channels, int64_t inner,
                          const std::vector<DyadicMultiplier>& m, const QuantParams& q,
                          int32_t* y) {
-  for (int64_t n = 0; n < batch; ++n) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const DyadicMultiplier mc = m.size() == 1 ? m[0] : m[static_cast<size_t>(c)];
-      const int64_t base = (n * channels + c) * inner;
-      for (int64_t i = 0; i < inner; ++i)
-        y[base + i] = requantize_dyadic(acc[base + i], mc, q.zero_point, q.qmin, q.qmax);
-    }
-  }
+  for_each_channel_row(batch, channels, inner, m, [&](int64_t base, const DyadicMultiplier& mc) {
+    for (int64_t i = 0; i < inner; ++i)
+      y[base + i] = requantize_dyadic(acc[base + i], mc, q.zero_point, q.qmin, q.qmax);
+  });
 }
 
 Pool2dGeometry pool_geometry(const Op& op, const std::vector<int64_t>& in_nchw,

@@ -4,7 +4,7 @@
 
 namespace anybit {
 
-void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
+void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu, bool aten_conv) {
   using A = dnnl::algorithm;
   using DT = memory::data_type;
   const auto inference = dnnl::prop_kind::forward_inference;
@@ -88,6 +88,12 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu) {
       out = {in[0], O, extent(in[2], KH, 0), extent(in[3], KW, 1)};
       out_sizes = out;
       if (out[2] <= 0 || out[3] <= 0) throw Error("a conv input of " + std::to_string(in[2]) + "x" + std::to_string(in[3]) + " is smaller than its kernel");
+      if (aten_conv && !ex.int8) {  // oneDNN refused this conv at run time: ATen's, its chain after it
+        resolve_added(p, ex, post, out_layout, out_sizes);
+        ex.aten_layer = true;
+        ex.posts_on_cpu = true;
+        break;
+      }
       const Dims wdims = g == 1 ? Dims{O, in[1], KH, KW} : Dims{g, O / g, in[1] / g, KH, KW};
       const DT wtype = ex.int8 ? DT::s8 : DT::f32;
       const memory::desc wplain(wdims, wtype, g == 1 ? Tag::oihw : Tag::goihw);

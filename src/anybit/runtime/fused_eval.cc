@@ -269,13 +269,17 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
         at::addmm_out(y, s.bias, a, s.weight.t());
       else
         at::mm_out(y, a, s.weight.t());
-    } else {  // adaptive average pooling, NHWC in and out
+    } else {  // adaptive average pooling or a conv, NHWC in and out
       auto nhwc = [](void* data, const Dims& e) {
         const std::vector<int64_t> sizes(e.begin(), e.end());
         return at::from_blob(data, sizes, strides_of(sizes, Layout::kNHWC), at::TensorOptions(at::kFloat));
       };
       const Dims od = dst.get_desc().dims();
-      nhwc(dst.get_data_handle(), od).copy_(at::adaptive_avg_pool2d(nhwc(src.get_data_handle(), d), {od[2], od[3]}));
+      const at::Tensor x = nhwc(src.get_data_handle(), d);
+      nhwc(dst.get_data_handle(), od)
+          .copy_(s.kind == Step::kConv
+                     ? at::conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
+                     : at::adaptive_avg_pool2d(x, {od[2], od[3]}));
     }
     src = dst;
   }
@@ -325,18 +329,25 @@ at::Tensor FusedModel::Impl::run(Plan& p, const at::Tensor& x) {
     bool taken = true;
     for (const auto& [cond, expect] : steps[si].guards) taken = taken && p.ivals[cond].toBool() == expect;
     if (!taken) continue;
-    try {
-      run_step(p, si, st);
-    } catch (const dnnl::error& e) {
-      // oneDNN 2.6 can accept a post-op chain and still refuse to run it (a gemm inner
-      // product with a tensor added): the chain then runs as the plain loops after it
-      if (first && p.execs[si].int8) throw;  // forward() retries the plan in float
-      if (!first || p.execs[si].posts_on_cpu || steps[si].kind == Step::kGeneric)
-        throw Error("oneDNN failed on the layer of " + steps[si].op_name + " (inputs of shape " + c10::str(x.sizes()) +
-                    "): " + e.what());
-      p.execs.pop_back();
-      build_step(p, si, /*posts_on_cpu=*/true);
-      run_step(p, si, st);
+    // oneDNN 2.6 can accept a primitive and still refuse to run it: a post-op chain (a gemm
+    // inner product with a tensor added), which then runs as the plain loops after it, or a
+    // conv (its gemm conv on NHWC with AVX2 only, e.g. AlexNet's first layer), which then
+    // runs as ATen's conv on the same buffers
+    for (;;) {
+      try {
+        run_step(p, si, st);
+        break;
+      } catch (const dnnl::error& e) {
+        Exec& ex = p.execs[si];
+        if (first && ex.int8) throw;  // forward() retries the plan in float
+        const bool conv = steps[si].kind == Step::kConv && !ex.aten_layer;
+        if (!first || steps[si].kind == Step::kGeneric || (ex.posts_on_cpu && !conv))
+          throw Error("oneDNN failed on the layer of " + steps[si].op_name + " (inputs of shape " +
+                      c10::str(x.sizes()) + "): " + e.what());
+        const bool to_aten = ex.posts_on_cpu;  // the chain was on the CPU already: the layer itself
+        p.execs.pop_back();
+        build_step(p, si, /*posts_on_cpu=*/true, /*aten_conv=*/to_aten);
+      }
     }
   }
   p.built = true;
@@ -398,11 +409,31 @@ std::string FusedModel::summary(const at::Tensor& x) const {
                   " ops on oneDNN, " + std::to_string(int8_layers(x)) + " of " + std::to_string(layers) +
                   " conv and linear layers in int8";
   if (aten) s += "; through ATen: " + names;
+  auto it = impl_->plans.find(x.sizes().vec());
+  int aten_convs = 0;
+  if (it != impl_->plans.end())
+    for (size_t i = 0; i < it->second->execs.size(); ++i)
+      aten_convs += it->second->execs[i].aten_layer && impl_->steps[i].kind == Step::kConv;
+  if (aten_convs)
+    s += "; " + std::to_string(aten_convs) + " conv" + (aten_convs > 1 ? "s" : "") + " through ATen (oneDNN refused at run time)";
+  if (impl_->int8_off_here) s += "; int8 off: this CPU has no VNNI, and oneDNN's int8 kernels would saturate";
   return s;
+}
+
+bool FusedModel::int8_exact_here() {
+  static const bool exact = [] {
+    using isa = dnnl::cpu_isa;
+    const isa i = dnnl::get_effective_cpu_isa();
+    return i == isa::avx512_core_vnni || i == isa::avx512_core_bf16 || i == isa::avx512_core_amx ||
+           i == isa::avx2_vnni;
+  }();
+  return exact;
 }
 
 std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen, std::string* why_not, bool int8) {
   auto impl = std::make_unique<Impl>();
+  impl->int8_off_here = int8 && !int8_exact_here();
+  int8 = int8 && !impl->int8_off_here;
   impl->int8 = int8;
   try {
     impl->graph = frozen.get_method("forward").graph();

@@ -49,6 +49,11 @@ class FusedModel {
   static std::unique_ptr<FusedModel> compile(const torch::jit::Module& frozen,
                                              std::string* why_not, bool int8 = true);
   ~FusedModel();
+  // Whether oneDNN's int8 kernels compute exact int32 sums on this CPU: with VNNI (AVX-512
+  // VNNI or AVX-VNNI). Without it oneDNN adds pairs of u8 x s8 products in saturating 16-bit
+  // lanes (vpmaddubsw), which overflows on 8-bit data; compile() then keeps every layer in
+  // float, and summary() says why. ONEDNN_MAX_CPU_ISA lowers what oneDNN uses, and this.
+  static bool int8_exact_here();
   // x: float32 [N, C, H, W] (or [N, F], [N, T, F]...); returns the model's output as a new tensor.
   // Throws anybit::Error when this input shape cannot run on the compiled layers.
   at::Tensor forward(const at::Tensor& x);

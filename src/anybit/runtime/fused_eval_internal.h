@@ -79,7 +79,8 @@ struct FusedModel::Impl {
     bool posts_on_cpu = false;
     bool alias = false;  // a flatten that keeps the bytes: dst is src under another shape
     bool int8 = false;         // an int8 conv: reads the integer form of its input
-    bool aten_layer = false;  // a float linear layer (ATen's addmm) or an uneven adaptive pooling (ATen's), its chain after it
+    bool aten_layer = false;  // a float linear layer (ATen's addmm), an uneven adaptive pooling or a conv oneDNN
+                              // refused at run time (ATen's), its chain after it
     bool writes_int8 = false;  // an int8 conv writing the integer form of its output
     dnnl::reorder dequantize;  // integer form of the output -> its float form
     dnnl::reorder quantize;    // float form of the output -> its integer form
@@ -100,11 +101,12 @@ struct FusedModel::Impl {
     std::vector<float> qscale;
     std::vector<bool> int8_conv, need_float;
   };
-  bool int8 = true;  // FusedModel::compile's int8 argument
+  bool int8 = true;  // FusedModel::compile's int8 argument, where this CPU computes int8 exactly
+  bool int8_off_here = false;  // int8 asked for, and off because this CPU has no VNNI
   std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
 
   void prepare(Plan& p, bool use_int8) const;
-  void build_step(Plan& p, size_t si, bool posts_on_cpu = false);
+  void build_step(Plan& p, size_t si, bool posts_on_cpu = false, bool aten_conv = false);
   void run_step(Plan& p, size_t si, dnnl::stream& st);
   at::Tensor run(Plan& p, const at::Tensor& x);
   dnnl::primitive_attr attributes(const std::vector<PostOp>& post, Exec& ex, const Dims& out, Layout out_layout,
