@@ -318,10 +318,18 @@ def export(tmp_path, bits):
     return manifest, arrays, summary, model, out
 
 
-@pytest.mark.parametrize("opt", ["disabled", "all"])  # float kernels, and QDQ groups fused to integer kernels
-def test_8bit_model_is_pure_qdq_and_matches_reference_on_onnxruntime(tmp_path, opt):
-    if opt == "all":
-        onnxrt.require_exact_int8()
+def test_8bit_model_is_pure_qdq_and_matches_reference_on_onnxruntime(tmp_path):
+    check_8bit(tmp_path, "disabled")  # the graph's own float ops
+
+
+def test_8bit_model_on_onnxruntimes_integer_kernels(tmp_path):
+    # QDQ groups fused to integer kernels; its own ctest (onnx_runtime_integer_kernels), which
+    # shows as skipped where those kernels saturate (x86-64 without VNNI)
+    onnxrt.require_exact_int8()
+    check_8bit(tmp_path, "all")
+
+
+def check_8bit(tmp_path, opt):
     manifest, arrays, summary, model, out = export(tmp_path, 8)
     onnx.checker.check_model(model, full_check=True)
     n_tensors = 1 + len(manifest["ops"]) + 4  # input, op outputs, 4 weights
