@@ -149,3 +149,15 @@ def test_onnx_runtime_gives_anybits_predictions_on_the_fashion_mnist_test_set(tm
     assert abs(acc["ort"] - acc["engine"]) <= 0.05
     assert equal_engine >= 99.5 and steps_engine.max() <= 1
     assert acc["ort"] >= 92.5  # the float model: 92.89%
+
+    # --u8-weights: the same values as uint8 weights, which ONNX Runtime's u8 x u8 integer
+    # kernels sum exactly on every CPU, at its default graph optimization
+    qonnx_u8 = str(tmp_path / "w8a8_u8.onnx")
+    run("onnx_export_u8", [sys.executable, "-m", "anybit.onnx_export", qdir, "-o", qonnx_u8, "--u8-weights"])
+    ort_u8 = onnxrt.run(qonnx_u8, x, batch=500, opt="all")
+    acc_u8 = 100.0 * (ort_u8.argmax(1) == y).mean()
+    agree_u8 = 100.0 * (ort_u8.argmax(1) == p_fq).mean()
+    print(f"ONNX Runtime (graph optimization all) on the --u8-weights export: top-1 {acc_u8:.2f}%, "
+          f"argmax equal to fake-quant {agree_u8:.2f}%")
+    assert agree_u8 >= 99.9
+    assert abs(acc_u8 - acc["fake_quant"]) <= 0.1

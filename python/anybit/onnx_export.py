@@ -42,7 +42,9 @@ graph optimization. On x86-64 CPUs without VNNI (AVX-512 VNNI or AVX-VNNI) those
 kernels add pairs of products in saturating 16-bit lanes, so an 8-bit model can come out
 several steps off (measured on the shipped W8A8 model on an AVX2-only CPU: 87.94% top-1
 against 92.90%); there, run it with ``GraphOptimizationLevel.ORT_DISABLE_ALL`` (the graph's
-own float ops, which give anybit's predictions) or on a CPU with VNNI.
+own float ops, which give anybit's predictions), export with ``--u8-weights`` (uint8 weights
+with zero point 128, the same values, which ONNX Runtime's u8 x u8 kernels sum exactly:
+92.91% top-1 on that CPU at the default optimization), or use a CPU with VNNI.
 
 The dyadic multipliers (``m0``/``shift``) are not used: ONNX runtimes requantize with the
 float scales, so results can differ from the integer engine by one step where its two
@@ -66,13 +68,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 try:
     from ._onnx_manifest import (FORMAT_NAME, FORMAT_VERSION, OPSET, QONNX_DOMAIN, _FIELDS, _REQUANTIZING,
-                                 OnnxExportError, _format, _Manifest)
+                                 OnnxExportError, _format, _Format, _Manifest)
 except ImportError:  # run or loaded as a file, outside the package: the sibling by its path
     _here = os.path.dirname(os.path.abspath(__file__))
     if _here not in sys.path:
         sys.path.insert(0, _here)
     from _onnx_manifest import (FORMAT_NAME, FORMAT_VERSION, OPSET, QONNX_DOMAIN, _FIELDS, _REQUANTIZING,
-                                OnnxExportError, _format, _Manifest)
+                                OnnxExportError, _format, _Format, _Manifest)
 
 __all__ = ["OnnxExportError", "export_onnx", "build_model", "main"]
 
@@ -81,8 +83,9 @@ __all__ = ["OnnxExportError", "export_onnx", "build_model", "main"]
 
 
 class _Builder:
-    def __init__(self, manifest):
+    def __init__(self, manifest, u8_weights=False):
         self.m = manifest
+        self.u8_weights = u8_weights  # signed 8-bit weights as uint8 + 128 (see export_onnx)
         self.nodes, self.inits = [], []
         self.used = set()  # ONNX value names (tensors and initializers)
         self.node_names = set()
@@ -162,6 +165,9 @@ class _Builder:
         z = np.broadcast_to(np.asarray(zero_points, np.int64), (o,))
         fmt = _format(wlo, whi, z)
         out = self.fresh(base + "/float")
+        if fmt.qdq and fmt.signed and self.u8_weights:  # the same values: (w + 128 - (z + 128)) * s
+            fmt = _Format(True, False, 8)
+            w, z = w.astype(np.int64) + 128, z + 128
         if fmt.qdq:
             self.qdq_tensors += 1
             wq = self.const(base + "/quantized", w.astype(fmt.np_dtype))
@@ -486,16 +492,16 @@ def _umask():
     return mask
 
 
-def build_model(model_dir):
+def build_model(model_dir, u8_weights=False):
     """The ONNX ModelProto and summary for an integer model directory (nothing written)."""
-    b = _Builder(_Manifest(model_dir))
+    b = _Builder(_Manifest(model_dir), u8_weights)
     model = b.build()
     summary = {"qdq_tensors": b.qdq_tensors, "quant_tensors": b.quant_tensors, "pure_qdq": b.quant_tensors == 0,
                "nodes": len(model.graph.node), "opset": OPSET}
     return model, summary
 
 
-def export_onnx(model_dir, out_path):
+def export_onnx(model_dir, out_path, u8_weights=False):
     """Exports the integer model in `model_dir` to the ONNX file `out_path`.
 
     Returns a summary dict: ``qdq_tensors`` and ``quant_tensors`` (manifest tensors and
@@ -504,8 +510,13 @@ def export_onnx(model_dir, out_path):
     ``nodes``, ``opset`` and ``path``. Raises OnnxExportError naming the file and field
     for a model it cannot export; the output is written atomically (temporary file, then
     rename), so a failed export leaves no partial file behind.
+
+    ``u8_weights``: signed 8-bit weights are written as uint8 ``w + 128`` with zero point
+    ``z + 128``, which dequantize to the same values; ONNX Runtime then runs its u8 x u8
+    kernels, exact on every CPU, where its u8 x s8 kernels saturate on x86-64 without VNNI.
+    TensorRT wants int8 weights with zero point 0: leave it off for TensorRT.
     """
-    model, summary = build_model(model_dir)
+    model, summary = build_model(model_dir, u8_weights)
     try:
         # full_check also runs strict shape inference; nodes of the QONNX domain have no
         # registered schema and are skipped by both the checker and the inference.
@@ -542,9 +553,12 @@ def main(argv=None):
                     "QDQ for 8-bit tensors, QONNX Quant for other widths.")
     parser.add_argument("model_dir", help="integer model directory (from `anybit export`)")
     parser.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    parser.add_argument("--u8-weights", action="store_true",
+                        help="8-bit signed weights as uint8 with zero point z + 128 (the same values), for ONNX "
+                             "Runtime on x86-64 CPUs without VNNI, whose int8-weight kernels saturate")
     args = parser.parse_args(argv)
     try:
-        s = export_onnx(args.model_dir, args.output)
+        s = export_onnx(args.model_dir, args.output, u8_weights=args.u8_weights)
     except OnnxExportError as e:
         print("anybit.onnx_export: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
         return 1

@@ -308,12 +308,12 @@ def check_against_reference(manifest, arrays, y, x):
 # --- tests -----------------------------------------------------------------------------
 
 
-def export(tmp_path, bits):
+def export(tmp_path, bits, u8_weights=False):
     d = tmp_path / f"w{bits}a{bits}_int"
     d.mkdir()
     manifest, arrays = build(str(d), bits)
     out = tmp_path / f"w{bits}a{bits}.onnx"
-    summary = ox.export_onnx(str(d), str(out))
+    summary = ox.export_onnx(str(d), str(out), u8_weights=u8_weights)
     model = onnx.load(str(out))
     return manifest, arrays, summary, model, out
 
@@ -329,8 +329,33 @@ def test_8bit_model_on_onnxruntimes_integer_kernels(tmp_path):
     check_8bit(tmp_path, "all")
 
 
-def check_8bit(tmp_path, opt):
-    manifest, arrays, summary, model, out = export(tmp_path, 8)
+def test_u8_weights_dequantize_to_the_same_values_and_run_on_integer_kernels_on_any_cpu(tmp_path):
+    # uint8 weights (w + 128, zero point z + 128): ONNX Runtime's u8 x u8 kernels, exact also
+    # where its u8 x s8 ones saturate (x86-64 without VNNI)
+    (tmp_path / "u8").mkdir()
+    (tmp_path / "s8").mkdir()
+    model = check_8bit(tmp_path / "u8", "all", u8_weights=True)
+    _, _, _, signed, _ = export(tmp_path / "s8", 8)
+    inits_u8 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    inits_s8 = {i.name: numpy_helper.to_array(i) for i in signed.graph.initializer}
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("/quantized")
+               and inits_s8[n.input[0]].dtype != np.int32]  # not the int32 biases
+    assert len(weights) == 4
+    for n in weights:
+        w, z = inits_u8[n.input[0]], inits_u8[n.input[2]]
+        ws, zs = inits_s8[n.input[0]], inits_s8[n.input[2]]
+        assert w.dtype == np.uint8 and z.dtype == np.uint8 and ws.dtype == np.int8, n.name
+        np.testing.assert_array_equal(w.astype(np.int64) - 128, ws)
+        np.testing.assert_array_equal(z.astype(np.int64) - 128, zs)
+    # and from the command line
+    assert ox.main([str(tmp_path / "s8" / "w8a8_int"), "-o", str(tmp_path / "cli.onnx"), "--u8-weights"]) == 0
+    cli = onnx.load(str(tmp_path / "cli.onnx"))
+    quantized = [numpy_helper.to_array(i).dtype for i in cli.graph.initializer if i.name.endswith("/quantized")]
+    assert sorted(map(str, quantized)) == ["int32"] * 4 + ["uint8"] * 4  # biases, weights
+
+
+def check_8bit(tmp_path, opt, u8_weights=False):
+    manifest, arrays, summary, model, out = export(tmp_path, 8, u8_weights)
     onnx.checker.check_model(model, full_check=True)
     n_tensors = 1 + len(manifest["ops"]) + 4  # input, op outputs, 4 weights
     assert summary["pure_qdq"] and summary["quant_tensors"] == 0 and summary["qdq_tensors"] == n_tensors
@@ -349,6 +374,7 @@ def check_8bit(tmp_path, opt):
     y = run_onnxrt(tmp_path, out, x, opt)
     off = check_against_reference(manifest, arrays, y, x)
     print(f"onnxruntime {onnxrt.version()} --opt {opt}: {off} of {y.size} logits one step off the reference")
+    return model
 
 
 def test_4bit_model_uses_qonnx_quant_and_matches_reference(tmp_path):
