@@ -86,15 +86,18 @@ std::string manifest_json(const Model& model_in) {
     j["qmin"] = q.qmin;
     j["qmax"] = q.qmax;
   };
-  ojson inputs = ojson::array();
-  for (const TensorSpec& t : m.inputs) {
-    ojson j;
-    j["name"] = t.name;
-    j["shape"] = t.shape;
-    quant(j, t.q);
-    inputs.push_back(j);
-  }
-  root["inputs"] = inputs;
+  auto specs = [&](const std::vector<TensorSpec>& ts) {
+    ojson a = ojson::array();
+    for (const TensorSpec& t : ts) {
+      ojson j;
+      j["name"] = t.name;
+      j["shape"] = t.shape;
+      quant(j, t.q);
+      a.push_back(j);
+    }
+    return a;
+  };
+  root["inputs"] = specs(m.inputs);
   ojson ops = ojson::array();
   for (const Op& op : m.ops) {
     ojson j;
@@ -160,15 +163,7 @@ std::string manifest_json(const Model& model_in) {
     ops.push_back(j);
   }
   root["ops"] = ops;
-  ojson outputs = ojson::array();
-  for (const TensorSpec& t : m.outputs) {
-    ojson j;
-    j["name"] = t.name;
-    j["shape"] = t.shape;
-    quant(j, t.q);
-    outputs.push_back(j);
-  }
-  root["outputs"] = outputs;
+  root["outputs"] = specs(m.outputs);
   // One line per input, op and output: readable in an editor and in a diff, where
   // nlohmann's indented form would put every per-channel value on a line of its own.
   std::string text = "{\n";

@@ -389,13 +389,21 @@ int FusedModel::conv_layers() const {
 int FusedModel::fused_ops() const { return impl_->fused; }
 int FusedModel::onednn_ops() const { return impl_->onednn_ops; }
 std::map<std::string, int> FusedModel::aten_ops() const { return impl_->aten_ops; }
-int FusedModel::int8_layers(const at::Tensor& x) const {
-  auto it = impl_->plans.find(x.sizes().vec());
-  int n = 0;
-  if (it != impl_->plans.end())
-    for (const Impl::Exec& e : it->second->execs) n += e.int8;
+// Over the execs of the plan for x's shape (none before forward ran on it): how many are
+// int8 layers, and how many are convs run through ATen.
+std::pair<int, int> FusedModel::Impl::count_execs(const at::Tensor& x) const {
+  std::pair<int, int> n{0, 0};
+  auto it = plans.find(x.sizes().vec());
+  if (it == plans.end()) return n;
+  for (size_t i = 0; i < it->second->execs.size(); ++i) {
+    const Exec& e = it->second->execs[i];
+    n.first += e.int8;
+    n.second += e.aten_layer && steps[i].kind == Step::kConv;
+  }
   return n;
 }
+
+int FusedModel::int8_layers(const at::Tensor& x) const { return impl_->count_execs(x).first; }
 std::string FusedModel::summary(const at::Tensor& x) const {
   int aten = 0;
   std::string names;
@@ -405,15 +413,11 @@ std::string FusedModel::summary(const at::Tensor& x) const {
   }
   int layers = 0;
   for (const Step& st : impl_->steps) layers += st.kind == Step::kConv || st.kind == Step::kLinear;
+  const auto [int8, aten_convs] = impl_->count_execs(x);
   std::string s = std::to_string(impl_->onednn_ops) + " of " + std::to_string(impl_->onednn_ops + aten) +
-                  " ops on oneDNN, " + std::to_string(int8_layers(x)) + " of " + std::to_string(layers) +
+                  " ops on oneDNN, " + std::to_string(int8) + " of " + std::to_string(layers) +
                   " conv and linear layers in int8";
   if (aten) s += "; through ATen: " + names;
-  auto it = impl_->plans.find(x.sizes().vec());
-  int aten_convs = 0;
-  if (it != impl_->plans.end())
-    for (size_t i = 0; i < it->second->execs.size(); ++i)
-      aten_convs += it->second->execs[i].aten_layer && impl_->steps[i].kind == Step::kConv;
   if (aten_convs)
     s += "; " + std::to_string(aten_convs) + " conv" + (aten_convs > 1 ? "s" : "") + " through ATen (oneDNN refused at run time)";
   if (impl_->int8_off_here) s += "; int8 off: this CPU has no VNNI, and oneDNN's int8 kernels would saturate";

@@ -107,6 +107,9 @@ struct FusedModel::Impl {
 
   void prepare(Plan& p, bool use_int8) const;
   void build_step(Plan& p, size_t si, bool posts_on_cpu = false, bool aten_conv = false);
+  // Over the execs of the plan for x's shape (none before forward ran on it): the int8
+  // layers, and the convs run through ATen.
+  std::pair<int, int> count_execs(const at::Tensor& x) const;
   void run_step(Plan& p, size_t si, dnnl::stream& st);
   at::Tensor run(Plan& p, const at::Tensor& x);
   dnnl::primitive_attr attributes(const std::vector<PostOp>& post, Exec& ex, const Dims& out, Layout out_layout,
