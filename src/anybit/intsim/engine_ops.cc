@@ -165,64 +165,75 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
   const int64_t in_features = conv ? 0 : xi.shape[0];
   const Conv2dGeometry g = conv ? conv_geometry(op, x.shape) : Conv2dGeometry{};
   const int32_t zx = xi.q.zero_point;
-  const int32_t* xd = x.data.data();
-  // 1. The exact sums, without the bias (which the engine adds after the MAC model).
-  w.acc32.resize(y.data.size());
-  int32_t* acc = w.acc32.data();
-  exact_sums(L, conv, g, batch, in_features, xd, zx, nullptr, acc, options.accumulator, &st.overflows, w.scratch);
   Accumulator reg(options.accumulator);
-  const double* squares = nullptr;
-  if (calibrating) {
-    // Engine::calibrate: sample |exact| (without the bias); the layer computes the exact sums
-    std::vector<int32_t>& samples = w.samples[static_cast<size_t>(L.mac_layer)];
-    for (int64_t i = 0; i < batch; ++i)
-      for (int64_t e = 0; e < count; ++e)
-        if (((first_image + i) * count + e) % sample_stride == 0)
-          samples.push_back(static_cast<int32_t>(std::min<int64_t>(std::llabs(int64_t{acc[i * count + e]}), INT32_MAX)));
-  } else if (perturber->needs_squares()) {
-    // the sums of squared products the model needs
-    w.squares.resize(static_cast<size_t>(batch * count));
-    if (conv)
-      conv2d_square_sums(g, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch,
-                         L.w_sq_f64.empty() ? nullptr : L.w_sq_f64.data());
-    else
-      linear_square_sums(batch, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
-    squares = w.squares.data();
-  }
-  // 2. In blocks of whole channels of one image (kPerturbBlock): the unit's results from the
-  // exact sums (the exact sums themselves when calibrating), into the accumulator (an
-  // overflow counted) with the error against the exact sum, the bias through the
-  // accumulator, then requantization.
-  const int64_t rows = std::max<int64_t>(1, kPerturbBlock / inner);
-  w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
   const int32_t* bias = op.bias.empty() ? nullptr : op.bias.data.data();
+  // A conv runs one image at a time, so that its sums stay in the cache between the kernel,
+  // the MAC model and the requantization; a linear layer's sums are few.
+  const int64_t slab = conv ? 1 : batch;
+  const int64_t in_image = conv ? g.in_channels * g.in_h * g.in_w : in_features;
+  const int64_t rows = std::max<int64_t>(1, kPerturbBlock / inner);
+  w.acc32.resize(static_cast<size_t>(slab * count));
+  w.acc64.resize(static_cast<size_t>(std::min(rows, L.out_channels) * inner));
+  int32_t* acc = w.acc32.data();
   double sum_err = 0;
   int64_t max_err = 0;
-  for (int64_t i = 0; i < batch; ++i) {
-    for (int64_t c0 = 0; c0 < L.out_channels; c0 += rows) {
-      const int64_t nc = std::min(rows, L.out_channels - c0);
-      const int64_t offset = i * count + c0 * inner;
-      if (calibrating) {
-        std::copy(acc + offset, acc + offset + nc * inner, w.acc64.begin());
-      } else {
-        SumBlock b;
-        b.layer = &info;
-        b.image = first_image + i;
-        b.first_index = c0 * inner;
-        b.count = nc * inner;
-        b.exact = acc + offset;
-        b.squares = squares ? squares + offset : nullptr;
-        b.accumulator_bits = options.accumulator.bits;
-        b.out = w.acc64.data();
-        perturber->perturb(b);
-        st.clipped += b.clipped;
-      }
-      fit_and_add_bias(nc, inner, w.acc64.data(), acc + offset, bias ? bias + c0 : nullptr, reg, acc + offset,
-                       &sum_err, &max_err);
-      for (int64_t c = c0; c < c0 + nc; ++c) {
-        const DyadicMultiplier mc = op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
-        requantize_int32(acc + i * count + c * inner, inner, 0, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax,
-                         y.data.data() + i * count + c * inner);
+  for (int64_t i0 = 0; i0 < batch; i0 += slab) {
+    const int64_t nb = std::min(slab, batch - i0);
+    const int32_t* xd = x.data.data() + i0 * in_image;
+    Conv2dGeometry gs = g;
+    gs.batch = nb;
+    // 1. The exact sums, without the bias (which the engine adds after the MAC model).
+    exact_sums(L, conv, gs, nb, in_features, xd, zx, nullptr, acc, options.accumulator, &st.overflows, w.scratch);
+    const double* squares = nullptr;
+    if (calibrating) {
+      // Engine::calibrate: sample |exact| (without the bias); the layer computes the exact sums
+      std::vector<int32_t>& samples = w.samples[static_cast<size_t>(L.mac_layer)];
+      for (int64_t i = 0; i < nb; ++i)
+        for (int64_t e = 0; e < count; ++e)
+          if (((first_image + i0 + i) * count + e) % sample_stride == 0)
+            samples.push_back(
+                static_cast<int32_t>(std::min<int64_t>(std::llabs(int64_t{acc[i * count + e]}), INT32_MAX)));
+    } else if (perturber->needs_squares()) {
+      // the sums of squared products the model needs
+      w.squares.resize(static_cast<size_t>(nb * count));
+      if (conv)
+        conv2d_square_sums(gs, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch,
+                           L.w_sq_f64.empty() ? nullptr : L.w_sq_f64.data());
+      else
+        linear_square_sums(nb, in_features, L.out_channels, xd, zx, L.w_sq.data(), w.squares.data(), w.scratch);
+      squares = w.squares.data();
+    }
+    // 2. In blocks of whole channels of one image (kPerturbBlock): the unit's results from the
+    // exact sums (the exact sums themselves when calibrating), into the accumulator (an
+    // overflow counted) with the error against the exact sum, the bias through the
+    // accumulator, then requantization.
+    for (int64_t i = 0; i < nb; ++i) {
+      for (int64_t c0 = 0; c0 < L.out_channels; c0 += rows) {
+        const int64_t nc = std::min(rows, L.out_channels - c0);
+        const int64_t offset = i * count + c0 * inner;
+        if (calibrating) {
+          std::copy(acc + offset, acc + offset + nc * inner, w.acc64.begin());
+        } else {
+          SumBlock b;
+          b.layer = &info;
+          b.image = first_image + i0 + i;
+          b.first_index = c0 * inner;
+          b.count = nc * inner;
+          b.exact = acc + offset;
+          b.squares = squares ? squares + offset : nullptr;
+          b.accumulator_bits = options.accumulator.bits;
+          b.out = w.acc64.data();
+          perturber->perturb(b);
+          st.clipped += b.clipped;
+        }
+        fit_and_add_bias(nc, inner, w.acc64.data(), acc + offset, bias ? bias + c0 : nullptr, reg, acc + offset,
+                         &sum_err, &max_err);
+        for (int64_t c = c0; c < c0 + nc; ++c) {
+          const DyadicMultiplier mc =
+              op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
+          requantize_int32(acc + i * count + c * inner, inner, 0, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax,
+                           y.data.data() + (i0 + i) * count + c * inner);
+        }
       }
     }
   }

@@ -877,6 +877,10 @@ ANYBIT_CLONES void square_int32(const int32_t* x, int64_t n, uint32_t* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<uint32_t>(x[i]) * static_cast<uint32_t>(x[i]);
 }
 
+ANYBIT_CLONES void square_to_double(const int32_t* x, int64_t n, double* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<double>(static_cast<uint32_t>(x[i]) * static_cast<uint32_t>(x[i]));
+}
+
 }  // namespace
 
 namespace {
@@ -950,14 +954,15 @@ namespace {
 // out[o][p] for the Og output channels of one group: blocks of 4 rows (w: [Og][K]) by kWidth
 // positions, `block` computing one (kernels_simd.h's square_block layout, B its sums' type).
 // A last block of fewer rows repeats the group's last row and drops its sums.
-template <int kWidth, typename W, typename B, typename Block>
-void square_sums_group(const W* w, int64_t Og, int64_t K, const uint32_t* squares, int64_t ld, int64_t P,
+template <int kWidth, typename W, typename X, typename B, typename Block>
+void square_sums_group(const W* w, int64_t Og, int64_t K, const X* squares, int64_t ld, int64_t P,
                        double* out, Block block) {
   B sums[4 * kWidth];
-  for (int64_t o0 = 0; o0 < Og; o0 += 4) {
-    const W* rows[4];
-    for (int64_t r = 0; r < 4; ++r) rows[r] = w + std::min(o0 + r, Og - 1) * K;
-    for (int64_t p0 = 0; p0 < P; p0 += kWidth) {
+  // positions outside, so that their squares stay in the cache over the rows
+  for (int64_t p0 = 0; p0 < P; p0 += kWidth) {
+    for (int64_t o0 = 0; o0 < Og; o0 += 4) {
+      const W* rows[4];
+      for (int64_t r = 0; r < 4; ++r) rows[r] = w + std::min(o0 + r, Og - 1) * K;
       block(rows, squares + p0, ld, K, sums);
       for (int64_t r = 0; r < 4 && o0 + r < Og; ++r)
         for (int64_t c = 0; c < kWidth && p0 + c < P; ++c)
@@ -970,22 +975,33 @@ void square_sums_group(const W* w, int64_t Og, int64_t K, const uint32_t* square
 
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const uint32_t* w_sq, double* out, KernelScratch& scratch, const double* w_sq_f64) {
+  // doubles where their sums stay exact (w_sq_f64 given): AVX-512, or AVX2 with FMA
   const bool f64 = w_sq_f64 && simd::level() == simd::Level::kAvx512;
+  const bool f64_fma = w_sq_f64 && !f64 && simd::square_block8_f64_runs();
   const int64_t P = g.out_h() * g.out_w(), K = g.patch_size(), ld = round_up(P, f64 ? 16 : 8);
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   scratch.patches32.resize(static_cast<size_t>(K * ld + kIm2colSlack<int32_t>));
-  scratch.squares.resize(static_cast<size_t>(K * ld));
+  if (f64_fma)
+    scratch.squares_f64.resize(static_cast<size_t>(K * ld));
+  else
+    scratch.squares.resize(static_cast<size_t>(K * ld));
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const int32_t* xg = x + (n * g.in_channels + grp * Cg) * g.in_h * g.in_w;
       im2col_offset(g, xg, x_zero_point, scratch.patches32.data(), ld, scratch.image32);
-      square_int32(scratch.patches32.data(), K * ld, scratch.squares.data());
       double* dst = out + (n * g.out_channels + grp * Og) * P;
+      if (f64_fma) {
+        square_to_double(scratch.patches32.data(), K * ld, scratch.squares_f64.data());
+        square_sums_group<8, double, double, double>(w_sq_f64 + grp * Og * K, Og, K, scratch.squares_f64.data(),
+                                                     ld, P, dst, simd::square_block8_f64);
+        continue;
+      }
+      square_int32(scratch.patches32.data(), K * ld, scratch.squares.data());
       if (f64)
-        square_sums_group<16, double, double>(w_sq_f64 + grp * Og * K, Og, K, scratch.squares.data(), ld, P, dst,
-                                              simd::square_block16_f64);
+        square_sums_group<16, double, uint32_t, double>(w_sq_f64 + grp * Og * K, Og, K, scratch.squares.data(), ld,
+                                                        P, dst, simd::square_block16_f64);
       else
-        square_sums_group<8, uint32_t, uint64_t>(
+        square_sums_group<8, uint32_t, uint32_t, uint64_t>(
             w_sq + grp * Og * K, Og, K, scratch.squares.data(), ld, P, dst,
             [](const uint32_t* const w[4], const uint32_t* xs, int64_t l, int64_t depth, uint64_t* sums) {
               if (!simd::square_block(w, xs, l, depth, sums)) square_block_portable(w, xs, l, depth, sums);

@@ -96,6 +96,7 @@ struct KernelScratch {
   std::vector<int32_t> image32, patches32, planes, grid, acc32;
   std::vector<int64_t> row_sums;  // adaptive_avgpool2d_sum_int: one plane's window rows
   std::vector<uint32_t> squares;  // *_square_sums: (x - z_x)^2 of the patches
+  std::vector<double> squares_f64;  // the same as doubles (conv2d_square_sums on AVX2 with FMA)
   std::vector<uint64_t> square_acc;
 };
 
@@ -219,7 +220,7 @@ void linear_int_mac(int64_t batch, int64_t in_features, int64_t out_features, co
 // w_sq = w^2 ([O][K] for conv2d, [I][O] (transposed) for linear). Exact (uint64 sums, then
 // converted to double) under the caller's precondition: |x - z_x| < 2^16, |w| < 2^16 and
 // max (x - z_x)^2 * sum_k w_ok^2 < 2^64 for every o.
-// w_sq_f64 (optional): the same weights as doubles, for the AVX-512 kernel; only where
+// w_sq_f64 (optional): the same weights as doubles, for the AVX-512 or AVX2-FMA kernel; only where
 // max (x - z_x)^2 * sum_k w_ok^2 < 2^53 (then its double sums are exact too).
 void conv2d_square_sums(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const uint32_t* w_sq, double* out, KernelScratch& scratch,

@@ -66,11 +66,12 @@ int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64
 bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
                    uint32_t k0, uint32_t k1, uint32_t* words);
 // z[i] = t0 + f * (t1 - t0) in float32 (no fused multiply-add), c = clamp(words[i] >> 20, 1,
-// 4094), t0 = table[c], t1 = table[c + 1], f = ((words[i] & 0xfffff) + 0.5) / 2^20: the
+// 4094), t0 = pairs[2 c], t1 = pairs[2 c + 1] (cell c's two ends side by side), f =
+// ((words[i] & 0xfffff) + 0.5) / 2^20: the
 // interpolated inverse normal of mac.cc, bit for bit; the indices of the edge words (cells
 // below 16 or from 4080, which mac.cc redoes) go to edges[0, count) in order. Returns the
 // count, or -1 where it does not run.
-int64_t normals_from_words(const uint32_t* words, int64_t n, const float* table, double* z, int32_t* edges);
+int64_t normals_from_words(const uint32_t* words, int64_t n, const float* pairs, double* z, int32_t* edges);
 
 // out[r * 8 + c] = sum_k w_r[k] * x[k * ld + c] for r < 4, c < 8 (32 x 32 -> 64-bit
 // products, exact below 2^64): the sums of squared products of conv2d_square_sums.
@@ -80,6 +81,10 @@ bool square_block(const uint32_t* const w[4], const uint32_t* x, int64_t ld, int
 // 2^53, which the caller checks): AVX-512 only (8 lanes, fused multiply-adds of integers,
 // exact); false elsewhere.
 bool square_block16_f64(const double* const w[4], const uint32_t* x, int64_t ld, int64_t depth, double* out);
+// The same for 8 positions, out[r * 8 + c], of squares given as doubles, with AVX2's fused
+// multiply-adds (4 lanes); only where square_block8_f64_runs().
+bool square_block8_f64_runs();
+void square_block8_f64(const double* const w[4], const double* x, int64_t ld, int64_t depth, double* out);
 
 // requantize_int32 and add_int (kernels.h), for parameters in the model format.
 void requantize(const int32_t* x, int64_t n, int32_t x_offset, const Requantizer& rq, int32_t* y);

@@ -94,7 +94,7 @@ TEST_P(KernelSeed, Conv2dFastKernelsMatchTheReference) {
 
 // The sums of squared products (the gauss:rel noise) against the definition, element by
 // element: sum over the window of ((x - z_x) * w)^2, padding contributing 0; with the
-// double weights too (the AVX-512 kernel where the CPU has it).
+// double weights too (the AVX-512 or AVX2-FMA kernel where the CPU has it).
 TEST_P(KernelSeed, Conv2dSquareSumsMatchTheDefinition) {
   const ConvCase c = random_conv(static_cast<uint64_t>(GetParam()) + 5000);
   const Conv2dGeometry& g = c.g;

@@ -130,6 +130,17 @@ const std::vector<float>& normal_table() {
   return table;
 }
 
+// The same as pairs: (table[c], table[c + 1]) at [2 c, 2 c + 1], for one 64-bit load per cell.
+const std::vector<float>& normal_pairs() {
+  static const std::vector<float> pairs = [] {
+    const std::vector<float>& t = normal_table();
+    std::vector<float> p(2 * kCells, 0.0f);
+    for (int c = 0; c < kCells; ++c) p[2 * c] = t[c], p[2 * c + 1] = t[c + 1];
+    return p;
+  }();
+  return pairs;
+}
+
 // Edge words (cells below kEdgeCells or from kCells - kEdgeCells) are redone exactly.
 bool edge_word(uint32_t w) {
   const uint32_t c = w >> (32 - kCellBits);
@@ -177,10 +188,9 @@ double lower_tail(uint32_t w) {  // w < 2^24
 double edge_normal(uint32_t w) { return w < (1u << 24) ? lower_tail(w) : -lower_tail(~w); }
 
 void words_to_normals(const uint32_t* words, int64_t n, double* z, std::vector<int32_t>& edges) {
-  const float* table = normal_table().data();
   edges.resize(static_cast<size_t>(n));
-  int64_t count = simd::normals_from_words(words, n, table, z, edges.data());
-  if (count < 0) count = normals_portable(words, n, table, z, edges.data());
+  int64_t count = simd::normals_from_words(words, n, normal_pairs().data(), z, edges.data());
+  if (count < 0) count = normals_portable(words, n, normal_table().data(), z, edges.data());
   for (int64_t e = 0; e < count; ++e) z[edges[e]] = edge_normal(words[edges[e]]);
 }
 

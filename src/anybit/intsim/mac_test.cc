@@ -121,6 +121,39 @@ TEST(MacModel, GaussErrorHasZeroMeanAndTheRequestedSpread) {
   EXPECT_NEAR(sd, std::sqrt(16.0 + 1.0 / 12), 0.1);  // rounding adds 1/12 of variance
 }
 
+// A block of sums (the engine's fast path: normals and noise in one vectorized pass) gives
+// each element's one-at-a-time result (the per-dot-product path), edge words and the
+// clamp at +-2^50 included.
+TEST(MacModel, GaussBlockEqualsOneSumAtATime) {
+  for (double sigma : {3.0, 1e18}) {
+    GaussianMac g(sigma, 0.0, 5);
+    const int64_t n = 5000 + 3;
+    std::vector<int32_t> exact(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) exact[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919) % 20001 - 10000);
+    std::vector<int64_t> block(static_cast<size_t>(n));
+    MacLayer layer;
+    layer.index = 3;
+    SumBlock b;
+    b.layer = &layer;
+    b.image = 2;
+    b.first_index = 37;
+    b.count = n;
+    b.exact = exact.data();
+    b.out = block.data();
+    g.perturb(b);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t one = 0;
+      SumBlock s = b;
+      s.first_index = b.first_index + i;
+      s.count = 1;
+      s.exact = exact.data() + i;
+      s.out = &one;
+      g.perturb(s);
+      ASSERT_EQ(block[static_cast<size_t>(i)], one) << "sigma " << sigma << " element " << i;
+    }
+  }
+}
+
 TEST(MacModel, RelativeGaussScalesWithTheExactMagnitude) {
   GaussianMac g(0.0, 0.01, 4);
   double small = 0, large = 0;
@@ -332,6 +365,25 @@ TEST(Normal, InverseCdfIsAccurateAndTheTableIsWithinItsBound) {
     for (int64_t d : {-1, 0, 1, 1 << 19}) check((c << 20) + static_cast<uint64_t>(d));
   EXPECT_LT(worst, 2e-4);
   EXPECT_EQ(normal_from_word(0), inverse_normal_exact(0.5 / 4294967296.0));  // exact in the tails
+}
+
+// The vectorized interpolation (8 words at a time, one 64-bit gather per cell pair) gives
+// the portable one's doubles bit for bit, edge words included.
+TEST(Normal, KeyedNormalsEqualTheNormalOfEachWord) {
+  const int64_t n = 3 * 4096 + 7;
+  std::vector<uint32_t> words(static_cast<size_t>(n));
+  std::vector<double> z(static_cast<size_t>(n));
+  for (uint64_t first : {uint64_t{0}, uint64_t{5}}) {
+    keyed_words(11, 0, 2, 7, first, n, words.data());
+    keyed_normals(11, 0, 2, 7, first, n, z.data());
+    int64_t edges = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t c = words[static_cast<size_t>(i)] >> 20;
+      edges += c < 16 || c >= 4080;
+      ASSERT_EQ(z[static_cast<size_t>(i)], normal_from_word(words[static_cast<size_t>(i)])) << i;
+    }
+    EXPECT_GT(edges, 0);  // the edge words were among them
+  }
 }
 
 TEST(Normal, KeyedNormalsHaveTheMomentsOfAStandardNormal) {
