@@ -503,71 +503,55 @@ __attribute__((target("avx512f"))) void philox_groups_avx512(uint32_t block0, in
   if (g < groups) philox_groups_avx2(block0 + 8 * static_cast<uint32_t>(g), groups - g, c1, c2, c3, k0, k1, words + 32 * g);
 }
 
-// The interpolated normals of 8 words (normals_from_words) and the mask of the edge words.
-__attribute__((target("avx2"), always_inline)) inline __m256 normals8_avx2(const uint32_t* words,
-                                                                            const float* pairs, int* edge_mask) {
-  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
-  const __m256i low_mask = _mm256_set1_epi32(0xfffff);
-  const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
-  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words));
-  const __m256i c = _mm256_min_epi32(_mm256_max_epi32(_mm256_srli_epi32(w, 20), one), top);
-  // each cell's (t0, t1) side by side in one 64-bit load (scalar loads: cheaper than
-  // gathers on x86 cores without fast gathers), then t0 of lanes 0-7 and t1 apart, in order
-  alignas(32) int32_t cell[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(cell), c);
-  const auto pair = [&](int l) {
-    double d;
-    std::memcpy(&d, pairs + 2 * cell[l], sizeof d);
-    return d;
-  };
-  const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair(0), pair(1), pair(2), pair(3)));
-  const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair(4), pair(5), pair(6), pair(7)));
-  const __m256 t0 = _mm256_castpd_ps(_mm256_permute4x64_pd(
-      _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-  const __m256 t1 = _mm256_castpd_ps(_mm256_permute4x64_pd(
-      _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-  const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
+__attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int64_t n, const float* pairs,
+                                                     double* z, int32_t* edges) {
   // edge words (cells < 16 or >= 4080): (w + 16 * 2^20) mod 2^32 < 32 * 2^20, as a signed
   // comparison after flipping the sign bit
   const __m256i shift = _mm256_set1_epi32(16 << 20), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i bound = _mm256_set1_epi32(static_cast<int>((32u << 20) ^ 0x80000000u));
-  const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
-  *edge_mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
-  return _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
-}
-
-// One word of normals8_avx2; *edge whether it is an edge word.
-inline float normal1(uint32_t w, const float* pairs, bool* edge) {
-  uint32_t c = w >> 20;
-  *edge = c < 16 || c >= 4080;
-  c = c < 1 ? 1 : c > 4094 ? 4094 : c;
-  const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
-  const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
-  return t0 + f * (t1 - t0);
-}
-
-inline void push_edges(int mask, int64_t i, int32_t* edges, int64_t* count) {
-  while (mask) {
-    const int l = __builtin_ctz(static_cast<unsigned>(mask));
-    edges[(*count)++] = static_cast<int32_t>(i + l);
-    mask &= mask - 1;
-  }
-}
-
-__attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int64_t n, const float* pairs,
-                                                     double* z, int32_t* edges) {
-  int64_t count = 0, i = 0;
+  int64_t count = 0;
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
+  const __m256i low_mask = _mm256_set1_epi32(0xfffff);
+  const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
+  int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    int mask;
-    const __m256 v = normals8_avx2(words + i, pairs, &mask);
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i));
+    const __m256i c = _mm256_min_epi32(_mm256_max_epi32(_mm256_srli_epi32(w, 20), one), top);
+    // each cell's (t0, t1) side by side in one 64-bit load (scalar loads: cheaper than
+    // gathers on x86 cores without fast gathers), then t0 of lanes 0-7 and t1 apart, in order
+    alignas(32) int32_t cell[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(cell), c);
+    const auto pair = [&](int l) {
+      double d;
+      std::memcpy(&d, pairs + 2 * cell[l], sizeof d);
+      return d;
+    };
+    const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair(0), pair(1), pair(2), pair(3)));
+    const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair(4), pair(5), pair(6), pair(7)));
+    const __m256 t0 = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 t1 = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
+    const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
     _mm256_storeu_pd(z + i, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
     _mm256_storeu_pd(z + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-    push_edges(mask, i, edges, &count);
+    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
+    while (mask) {
+      const int l = __builtin_ctz(static_cast<unsigned>(mask));
+      edges[count++] = static_cast<int32_t>(i + l);
+      mask &= mask - 1;
+    }
   }
   for (; i < n; ++i) {
-    bool edge;
-    z[i] = static_cast<double>(normal1(words[i], pairs, &edge));
-    if (edge) edges[count++] = static_cast<int32_t>(i);
+    const uint32_t w = words[i];
+    uint32_t c = w >> 20;
+    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
+    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
+    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
+    const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
+    z[i] = static_cast<double>(t0 + f * (t1 - t0));
   }
   return count;
 }

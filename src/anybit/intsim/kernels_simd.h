@@ -66,11 +66,10 @@ int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64
 bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, uint32_t c3,
                    uint32_t k0, uint32_t k1, uint32_t* words);
 // z[i] = t0 + f * (t1 - t0) in float32 (no fused multiply-add), c = clamp(words[i] >> 20, 1,
-// 4094), t0 = pairs[2 c], t1 = pairs[2 c + 1] (cell c's two ends side by side), f =
-// ((words[i] & 0xfffff) + 0.5) / 2^20: the
-// interpolated inverse normal of mac.cc, bit for bit; the indices of the edge words (cells
-// below 16 or from 4080, which mac.cc redoes) go to edges[0, count) in order. Returns the
-// count, or -1 where it does not run.
+// 4094), t0 = pairs[2 c], t1 = pairs[2 c + 1] (cell c's two ends side by side),
+// f = ((words[i] & 0xfffff) + 0.5) / 2^20: the interpolated inverse normal of mac.cc, bit
+// for bit; the indices of the edge words (cells below 16 or from 4080, which mac.cc redoes)
+// go to edges[0, count) in order. Returns the count, or -1 where it does not run.
 int64_t normals_from_words(const uint32_t* words, int64_t n, const float* pairs, double* z, int32_t* edges);
 
 // out[r * 8 + c] = sum_k w_r[k] * x[k * ld + c] for r < 4, c < 8 (32 x 32 -> 64-bit

@@ -121,9 +121,9 @@ TEST(MacModel, GaussErrorHasZeroMeanAndTheRequestedSpread) {
   EXPECT_NEAR(sd, std::sqrt(16.0 + 1.0 / 12), 0.1);  // rounding adds 1/12 of variance
 }
 
-// A block of sums (the engine's fast path: normals and noise in one vectorized pass) gives
-// each element's one-at-a-time result (the per-dot-product path), edge words and the
-// clamp at +-2^50 included.
+// A block of sums (the engine's fast path: the vectorized normals) gives each element's
+// one-at-a-time result (the per-dot-product path), edge words and the clamp at +-2^50
+// included.
 TEST(MacModel, GaussBlockEqualsOneSumAtATime) {
   for (double sigma : {3.0, 1e18}) {
     GaussianMac g(sigma, 0.0, 5);
@@ -367,7 +367,7 @@ TEST(Normal, InverseCdfIsAccurateAndTheTableIsWithinItsBound) {
   EXPECT_EQ(normal_from_word(0), inverse_normal_exact(0.5 / 4294967296.0));  // exact in the tails
 }
 
-// The vectorized interpolation (8 words at a time, one 64-bit gather per cell pair) gives
+// The vectorized interpolation (8 words at a time, one 64-bit load per cell pair) gives
 // the portable one's doubles bit for bit, edge words included.
 TEST(Normal, KeyedNormalsEqualTheNormalOfEachWord) {
   const int64_t n = 3 * 4096 + 7;
