@@ -4,6 +4,28 @@
 
 namespace anybit {
 
+memory FusedModel::Impl::pooled(Plan& p, const memory::desc& d, int v, bool integer, size_t si) {
+  const size_t need = d.get_size();
+  const int step = static_cast<int>(si);
+  // a step built again (its post-ops moved to the CPU) asks again and keeps the buffer it had
+  auto it = p.buffer_of.find({v, integer});
+  if (it == p.buffer_of.end() || p.buffers[it->second].bytes.numel() < static_cast<int64_t>(need)) {
+    size_t best = p.buffers.size();
+    for (size_t b = 0; b < p.buffers.size(); ++b) {
+      const Plan::Buffer& f = p.buffers[b];
+      if (f.busy_until < step && f.bytes.numel() >= static_cast<int64_t>(need) &&
+          (best == p.buffers.size() || f.bytes.numel() < p.buffers[best].bytes.numel()))
+        best = b;
+    }
+    if (best == p.buffers.size())
+      p.buffers.push_back({at::empty({static_cast<int64_t>(std::max<size_t>(need, 1))}, at::kByte), -1});
+    it = p.buffer_of.insert_or_assign({v, integer}, best).first;
+  }
+  Plan::Buffer& b = p.buffers[it->second];
+  b.busy_until = std::max(b.busy_until, buffer_end[v]);
+  return memory(d, engine, b.bytes.data_ptr());
+}
+
 void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu, bool aten_conv) {
   using A = dnnl::algorithm;
   using DT = memory::data_type;
@@ -227,9 +249,9 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu, bool at
   p.sizes[s.out] = out_sizes;
   p.layout[s.out] = out_layout;
   if (out_type != DT::f32) {
-    p.qvalues[s.out] = owned(out_desc());
+    p.qvalues[s.out] = pooled(p, out_desc(), s.out, true, si);
     if (p.need_float[s.out]) {
-      p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
+      p.values[s.out] = pooled(p, layout_desc(out, DT::f32, out_layout), s.out, false, si);
       dnnl::primitive_attr ra;
       ra.set_output_scales(0, {p.qscale[s.out]});
       ex.dequantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.qvalues[s.out], p.values[s.out], ra));
@@ -237,8 +259,8 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu, bool at
     return;
   }
   if (p.qtype[s.out] != DT::undef) {  // k = x * (1 / s) rounds back to the integer exactly
-    p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
-    p.qvalues[s.out] = owned(layout_desc(out, p.qtype[s.out], out_layout));
+    p.values[s.out] = pooled(p, layout_desc(out, DT::f32, out_layout), s.out, false, si);
+    p.qvalues[s.out] = pooled(p, layout_desc(out, p.qtype[s.out], out_layout), s.out, true, si);
     dnnl::primitive_attr ra;
     ra.set_output_scales(0, {1.0f / p.qscale[s.out]});
     ex.quantize = dnnl::reorder(dnnl::reorder::primitive_desc(p.values[s.out], p.qvalues[s.out], ra));
@@ -247,7 +269,7 @@ void FusedModel::Impl::build_step(Plan& p, size_t si, bool posts_on_cpu, bool at
   if (ex.alias)
     p.values[s.out] = memory(layout_desc(out, DT::f32, out_layout), engine, DNNL_MEMORY_NONE);
   else
-    p.values[s.out] = owned(layout_desc(out, DT::f32, out_layout));
+    p.values[s.out] = pooled(p, layout_desc(out, DT::f32, out_layout), s.out, false, si);
 }
 
 }  // namespace anybit

@@ -154,6 +154,8 @@ void FusedModel::Impl::prepare(Plan& p, bool use_int8) const {
   p.qvalues.assign(num_values, memory());
   p.ivals.assign(num_values, c10::IValue());
   p.execs.clear();
+  p.buffers.clear();
+  p.buffer_of.clear();
   p.built = false;
   // Integer layers. A value whose layer ends in a per-tensor fake-quantizer
   // (x * inv, clamp to [lo, hi], round, * s) is k * s with k an integer in [lo, hi]. A conv
@@ -242,7 +244,9 @@ void FusedModel::Impl::run_step(Plan& p, size_t si, dnnl::stream& st) {
       throw Error("a tensor changed shape between batches of one shape: " + shape_str(g.sizes) + " then " + c10::str(t.sizes()));
     t = g.layout == Layout::kNHWC ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
     g.mem.set_data_handle(t.data_ptr());
-    p.keep.push_back(std::move(t));
+    // a flatten that keeps the bytes makes its output this staged tensor under another shape
+    const int until = s.kind == Step::kFlatten && ex.alias ? buffer_end[s.out] : static_cast<int>(si);
+    p.keep.emplace_back(until, std::move(t));
   }
   memory& dst = ex.writes_int8 ? p.qvalues[s.out] : p.values[s.out];
   memory src = ex.int8 ? p.qvalues[s.in] : ex.src;
@@ -328,7 +332,10 @@ at::Tensor FusedModel::Impl::run(Plan& p, const at::Tensor& x) {
     if (first) build_step(p, si);
     bool taken = true;
     for (const auto& [cond, expect] : steps[si].guards) taken = taken && p.ivals[cond].toBool() == expect;
-    if (!taken) continue;
+    if (!taken) {
+      release(p, si);
+      continue;
+    }
     // oneDNN 2.6 can accept a primitive and still refuse to run it: a post-op chain (a gemm
     // inner product with a tensor added), which then runs as the plain loops after it, or a
     // conv (its gemm conv on NHWC with AVX2 only, e.g. AlexNet's first layer), which then
@@ -349,6 +356,7 @@ at::Tensor FusedModel::Impl::run(Plan& p, const at::Tensor& x) {
         build_step(p, si, /*posts_on_cpu=*/true, /*aten_conv=*/to_aten);
       }
     }
+    release(p, si);
   }
   p.built = true;
   st.wait();
@@ -372,6 +380,14 @@ at::Tensor FusedModel::Impl::run(Plan& p, const at::Tensor& x) {
   p.keep.clear();
   for (c10::IValue& v : p.ivals) v = c10::IValue();
   return out;
+}
+
+void FusedModel::Impl::release(Plan& p, size_t si) {
+  p.keep.erase(std::remove_if(p.keep.begin(), p.keep.end(),
+                              [&](const std::pair<int, at::Tensor>& k) { return k.first <= static_cast<int>(si); }),
+               p.keep.end());
+  for (int v : dies_after[si])
+    if (p.layout[v] == Layout::kNone) p.ivals[v] = c10::IValue();
 }
 
 FusedModel::FusedModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -404,6 +420,13 @@ std::pair<int, int> FusedModel::Impl::count_execs(const at::Tensor& x) const {
 }
 
 int FusedModel::int8_layers(const at::Tensor& x) const { return impl_->count_execs(x).first; }
+int64_t FusedModel::buffer_bytes(const at::Tensor& x) const {
+  auto it = impl_->plans.find(x.sizes().vec());
+  int64_t n = 0;
+  if (it != impl_->plans.end())
+    for (const Impl::Plan::Buffer& b : it->second->buffers) n += b.bytes.numel();
+  return n;
+}
 std::string FusedModel::summary(const at::Tensor& x) const {
   int aten = 0;
   std::string names;
@@ -448,6 +471,11 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
     impl->fused = c.fused;
     impl->onednn_ops = c.onednn_ops;
     impl->aten_ops = c.aten_ops;
+    impl->buffer_end = c.buffer_end;
+    impl->dies_after.assign(impl->steps.size(), {});
+    for (int v = 0; v < c.num_values; ++v)
+      if (c.last_read[v] >= 0 && c.last_read[v] < static_cast<int>(impl->steps.size()))
+        impl->dies_after[c.last_read[v]].push_back(v);
   } catch (const fused::Unsupported& e) {
     if (why_not) *why_not = e.what();
     return nullptr;

@@ -68,6 +68,10 @@ class FusedModel {
   std::string summary(const at::Tensor& x) const;
   // int8 convs and linear layers of the plan for this input shape (after forward ran on it)
   int int8_layers(const at::Tensor& x) const;
+  // Bytes of the buffers that hold the oneDNN layers' outputs in the plan for x's shape
+  // (after forward ran on it). A value's buffer is reused once no later step reads the
+  // value or anything that may share its memory (a view, a list holding it).
+  int64_t buffer_bytes(const at::Tensor& x) const;
 
  private:
   struct Impl;

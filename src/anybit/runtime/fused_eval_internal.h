@@ -14,6 +14,7 @@
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -59,6 +60,8 @@ struct FusedModel::Impl {
   std::vector<Step> steps;
   int num_values = 0, output = -1, fused = 0, onednn_ops = 0;
   std::map<std::string, int> aten_ops;
+  std::vector<int> buffer_end;             // fused::CompiledGraph's
+  std::vector<std::vector<int>> dies_after;  // per step: the values no later step reads
   std::shared_ptr<jit::Graph> graph;  // owns the nodes the generic steps' operations came from
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
 
@@ -93,9 +96,18 @@ struct FusedModel::Impl {
     std::vector<memory> values;   // float form of each oneDNN value
     std::vector<memory> qvalues;  // integer form k = x / s of a value an int8 conv reads
     std::vector<c10::IValue> ivals;  // the values the ATen steps computed, this forward
-    std::vector<at::Tensor> keep;    // staged tensors, this forward
+    std::vector<std::pair<int, at::Tensor>> keep;  // staged tensors, this forward, and the last step that reads each
     std::vector<Exec> execs;
     bool input_reorder = false;
+    // The oneDNN values' buffers: a value takes a buffer whose last holder's buffer_end is
+    // before the value's step, so that a value's memory lives from its step to its
+    // buffer_end and no longer.
+    struct Buffer {
+      at::Tensor bytes;
+      int busy_until = -1;  // the last step that may read it
+    };
+    std::vector<Buffer> buffers;
+    std::map<std::pair<int, bool>, size_t> buffer_of;  // (value, integer form) -> its buffer
     // which convs run in int8 (from the graph; no shapes needed)
     std::vector<memory::data_type> qtype;
     std::vector<float> qscale;
@@ -111,6 +123,8 @@ struct FusedModel::Impl {
   // layers, and the convs run through ATen.
   std::pair<int, int> count_execs(const at::Tensor& x) const;
   void run_step(Plan& p, size_t si, dnnl::stream& st);
+  // After step si: drops the staged tensors and the ATen values that no later step reads.
+  void release(Plan& p, size_t si);
   at::Tensor run(Plan& p, const at::Tensor& x);
   dnnl::primitive_attr attributes(const std::vector<PostOp>& post, Exec& ex, const Dims& out, Layout out_layout,
                                   const std::vector<int64_t>& out_sizes);
@@ -126,6 +140,9 @@ struct FusedModel::Impl {
     }
   }
   memory owned(const memory::desc& d) { return memory(d, engine); }
+  // Memory for the float (or integer) form of value v, written by step si, in a buffer
+  // of the plan that no value reads after si (best fit), or a new one.
+  memory pooled(Plan& p, const memory::desc& d, int v, bool integer, size_t si);
   // The weights (plain layout `plain`, at `data`) in the layout a primitive chose.
   memory reordered_weights(const memory::desc& plain, void* data, const memory::desc& chosen) {
     memory src(plain, engine, data), w = owned(chosen);

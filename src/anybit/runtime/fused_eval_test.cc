@@ -211,6 +211,54 @@ def forward(self, x):
   EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
 }
 
+TEST(FusedEval, LayerOutputsShareBuffersOnceNothingReadsThem) {
+  // eight convs of one shape in a chain: each output is read by the next conv only, so
+  // two buffers take turns (and the model's output has its own)
+  std::string body = "def forward(self, x):\n    a = x\n";
+  std::vector<std::pair<std::string, at::Tensor>> w;
+  for (int i = 0; i < 8; ++i) {
+    body += "    a = torch.relu(torch.conv2d(a, self.w" + std::to_string(i) + ", None, [1, 1], [1, 1], [1, 1], 1))\n";
+    w.push_back({"w" + std::to_string(i), at::randn({8, 8, 3, 3}) * 0.2});
+  }
+  body += "    return a\n";
+  torch::jit::Module m = frozen(body, w);
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor x = randn({2, 8, 10, 10}, 3);
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = m.forward({x}).toTensor();
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  const int64_t one = x.numel() * 4;  // bytes of one layer's output
+  EXPECT_LE(f->buffer_bytes(x), 3 * one);
+  EXPECT_GE(f->buffer_bytes(x), 2 * one);
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));  // the second forward, on the same buffers
+}
+
+TEST(FusedEval, AViewOfALayersOutputKeepsItsBufferUntilItsLastRead) {
+  // t is ATen's view of a's oneDNN buffer; a itself is last read by the second conv, but
+  // the buffer must not take c or d while t is still to be read
+  torch::jit::Module m = frozen(R"(
+def forward(self, x):
+    a = torch.conv2d(x, self.w1, None, [1, 1], [1, 1], [1, 1], 1)
+    t = a.transpose(2, 3)
+    b = torch.relu(torch.conv2d(a, self.w2, None, [1, 1], [1, 1], [1, 1], 1))
+    c = torch.relu(torch.conv2d(b, self.w3, None, [1, 1], [1, 1], [1, 1], 1))
+    d = torch.relu(torch.conv2d(c, self.w4, None, [1, 1], [1, 1], [1, 1], 1))
+    return torch.cat([d, t.transpose(2, 3)], 1)
+)",
+                                {{"w1", at::randn({4, 3, 3, 3})},
+                                 {"w2", at::randn({4, 4, 3, 3})},
+                                 {"w3", at::randn({4, 4, 3, 3})},
+                                 {"w4", at::randn({4, 4, 3, 3})}});
+  auto f = compile_or_fail(m);
+  ASSERT_TRUE(f);
+  const at::Tensor x = randn({2, 3, 6, 6}, 5);
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = m.forward({x}).toTensor();
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+}
+
 TEST(FusedEval, ChainsWithoutALayerRunAsPlainLoops) {
   // a quantizer on the input itself and an add of two values that are both read again:
   // no primitive carries them, the plain post-op loops do

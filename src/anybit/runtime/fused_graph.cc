@@ -93,6 +93,32 @@ bool may_return_view(const jit::Node* n) {
   return !s || s->returns().empty() || s->returns()[0].alias_info() != nullptr;
 }
 
+// Whether a value of type t may hold a tensor (itself, in a list or tuple, in an object).
+bool may_hold_tensor(const c10::TypePtr& t) {
+  switch (t->kind()) {
+    case c10::TypeKind::TensorType:
+    case c10::TypeKind::AnyType:
+    case c10::TypeKind::ClassType:
+    case c10::TypeKind::InterfaceType:
+      return true;
+    default:
+      for (const c10::TypePtr& c : t->containedTypes())
+        if (may_hold_tensor(c)) return true;
+      return false;
+  }
+}
+
+// Whether an ATen step's outputs may share memory with its arguments, or it writes one of
+// them: any output with an alias annotation, a mutable schema, no schema (the list and
+// tuple instructions, an If's select), or no outputs (a list written in place).
+bool may_alias(const jit::Node* n) {
+  const c10::FunctionSchema* s = n->maybeSchema();
+  if (!s || n->outputs().empty() || s->is_mutable()) return true;
+  for (const c10::Argument& r : s->returns())
+    if (r.alias_info()) return true;
+  return false;
+}
+
 class Compiler {
  public:
   std::vector<Step> steps;
@@ -103,6 +129,7 @@ class Compiler {
   std::map<std::string, int> aten_ops;  // tensor ops that run through ATen, by name
 
   c10::IValue self;  // the module (the graph's input 0): what prim::GetAttr reads
+  std::vector<bool> holds_tensor;  // value -> its type may hold a tensor
 
   void run(const std::shared_ptr<jit::Graph>& graph) {
     if (graph->inputs().size() != 2 || !is_tensor(graph->inputs()[1]))
@@ -142,6 +169,7 @@ class Compiler {
     uses_.push_back(data_uses(v));
     view_.push_back(false);
     onednn_root_.push_back(true);
+    holds_tensor.push_back(may_hold_tensor(v->type()));
     return num_values++;
   }
   int id(const jit::Value* v) const {
@@ -353,6 +381,7 @@ class Compiler {
       s.args.push_back(-1);
       s.consts.emplace_back(static_cast<int64_t>(n->inputs().size()));
     }
+    s.aliases = may_alias(n);
     add_outputs(std::move(s), n, may_return_view(n));
     if (counted) ++aten_ops[k];
   }
@@ -530,6 +559,7 @@ class Compiler {
       st.erase(st.end() - 2 * outs - 1, st.end());
       for (c10::IValue& v : r) st.push_back(std::move(v));
     });
+    s.aliases = true;
     if (cond >= 0) {
       s.args.push_back(cond);
       s.consts.emplace_back();
@@ -593,6 +623,52 @@ class Compiler {
 
 }  // namespace
 
+// CompiledGraph::last_read and buffer_end. Values that may share memory (a view and its
+// base, a list and its elements, the arguments of an op writing one of them, a flatten
+// that keeps the bytes) are one group, union-find, and a buffer lives until the group's
+// last read.
+static void liveness(const std::vector<Step>& steps, int num_values, int output, const std::vector<bool>& holds_tensor,
+              std::vector<int>* last_read, std::vector<int>* buffer_end) {
+  std::vector<int>& last = *last_read;
+  last.assign(num_values, -1);
+  std::vector<int> group(num_values);
+  for (int v = 0; v < num_values; ++v) group[v] = v;
+  auto find = [&](int v) {
+    while (group[v] != v) v = group[v] = group[group[v]];
+    return v;
+  };
+  auto unite = [&](int a, int b) { group[find(a)] = find(b); };
+  auto read = [&](int v, int i) {
+    if (v >= 0) last[v] = std::max(last[v], i);
+  };
+  for (size_t si = 0; si < steps.size(); ++si) {
+    const int i = static_cast<int>(si);
+    const Step& s = steps[si];
+    for (int o : s.outs) read(o, i);
+    read(s.out, i);
+    for (const auto& g : s.guards) read(g.first, i);
+    read(s.in, i);
+    read(s.in2, i);
+    for (int a : s.args) read(a, i);
+    for (const PostOp& p : s.post) read(p.value, i);
+    if (s.kind == Step::kFlatten) unite(s.out, s.in);
+    if (s.kind == Step::kGeneric && s.aliases) {
+      int first = -1;
+      for (const std::vector<int>* vs : {&s.args, &s.outs})
+        for (int v : *vs)
+          if (v >= 0 && holds_tensor[v]) {
+            if (first < 0) first = v;
+            unite(v, first);
+          }
+    }
+  }
+  last[0] = last[output] = std::numeric_limits<int>::max();
+  std::vector<int> end(num_values, -1);
+  for (int v = 0; v < num_values; ++v) end[find(v)] = std::max(end[find(v)], last[v]);
+  buffer_end->resize(num_values);
+  for (int v = 0; v < num_values; ++v) (*buffer_end)[v] = end[find(v)];
+}
+
 CompiledGraph compile_graph(const std::shared_ptr<jit::Graph>& graph, const c10::IValue& self, bool int8) {
   Compiler c;
   c.self = self;
@@ -611,6 +687,7 @@ CompiledGraph compile_graph(const std::shared_ptr<jit::Graph>& graph, const c10:
       if ((s.kind == Step::kConv || s.kind == Step::kLinear) && !integer_grid(s.weight, &s.qweight, &s.wstep))
         s.qweight = at::Tensor();
   CompiledGraph g;
+  liveness(c.steps, c.num_values, c.output, c.holds_tensor, &g.last_read, &g.buffer_end);
   g.steps = std::move(c.steps);
   g.num_values = c.num_values;
   g.output = c.output;

@@ -69,6 +69,7 @@ struct Step {
   std::vector<int> outs;             // one value per op output (tensors and others)
   bool metadata_only = false;        // size(), dim(): reads no tensor data
   bool strided = false;              // view(): depends on its input's strides, not only its values
+  bool aliases = false;              // an output may share memory with an argument, or the op writes one
   std::vector<std::pair<int, bool>> guards;  // runs only when each (bool value, expected) holds
 };
 
@@ -85,6 +86,12 @@ struct CompiledGraph {
   int fused = 0;       // graph ops that run as post-ops of a layer
   int onednn_ops = 0;  // tensor ops that run as oneDNN layers, post-ops or no-ops
   std::map<std::string, int> aten_ops;  // tensor ops that run through ATen, by name
+  // Liveness, by step index (steps run in index order, a guarded step maybe not at all):
+  // last_read[v] is the last step that reads value v (its own step when none does; INT_MAX
+  // for the input and the output); buffer_end[v] is the last step that may read v's memory,
+  // through v or through any value that may share it (views, lists, in-place writes,
+  // flatten). After buffer_end[v], v's oneDNN buffer may hold another value.
+  std::vector<int> last_read, buffer_end;
 };
 
 // Throws Unsupported. `self` is the module object (graph input 0), for the attributes
