@@ -60,7 +60,7 @@ def cli_eval(model, data, fuse):
     return min((r.get("eval", r) for r in runs), key=lambda r: r["seconds"])  # the evaluation's record
 
 
-print(f"torch {torch.__version__}, {a.threads} threads, {a.images} images of 3x64x64, batch {a.batch}, {a.form}ed")
+print(f"torch {torch.__version__}, {a.threads} threads, {a.images} images of 3x64x64, batch {a.batch}, {'scripted' if a.form == 'script' else 'traced'}")
 print("| model | weights | fused oneDNN | `--no-fuse` | PyTorch eager float | fused speed-up over interpreter | runtime note |")
 print("|---|---|---:|---:|---:|---:|---|")
 steady = []
