@@ -64,6 +64,18 @@ at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
   return at::randn(shape);
 }
 
+// Compiles m and checks that its forward on x equals the interpreter's to float rounding,
+// twice (the second forward runs on the plan's buffers as they are after the first).
+std::unique_ptr<FusedModel> compiled_matching(torch::jit::Module& m, const at::Tensor& x) {
+  auto f = compile_or_fail(m);
+  if (!f) return f;
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = m.forward({x}).toTensor();
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  return f;
+}
+
 // A conv block as a quantized model has it: conv -> fq -> BatchNorm -> fq -> ReLU -> fq,
 // per-tensor and per-channel quantizers, a residual add, global pooling, a linear layer.
 const char* kQuantizedBlock = R"(
@@ -203,12 +215,7 @@ def forward(self, x):
                                  {"b1", at::randn({6})},
                                  {"w2", at::randn({6, 3, 3, 3})},
                                  {"wl", at::randn({4, 6 * 7 * 7}) * 0.1}});
-  auto f = compile_or_fail(m);
-  ASSERT_TRUE(f);
-  const at::Tensor x = randn({3, 3, 14, 14}, 11);
-  torch::NoGradGuard no_grad;
-  const at::Tensor want = m.forward({x}).toTensor();
-  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  EXPECT_TRUE(compiled_matching(m, randn({3, 3, 14, 14}, 11)));
 }
 
 TEST(FusedEval, LayerOutputsShareBuffersOnceNothingReadsThem) {
@@ -222,16 +229,12 @@ TEST(FusedEval, LayerOutputsShareBuffersOnceNothingReadsThem) {
   }
   body += "    return a\n";
   torch::jit::Module m = frozen(body, w);
-  auto f = compile_or_fail(m);
-  ASSERT_TRUE(f);
   const at::Tensor x = randn({2, 8, 10, 10}, 3);
-  torch::NoGradGuard no_grad;
-  const at::Tensor want = m.forward({x}).toTensor();
-  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  auto f = compiled_matching(m, x);
+  ASSERT_TRUE(f);
   const int64_t one = x.numel() * 4;  // bytes of one layer's output
   EXPECT_LE(f->buffer_bytes(x), 3 * one);
   EXPECT_GE(f->buffer_bytes(x), 2 * one);
-  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));  // the second forward, on the same buffers
 }
 
 TEST(FusedEval, AViewOfALayersOutputKeepsItsBufferUntilItsLastRead) {
@@ -250,13 +253,7 @@ def forward(self, x):
                                  {"w2", at::randn({4, 4, 3, 3})},
                                  {"w3", at::randn({4, 4, 3, 3})},
                                  {"w4", at::randn({4, 4, 3, 3})}});
-  auto f = compile_or_fail(m);
-  ASSERT_TRUE(f);
-  const at::Tensor x = randn({2, 3, 6, 6}, 5);
-  torch::NoGradGuard no_grad;
-  const at::Tensor want = m.forward({x}).toTensor();
-  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
-  EXPECT_TRUE(at::allclose(f->forward(x), want, 1e-4, 1e-4));
+  EXPECT_TRUE(compiled_matching(m, randn({2, 3, 6, 6}, 5)));
 }
 
 TEST(FusedEval, ChainsWithoutALayerRunAsPlainLoops) {
