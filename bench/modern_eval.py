@@ -9,7 +9,8 @@ W8A8 is tests/zoo.py's recipe (int8 per-channel conv/linear weights, auto8 on ev
 kind with points and on the input, mse calibration on 16 images, BatchNorm folded). Each
 `anybit eval` time is the whole evaluation as a user runs it (the first batch also runs in the
 interpreter, which checks the compiled layers), process start and model load excluded (the
-time `anybit eval --json` reports), the fastest of --repeat runs. Labels are the float model's
+time `anybit eval --json` reports), the fastest of --repeat runs, with that run's peak resident
+memory (the whole process, model load included). Labels are the float model's
 predictions, so top-1 is the agreement with float. A second table gives the time per batch after the first (each eval run
 again on the first batch alone, whose time is subtracted): the steady state of a long
 evaluation, without the first batch's check and the plan's construction.
@@ -52,17 +53,40 @@ def build(name):
     return getattr(torchvision.models, name)(weights=None)
 
 
+def measured(cmd):
+    """Runs cmd; returns its stdout and its peak resident memory in GB, from GNU time's %M
+    (/usr/bin/time, Debian's `time` package; None without it). Python's own wait4 would
+    count this process's memory too: its child is forked (or vforked) from it before exec."""
+    gnu_time = os.path.exists("/usr/bin/time")
+    with tempfile.NamedTemporaryFile("w+", suffix=".rss") as rss:
+        full = ["/usr/bin/time", "-f", "%M", "-o", rss.name] + cmd if gnu_time else cmd
+        out = subprocess.run(full, check=True, capture_output=True, text=True).stdout
+        rss.seek(0)
+        lines = rss.read().split()
+    return out, int(lines[-1]) / 1e6 if gnu_time and lines else None
+
+
+def gb(v):
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def cli_eval(model, data, fuse):
     cmd = [exe, "--threads", str(a.threads), "eval", model, "-d", data, "-b", str(a.batch), "--json", "--no-progress"]
     if not fuse:
         cmd.append("--no-fuse")
-    runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout) for _ in range(a.repeat)]
-    return min((r.get("eval", r) for r in runs), key=lambda r: r["seconds"])  # the evaluation's record
+    runs = []
+    for _ in range(a.repeat):
+        out, peak = measured(cmd)
+        r = json.loads(out)
+        r = r.get("eval", r)  # the evaluation's record
+        r["peak_gb"] = peak
+        runs.append(r)
+    return min(runs, key=lambda r: r["seconds"])  # the fastest run, with its own peak
 
 
 print(f"torch {torch.__version__}, {a.threads} threads, {a.images} images of 3x64x64, batch {a.batch}, {'scripted' if a.form == 'script' else 'traced'}")
-print("| model | weights | fused oneDNN | `--no-fuse` | PyTorch eager float | fused speed-up over interpreter | runtime note |")
-print("|---|---|---:|---:|---:|---:|---|")
+print("| model | weights | fused oneDNN | `--no-fuse` | PyTorch eager float | fused speed-up over interpreter | peak memory, fused / `--no-fuse` | runtime note |")
+print("|---|---|---:|---:|---:|---:|---:|---|")
 steady = []
 for name in a.models.split(","):
     torch.manual_seed(0)
@@ -95,7 +119,7 @@ for name in a.models.split(","):
             ib = (i["seconds"] - cli_eval(f"{d}/{label}.pt", first, False)["seconds"]) / later * 1000
             steady.append(f"| {name} | {label} | {fb:.0f} ms | {ib:.0f} ms | {eager_batch * 1000:.0f} ms | {ib / fb:.2f}x |")
             print(f"| {name} | {label} | {f['seconds']:.2f} s ({f['top1']:.1f}%) | {i['seconds']:.2f} s ({i['top1']:.1f}%) | "
-                  f"{eager:.2f} s | {i['seconds'] / f['seconds']:.1f}x | {note} |", flush=True)
+                  f"{eager:.2f} s | {i['seconds'] / f['seconds']:.1f}x | {gb(f['peak_gb'])} / {gb(i['peak_gb'])} GB | {note} |", flush=True)
 
 print()
 print("Per batch after the first (the whole run less a run of the first batch alone, over the later batches):")
