@@ -9,11 +9,12 @@ W8A8 is tests/zoo.py's recipe (int8 per-channel conv/linear weights, auto8 on ev
 kind with points and on the input, mse calibration on 16 images, BatchNorm folded). Each
 `anybit eval` time is the whole evaluation as a user runs it (the first batch also runs in the
 interpreter, which checks the compiled layers), process start and model load excluded (the
-time `anybit eval --json` reports), the fastest of --repeat runs, with that run's peak resident
-memory (the whole process, model load included). Labels are the float model's
-predictions, so top-1 is the agreement with float. A second table gives the time per batch after the first (each eval run
-again on the first batch alone, whose time is subtracted): the steady state of a long
-evaluation, without the first batch's check and the plan's construction.
+time `anybit eval --json` reports), the fastest of --repeat runs, with that run's peak
+resident memory (the whole process, model load included). Labels are the float model's
+predictions, so top-1 is the agreement with float. A second table gives the time per batch
+after the first (each eval run again on the first batch alone, whose time is subtracted):
+the steady state of a long evaluation, without the first batch's check and the plan's
+construction.
 """
 import argparse
 import json

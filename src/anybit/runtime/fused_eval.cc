@@ -471,7 +471,7 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
     impl->fused = c.fused;
     impl->onednn_ops = c.onednn_ops;
     impl->aten_ops = c.aten_ops;
-    impl->buffer_end = c.buffer_end;
+    impl->buffer_end = std::move(c.buffer_end);
     impl->dies_after.assign(impl->steps.size(), {});
     for (int v = 0; v < c.num_values; ++v)
       if (c.last_read[v] >= 0 && c.last_read[v] < static_cast<int>(impl->steps.size()))

@@ -109,11 +109,13 @@ bool may_hold_tensor(const c10::TypePtr& t) {
 }
 
 // Whether an ATen step's outputs may share memory with its arguments, or it writes one of
-// them: any output with an alias annotation, a mutable schema, no schema (the list and
-// tuple instructions, an If's select), or no outputs (a list written in place).
+// them: may_return_view (which covers no schema: the list and tuple instructions, an If's
+// select), any later output with an alias annotation, a mutable schema, or no outputs (a
+// list written in place).
 bool may_alias(const jit::Node* n) {
-  const c10::FunctionSchema* s = n->maybeSchema();
-  if (!s || n->outputs().empty() || s->is_mutable()) return true;
+  if (may_return_view(n) || n->outputs().empty()) return true;
+  const c10::FunctionSchema* s = n->maybeSchema();  // may_return_view is true without one
+  if (s->is_mutable()) return true;
   for (const c10::Argument& r : s->returns())
     if (r.alias_info()) return true;
   return false;
@@ -627,8 +629,9 @@ class Compiler {
 // base, a list and its elements, the arguments of an op writing one of them, a flatten
 // that keeps the bytes) are one group, union-find, and a buffer lives until the group's
 // last read.
-static void liveness(const std::vector<Step>& steps, int num_values, int output, const std::vector<bool>& holds_tensor,
-              std::vector<int>* last_read, std::vector<int>* buffer_end) {
+static void liveness(const std::vector<Step>& steps, int num_values, int output,
+                     const std::vector<bool>& holds_tensor, std::vector<int>* last_read,
+                     std::vector<int>* buffer_end) {
   std::vector<int>& last = *last_read;
   last.assign(num_values, -1);
   std::vector<int> group(num_values);
