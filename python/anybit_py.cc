@@ -361,6 +361,7 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("batch_size", &anybit::EvalOptions::batch_size)
       .def_readwrite("freeze", &anybit::EvalOptions::freeze)
       .def_readwrite("fused", &anybit::EvalOptions::fused)
+      .def_readwrite("scores", &anybit::EvalOptions::scores)
       .def_property(
           "device", [](const anybit::EvalOptions& o) { return o.device.str(); },
           [](anybit::EvalOptions& o, const std::string& d) { o.device = anybit::parse_device(d); });
@@ -383,7 +384,8 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("out_dir", &anybit::SweepOptions::out_dir)
       .def_readwrite("resume", &anybit::SweepOptions::resume)
       .def_readwrite("progress", &anybit::SweepOptions::progress)
-      .def_readwrite("device", &anybit::SweepOptions::device);
+      .def_readwrite("device", &anybit::SweepOptions::device)
+      .def_readwrite("scores", &anybit::SweepOptions::scores);
   m.def("sweep", &sweep, py::arg("options"));
   py::class_<anybit::SearchOptions>(m, "SearchOptions")
       .def(py::init<>())
@@ -404,6 +406,7 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("sensitivity_samples", &anybit::SearchOptions::sensitivity_samples)
       .def_readwrite("hessian_iterations", &anybit::SearchOptions::hessian_iterations)
       .def_readwrite("fold_bn", &anybit::SearchOptions::fold_bn)
+      .def_readwrite("scores", &anybit::SearchOptions::scores)
       .def_readwrite("out_dir", &anybit::SearchOptions::out_dir)
       .def_readwrite("resume", &anybit::SearchOptions::resume)
       .def_readwrite("progress", &anybit::SearchOptions::progress);
@@ -423,6 +426,7 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("kd_weight", &anybit::FinetuneOptions::kd_weight)
       .def_readwrite("kd_temperature", &anybit::FinetuneOptions::kd_temperature)
       .def_readwrite("freeze_bn_epoch", &anybit::FinetuneOptions::freeze_bn_epoch)
+      .def_readwrite("scores", &anybit::FinetuneOptions::scores)
       .def_readwrite("checkpoint_dir", &anybit::FinetuneOptions::checkpoint_dir)
       .def_readwrite("resume", &anybit::FinetuneOptions::resume)
       .def_property(

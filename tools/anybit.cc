@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   quant->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   quant->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
   quant->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
+  quant->add_option("--scores", c.scores, "which element of a tuple, list or dict output is the class scores: an index or a field/key name (default: a named tuple's or dict's logits, or a tuple's only tensor)");
   quant->add_flag("--portable", c.portable, "use only stock aten::fake_quantize_* ops (loads without anybit)");
   quant->add_flag("--json", c.json, "print JSON");
   quant->add_flag("--no-progress", c.no_progress, "no progress bar");
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
   eval->add_flag("--no-freeze", c.no_freeze, "evaluate without freezing (slower; bit-identical to the saved graph)");
   eval->add_flag("--no-fuse", c.no_fuse, "evaluate the frozen graph in the TorchScript interpreter, not as fused oneDNN layers");
   eval->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
+  eval->add_option("--scores", c.scores, "which element of a tuple, list or dict output is the class scores: an index or a field/key name (default: a named tuple's or dict's logits, or a tuple's only tensor)");
   eval->add_flag("--json", c.json, "print JSON");
   eval->add_flag("--no-progress", c.no_progress, "no progress bar");
 
@@ -103,6 +105,7 @@ int main(int argc, char** argv) {
   fine->add_flag("--resume", ft.resume, "continue from the checkpoint in --checkpoint-dir");
   fine->add_option("-o,--output", c.out, "output TorchScript file")->required();
   fine->add_option("--device", c.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
+  fine->add_option("--scores", c.scores, "which element of a tuple, list or dict output is the class scores: an index or a field/key name (default: a named tuple's or dict's logits, or a tuple's only tensor)");
   fine->add_flag("--no-progress", c.no_progress, "no progress bar");
   fine->add_option("--nproc", nproc, "data-parallel training in N processes on this host (Gloo); -b stays the "
                    "global batch, --threads is per process")->check(CLI::PositiveNumber);
@@ -131,6 +134,7 @@ int main(int argc, char** argv) {
   sweep->add_option("-o,--output", sw.out_dir, "output directory")->required();
   sweep->add_flag("--resume", sw.resume, "continue a sweep that was interrupted");
   sweep->add_option("--device", sw.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");
+  sweep->add_option("--scores", sw.scores, "which element of a tuple, list or dict output is the class scores: an index or a field/key name (default: a named tuple's or dict's logits, or a tuple's only tensor)");
   sweep->add_flag("--no-progress", c.no_progress, "no progress bar");
 
   auto* demo = app.add_subcommand("demo", "quantize the shipped Fashion-MNIST model at 8..2 bits and print the accuracy table");
@@ -165,6 +169,7 @@ int main(int argc, char** argv) {
   search->add_flag("--no-fold-bn", search_no_fold, "keep BatchNorm (default: fold it into the convs first)");
   search->add_option("-o,--output", so.out_dir, "output directory")->required();
   search->add_flag("--resume", so.resume, "continue a search that was interrupted");
+  search->add_option("--scores", so.scores, "which element of a tuple, list or dict output is the class scores: an index or a field/key name (default: a named tuple's or dict's logits, or a tuple's only tensor)");
   search->add_flag("--no-progress", c.no_progress, "no progress bar");
 
   std::string input_shape;
@@ -217,6 +222,7 @@ int main(int argc, char** argv) {
     if (*isim) return cmd_intsim(c, isf);
     if (*fine) {
       if (!fine_noise.empty()) ft.noise_rel = anybit::noise_rel_of(fine_noise);
+      ft.scores = c.scores;
       return cmd_finetune(c, ft, teacher, nproc, std::vector<std::string>(argv, argv + argc));
     }
     if (*sweep) {

@@ -78,6 +78,7 @@ void print_eval(const std::string& what, const anybit::EvalResult& r) {
   fmt::print("  ({} samples, {:.1f} s, {}{})\n", r.samples, r.seconds, r.runtime,
              onednn && !r.runtime_note.empty() ? ": " + r.runtime_note : "");
   if (!onednn && !r.runtime_note.empty()) fmt::print("  not on oneDNN: {}\n", r.runtime_note);
+  if (!r.scores.empty()) fmt::print("  class scores: {}\n", r.scores);
 }
 
 
@@ -158,6 +159,7 @@ anybit::EvalOptions eval_options(const Common& c) {
   o.freeze = !c.no_freeze;
   o.fused = !c.no_fuse;
   o.device = anybit::parse_device(c.device);
+  o.scores = c.scores;
   return o;
 }
 

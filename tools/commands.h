@@ -28,6 +28,7 @@ struct Common {
   int64_t calib_samples = 0;
   int threads = 0;
   std::string device = "cpu";  // --device (quant/device.h parse_device)
+  std::string scores;          // --scores (runtime/evaluate.h ScoresPicker)
 };
 
 struct IntsimFlags {

@@ -248,25 +248,29 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     return (qm, report) if return_report else qm
 
 
-def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True, device="cpu"):
+def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_inputs=None, fused=True, device="cpu",
+             scores=None):
     """Top-1/top-5 accuracy, loss and (with `reference`) argmax agreement, like `anybit eval`.
     The frozen model runs as fused oneDNN layers, the ops oneDNN has no layer for through
     ATen, unless it has a loop that computes tensors or its first batch disagrees with the
     interpreter (fused=False keeps the TorchScript interpreter); the result's "runtime" says
     which ran and "runtime_note" how much ran where. device="cuda" (or "cuda:N") runs a copy of
-    the model on that GPU in the interpreter."""
+    the model on that GPU in the interpreter. `scores` picks the class scores from a model that
+    returns a tuple, list or dict: an index or a field/key name (by default a named tuple's or
+    dict's "logits", or a tuple's only tensor; the result's "scores" says which was taken)."""
     with tempfile.TemporaryDirectory() as d:
         mp = _save(model, example_inputs, d)
         rp = _save(reference, example_inputs, d, "reference.pt") if reference is not None else ""
         spec, _, _ = _data(data, d)
         return _anybit.evaluate(mp, spec, rp, _options(_anybit.EvalOptions, batch_size=batch_size, freeze=freeze,
-                                                       fused=fused, device=str(device)))
+                                                       fused=fused, device=str(device),
+                                                       scores="" if scores is None else str(scores)))
 
 
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
           first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None,
-          device="cpu"):
+          device="cpu", scores=None):
     """Post-training quantization at every (weight, activation) bit pair and method
     (minmax, mse, percentile, entropy, adaround, brecq, gptq), like
     `anybit sweep`: returns the rows and writes out_dir/results.{csv,json,jsonl} and accuracy.svg.
@@ -274,7 +278,7 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
     each for the weights and the activations, instead of bit pairs (`anybit sweep --formats`;
     the rows then have a "format").
     `models` are TorchScript files or modules (saved into out_dir). device="cuda" calibrates and
-    evaluates on the GPU."""
+    evaluates on the GPU. `scores` as for evaluate."""
     if formats is not None and pairs is not None:
         raise Error("sweep: give formats or pairs, not both")
     os.makedirs(out_dir, exist_ok=True)
@@ -294,18 +298,19 @@ def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=
                                   eval_data=eval_data, calib_batches=calib_batches, fold_bn=fold_bn,
                                   first_last_8bit=first_last_8bit, out_dir=os.fspath(out_dir), resume=resume,
                                   adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations,
-                                  device=str(device)))
+                                  device=str(device), scores="" if scores is None else str(scores)))
 
 
 def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixed=8, uniform=None, metric="kl", method="mse",
            calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, sensitivity_samples=512,
-           hessian_iterations=16, fold_bn=True, resume=False, adaround_iterations=3000, brecq_iterations=2000):
+           hessian_iterations=16, fold_bn=True, resume=False, adaround_iterations=3000, brecq_iterations=2000,
+           scores=None):
     """Mixed precision, like `anybit search` (docs/search.md): the weight width per conv/linear
     layer (and with `acts`, e.g. (4, 6, 8), the activation widths) that loses least within
     `budget` ("avg-wbits=2.5", "size=40KiB" or "bops=0.25"). Returns a dict with the chosen
     "layers", the evaluated "rows" (float, the search and the uniform configs at their budgets)
     and "config", the path of out_dir/config.yaml that `quantize` takes unchanged.
-    `model` is a TorchScript file or module (saved into out_dir)."""
+    `model` is a TorchScript file or module (saved into out_dir); `scores` as for evaluate."""
     os.makedirs(out_dir, exist_ok=True)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
@@ -318,13 +323,13 @@ def search(model, out_dir, budget, weights=(2, 3, 4, 6, 8), acts=None, acts_fixe
                                    calib_batches=calib_batches, sensitivity_samples=sensitivity_samples,
                                    hessian_iterations=hessian_iterations, fold_bn=fold_bn, resume=resume,
                                    adaround_iterations=adaround_iterations, brecq_iterations=brecq_iterations,
-                                   progress=False))
+                                   progress=False, scores="" if scores is None else str(scores)))
 
 
 def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.0,
              batch_size=128, max_steps=-1, seed=0, checkpoint_dir="", resume=False, return_report=False,
              schedule="cosine", momentum=0.9, teacher=None, kd_weight=1.0, kd_temperature=1.0, freeze_bn=None,
-             example_inputs=None, noise=None, device="cpu"):
+             example_inputs=None, noise=None, device="cpu", scores=None):
     """Quantization-aware fine-tuning of a model anybit quantized, like `anybit finetune`
     (docs/qat.md). `data` is a data spec string or anything `quantize` accepts as
     calibration data (with labels). schedule: cosine, onecycle or constant. teacher: a
@@ -332,7 +337,8 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
     example_inputs if it cannot be scripted), with kd_weight and kd_temperature.
     freeze_bn=N: BatchNorm trains for N epochs, then freezes and is folded into the convs.
     noise="gauss:rel=R": noise-aware training against the integer engine's per-product
-    noise (docs/noise.md). device="cuda" (or "cuda:N") trains on that GPU.
+    noise (docs/noise.md). device="cuda" (or "cuda:N") trains on that GPU. `scores` picks the
+    class scores the loss is on from a model (and teacher) returning a tuple, as for evaluate.
     Returns the trained ScriptModule, on the CPU, (and the per-epoch reports with return_report)."""
     with tempfile.TemporaryDirectory() as d:
         src = _save(qmodel, None, d, "in.pt")
@@ -344,7 +350,7 @@ def finetune(qmodel, data, epochs=1, lr=0.01, optimizer="sgd", weight_decay=5e-4
                            max_steps=max_steps, seed=seed, checkpoint_dir=os.fspath(checkpoint_dir), resume=resume,
                            schedule=schedule, momentum=momentum, kd_weight=kd_weight, kd_temperature=kd_temperature,
                            freeze_bn_epoch=-1 if freeze_bn is None else int(freeze_bn), noise=noise or "",
-                           device=str(device))
+                           device=str(device), scores="" if scores is None else str(scores))
         report = _anybit.finetune(src, spec, out, teacher_path, options)
         m = torch.jit.load(out)
     return (m, report) if return_report else m

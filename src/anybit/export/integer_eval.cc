@@ -109,7 +109,7 @@ IntegerEvalResult evaluate_integer(const intsim::Model& model, const DataSource&
     const int64_t k = std::min<int64_t>(5, logits.size(1));
     correct5 += std::get<1>(logits.topk(k, 1)).eq(y.unsqueeze(1)).any(1).sum().item<int64_t>();
     if (ref) {
-      at::Tensor f = ref->forward({x}).toTensor().reshape({x.size(0), -1});
+      at::Tensor f = ScoresPicker(*ref, "")(ref->forward({x})).reshape({x.size(0), -1});
       agree += f.argmax(1).eq(pred).sum().item<int64_t>();
       const at::Tensor fq = quantize_input(f, out_q);
       const at::Tensor d = (fq - q).abs();

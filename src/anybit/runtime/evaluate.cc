@@ -65,22 +65,151 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
 }
 
 namespace {
+bool is_tensor_type(const c10::TypePtr& t) { return t->isSubtypeOf(*c10::TensorType::get()); }
+
+bool parse_index(const std::string& s, int64_t* i) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (*end) return false;
+  *i = v;
+  return true;
+}
+
+// "GoogLeNetOutputs(logits: Tensor, aux_logits2: Optional[Tensor], ...)" or "Tuple[Tensor, Tensor]"
+std::string tuple_str(const c10::TupleType& t) {
+  const auto names = t.names();
+  if (!t.name() || !names) return t.annotation_str();
+  std::string s = t.name()->name() + "(";
+  for (size_t i = 0; i < names->size(); ++i)
+    s += (i ? ", " : "") + std::string((*names)[i]) + ": " + t.elements()[i]->annotation_str();
+  return s + ")";
+}
+
+const char* const kPick = " (anybit eval --scores INDEX|NAME; Python: scores=)";
+}  // namespace
+
+namespace {
+c10::TypePtr output_type(torch::jit::Module& model) {
+  return jit::toGraphFunction(model.get_method("forward").function()).graph()->outputs().at(0)->type();
+}
+}  // namespace
+
+bool ScoresPicker::returns_tensor(torch::jit::Module& model) { return is_tensor_type(output_type(model)); }
+
+ScoresPicker::ScoresPicker(torch::jit::Module& model, const std::string& select) {
+  const c10::TypePtr t = output_type(model);
+  if (is_tensor_type(t)) {
+    if (!select.empty())
+      throw Error("--scores " + select + ": the model returns one tensor, its class scores; drop --scores");
+    return;
+  }
+  if (auto tt = t->cast<c10::TupleType>()) {
+    const std::string out = "the model returns " + tuple_str(*tt);
+    const auto& elems = tt->elements();
+    std::vector<std::string> names;
+    if (auto n = tt->names())
+      for (auto f : *n) names.emplace_back(f);
+    auto field = [&](const std::string& f) {
+      auto it = std::find(names.begin(), names.end(), f);
+      return it == names.end() ? int64_t{-1} : int64_t(it - names.begin());
+    };
+    int64_t i = -1;
+    if (select.empty()) {
+      i = field("logits");
+      if (i < 0) {
+        std::vector<int64_t> tensors;
+        for (size_t k = 0; k < elems.size(); ++k)
+          if (is_tensor_type(elems[k])) tensors.push_back(int64_t(k));
+        if (tensors.size() != 1)
+          throw Error(out + ": which element holds the class scores? Pick it by index or field" + kPick);
+        i = tensors[0];
+      }
+    } else if (parse_index(select, &i)) {
+      if (i < 0 || i >= int64_t(elems.size()))
+        throw Error("--scores " + select + ": " + out + ", " + std::to_string(elems.size()) + " elements");
+    } else if ((i = field(select)) < 0) {
+      throw Error("--scores " + select + ": " + out + ", which has no field '" + select + "'");
+    }
+    if (!is_tensor_type(elems[i]))
+      throw Error("--scores: element " + std::to_string(i) + " of what the model returns is " +
+                  elems[i]->annotation_str() + ", not the class scores (" + tuple_str(*tt) + ")");
+    kind_ = Kind::kTuple;
+    index_ = i;
+    what_ = (names.empty() ? "element " + std::to_string(i) : "field '" + names[i] + "' (element " + std::to_string(i) + ")") +
+            " of the model's " + (tt->name() ? tt->name()->name() : tt->annotation_str());
+  } else if (auto lt = t->cast<c10::ListType>(); lt && is_tensor_type(lt->getElementType())) {
+    if (!parse_index(select, &index_))
+      throw Error("the model returns " + t->annotation_str() + ": which element holds the class scores? Pick it by index" + kPick);
+    kind_ = Kind::kList;
+    what_ = "element " + select + " of the model's list";
+  } else if (auto dt = t->cast<c10::DictType>();
+             dt && dt->getKeyType()->kind() == c10::TypeKind::StringType && is_tensor_type(dt->getValueType())) {
+    kind_ = Kind::kDict;
+    key_ = select.empty() ? "logits" : select;
+    what_ = "key '" + key_ + "' of the model's dict";
+  } else {
+    throw Error("the model returns " + t->annotation_str() + "; evaluation needs class scores [N, classes], a tensor");
+  }
+}
+
+at::Tensor ScoresPicker::operator()(const c10::IValue& v) const {
+  switch (kind_) {
+    case Kind::kTensor:
+      return v.toTensor();
+    case Kind::kTuple:
+      return v.toTupleRef().elements().at(index_).toTensor();
+    case Kind::kList: {
+      const auto list = v.toList();
+      const int64_t n = int64_t(list.size());
+      if (index_ >= n || index_ < -n)
+        throw Error("--scores " + std::to_string(index_) + ": the model returned a list of " + std::to_string(n) + " tensors");
+      return list.get(index_ < 0 ? index_ + n : index_).toTensor();
+    }
+    case Kind::kDict: {
+      const auto dict = v.toGenericDict();
+      auto it = dict.find(key_);
+      if (it != dict.end()) return it->value().toTensor();
+      std::string keys;
+      for (const auto& kv : dict) keys += (keys.empty() ? "" : ", ") + kv.key().toStringRef();
+      throw Error("the model returned a dict without the key '" + key_ + "' (its keys: " + keys + "); pick the key" + kPick);
+    }
+  }
+  return {};
+}
+
+torch::jit::Module ScoresPicker::returning_scores(torch::jit::Module& model, ScoresPicker* then) const {
+  *then = *this;
+  if (kind_ != Kind::kTuple) return model;  // lists and dicts are picked from at run time
+  *then = ScoresPicker();
+  torch::jit::Module copy = model.clone();
+  auto graph = jit::toGraphFunction(copy.get_method("forward").function()).graph();
+  jit::WithInsertPoint guard(graph->return_node());
+  jit::Value* scores = graph->insertNode(graph->createTupleIndex(graph->outputs()[0], graph->insertConstant(index_),
+                                                                 c10::TensorType::get()))->output();
+  graph->eraseOutput(0);
+  graph->registerOutput(scores);
+  return copy;
+}
+
+namespace {
 // Runs a frozen model on the fused oneDNN layers when it compiles, else in the
 // interpreter; the first batch runs both ways and the compiled model is kept only if
 // its argmax agrees with the interpreter's on at least 99% of the samples.
 class FusedRunner {
  public:
   // `r` (optional) receives the runtime and its note.
-  FusedRunner(torch::jit::Module& m, bool fuse, EvalResult* r) : module_(m), result_(r) {
+  FusedRunner(torch::jit::Module& m, const ScoresPicker& scores, bool fuse, EvalResult* r)
+      : module_(m), scores_(scores), result_(r) {
     if (!fuse) return;
     std::string why;
     fused_ = FusedModel::compile(m, &why);
     note(fused_ ? "" : why);
   }
   at::Tensor operator()(const at::Tensor& x) {
-    if (!fused_) return module_.forward({x}).toTensor();
+    if (!fused_) return scores_(module_.forward({x}));
     if (checked_) return fused_->forward(x);
-    at::Tensor expect = module_.forward({x}).toTensor();
+    at::Tensor expect = scores_(module_.forward({x}));
     at::Tensor got;
     std::string why;
     try {
@@ -114,6 +243,7 @@ class FusedRunner {
     result_->runtime_note = why;
   }
   torch::jit::Module& module_;
+  const ScoresPicker& scores_;
   EvalResult* result_;
   std::unique_ptr<FusedModel> fused_;
   bool checked_ = false;
@@ -136,17 +266,28 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     }
     return opt.freeze ? frozen_copy(src) : src;
   };
-  torch::jit::Module model = prepared(model_in);
+  // the class scores: a copy returning them when they are a tuple's element
+  ScoresPicker pick, ref_pick;
+  auto scored = [&](torch::jit::Module& m, const std::string& select, ScoresPicker* then) {
+    const ScoresPicker p(m, select);
+    if (&m == &model_in) r.scores = p.describe();
+    return p.returning_scores(m, then);
+  };
+  torch::jit::Module model_scored = scored(model_in, opt.scores, &pick);
+  torch::jit::Module model = prepared(model_scored);
   torch::jit::Module ref_module;
   torch::jit::Module* reference = nullptr;
   if (reference_in) {
-    ref_module = prepared(*reference_in);
+    // --scores is the model's; a reference that returns a tensor needs none
+    torch::jit::Module ref_scored =
+        scored(*reference_in, ScoresPicker::returns_tensor(*reference_in) ? "" : opt.scores, &ref_pick);
+    ref_module = prepared(ref_scored);
     reference = &ref_module;
   }
   const auto t0 = std::chrono::steady_clock::now();
   // the fused oneDNN layers are the CPU's; on a device the interpreter runs the model there
-  FusedRunner run(model, opt.freeze && opt.fused && !on_device, &r);
-  FusedRunner run_ref(ref_module, reference && opt.freeze && opt.fused && !on_device, nullptr);
+  FusedRunner run(model, pick, opt.freeze && opt.fused && !on_device, &r);
+  FusedRunner run_ref(ref_module, ref_pick, reference && opt.freeze && opt.fused && !on_device, nullptr);
   if (on_device) r.runtime_note = "on " + opt.device.str();
   int64_t correct1 = 0, correct5 = 0, agree = 0;
   double loss = 0;
@@ -156,6 +297,8 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     at::Tensor out;
     try {
       out = run(batch.first.to(opt.device)).to(at::kCPU);
+    } catch (const Error&) {
+      throw;  // anybit's own message (the class scores not where --scores says)
     } catch (const std::exception& e) {
       std::string what = e.what();
       throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
@@ -199,6 +342,7 @@ void to_json(nlohmann::json& j, const EvalResult& r) {
        {"loss", r.loss},       {"seconds", r.seconds}, {"runtime", r.runtime}};
   if (r.agreement >= 0) j["agreement"] = r.agreement;
   if (!r.runtime_note.empty()) j["runtime_note"] = r.runtime_note;
+  if (!r.scores.empty()) j["scores"] = r.scores;
 }
 
 }  // namespace anybit

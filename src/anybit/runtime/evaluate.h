@@ -24,6 +24,33 @@ struct QuantizerOutput {
 };
 std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const at::Tensor& x);
 
+// Where a model's class scores are in what its forward returns (docs/design.md, "Class
+// scores"): the tensor it returns; from a tuple, the element `select` names (an index or a
+// named tuple's field), by default the field `logits` (torchvision's GoogLeNet and Inception
+// when scripted), else its only Tensor element; from a list, the index `select`; from a dict
+// with string keys, the key `select` (default "logits"). Anything else, or a tuple with
+// several tensors and nothing selected, is an Error naming the output's type: the picker
+// never guesses between two tensors.
+class ScoresPicker {
+ public:
+  ScoresPicker() = default;  // the output is the scores
+  ScoresPicker(torch::jit::Module& model, const std::string& select);
+  static bool returns_tensor(torch::jit::Module& model);
+  at::Tensor operator()(const c10::IValue& out) const;
+  // "" when the model returns a tensor, else where the scores are, e.g. "field 'logits'
+  // (element 0) of the model's GoogLeNetOutputs"
+  const std::string& describe() const { return what_; }
+  // model itself, or a copy whose forward returns the scores when they are a tuple's element
+  // (so that freezing and the fused layers see a tensor output); *then picks them from what
+  // the returned module returns
+  torch::jit::Module returning_scores(torch::jit::Module& model, ScoresPicker* then) const;
+
+ private:
+  enum class Kind { kTensor, kTuple, kList, kDict } kind_ = Kind::kTensor;
+  int64_t index_ = 0;
+  std::string key_, what_;
+};
+
 struct EvalResult {
   int64_t samples = 0;
   double top1 = 0, top5 = 0, loss = 0;
@@ -33,6 +60,7 @@ struct EvalResult {
   // oneDNN, or how many of the convs ran in int8 on it.
   std::string runtime = "torchscript";
   std::string runtime_note;
+  std::string scores;  // ScoresPicker::describe(): where the class scores were taken from
 };
 // {samples, top1, top5, loss, seconds, runtime[, agreement][, runtime_note]} (graph/point.h)
 void to_json(nlohmann::json& j, const EvalResult& r);
@@ -51,6 +79,8 @@ struct EvalOptions {
   // where the model runs (quant/device.h parse_device): a copy of it moves there, each batch
   // goes there and its scores come back; off the CPU the interpreter runs it (no oneDNN)
   c10::Device device = c10::kCPU;
+  // which element of a tuple, list or dict output holds the class scores (ScoresPicker)
+  std::string scores;
 };
 EvalResult evaluate(torch::jit::Module& model, const DataSource& data, const EvalOptions& options,
                     torch::jit::Module* reference = nullptr);

@@ -335,6 +335,8 @@ class Compiler {
         st.push_back(obj.toObjectRef().getAttr(name));
       });
     }
+    if (k == "aten::warn")  // the interpreter's own instruction; its first batch has warned already
+      return std::make_shared<jit::Operation>([ins](jit::Stack& st) { st.erase(st.end() - ins, st.end()); });
     if (k == "prim::TupleUnpack")
       return std::make_shared<jit::Operation>([](jit::Stack& st) {
         auto t = st.back().toTuple();

@@ -192,6 +192,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       // HAWQ-V2/V3: trace(H)/n per layer by Hutchinson's estimator (Rademacher probes), then
       // Omega(b) = trace/n * |Q_b(W) - W|^2 with Q_b the method's weight quantizer
       PreparedModel pm = prepare_model(o.model, po);
+      const ScoresPicker pick(pm.graph.module, o.scores);
       std::vector<at::Tensor> ws;
       for (const auto& l : m.layers) {
         const Point* p = pm.graph.find(l.point);
@@ -208,7 +209,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       for (int it = 0; it < o.hessian_iterations; ++it) {
         for (int64_t b = 0; b < nb; ++b) {
           const int64_t lo = b * o.batch_size, n = std::min(o.batch_size, ns - lo);
-          at::Tensor out = pm.graph.module.forward({xs.slice(0, lo, lo + n)}).toTensor();
+          at::Tensor out = pick(pm.graph.module.forward({xs.slice(0, lo, lo + n)}));
           at::Tensor loss = at::cross_entropy_loss(out.reshape({n, -1}), ys.slice(0, lo, lo + n));
           auto g = torch::autograd::grad({loss}, ws, {}, true, true);
           std::vector<at::Tensor> vs;
@@ -251,7 +252,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
       }
     } else {
       // the float model's outputs on the sensitivity samples
-      const at::Tensor ref = run_logits(prepared.graph.module, xs, o.batch_size);
+      const at::Tensor ref = run_logits(prepared.graph.module, xs, o.batch_size, o.scores);
       if (o.metric == "kl") {
         // KL of softmax outputs cannot rank anything when the float model's outputs are the
         // same for every class (an untrained network's logits of 1e-10): say so instead of
@@ -268,7 +269,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
         QuantizedModel q =
             quantize_model(o.model, parse_config_string(config_text(base, m, w, a), "search"), calib.get(), po, qo);
         result.sensitivity_runs++;
-        return kl_or_noise(ref, run_logits(q.result.model.module, xs, o.batch_size), o.metric);
+        return kl_or_noise(ref, run_logits(q.result.model.module, xs, o.batch_size, o.scores), o.metric);
       };
       const int64_t runs = 1 + static_cast<int64_t>(NL * (W.size() - 1) + (search_acts ? NA * (A.size() - 1) : 0));
       data::ProgressBar bar("sensitivity", runs, o.progress);
@@ -499,6 +500,7 @@ SearchResult run_search(const SearchOptions& o, const std::function<void(const S
   EvalOptions eo;
   eo.progress = false;
   eo.batch_size = 100;
+  eo.scores = o.scores;
   data::ProgressBar bar("evaluate", static_cast<int64_t>(jobs.size()), o.progress);
   int64_t step = 0;
   for (Job& job : jobs) {

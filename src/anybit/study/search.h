@@ -58,6 +58,7 @@ struct SearchOptions {
   int64_t sensitivity_samples = 512;  // calibration samples the sensitivities are measured on
   int hessian_iterations = 16;        // Hutchinson probes (metric hessian)
   bool fold_bn = true;
+  std::string scores;  // which element of a tuple, list or dict output is the class scores (EvalOptions)
   std::string out_dir;
   bool resume = false;
   bool progress = true;

@@ -54,7 +54,7 @@ std::string config_text(const std::string& base, const Model& m, const std::vect
 // relative noise power.
 double kl_or_noise(const at::Tensor& ref, const at::Tensor& q, const std::string& metric);
 
-at::Tensor run_logits(torch::jit::Module& m, const at::Tensor& x, int64_t batch);
+at::Tensor run_logits(torch::jit::Module& m, const at::Tensor& x, int64_t batch, const std::string& scores);
 
 std::string hex_hash(const std::string& s);
 

@@ -102,11 +102,12 @@ double kl_or_noise(const at::Tensor& ref, const at::Tensor& q, const std::string
   return (lp.exp() * (lp - lq)).sum(1).mean().item<double>();
 }
 
-at::Tensor run_logits(jit::Module& m, const at::Tensor& x, int64_t batch) {
+at::Tensor run_logits(jit::Module& m, const at::Tensor& x, int64_t batch, const std::string& scores) {
   torch::NoGradGuard no_grad;
+  const ScoresPicker pick(m, scores);
   std::vector<at::Tensor> outs;
   for (int64_t b = 0; b < x.size(0); b += batch)
-    outs.push_back(m.forward({x.slice(0, b, std::min(x.size(0), b + batch))}).toTensor().reshape({std::min(batch, x.size(0) - b), -1}));
+    outs.push_back(pick(m.forward({x.slice(0, b, std::min(x.size(0), b + batch))})).reshape({std::min(batch, x.size(0) - b), -1}));
   return at::cat(outs);
 }
 

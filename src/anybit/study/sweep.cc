@@ -204,6 +204,7 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   EvalOptions eo;
   eo.progress = false;
   eo.device = device;
+  eo.scores = o.scores;
   for (const auto& model : o.models) {
     const std::string name = base_name(model);
     torch::jit::Module fm = load_module(model);

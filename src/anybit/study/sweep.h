@@ -32,6 +32,7 @@ struct SweepOptions {
   bool resume = false;
   bool progress = true;
   std::string device = "cpu";  // where calibration and evaluation run (quant/device.h parse_device)
+  std::string scores;  // which element of a tuple, list or dict output is the class scores (EvalOptions)
 };
 
 struct SweepRow {

@@ -22,6 +22,7 @@
 #include "anybit/intsim/mac.h"
 #include "anybit/ptq/fold_bn.h"
 #include "anybit/quant/node.h"
+#include "anybit/runtime/evaluate.h"
 #include "anybit/source/data_source.h"
 
 namespace anybit {
@@ -59,14 +60,14 @@ at::Tensor distillation_loss(const at::Tensor& student, const at::Tensor& teache
 // resumed run computes the same ones. Returns an undefined tensor (the caller then runs the
 // teacher on every batch) when they would take more than `max_bytes`.
 at::Tensor teacher_logits(torch::jit::Module& teacher, const DataSource& data, int64_t batch_size, int64_t max_bytes,
-                          const c10::Device& device, bool progress) {
+                          const c10::Device& device, bool progress, const ScoresPicker& pick) {
   torch::NoGradGuard no_grad;
   const int64_t n = data.size(), batches = (n + batch_size - 1) / batch_size;
   at::Tensor all;
   data::ProgressBar bar("teacher", batches, progress);
   for (int64_t b = 0; b < batches; ++b) {
     const int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
-    at::Tensor t = teacher.forward({data.batch(begin, count).first.to(device)}).toTensor();
+    at::Tensor t = pick(teacher.forward({data.batch(begin, count).first.to(device)}));
     if (b == 0) {
       if (t.dim() < 1 || t.numel() / count * n * static_cast<int64_t>(t.element_size()) > max_bytes)
         return at::Tensor();
@@ -256,7 +257,14 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
 
   const int64_t n = train.size();
   at::Tensor teacher_cache;
-  if (teacher) teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.device, progress);
+  // the class scores of each; a teacher returning a tensor needs no --scores
+  const ScoresPicker pick(model, o.scores);
+  ScoresPicker teacher_pick;
+  if (teacher) {
+    teacher_pick = ScoresPicker(*teacher, ScoresPicker::returns_tensor(*teacher) ? "" : o.scores);
+  }
+  if (teacher)
+    teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.device, progress, teacher_pick);
   const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   // the schedule always spans all epochs; max_steps only stops early, like a kill would
   const int64_t schedule_steps = steps_per_epoch * o.epochs;
@@ -307,9 +315,9 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
       if (noisy) {
         torch::jit::Stack st{model._ivalue(), x};
         noisy->run(st);
-        out = st.back().toTensor();
+        out = pick(st.back());
       } else {
-        out = model.forward({x}).toTensor();
+        out = pick(model.forward({x}));
       }
       at::Tensor loss = torch::nn::functional::cross_entropy(
           out, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
@@ -319,7 +327,7 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
           t = teacher_cache.index_select(0, idx.to(teacher_cache.device()));
         } else {
           torch::NoGradGuard no_grad;
-          t = teacher->forward({x}).toTensor();
+          t = teacher_pick(teacher->forward({x}));
         }
         if (t.sizes() != out.sizes())
           throw Error("finetune: the teacher's output " + shape_string(t.sizes()) + " differs from the model's " +

@@ -62,6 +62,9 @@ struct FinetuneOptions {
   // where training runs (quant/device.h parse_device): the model, the teacher and each batch
   // move there; the model comes back to the CPU at the end (one process: not with --nproc)
   c10::Device device = c10::kCPU;
+  // which element of a tuple, list or dict output is the class scores (runtime/evaluate.h
+  // ScoresPicker), of the model and of the teacher
+  std::string scores;
   std::string checkpoint_dir;      // "" = no checkpoints
   bool resume = false;
   bool progress = true;
