@@ -387,6 +387,10 @@ PYBIND11_MODULE(_anybit, m) {
       .def_readwrite("device", &anybit::SweepOptions::device)
       .def_readwrite("scores", &anybit::SweepOptions::scores);
   m.def("sweep", &sweep, py::arg("options"));
+  m.def("sweep_config", &anybit::sweep_config, py::arg("method"), py::arg("wbits"), py::arg("abits"),
+        py::arg("first_last_8bit") = false);
+  m.def("sweep_format_config", &anybit::sweep_format_config, py::arg("method"), py::arg("format"),
+        py::arg("first_last_8bit") = false);
   py::class_<anybit::SearchOptions>(m, "SearchOptions")
       .def(py::init<>())
       .def_readwrite("model", &anybit::SearchOptions::model)

@@ -389,7 +389,7 @@ int run_sweep_cli(anybit::SweepOptions o) {
   std::string times;
   for (const auto& [m, t] : per_method) times += fmt::format("{}{} {:.1f} s ({} pairs)", times.empty() ? "" : ", ", m, t.first, t.second);
   if (!times.empty()) fmt::print("time per method: {}\n", times);
-  fmt::print("wrote {0}/results.csv, {0}/results.json, {0}/accuracy.svg\n", o.out_dir);
+  fmt::print("wrote {0}/results.csv, {0}/results.json, {0}/accuracy.svg, {0}/configs/\n", o.out_dir);
   return 0;
 }
 

@@ -267,6 +267,16 @@ def evaluate(model, data, reference=None, batch_size=100, freeze=True, example_i
                                                        scores="" if scores is None else str(scores)))
 
 
+def sweep_config(method, wbits, abits, first_last_8bit=False, format=None):
+    """The config (YAML text) a sweep point stands for, as `anybit sweep` writes it: weights
+    at `wbits` per channel, and at `abits` the input, the relu and pool outputs, every
+    activation a conv, linear or matmul reads, and the residual adds; or, with `format`
+    ("mxfp4", "nf4", ...), that format for weights and activations."""
+    if format is not None:
+        return _anybit.sweep_format_config(method, format, first_last_8bit)
+    return _anybit.sweep_config(method, int(wbits), int(abits), first_last_8bit)
+
+
 def sweep(models, out_dir, weights=(8, 6, 4, 3, 2), acts=(8, 6, 4, 3, 2), pairs=None, methods=("minmax", "mse"),
           calib_data="fmnist::train", eval_data="fmnist::test", calib_batches=8, fold_bn=True,
           first_last_8bit=False, resume=False, adaround_iterations=3000, brecq_iterations=2000, formats=None,

@@ -71,8 +71,9 @@ def test_bad_budget_is_an_anybit_error(tmp_path):
 
 def test_search_torchvision_mobilenet_v2_traced(tmp_path):
     """Any model: every conv and linear of a traced torchvision MobileNetV2 (inputs normalized
-    as torchvision does) gets a width; a conv whose input no quantizer feeds (the projection
-    conv's output after BatchNorm folding) is reported with a float input, not dropped."""
+    as torchvision does) gets a width, and every one reads a quantized input: the linear
+    bottleneck (the projection conv's output after BatchNorm folding, read by the next block's
+    conv) gets its quantizer from the config's `feeds` rule."""
     import numpy as np
     import torchvision
 
@@ -97,6 +98,7 @@ def test_search_torchvision_mobilenet_v2_traced(tmp_path):
     assert all(l["params"] == params[l["point"]] for l in r["layers"])
     assert sum(l["params"] * l["wbits"] for l in r["layers"]) <= 6 * sum(params.values())
     assert all(l["macs"] > 0 for l in r["layers"])
-    floats = [l for l in r["layers"] if not l["input"]]
-    assert floats and all(l["abits"] == 32 for l in floats)
+    assert all(l["input"] and l["abits"] == 8 for l in r["layers"]), [l for l in r["layers"] if not l["input"]]
+    bottleneck = [l for l in r["layers"] if l["input"].endswith(".conv.2:out") or l["input"].endswith(".conv.3:out")]
+    assert bottleneck, sorted({l["input"] for l in r["layers"]})
     assert {l["wbits"] for l in r["layers"]} == {4, 8}  # the budget is spent, not all at one width

@@ -40,6 +40,7 @@ const char* role_name(Role r) {
 void to_json(nlohmann::json& j, const PointDesc& p) {
   j = {{"index", p.index}, {"name", p.name}, {"role", role_name(p.role)}, {"kind", p.kind},
        {"op", p.op},       {"module", p.module}, {"shape", p.shape},       {"params", p.numel}};
+  if (!p.feeds.empty()) j["feeds"] = p.feeds;
 }
 
 void to_json(nlohmann::json& j, const Uncovered& u) {

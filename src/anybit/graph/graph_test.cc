@@ -314,6 +314,35 @@ TEST(Rules, LaterRulesOverrideEarlierOnesAndPositionPicksAmongSelected) {
   EXPECT_GT(activations, 0);
 }
 
+// feeds: the activations a conv or linear reads, whatever made them
+TEST(Rules, FeedsSelectsWhatConvAndLinearLayersRead) {
+  ModelGraph g = load_model(fixture("resnet18_trace.pt"));
+  auto pts = plan(g, parse_config_string("rules: [{role: [input, activation], feeds: conv, spec: int6}]"));
+  std::map<std::string, std::vector<std::string>> feeds;
+  int selected = 0;
+  for (const auto& r : pts) {
+    feeds[r.point.name] = r.point.feeds;
+    const bool reads = std::find(r.point.feeds.begin(), r.point.feeds.end(), "conv") != r.point.feeds.end();
+    EXPECT_EQ(r.assignment.spec.str() == "int6", reads) << r.point.name;
+    selected += reads;
+  }
+  EXPECT_EQ(feeds["input.0"], std::vector<std::string>{"conv"});
+  EXPECT_EQ(feeds["maxpool:out"], std::vector<std::string>{"conv"});
+  EXPECT_EQ(feeds["avgpool:out"], std::vector<std::string>{"linear"});  // through flatten
+  EXPECT_TRUE(feeds["conv1:out"].empty());  // read by the BatchNorm, not a conv
+  EXPECT_TRUE(feeds["fc:out"].empty());
+  EXPECT_EQ(feeds.count("conv1.weight"), 1u);
+  EXPECT_TRUE(feeds["conv1.weight"].empty());  // a weight feeds nothing as data
+  // the input, the max pooling and the ReLU outputs that the convs read
+  EXPECT_GE(selected, 10);
+  try {
+    parse_config_string("rules: [{feeds: bn, spec: int8}]", "c.yaml");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("feeds: unknown kind 'bn'"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Rules, ConfigErrorsNameTheFileLineAndKey) {
   auto expect_error = [](const std::string& text, const std::string& fragment) {
     try {

@@ -23,6 +23,10 @@ struct PointDesc {
   int64_t numel = 0;
   int index = 0;         // forward order
   int channel_axis = 0;  // weights: output-channel axis (1 for transposed convs); activations: 1
+  // activations and inputs: the kinds of linear algebra (conv, linear, matmul) that read the
+  // value as data, directly or through ops that only move it (view, transpose, dropout, ...);
+  // what a config's `feeds` key selects
+  std::vector<std::string> feeds;
 };
 
 // The JSON form of each result (nlohmann's to_json, found by `json j = x;`): `inspect --json`,

@@ -146,14 +146,60 @@ bool shape_or_integer(jit::Value* v, std::unordered_map<jit::Value*, bool>& memo
   return r;
 }
 
-// True when v is a point's value, possibly seen through ops that only move data (view,
-// transpose, chunk, ...), so that quantizing v again would change nothing.
-bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
+// Ops that only move data: a point's value seen through them is still that value.
+const std::set<std::string>& layout_ops() {
   static const std::set<std::string> layout = {
       "aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
       "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
       "aten::split", "aten::unbind", "prim::ListUnpack", "aten::t", "aten::unflatten", "aten::dropout",
-      "prim::TupleUnpack"};
+      "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_", "aten::alpha_dropout", "aten::clone",
+      "aten::detach", "prim::TupleUnpack"};
+  return layout;
+}
+
+// The kinds of linear algebra that read v as data (not as its weight or bias), directly or
+// through layout-only ops, an `if`'s result (a dropout or a transpose on one side) or a list
+// or tuple built and unpacked in the graph: "conv", "linear" (a weight attribute) or
+// "matmul" (two activations).
+void feeds_of(jit::Value* v, jit::Value* self, std::set<std::string>* out, int depth = 0) {
+  if (depth > 32) return;
+  for (const jit::Use& u : v->uses()) {
+    jit::Node* n = u.user;
+    if (n->kind() == c10::prim::Return) {  // a block's result: the owning if's output
+      jit::Node* owner = n->owningBlock()->owningNode();
+      if (owner && owner->kind() == c10::prim::If && u.offset < owner->outputs().size())
+        feeds_of(owner->output(u.offset), self, out, depth + 1);
+      continue;
+    }
+    if (n->kind() == c10::prim::ListConstruct || n->kind() == c10::prim::TupleConstruct) {
+      for (const jit::Use& w : n->output()->uses()) {
+        const auto k = w.user->kind();
+        if ((k == c10::prim::ListUnpack || k == c10::prim::TupleUnpack) && u.offset < w.user->outputs().size())
+          feeds_of(w.user->output(u.offset), self, out, depth + 1);
+      }
+      continue;
+    }
+    const std::string op = n->kind().toQualString();
+    auto it = op_kinds().find(op);
+    if (it != op_kinds().end() && (it->second == "conv" || it->second == "linear")) {
+      const WeightSlots ws = weight_slots(n);
+      std::string ap;
+      const bool weight_attr = ws.weight >= 0 && ws.weight < static_cast<int>(n->inputs().size()) &&
+                               attr_path(n->input(ws.weight), self, &ap);
+      const int slot = static_cast<int>(u.offset);
+      if (weight_attr && (slot == ws.weight || slot == ws.bias)) continue;
+      if (it->second == "conv" && slot != 0) continue;  // a conv's computed weight or bias
+      out->insert(it->second == "conv" ? "conv" : weight_attr ? "linear" : "matmul");
+    } else if (layout_ops().count(op)) {
+      for (jit::Value* o : n->outputs()) feeds_of(o, self, out, depth + 1);
+    }
+  }
+}
+
+// True when v is a point's value, possibly seen through ops that only move data (view,
+// transpose, chunk, ...), so that quantizing v again would change nothing.
+bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
+  const std::set<std::string>& layout = layout_ops();
   for (; depth < 24 && v; ++depth) {
     for (const Point& p : points)
       if (p.value == v) return true;
@@ -324,6 +370,12 @@ void find_points(ModelGraph& g) {
     p.inplace = op.back() == '_';
     p.index = index++;
     g.points.push_back(p);
+  }
+  for (Point& p : g.points) {
+    if (p.role != Role::kActivation && p.role != Role::kInput) continue;
+    std::set<std::string> feeds;
+    feeds_of(p.value, self, &feeds);
+    p.feeds.assign(feeds.begin(), feeds.end());
   }
 }
 

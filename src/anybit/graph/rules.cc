@@ -84,6 +84,11 @@ void parse_rule_key(const std::string& key, const YAML::Node& v, const std::stri
         }
         r.roles.push_back(role);
       }
+    } else if (key == "feeds") {
+      r.feeds = strings(v, where, "feeds");
+      for (const auto& k : r.feeds)
+        if (k != "conv" && k != "linear" && k != "matmul")
+          throw Error(where + ": feeds: unknown kind '" + k + "' (expected conv, linear or matmul)");
     } else if (key == "position") {
       r.position = v.as<std::string>();
       if (r.position != "first" && r.position != "last") {
@@ -112,7 +117,7 @@ void parse_rule_key(const std::string& key, const YAML::Node& v, const std::stri
       }
     } else {
       throw Error(where + ": unknown key '" + key +
-                  "' (expected match, kind, role, position, spec, calibrator, optional)");
+                  "' (expected match, kind, role, feeds, position, spec, calibrator, optional)");
     }
   }
 }
@@ -199,6 +204,11 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
         if (!k) continue;
       }
       if (!r.roles.empty() && std::find(r.roles.begin(), r.roles.end(), role_name(p.role)) == r.roles.end()) continue;
+      if (!r.feeds.empty()) {
+        bool f = false;
+        for (const auto& k : r.feeds) f = f || std::find(p.feeds.begin(), p.feeds.end(), k) != p.feeds.end();
+        if (!f) continue;
+      }
       sel.push_back(i);
     }
     if (!r.position.empty() && !sel.empty()) {
@@ -219,6 +229,7 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
       for (const auto& g : r.match) desc += (desc.empty() ? "match '" : ", '") + g + "'";
       for (const auto& k : r.kinds) desc += (desc.empty() ? "" : ", ") + std::string("kind ") + k;
       for (const auto& role : r.roles) desc += (desc.empty() ? "" : ", ") + std::string("role ") + role;
+      for (const auto& k : r.feeds) desc += (desc.empty() ? "" : ", ") + std::string("feeds ") + k;
       throw Error(r.where + " (" + desc + ") matches no point; `anybit inspect MODEL` lists them");
     }
     for (size_t i : sel) {

@@ -29,6 +29,7 @@ struct Rule {
   std::vector<std::string> match;  // globs; empty = any
   std::vector<std::string> kinds;  // empty = any
   std::vector<std::string> roles;  // empty = any
+  std::vector<std::string> feeds;  // conv, linear, matmul: activations read by one of these; empty = any
   std::string position;            // "", first, last, or an integer
   QuantSpec spec;
   bool has_spec = false;

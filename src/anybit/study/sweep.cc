@@ -57,6 +57,7 @@ std::string sweep_config(const std::string& method, int w, int a, bool first_las
       "  - {{kind: [conv, linear], role: weight, spec: 'int{2}:per_channel'}}\n"
       "  - {{role: input, spec: 'auto{3}', optional: true}}\n"
       "  - {{kind: [relu, pool], spec: 'auto{3}', optional: true}}\n"
+      "  - {{role: activation, feeds: [conv, linear, matmul], spec: 'auto{3}', optional: true}}\n"
       "  - {{kind: add, spec: 'int{3}', optional: true}}\n",
       wcal, act_cal, w, a);
   if (first_last_8bit)
@@ -93,7 +94,8 @@ std::string sweep_format_config(const std::string& method, const std::string& fo
       "rules:\n"
       "  - {{kind: [conv, linear], role: weight, spec: '{2}'}}\n"
       "  - {{role: input, spec: '{3}', optional: true}}\n"
-      "  - {{kind: [relu, pool, add], spec: '{3}', optional: true}}\n",
+      "  - {{kind: [relu, pool, add], spec: '{3}', optional: true}}\n"
+      "  - {{role: activation, feeds: [conv, linear, matmul], spec: '{3}', optional: true}}\n",
       wcal, acal, wspec, spec.str());
   if (first_last_8bit)
     c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
@@ -169,6 +171,16 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
     for (const auto& [w, a] : o.pairs) runs.push_back({m, "", w, a, sweep_config(m, w, a, o.first_last_8bit)});
   }
   ::mkdir(o.out_dir.c_str(), 0755);
+  // each point's config, as `anybit quantize -c` takes it
+  ::mkdir((o.out_dir + "/configs").c_str(), 0755);
+  for (const Run& run : runs) {
+    std::string label = run.format.empty() ? fmt::format("W{}A{}", run.w, run.a) : run.format;
+    std::replace(label.begin(), label.end(), ':', '_');
+    write_text_atomic(o.out_dir + "/configs/" + run.method + "_" + label + ".yaml",
+                      fmt::format("# anybit sweep: method {}, {}\n", run.method,
+                                  run.format.empty() ? fmt::format("W{}A{}", run.w, run.a) : run.format) +
+                          run.config);
+  }
   const std::string log = o.out_dir + "/results.jsonl";
   std::vector<SweepRow> rows;
   std::set<std::string> done;

@@ -51,13 +51,17 @@ void to_json(nlohmann::json& j, const SweepRow& r);
 std::vector<SweepRow> run_sweep(const SweepOptions& options,
                                 const std::function<void(const SweepRow&)>& on_row = nullptr);
 
-// The config a method and a bit pair stand for (what a user would write by hand).
+// The config a method and a bit pair stand for (what a user would write by hand): the
+// conv/linear weights at W bits per channel; at A bits the input, the relu and pool outputs,
+// every activation a conv, linear or matmul reads (`feeds`: SiLU, GELU, LayerNorm, softmax,
+// a squeeze-excite product...) and the residual adds (signed).
 std::string sweep_config(const std::string& method, int wbits, int abits, bool first_last_8bit);
 
 // The config of a method and a number format for weights and activations: a plain `intN`
 // is sweep_config(method, N, N); any other format quantizes the conv/linear weights (per
 // output channel where the format has a scale of its own, per block for MX and NVFP4) and
-// the input and the relu, pool and add outputs. Activation calibrators a format cannot use
+// the input, the relu, pool and add outputs and every activation a conv, linear or matmul
+// reads. Activation calibrators a format cannot use
 // are replaced as docs/formats.md says (NVFP4: minmax; entropy on a non-integer format: mse);
 // AdaRound, BRECQ and GPTQ decide integer rounding and refuse any other format.
 std::string sweep_format_config(const std::string& method, const std::string& format, bool first_last_8bit);

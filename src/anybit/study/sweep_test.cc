@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "anybit/graph/rules.h"
 #include "anybit/quant/spec.h"
 
 namespace anybit {
@@ -59,6 +60,11 @@ TEST(Sweep, ResumesAfterAKillWithoutRecomputingFinishedRuns) {
   for (const char* f : {"/results.csv", "/results.json", "/accuracy.svg"})
     EXPECT_FALSE(lines_of(dir + f).empty()) << f;
   EXPECT_NE(lines_of(dir + "/accuracy.svg")[0].find("<svg"), std::string::npos);
+  // each point's config, as quantize -c takes it
+  std::ifstream cf(dir + "/configs/minmax_W4A4.yaml");
+  const std::string text((std::istreambuf_iterator<char>(cf)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "# anybit sweep: method minmax, W4A4\n" + sweep_config("minmax", 4, 4, false));
+  EXPECT_EQ(parse_config_string(text, "saved").rules.size(), parse_config_string(sweep_config("minmax", 4, 4, false), "s").rules.size());
 }
 
 // --formats: one row per (method, format), the format in the CSV and the plot's axis; a plain

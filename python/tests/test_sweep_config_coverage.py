@@ -1,0 +1,95 @@
+"""A sweep's "W4A4" means what it says on any architecture: every activation that a conv,
+linear or matmul reads is quantized, whether a ReLU, a SiLU/Hardswish/GELU, a LayerNorm, a
+softmax or a squeeze-excite product made it. Checked on the quantized graph itself, by a walk
+independent of the one that chooses the points."""
+import pytest
+import torch
+import torchvision
+
+import anybit
+from zoo import TransformerClassifier
+
+LAYOUT = {"aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
+          "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
+          "aten::split", "aten::unbind", "aten::t", "aten::unflatten", "aten::dropout", "aten::dropout_",
+          "aten::clone", "aten::detach"}
+ALGEBRA = {"aten::conv1d", "aten::conv2d", "aten::_convolution", "aten::linear", "aten::matmul", "aten::mm",
+           "aten::bmm", "aten::addmm"}
+
+
+def quantized(v, seen=0):
+    """Whether value v was made by a quantizer, seen back through ops that only move data."""
+    n = v.node()
+    k = n.kind()
+    if k.startswith("anybit::fake_quant") or k.startswith("aten::fake_quantize"):
+        return True
+    if seen > 32:
+        return False
+    if k == "prim::If":  # every branch must give a quantized value
+        i = list(n.outputs()).index(v)
+        return all(quantized(list(b.outputs())[i], seen + 1) for b in n.blocks())
+    if k in ("prim::ListUnpack", "prim::TupleUnpack"):
+        src = next(n.inputs()).node()
+        if src.kind() in ("prim::ListConstruct", "prim::TupleConstruct"):
+            return quantized(list(src.inputs())[list(n.outputs()).index(v)], seen + 1)
+        return quantized(next(src.inputs()), seen + 1) if src.kind() == "aten::unbind" else False
+    if k in LAYOUT:
+        return quantized(next(n.inputs()), seen + 1)
+    return False
+
+
+def float_inputs(qm):
+    """The conv/linear/matmul ops of the quantized model whose data operands are not all quantized."""
+    out = []
+
+    def walk(block):
+        for n in block.nodes():
+            for b in n.blocks():
+                walk(b)
+            if n.kind() not in ALGEBRA:
+                continue
+            ins = list(n.inputs())
+            if n.kind() == "aten::addmm":
+                data = [ins[1]]
+            elif n.kind() in ("aten::linear", "aten::conv1d", "aten::conv2d", "aten::_convolution"):
+                data = [ins[0]]
+            else:  # matmul, mm, bmm: the weight operand (a quantized parameter) is checked too
+                data = ins[:2]
+            if not all(quantized(v) for v in data):
+                out.append(f"{n.kind()} {n.sourceRange().split(chr(10))[0][:80]}")
+    walk(qm.inlined_graph)
+    return out
+
+
+def _vit():
+    return torchvision.models.vit_b_16(weights=None, image_size=32)
+
+
+MODELS = {
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(weights=None), (3, 64, 64)),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(weights=None), (3, 64, 64)),
+    "convnext_tiny": (lambda: torchvision.models.convnext_tiny(weights=None), (3, 64, 64)),
+    "vit_b_16": (_vit, (3, 32, 32)),
+    "transformer_encoder": (TransformerClassifier, (8, 16)),
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None), (3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("form", ["script", "trace"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_conv_linear_and_matmul_reads_a_quantized_activation_at_w4a4(name, form):
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    m = make().eval()
+    x = torch.randn(4, *shape)
+    sm = torch.jit.script(m) if form == "script" else torch.jit.trace(m, x[:2], check_trace=False)
+    qm = anybit.quantize(sm, anybit.sweep_config("minmax", 4, 4), calib_data=[x], fold_bn=True)
+    missing = float_inputs(qm)
+    assert missing == [], f"{len(missing)} layers read float activations: {missing[:5]}"
+    # and the check can fail: the config without the `feeds` rule leaves such layers float
+    # wherever a layer reads something other than a ReLU, a pooling, an add or the input
+    old = anybit.sweep_config("minmax", 4, 4).replace(
+        "  - {role: activation, feeds: [conv, linear, matmul], spec: 'auto4', optional: true}\n", "")
+    assert "feeds" not in old
+    if name != "resnet18":
+        assert float_inputs(anybit.quantize(sm, old, calib_data=[x], fold_bn=True)), name
