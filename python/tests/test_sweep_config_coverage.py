@@ -93,3 +93,44 @@ def test_every_conv_linear_and_matmul_reads_a_quantized_activation_at_w4a4(name,
     assert "feeds" not in old
     if name != "resnet18":
         assert float_inputs(anybit.quantize(sm, old, calib_data=[x], fold_bn=True)), name
+
+
+def test_quantize_notes_the_layer_inputs_a_users_config_leaves_float(tmp_path):
+    """A config written for ReLU networks, on a MobileNetV3: `quantize` says which activations
+    that layers read stay float, and how to select them; with the sweep's config it is quiet."""
+    import json
+    import os
+    import subprocess
+
+    import numpy as np
+
+    exe = os.environ.get("ANYBIT_EXE", os.path.join(os.path.dirname(__file__), "..", "..", "build", "anybit"))
+    torch.manual_seed(0)
+    m = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    x = torch.randn(8, 3, 64, 64)
+    path = str(tmp_path / "m.pt")
+    torch.jit.trace(m, x[:2]).save(path)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", np.zeros(8, dtype=np.int64))
+    data = f"npy:{tmp_path}/x.npy:{tmp_path}/y.npy"
+    relu_pool = tmp_path / "relu_pool.yaml"
+    relu_pool.write_text("rules:\n  - {kind: [conv, linear], role: weight, spec: 'int4:per_channel'}\n"
+                         "  - {role: input, spec: auto8}\n  - {kind: [relu, pool], spec: auto4}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(anybit.sweep_config("minmax", 4, 4))
+    weights_only = tmp_path / "w.yaml"
+    weights_only.write_text("rules: [{kind: [conv, linear], role: weight, spec: 'int4:per_channel'}]\n")
+
+    def run(cfg, *extra):
+        r = subprocess.run([exe, "quantize", path, "-c", str(cfg), "-d", data, "--fold-bn", "-o",
+                            str(tmp_path / "q.pt"), "--no-progress", *extra], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r
+    r = run(relu_pool)
+    assert "activations that conv, linear or matmul layers read stay float: features.0.2:out (act)" in r.stderr
+    assert "feeds: [conv, linear, matmul]" in r.stderr
+    listed = json.loads(run(relu_pool, "--json").stdout)["float_layer_inputs"]
+    assert len(listed) > 10 and "features.1.block.1:mul:out (mul)" in listed
+    assert "stay float" not in run(sweep).stderr
+    assert "stay float" not in run(weights_only).stderr  # weight-only: float activations are meant
+    assert json.loads(run(sweep, "--json").stdout)["float_layer_inputs"] == []
