@@ -265,3 +265,25 @@ def test_ifs_on_int_attributes_are_decided_and_lists_changed_in_place_are_not(tm
     x1 = x4[:1]  # within the calibrated range: only the input's rounding differs
     with torch.no_grad():
         assert torch.allclose(qm(x1), m(x1), atol=0.05) and torch.allclose(qm(x4), m(x4), atol=0.05)
+
+
+def test_files_that_are_not_torchscript_say_what_they_are_and_how_to_make_one(tmp_path):
+    """torch.save of a module or a state_dict, and torch.export.save, are the files users
+    most often hand over; each gets one line naming what it is and the command that makes
+    TorchScript, not a zip reader's guess that the file is corrupt."""
+    torch.manual_seed(0)
+    m = TransformerClassifier().eval()
+    x = torch.randn(2, 8, 16)
+    torch.save(m, tmp_path / "pickled.pt")
+    torch.save(m.state_dict(), tmp_path / "state.pt")
+    torch.export.save(torch.export.export(m, (x,)), tmp_path / "exported.pt2")
+    (tmp_path / "junk.pt").write_text("not a zip archive")
+    expect = {"pickled.pt": "saved by torch.save (a pickled nn.Module or a state_dict)",
+              "state.pt": "saved by torch.save (a pickled nn.Module or a state_dict)",
+              "exported.pt2": "a torch.export program (torch.export.save)",
+              "junk.pt": "not a TorchScript model file"}
+    for name, what in expect.items():
+        r = subprocess.run([EXE, "inspect", str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert what in r.stderr and "torch.jit.script(model).save(path)" in r.stderr, r.stderr
+        assert "corrupted" not in r.stderr, r.stderr

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
@@ -149,6 +150,26 @@ WeightSlots weight_slots(const jit::Node* n) {
   return w;
 }
 
+namespace {
+// What a PyTorch archive that is not TorchScript holds, from its record names: "" if unknown.
+std::string saved_as(const std::string& path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    bool data = false, constants = false, exported = false;
+    for (const std::string& n : reader.getAllRecords()) {
+      data |= n == "data.pkl";
+      constants |= n == "constants.pkl";
+      exported |= n == "archive_format" || n.find("exported_program") != std::string::npos ||
+                  n.rfind("models/", 0) == 0;
+    }
+    if (exported) return "a torch.export program (torch.export.save), not TorchScript";
+    if (data && !constants) return "saved by torch.save (a pickled nn.Module or a state_dict), not TorchScript";
+  } catch (const std::exception&) {
+  }
+  return "";
+}
+}  // namespace
+
 torch::jit::Module load_module(const std::string& path) {
   {
     std::ifstream f(path, std::ios::binary);
@@ -165,10 +186,15 @@ torch::jit::Module load_module(const std::string& path) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
+    const std::string kind = saved_as(path);
+    const std::string how = "; anybit reads TorchScript: save the model with torch.jit.script(model).save(path) or "
+                            "torch.jit.trace(model, example_input).save(path) (in Python, anybit.quantize also takes "
+                            "the nn.Module itself)";
+    if (!kind.empty()) throw Error(path + ": " + kind + how);
     std::string what = e.what();
     what = what.substr(0, what.find('\n'));
-    throw Error(path + ": not a TorchScript model file (" + what +
-                "); save one with torch.jit.script(model).save(path) or torch.jit.trace");
+    what = what.substr(0, what.find(". This is an internal miniz error"));  // not "likely corrupted" guesses
+    throw Error(path + ": not a TorchScript model file (" + what + ")" + how);
   }
 }
 
