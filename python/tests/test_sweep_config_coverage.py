@@ -134,3 +134,19 @@ def test_quantize_notes_the_layer_inputs_a_users_config_leaves_float(tmp_path):
     assert "stay float" not in run(sweep).stderr
     assert "stay float" not in run(weights_only).stderr  # weight-only: float activations are meant
     assert json.loads(run(sweep, "--json").stdout)["float_layer_inputs"] == []
+
+
+def test_python_quantize_warns_as_the_cli_notes():
+    torch.manual_seed(0)
+    sm = torch.jit.trace(torchvision.models.mobilenet_v3_small(weights=None).eval(), torch.randn(2, 3, 64, 64))
+    x = torch.randn(4, 3, 64, 64)
+    relu_pool = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int4:per_channel"},
+                           {"kind": ["relu", "pool"], "spec": "auto4"}]}
+    with pytest.warns(anybit.CoverageWarning, match=r"activations that conv, linear or matmul layers read stay "
+                                                    r"float: input\.0 \(input\), features\.0\.2:out \(act\)"):
+        anybit.quantize(sm, relu_pool, calib_data=[x], fold_bn=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", anybit.CoverageWarning)
+        anybit.quantize(sm, anybit.sweep_config("minmax", 4, 4), calib_data=[x], fold_bn=True)
+        anybit.quantize(sm, {"rules": [{"kind": "conv", "role": "weight", "spec": "int4"}]}, calib_data=[x])
