@@ -229,12 +229,13 @@ int cmd_quantize(const Common& c) {
   }
   for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
   // activations that conv/linear/matmul layers read and the config leaves float, when it
-  // quantizes activations at all (a weight-only config means them to stay float)
+  // quantizes activations inside the network at all (a weight-only or input-only config means
+  // them to stay float)
   std::vector<std::string> float_reads;
   bool any_activation = false;
   for (const auto& r : q.points) {
     if (r.point.role != anybit::Role::kActivation && r.point.role != anybit::Role::kInput) continue;
-    any_activation |= !r.assignment.spec.is_float();
+    any_activation |= r.point.role == anybit::Role::kActivation && !r.assignment.spec.is_float();
     if (r.assignment.spec.is_float() && !r.point.feeds.empty())
       float_reads.push_back(r.point.name + " (" + r.point.kind + ")");
   }

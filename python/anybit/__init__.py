@@ -246,10 +246,10 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
         if "clip_warning" in r:
             warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
     # activations that conv/linear/matmul layers read and the config leaves float (when it
-    # quantizes activations at all), as `anybit quantize` notes them
+    # quantizes activations inside the network at all), as `anybit quantize` notes them
     acts = [r for r in report if r["role"] in ("activation", "input")]
     floats = [f"{r['name']} ({r['kind']})" for r in acts if r.get("feeds") and r["spec"] == "float"]
-    if floats and any(r["spec"] != "float" for r in acts):
+    if floats and any(r["role"] == "activation" and r["spec"] != "float" for r in acts):
         warnings.warn(f"{len(floats)} activations that conv, linear or matmul layers read stay float: "
                       f"{', '.join(floats[:4])}{', ...' if len(floats) > 4 else ''}; the rule "
                       "{role: activation, feeds: [conv, linear, matmul], spec: ...} quantizes them (docs/config.md)",

@@ -150,3 +150,4 @@ def test_python_quantize_warns_as_the_cli_notes():
         warnings.simplefilter("error", anybit.CoverageWarning)
         anybit.quantize(sm, anybit.sweep_config("minmax", 4, 4), calib_data=[x], fold_bn=True)
         anybit.quantize(sm, {"rules": [{"kind": "conv", "role": "weight", "spec": "int4"}]}, calib_data=[x])
+        anybit.quantize(sm, {"rules": [{"role": "input", "spec": "auto8"}]}, calib_data=[x])  # input only
