@@ -273,15 +273,18 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     if (&m == &model_in) r.scores = p.describe();
     return p.returning_scores(m, then);
   };
-  torch::jit::Module model_scored = scored(model_in, opt.scores, &pick);
-  torch::jit::Module model = prepared(model_scored);
+  // (a copy made for the scores is dropped once freezing has copied it again)
+  torch::jit::Module model = [&] {
+    torch::jit::Module s = scored(model_in, opt.scores, &pick);
+    return prepared(s);
+  }();
   torch::jit::Module ref_module;
   torch::jit::Module* reference = nullptr;
   if (reference_in) {
     // --scores is the model's; a reference that returns a tensor needs none
-    torch::jit::Module ref_scored =
+    torch::jit::Module s =
         scored(*reference_in, ScoresPicker::returns_tensor(*reference_in) ? "" : opt.scores, &ref_pick);
-    ref_module = prepared(ref_scored);
+    ref_module = prepared(s);
     reference = &ref_module;
   }
   const auto t0 = std::chrono::steady_clock::now();
