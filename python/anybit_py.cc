@@ -60,6 +60,7 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
                   const std::string& out_path) {
   std::vector<anybit::PointReport> pts;
   std::vector<anybit::Uncovered> uncovered;
+  std::string float_inputs_note;
   {
     py::gil_scoped_release release;
     anybit::Config c = anybit::parse_config_string(config_text, config_source);
@@ -73,9 +74,12 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
       anybit::QuantizedModel q = anybit::quantize_model(model_path, c, data.get(), prepare, options, out_path);
       uncovered = q.uncovered;
       pts = q.result.points;
+      if (!q.result.float_layer_inputs.empty())
+        float_inputs_note = anybit::float_layer_inputs_note(q.result.float_layer_inputs);
     }
   }
-  return py::make_tuple(to_python(pts), to_python(uncovered));
+  // (points, uncovered ops, the float-layer-inputs note or "")
+  return py::make_tuple(to_python(pts), to_python(uncovered), float_inputs_note);
 }
 
 py::object evaluate(const std::string& model_path, const std::string& data_spec,

@@ -228,26 +228,8 @@ int cmd_quantize(const Common& c) {
                  learned, nearest, seconds > 0 ? fmt::format(", {:.1f} ms an iteration", seconds * 1e3) : "");
   }
   for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
-  // activations that conv/linear/matmul layers read and the config leaves float, when it
-  // quantizes activations inside the network at all (a weight-only or input-only config means
-  // them to stay float)
-  std::vector<std::string> float_reads;
-  bool any_activation = false;
-  for (const auto& r : q.points) {
-    if (r.point.role != anybit::Role::kActivation && r.point.role != anybit::Role::kInput) continue;
-    any_activation |= r.point.role == anybit::Role::kActivation && !r.assignment.spec.is_float();
-    if (r.assignment.spec.is_float() && !r.point.feeds.empty())
-      float_reads.push_back(r.point.name + " (" + r.point.kind + ")");
-  }
-  if (!any_activation) float_reads.clear();
-  if (!float_reads.empty() && !c.json) {
-    std::string some;
-    for (size_t i = 0; i < float_reads.size() && i < 4; ++i) some += (i ? ", " : "") + float_reads[i];
-    fmt::print(stderr,
-               "note: {} activations that conv, linear or matmul layers read stay float: {}{}; the rule "
-               "{{role: activation, feeds: [conv, linear, matmul], spec: ...}} quantizes them (docs/config.md)\n",
-               float_reads.size(), some, float_reads.size() > 4 ? ", ..." : "");
-  }
+  if (!q.float_layer_inputs.empty() && !c.json)
+    fmt::print(stderr, "note: {}\n", anybit::float_layer_inputs_note(q.float_layer_inputs));
   json j = json::object();
   if (eval_data) {
     anybit::EvalResult r = anybit::evaluate(q.model.module, *eval_data, eval_options(c));
@@ -263,7 +245,7 @@ int cmd_quantize(const Common& c) {
     j["output"] = c.out;
     j["points"] = pts;
     j["clipping"] = q.clipping;
-    j["float_layer_inputs"] = float_reads;
+    j["float_layer_inputs"] = q.float_layer_inputs;
     std::cout << j.dump(2) << "\n";
   } else {
     if (!eval_data) print_plan(q.points, true);

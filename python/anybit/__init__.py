@@ -193,7 +193,7 @@ def plan(model, config, example_inputs=None, fold_bn=False):
     """Which spec each point gets under `config` (like `anybit quantize --dry-run`)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:
-        report, _ = _anybit.quantize(_save(model, example_inputs, d), text, source, "", _options(_anybit.PrepareOptions,
+        report, _, _ = _anybit.quantize(_save(model, example_inputs, d), text, source, "", _options(_anybit.PrepareOptions,
                                      fold_bn=fold_bn), _anybit.QuantizeOptions(), True, "")
         return report
 
@@ -238,22 +238,15 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
                            portable=portable, adaround_iterations=adaround, brecq_iterations=brecq, gptq=gptq,
                            bias_correction=bias_correction, int32_bias=int32_bias, strict=strict,
                            device=str(device))
-        report, uncovered = _anybit.quantize(src, text, source, spec, prepare, options, False, out)
+        report, uncovered, float_inputs = _anybit.quantize(src, text, source, spec, prepare, options, False, out)
         qm = torch.jit.load(out)
     for u in uncovered:
         warnings.warn(f"{u['where']} has no points and stays float: {u['reason']}", CoverageWarning, stacklevel=2)
     for r in report:
         if "clip_warning" in r:
             warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
-    # activations that conv/linear/matmul layers read and the config leaves float (when it
-    # quantizes activations inside the network at all), as `anybit quantize` notes them
-    acts = [r for r in report if r["role"] in ("activation", "input")]
-    floats = [f"{r['name']} ({r['kind']})" for r in acts if r.get("feeds") and r["spec"] == "float"]
-    if floats and any(r["role"] == "activation" and r["spec"] != "float" for r in acts):
-        warnings.warn(f"{len(floats)} activations that conv, linear or matmul layers read stay float: "
-                      f"{', '.join(floats[:4])}{', ...' if len(floats) > 4 else ''}; the rule "
-                      "{role: activation, feeds: [conv, linear, matmul], spec: ...} quantizes them (docs/config.md)",
-                      CoverageWarning, stacklevel=2)
+    if float_inputs:  # activations layers read that the config leaves float, as `anybit quantize` notes them
+        warnings.warn(float_inputs, CoverageWarning, stacklevel=2)
     return (qm, report) if return_report else qm
 
 

@@ -49,6 +49,27 @@ std::vector<PointReport> plan(const ModelGraph& g, const Config& config) {
   return out;
 }
 
+std::vector<std::string> float_layer_inputs(const std::vector<PointReport>& plan) {
+  std::vector<std::string> float_reads;
+  bool any_activation = false;
+  for (const auto& r : plan) {
+    if (r.point.role != Role::kActivation && r.point.role != Role::kInput) continue;
+    any_activation |= r.point.role == Role::kActivation && !r.assignment.spec.is_float();
+    if (r.assignment.spec.is_float() && !r.point.feeds.empty())
+      float_reads.push_back(r.point.name + " (" + r.point.kind + ")");
+  }
+  if (!any_activation) float_reads.clear();
+  return float_reads;
+}
+
+std::string float_layer_inputs_note(const std::vector<std::string>& float_reads) {
+  std::string some;
+  for (size_t i = 0; i < float_reads.size() && i < 4; ++i) some += (i ? ", " : "") + float_reads[i];
+  return std::to_string(float_reads.size()) + " activations that conv, linear or matmul layers read stay float: " +
+         some + (float_reads.size() > 4 ? ", ..." : "") +
+         "; the rule {role: activation, feeds: [conv, linear, matmul], spec: ...} quantizes them (docs/config.md)";
+}
+
 QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
                         const QuantizeOptions& options) {
   QuantizeResult result;
@@ -59,6 +80,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     throw Error(msg);
   }
   result.points = plan(g, config);
+  result.float_layer_inputs = float_layer_inputs(result.points);
   // the float model AdaRound reconstructs, taken before any rewrite
   std::unique_ptr<ModelGraph> reference;
   if ((options.adaround_iterations > 0) + (options.brecq_iterations > 0) + options.gptq > 1)

@@ -111,7 +111,17 @@ struct QuantizeResult {
   std::vector<std::string> gptq_skipped;
   // the clip_warning of every point that has one, in point order
   std::vector<std::string> clipping;
+  // see float_layer_inputs() below
+  std::vector<std::string> float_layer_inputs;
 };
+
+// "name (kind)" of each activation or input that a conv, linear or matmul layer reads
+// (PointDesc::feeds) and the plan leaves float, when the plan quantizes some activation
+// inside the network (a weight-only or input-only config means them to stay float); empty
+// otherwise. quantize() fills QuantizeResult::float_layer_inputs with it.
+std::vector<std::string> float_layer_inputs(const std::vector<PointReport>& plan);
+// The one-line note the front ends print (CLI) or warn (Python) for a non-empty list.
+std::string float_layer_inputs_note(const std::vector<std::string>& float_reads);
 
 // Resolves the rules on the model's points (same as the first step of quantize).
 std::vector<PointReport> plan(const ModelGraph& g, const Config& config);

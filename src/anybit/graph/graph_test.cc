@@ -343,6 +343,27 @@ TEST(Rules, FeedsSelectsWhatConvAndLinearLayersRead) {
   }
 }
 
+// the note quantize() returns: layer inputs left float while other activations are quantized
+TEST(Rules, FloatLayerInputsListsWhatLayersReadInFloat) {
+  ModelGraph g = load_model(fixture("resnet18_trace.pt"));
+  const auto relus_only = float_layer_inputs(plan(g, parse_config_string("rules: [{kind: relu, spec: uint8}]")));
+  auto has = [&](const std::string& s) { return std::find(relus_only.begin(), relus_only.end(), s) != relus_only.end(); };
+  EXPECT_TRUE(has("input.0 (input)"));
+  EXPECT_TRUE(has("maxpool:out (pool)"));
+  EXPECT_TRUE(has("avgpool:out (pool)"));
+  for (const auto& s : relus_only) EXPECT_EQ(s.find("relu"), std::string::npos) << s;
+  const std::string note = float_layer_inputs_note(relus_only);
+  EXPECT_EQ(note.rfind(std::to_string(relus_only.size()) + " activations that conv", 0), 0u) << note;
+  EXPECT_NE(note.find("feeds: [conv, linear, matmul]"), std::string::npos) << note;
+  // weights only, or the input only: float activations are what the config means
+  EXPECT_TRUE(float_layer_inputs(plan(g, parse_config_string("rules: [{role: weight, spec: int4}]"))).empty());
+  EXPECT_TRUE(float_layer_inputs(plan(g, parse_config_string("rules: [{role: input, spec: int8}]"))).empty());
+  // the sweep's rule covers them all
+  EXPECT_TRUE(float_layer_inputs(plan(g, parse_config_string("rules: [{kind: relu, spec: uint8}, "
+                                                             "{role: [input, activation], feeds: [conv, linear], spec: int8}]")))
+                  .empty());
+}
+
 TEST(Rules, ConfigErrorsNameTheFileLineAndKey) {
   auto expect_error = [](const std::string& text, const std::string& fragment) {
     try {

@@ -87,9 +87,7 @@ std::string tuple_str(const c10::TupleType& t) {
 }
 
 const char* const kPick = " (anybit eval --scores INDEX|NAME; Python: scores=)";
-}  // namespace
 
-namespace {
 c10::TypePtr output_type(torch::jit::Module& model) {
   return jit::toGraphFunction(model.get_method("forward").function()).graph()->outputs().at(0)->type();
 }
@@ -178,10 +176,8 @@ at::Tensor ScoresPicker::operator()(const c10::IValue& v) const {
   return {};
 }
 
-torch::jit::Module ScoresPicker::returning_scores(torch::jit::Module& model, ScoresPicker* then) const {
-  *then = *this;
-  if (kind_ != Kind::kTuple) return model;  // lists and dicts are picked from at run time
-  *then = ScoresPicker();
+std::pair<torch::jit::Module, ScoresPicker> ScoresPicker::returning_scores(torch::jit::Module& model) const {
+  if (kind_ != Kind::kTuple) return {model, *this};  // lists and dicts are picked from at run time
   torch::jit::Module copy = model.clone();
   auto graph = jit::toGraphFunction(copy.get_method("forward").function()).graph();
   jit::WithInsertPoint guard(graph->return_node());
@@ -189,7 +185,7 @@ torch::jit::Module ScoresPicker::returning_scores(torch::jit::Module& model, Sco
                                                                  c10::TensorType::get()))->output();
   graph->eraseOutput(0);
   graph->registerOutput(scores);
-  return copy;
+  return {copy, ScoresPicker()};
 }
 
 namespace {
@@ -271,7 +267,9 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
   auto scored = [&](torch::jit::Module& m, const std::string& select, ScoresPicker* then) {
     const ScoresPicker p(m, select);
     if (&m == &model_in) r.scores = p.describe();
-    return p.returning_scores(m, then);
+    auto [returning, picker] = p.returning_scores(m);
+    *then = picker;
+    return returning;
   };
   // (a copy made for the scores is dropped once freezing has copied it again)
   torch::jit::Module model = [&] {

@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/api/module.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "anybit/source/data_source.h"
@@ -41,9 +42,9 @@ class ScoresPicker {
   // (element 0) of the model's GoogLeNetOutputs"
   const std::string& describe() const { return what_; }
   // model itself, or a copy whose forward returns the scores when they are a tuple's element
-  // (so that freezing and the fused layers see a tensor output); *then picks them from what
-  // the returned module returns
-  torch::jit::Module returning_scores(torch::jit::Module& model, ScoresPicker* then) const;
+  // (so that freezing and the fused layers see a tensor output), with the picker that takes
+  // the scores from what that module returns
+  std::pair<torch::jit::Module, ScoresPicker> returning_scores(torch::jit::Module& model) const;
 
  private:
   enum class Kind { kTensor, kTuple, kList, kDict } kind_ = Kind::kTensor;

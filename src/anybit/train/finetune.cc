@@ -262,9 +262,8 @@ std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& t
   ScoresPicker teacher_pick;
   if (teacher) {
     teacher_pick = ScoresPicker(*teacher, ScoresPicker::returns_tensor(*teacher) ? "" : o.scores);
-  }
-  if (teacher)
     teacher_cache = teacher_logits(*teacher, train, o.batch_size, o.teacher_cache_bytes, o.device, progress, teacher_pick);
+  }
   const int64_t steps_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   // the schedule always spans all epochs; max_steps only stops early, like a kill would
   const int64_t schedule_steps = steps_per_epoch * o.epochs;
