@@ -30,6 +30,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -82,6 +84,18 @@ Grid grid_for_range(double lo, double hi, const QuantTarget& t);
 
 // Running statistics and a histogram over [-R, R] (see the top of this file).
 // Non-finite values (inf, nan) are not binned nor counted; nonfinite() counts them.
+// A batch summarized where its values are (on a GPU: anybit/calibrate/observe.h), for
+// Histogram/Observer::observe_summarized: its finite extremes (lo > hi: none), the sum of
+// their |x|, and the counts of finite and of other values.
+struct BatchSummary {
+  double lo = std::numeric_limits<double>::infinity(), hi = -std::numeric_limits<double>::infinity();
+  double sum_abs = 0;
+  int64_t finite = 0, nonfinite = 0;
+};
+// Adds to counts[0, bins) the batch's finite values binned over [-range, range): value x in
+// bin floor(x * (bins / 2) / range) + bins / 2 (range and bins are powers of two: exact).
+using BinCounter = std::function<void(double range, int bins, int64_t* counts)>;
+
 class Histogram {
  public:
   static constexpr int kDefaultBins = 2048;
@@ -91,6 +105,8 @@ class Histogram {
   // batch_lo / batch_hi (optional) receive this call's finite min and max (inf / -inf
   // when it had no finite value).
   void observe(const float* x, int64_t n, double* batch_lo = nullptr, double* batch_hi = nullptr);
+  // The same for a batch summarized elsewhere: the range grows to cover s, then `count` bins it.
+  void observe_summarized(const BatchSummary& s, const BinCounter& count);
   // Adds another histogram's samples (same bin count): the result equals observing both
   // inputs into one histogram.
   void merge(const Histogram& other);
@@ -140,6 +156,8 @@ class Observer {
   // One call is one batch for the moving average. A batch without finite values is
   // ignored by the average.
   void observe(const float* x, int64_t n);
+  // The same for a batch summarized elsewhere (Histogram::observe_summarized).
+  void observe_summarized(const BatchSummary& s, const BinCounter& count);
 
   int64_t count() const { return hist_.count(); }
   int64_t batches() const { return batches_; }
@@ -151,6 +169,8 @@ class Observer {
   const Histogram& histogram() const { return hist_; }
 
  private:
+  void update_ema(double lo, double hi);
+
   Histogram hist_;
   double averaging_constant_;
   int64_t batches_ = 0;

@@ -159,17 +159,20 @@ void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* bat
       sum.nonfinite += p.nonfinite;
     }
   }
-  const int64_t finite = n > 0 ? n - sum.nonfinite : 0;
-  nonfinite_ += sum.nonfinite;
   if (batch_lo) *batch_lo = sum.lo;
   if (batch_hi) *batch_hi = sum.hi;
-  if (finite == 0) return;
-  const double lo = sum.lo, hi = sum.hi;
-  grow_to_cover(std::max(-lo, hi));
+  BatchSummary s;
+  s.lo = sum.lo;
+  s.hi = sum.hi;
+  s.sum_abs = sum.sum_abs;
+  s.finite = n > 0 ? n - sum.nonfinite : 0;
+  s.nonfinite = sum.nonfinite;
   const bool all_finite = sum.nonfinite == 0;
-  if (threads <= 1) {
-    count_into(x, n, all_finite, counts_.data());
-  } else {
+  observe_summarized(s, [&](double, int, int64_t* counts) {
+    if (threads <= 1) {
+      count_into(x, n, all_finite, counts);
+      return;
+    }
 #pragma omp parallel num_threads(threads)
     {
       std::vector<int64_t> local(counts_.size(), 0);
@@ -177,13 +180,20 @@ void Histogram::observe(const float* x, int64_t n, double* batch_lo, double* bat
       const int64_t b = n * t / nt, e = n * (t + 1) / nt;
       count_into(x + b, e - b, all_finite, local.data());
 #pragma omp critical(anybit_histogram_counts)
-      for (size_t j = 0; j < local.size(); ++j) counts_[j] += local[j];
+      for (size_t j = 0; j < local.size(); ++j) counts[j] += local[j];
     }
-  }
-  min_ = count_ ? std::min(min_, lo) : lo;
-  max_ = count_ ? std::max(max_, hi) : hi;
-  count_ += finite;
-  sum_abs_ += sum.sum_abs;
+  });
+}
+
+void Histogram::observe_summarized(const BatchSummary& s, const BinCounter& count) {
+  nonfinite_ += s.nonfinite;
+  if (s.finite == 0) return;
+  grow_to_cover(std::max(-s.lo, s.hi));
+  count(range_, bins(), counts_.data());
+  min_ = count_ ? std::min(min_, s.lo) : s.lo;
+  max_ = count_ ? std::max(max_, s.hi) : s.hi;
+  count_ += s.finite;
+  sum_abs_ += s.sum_abs;
 }
 
 void Histogram::count_into(const float* x, int64_t n, bool all_finite, int64_t* out) const {
@@ -274,6 +284,15 @@ Observer::Observer(int bins, double averaging_constant)
 void Observer::observe(const float* x, int64_t n) {
   double lo = kInf, hi = -kInf;  // this batch's finite extremes
   hist_.observe(x, n, &lo, &hi);
+  update_ema(lo, hi);
+}
+
+void Observer::observe_summarized(const BatchSummary& s, const BinCounter& count) {
+  hist_.observe_summarized(s, count);
+  update_ema(s.lo, s.hi);
+}
+
+void Observer::update_ema(double lo, double hi) {
   if (lo > hi) return;  // no finite value
   // MovingAverageMinMaxObserver: the first batch sets the average, later ones move it.
   if (batches_ == 0) {
@@ -285,7 +304,6 @@ void Observer::observe(const float* x, int64_t n) {
   }
   ++batches_;
 }
-
 
 void observe_per_channel(std::vector<Observer>& observers, const float* x, int64_t outer,
                          int64_t channels, int64_t inner) {

@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <string>
 #include <memory>
@@ -18,6 +19,40 @@
 
 namespace anybit {
 namespace jit = torch::jit;
+
+void observe_where_it_is(calib::Observer& observer, const at::Tensor& x) {
+  if (x.numel() == 0) return;
+  at::Tensor v = x.detach().reshape(-1);
+  if (v.scalar_type() != at::kFloat) v = v.to(at::kFloat);
+  const double inf = std::numeric_limits<double>::infinity();
+  const at::Tensor finite = at::isfinite(v);
+  // one copy of four numbers: the finite extremes, sum |x| (in double) and the finite count
+  const at::Tensor summary =
+      at::stack({at::where(finite, v, at::scalar_tensor(inf, v.options())).min().to(at::kDouble),
+                 at::where(finite, v, at::scalar_tensor(-inf, v.options())).max().to(at::kDouble),
+                 at::where(finite, v.abs(), at::zeros({}, v.options())).to(at::kDouble).sum(),
+                 finite.sum().to(at::kDouble)})
+          .cpu();
+  const double* d = summary.data_ptr<double>();
+  calib::BatchSummary s;
+  s.finite = static_cast<int64_t>(d[3]);
+  s.nonfinite = v.numel() - s.finite;
+  if (s.finite > 0) s.lo = d[0], s.hi = d[1], s.sum_abs = d[2];
+  observer.observe_summarized(s, [&](double range, int bins, int64_t* counts) {
+    const at::Tensor values = s.nonfinite ? v.masked_select(finite) : v;
+    // x * (bins / 2) / range in double is exact (a power of two), and so is its floor; in
+    // chunks, so that the double and index copies stay small
+    constexpr int64_t kChunk = int64_t{1} << 24;
+    for (int64_t b = 0; b < values.numel(); b += kChunk) {
+      const at::Tensor chunk = values.slice(0, b, std::min(values.numel(), b + kChunk));
+      const at::Tensor idx = at::floor(chunk.to(at::kDouble) * (bins / 2 / range)).to(at::kLong) + bins / 2;
+      const at::Tensor c = at::bincount(idx, {}, bins).to(at::kCPU, at::kLong).contiguous();
+      const int64_t* cp = c.data_ptr<int64_t>();
+      for (int64_t j = 0; j < std::min<int64_t>(bins, c.numel()); ++j) counts[j] += cp[j];
+    }
+  });
+}
+
 namespace {
 
 struct Slot {
@@ -37,10 +72,14 @@ at::Tensor op_observe(const at::Tensor& x, int64_t slot) {
     if (it != g_slots.end()) s = it->second;
   }
   if (s) {
-    // statistics are kept on the host: a value on a device comes over once per batch
-    at::Tensor c = x.detach().to(at::kCPU, at::kFloat).contiguous();
-    s->observer.observe(c.data_ptr<float>(), c.numel());
-    if (c.dim() >= 1 && c.size(0) > 0) s->per_sample_numel = c.numel() / c.size(0);
+    if (x.device().is_cpu()) {
+      const at::Tensor c = x.detach().to(at::kFloat).contiguous();
+      s->observer.observe(c.data_ptr<float>(), c.numel());
+    } else {
+      // on a device the statistics are computed there; only they come to the host
+      observe_where_it_is(s->observer, x);
+    }
+    if (x.dim() >= 1 && x.size(0) > 0) s->per_sample_numel = x.numel() / x.size(0);
   }
   return x;
 }

@@ -3,9 +3,11 @@
 // GraphFunction (the module's own forward never runs before the final rewrite, so its executor
 // is built from the final graph), then the nodes removed. What every point saw is kept in a
 // calib::Observer (a histogram that does not depend on the batching, min/max, samples for the
-// range searches), on the host.
+// range searches), on the host. Values on a device are summarized there
+// (observe_where_it_is): only the summary and the bin counts come to the host.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include <cstdint>
@@ -30,6 +32,11 @@ struct ObserveOptions {
   c10::Device device = c10::kCPU;
   bool progress = true;
 };
+
+// One batch into `observer`, computed with ATen ops where x is (CPU or GPU): the same
+// histogram counts, extremes and finite counts as Observer::observe on the host (sum |x| up to
+// the order of the double additions). Calibration uses it for values on a device.
+void observe_where_it_is(calib::Observer& observer, const at::Tensor& x);
 
 // Observes g.points[i] for each i of `points` (activations or inputs) on `data`; g's graph is
 // left as it was. Throws an Error naming the data when the model rejects its batches.

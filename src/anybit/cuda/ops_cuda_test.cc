@@ -10,6 +10,7 @@
 #include <string>
 
 #include "anybit/base/error.h"
+#include "anybit/calibrate/observe.h"
 #include "anybit/quant/device.h"
 #include "anybit/quant/fake_quant.h"
 
@@ -140,6 +141,23 @@ TEST(CudaKernels, PactBinaryAndTernaryRunOnTheDeviceAndEqualTheCpu) {
   const at::Tensor al = at::rand({16}) + 0.5;
   expect_bitwise_equal(fake_quant_binary(x, al, 1, 1.0), fake_quant_binary(x.cuda(), al.cuda(), 1, 1.0));
   expect_bitwise_equal(fake_quant_ternary(x, al, d, 1, 1.0), fake_quant_ternary(x.cuda(), al.cuda(), d.cuda(), 1, 1.0));
+}
+
+// calibration statistics computed on the GPU (observe_where_it_is): the host observer's
+TEST(CudaCalibration, StatisticsOnTheDeviceEqualTheHostObservers) {
+  REQUIRE_GPU();
+  torch::manual_seed(5);
+  calib::Observer host, dev;
+  for (const at::Tensor& b : {at::relu(at::randn({16, 8, 9, 9})), at::randn({4, 1000}) * 30,
+                              at::tensor({1.0f, std::numeric_limits<float>::infinity(), -1e-39f})}) {
+    host.observe(b.data_ptr<float>(), b.numel());
+    observe_where_it_is(dev, b.cuda());
+    EXPECT_EQ(dev.histogram().counts(), host.histogram().counts());
+    EXPECT_EQ(dev.min(), host.min());
+    EXPECT_EQ(dev.max(), host.max());
+    EXPECT_EQ(dev.histogram().nonfinite(), host.histogram().nonfinite());
+    EXPECT_NEAR(dev.mean_abs(), host.mean_abs(), 1e-12 * host.mean_abs());
+  }
 }
 
 }  // namespace
