@@ -2,9 +2,9 @@
 // point to calibrate, the instrumented graph run on calibration batches through a separate
 // GraphFunction (the module's own forward never runs before the final rewrite, so its executor
 // is built from the final graph), then the nodes removed. What every point saw is kept in a
-// calib::Observer (a histogram that does not depend on the batching, min/max, samples for the
-// range searches), on the host. Values on a device are summarized there
-// (observe_where_it_is): only the summary and the bin counts come to the host.
+// calib::Observer on the host (a histogram that does not depend on the batching, min/max and
+// their moving averages: what the range searches read). Values on a device are summarized
+// there (observe_where_it_is): only the summary and the bin counts come to the host.
 #pragma once
 
 #include <ATen/core/Tensor.h>
