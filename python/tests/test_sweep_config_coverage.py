@@ -12,9 +12,9 @@ from zoo import TransformerClassifier
 LAYOUT = {"aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
           "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
           "aten::split", "aten::unbind", "aten::t", "aten::unflatten", "aten::dropout", "aten::dropout_",
-          "aten::clone", "aten::detach"}
+          "aten::clone", "aten::detach", "aten::roll"}
 ALGEBRA = {"aten::conv1d", "aten::conv2d", "aten::_convolution", "aten::linear", "aten::matmul", "aten::mm",
-           "aten::bmm", "aten::addmm"}
+           "aten::bmm", "aten::addmm", "aten::einsum"}
 
 
 def quantized(v, seen=0):
@@ -32,7 +32,13 @@ def quantized(v, seen=0):
         src = next(n.inputs()).node()
         if src.kind() in ("prim::ListConstruct", "prim::TupleConstruct"):
             return quantized(list(src.inputs())[list(n.outputs()).index(v)], seen + 1)
-        return quantized(next(src.inputs()), seen + 1) if src.kind() == "aten::unbind" else False
+        return quantized(next(src.inputs()), seen + 1) if src.kind() in ("aten::unbind", "aten::chunk",
+                                                                           "aten::split") else False
+    if k in ("aten::pad", "aten::constant_pad_nd"):  # zero padding (Swin's windows)
+        ins = list(n.inputs())
+        mode = ins[2].toIValue() if k == "aten::pad" and len(ins) > 2 else "constant"
+        value = ins[3 if k == "aten::pad" else 2].toIValue() if len(ins) > (3 if k == "aten::pad" else 2) else None
+        return mode == "constant" and not value and quantized(ins[0], seen + 1)
     if k in LAYOUT:
         return quantized(next(n.inputs()), seen + 1)
     return False
@@ -53,6 +59,8 @@ def float_inputs(qm):
                 data = [ins[1]]
             elif n.kind() in ("aten::linear", "aten::conv1d", "aten::conv2d", "aten::_convolution"):
                 data = [ins[0]]
+            elif n.kind() == "aten::einsum":  # its operands, as a list built in the graph
+                data = list(ins[1].node().inputs())
             else:  # matmul, mm, bmm: the weight operand (a quantized parameter) is checked too
                 data = ins[:2]
             if not all(quantized(v) for v in data):
@@ -65,6 +73,25 @@ def _vit():
     return torchvision.models.vit_b_16(weights=None, image_size=32)
 
 
+class EinsumAttention(torch.nn.Module):
+    """Attention written with einsum, as MaxViT's is: scores and values are products of two
+    activations given as einsum's list of operands."""
+
+    def __init__(self, d: int = 16, heads: int = 2, classes: int = 10):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.head = torch.nn.Linear(d, classes)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).unbind(2)
+        q = q * (d // self.heads) ** -0.5
+        a = torch.einsum("bthd,bshd->bhts", q, k).softmax(-1)
+        o = torch.einsum("bhts,bshd->bthd", a, v).reshape(b, t, d)
+        return self.head(o.mean(1))
+
+
 MODELS = {
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(weights=None), (3, 64, 64)),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(weights=None), (3, 64, 64)),
@@ -72,6 +99,10 @@ MODELS = {
     "vit_b_16": (_vit, (3, 32, 32)),
     "transformer_encoder": (TransformerClassifier, (8, 16)),
     "resnet18": (lambda: torchvision.models.resnet18(weights=None), (3, 64, 64)),
+    # channel shuffle and chunk; Swin's zero-padded, rolled windows; einsum attention
+    "shufflenet_v2": (lambda: torchvision.models.shufflenet_v2_x0_5(weights=None), (3, 64, 64)),
+    "swin_t": (lambda: torchvision.models.swin_t(weights=None), (3, 64, 64)),
+    "einsum_attention": (EinsumAttention, (8, 16)),
 }
 
 
@@ -91,7 +122,7 @@ def test_every_conv_linear_and_matmul_reads_a_quantized_activation_at_w4a4(name,
     old = anybit.sweep_config("minmax", 4, 4).replace(
         "  - {role: activation, feeds: [conv, linear, matmul], spec: 'auto4', optional: true}\n", "")
     assert "feeds" not in old
-    if name != "resnet18":
+    if name not in ("resnet18", "shufflenet_v2"):  # ReLU networks: the old config covered them
         assert float_inputs(anybit.quantize(sm, old, calib_data=[x], fold_bn=True)), name
 
 
@@ -151,3 +182,32 @@ def test_python_quantize_warns_as_the_cli_notes():
         anybit.quantize(sm, anybit.sweep_config("minmax", 4, 4), calib_data=[x], fold_bn=True)
         anybit.quantize(sm, {"rules": [{"kind": "conv", "role": "weight", "spec": "int4"}]}, calib_data=[x])
         anybit.quantize(sm, {"rules": [{"role": "input", "spec": "auto8"}]}, calib_data=[x])  # input only
+
+
+class EinsumWithParameter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 10))
+
+    def forward(self, x):
+        return torch.relu(torch.einsum("bd,dk->bk", x, self.w))
+
+
+def test_einsum_of_activations_gets_matmul_points_and_one_with_a_parameter_is_reported():
+    torch.manual_seed(0)
+    m, x = EinsumAttention().eval(), torch.randn(8, 8, 16)
+    qm, report = anybit.quantize(torch.jit.script(m), anybit.sweep_config("minmax", 8, 8), calib_data=[x],
+                                 return_report=True)
+    ein = {r["name"]: r["spec"] for r in report if r["op"] == "aten::einsum"}
+    assert ein["matmul:in0"].startswith("int8"), ein  # q * scale, the first einsum's operand
+    with torch.no_grad():
+        ref, out = m(x), qm(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
+    # a weight given to einsum is not an activation: no point, and the user is told
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        anybit.quantize(torch.jit.script(EinsumWithParameter()), "rules: [{role: activation, spec: int8}]",
+                        calib_data=[torch.randn(4, 16)])
+    msgs = [str(a.message) for a in w if issubclass(a.category, anybit.CoverageWarning)]
+    assert any("aten::einsum" in s and "parameter operand (w)" in s for s in msgs), msgs

@@ -115,7 +115,6 @@ const std::unordered_map<std::string, std::string>& fused_ops() {
       {"aten::gru", "a recurrent layer: its gate matmuls run inside one op"},
       {"aten::rnn_tanh", "a recurrent layer: its matmuls run inside one op"},
       {"aten::rnn_relu", "a recurrent layer: its matmuls run inside one op"},
-      {"aten::einsum", "einsum is not lowered to points"},
   };
   return m;
 }

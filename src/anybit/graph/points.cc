@@ -29,7 +29,7 @@ const std::unordered_map<std::string, std::string>& op_kinds() {
       {"aten::_convolution", "conv"}, {"aten::conv_transpose1d", "conv"},
       {"aten::conv_transpose2d", "conv"}, {"aten::conv_transpose3d", "conv"},
       {"aten::linear", "linear"}, {"aten::addmm", "linear"}, {"aten::matmul", "linear"},
-      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"},
+      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"}, {"aten::einsum", "linear"},
       {"aten::softmax", "softmax"}, {"aten::_softmax", "softmax"}, {"aten::log_softmax", "softmax"},
       {"aten::layer_norm", "norm"}, {"aten::group_norm", "norm"},
       {"aten::embedding", "embedding"},
@@ -115,6 +115,20 @@ bool is_linear_algebra(const std::string& op) {
   return it != op_kinds().end() && (it->second == "conv" || it->second == "linear");
 }
 
+// The tensor operands of an einsum (aten::einsum(equation, Tensor[] operands, path)) when
+// they are activations in a list built in the graph; else why it gets no points.
+std::string einsum_operands(jit::Node* n, jit::Value* self, std::vector<jit::Value*>* operands) {
+  jit::Node* list = n->inputs().size() >= 2 ? n->input(1)->node() : nullptr;
+  if (!list || list->kind() != c10::prim::ListConstruct) return "einsum over a list not built in the graph";
+  for (jit::Value* v : list->inputs()) {
+    std::string ap;
+    if (attr_path(v, self, &ap)) return "einsum with a parameter operand (" + ap + ") is not lowered to points";
+    operands->push_back(v);
+  }
+  if (operands->size() != 2) return "einsum of " + std::to_string(operands->size()) + " operands is not lowered to points";
+  return "";
+}
+
 // Integer and boolean tensors (a traced model's sizes, masks) and values computed only from
 // shapes (aten::size, prim::NumToTensor and arithmetic on them) are never points.
 bool shape_or_integer(jit::Value* v, std::unordered_map<jit::Value*, bool>& memo) {
@@ -153,8 +167,26 @@ const std::set<std::string>& layout_ops() {
       "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
       "aten::split", "aten::unbind", "prim::ListUnpack", "aten::t", "aten::unflatten", "aten::dropout",
       "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_", "aten::alpha_dropout", "aten::clone",
-      "aten::detach", "prim::TupleUnpack"};
+      "aten::detach", "prim::TupleUnpack", "aten::roll"};
   return layout;
+}
+
+// A layout-only op, or padding with zeros (Swin's window padding): zero is on every
+// quantizer's grid that has it, as a convolution's own zero padding assumes.
+bool moves_only(jit::Node* n) {
+  if (layout_ops().count(n->kind().toQualString())) return true;
+  const bool pad = n->kind() == c10::Symbol::fromQualString("aten::pad"),
+             constant_pad = n->kind() == c10::Symbol::fromQualString("aten::constant_pad_nd");
+  if (!pad && !constant_pad) return false;
+  // aten::pad(input, pad, mode='constant', value=None); aten::constant_pad_nd(input, pad, value=0)
+  const size_t value_at = pad ? 3 : 2;
+  if (pad && n->inputs().size() > 2) {
+    const auto mode = jit::toIValue(n->input(2));
+    if (!mode || !mode->isString() || mode->toStringRef() != "constant") return false;
+  }
+  if (n->inputs().size() <= value_at) return true;
+  const auto value = jit::toIValue(n->input(value_at));
+  return value && (value->isNone() || (value->isScalar() && value->toScalar().toDouble() == 0.0));
 }
 
 // The kinds of linear algebra that read v as data (not as its weight or bias), directly or
@@ -176,6 +208,7 @@ void feeds_of(jit::Value* v, jit::Value* self, std::set<std::string>* out, int d
         const auto k = w.user->kind();
         if ((k == c10::prim::ListUnpack || k == c10::prim::TupleUnpack) && u.offset < w.user->outputs().size())
           feeds_of(w.user->output(u.offset), self, out, depth + 1);
+        if (k == c10::Symbol::fromQualString("aten::einsum") && w.offset == 1) out->insert("matmul");
       }
       continue;
     }
@@ -190,7 +223,7 @@ void feeds_of(jit::Value* v, jit::Value* self, std::set<std::string>* out, int d
       if (weight_attr && (slot == ws.weight || slot == ws.bias)) continue;
       if (it->second == "conv" && slot != 0) continue;  // a conv's computed weight or bias
       out->insert(it->second == "conv" ? "conv" : weight_attr ? "linear" : "matmul");
-    } else if (layout_ops().count(op)) {
+    } else if (moves_only(n) && (u.offset == 0 || layout_ops().count(op))) {
       for (jit::Value* o : n->outputs()) feeds_of(o, self, out, depth + 1);
     }
   }
@@ -199,7 +232,6 @@ void feeds_of(jit::Value* v, jit::Value* self, std::set<std::string>* out, int d
 // True when v is a point's value, possibly seen through ops that only move data (view,
 // transpose, chunk, ...), so that quantizing v again would change nothing.
 bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
-  const std::set<std::string>& layout = layout_ops();
   for (; depth < 24 && v; ++depth) {
     for (const Point& p : points)
       if (p.value == v) return true;
@@ -209,7 +241,7 @@ bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 
         if (!reaches_point(b->outputs()[v->offset()], points, depth + 1)) return false;
       return true;
     }
-    if (!layout.count(n->kind().toQualString()) || n->inputs().empty()) return false;
+    if (!moves_only(n) || n->inputs().empty()) return false;
     if (n->kind() == c10::prim::TupleUnpack || n->kind() == c10::prim::ListUnpack) {
       // element k of a tuple or list built in the graph is that construct's input k
       jit::Node* src = n->input(0)->node();
@@ -280,14 +312,22 @@ void find_points(ModelGraph& g) {
     }
     const bool algebra = is_linear_algebra(op);
     if (algebra) ++g.linear_algebra_ops;
+    // einsum over activations (MaxViT's attention) is a matmul whose operands come as a list
+    std::vector<jit::Value*> operands;
     auto fused = fused_ops().find(op);
-    if (fused != fused_ops().end()) {
+    if (op == "aten::einsum") {
+      const std::string why = einsum_operands(n, self, &operands);
+      if (!why.empty()) {
+        g.uncovered.push_back({op, module_of(n, g.module).path, why});
+        continue;
+      }
+    } else if (fused != fused_ops().end()) {
       g.uncovered.push_back({op, module_of(n, g.module).path, fused->second});
       continue;
     }
     auto it = op_kinds().find(op);
     if (it == op_kinds().end()) continue;
-    std::string kind = it->second;
+    std::string kind = op == "aten::einsum" ? "matmul" : it->second;
     if ((kind == "add" || kind == "mul") &&
         (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1)) ||
          shape_or_integer(n->input(0), shape_memo) || shape_or_integer(n->input(1), shape_memo)))
@@ -330,8 +370,10 @@ void find_points(ModelGraph& g) {
       if (!seen) g.points.push_back(p);
     }
     // a product of two activations (attention scores, attention times values) is a matmul
-    if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr)
+    if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr) {
       kind = "matmul";
+      operands = {n->input(0), n->input(1)};
+    }
     if (kind == "flatten") continue;  // named for completeness of kinds, not a point
     Point p;
     p.role = Role::kActivation;
@@ -347,8 +389,8 @@ void find_points(ModelGraph& g) {
     // the operands of a product of two activations, where they are not already a point's
     // value seen through layout-only ops (q / sqrt(d) in attention is not)
     if (kind == "matmul") {
-      for (int i = 0; i < 2; ++i) {
-        jit::Value* v = n->input(i);
+      for (size_t i = 0; i < operands.size(); ++i) {
+        jit::Value* v = operands[i];
         if (v->node()->kind() == c10::prim::Param || reaches_point(v, g.points)) continue;
         Point o;
         o.role = Role::kActivation;
