@@ -92,6 +92,25 @@ class EinsumAttention(torch.nn.Module):
         return self.head(o.mean(1))
 
 
+class InModelNormalization(torch.nn.Module):
+    """Layers that read values no op point makes: the input normalized inside the model, and a
+    Hardswish written out with a division (each layer's data gets a point of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.conv1 = torch.nn.Conv2d(3, 8, 3)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        x = self.conv1(x).clamp(0, 6)
+        x = x * torch.nn.functional.relu6(x + 3) / 6
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
 MODELS = {
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(weights=None), (3, 64, 64)),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(weights=None), (3, 64, 64)),
@@ -103,6 +122,7 @@ MODELS = {
     "shufflenet_v2": (lambda: torchvision.models.shufflenet_v2_x0_5(weights=None), (3, 64, 64)),
     "swin_t": (lambda: torchvision.models.swin_t(weights=None), (3, 64, 64)),
     "einsum_attention": (EinsumAttention, (8, 16)),
+    "in_model_normalization": (InModelNormalization, (3, 16, 16)),
 }
 
 

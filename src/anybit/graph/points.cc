@@ -386,12 +386,20 @@ void find_points(ModelGraph& g) {
       int k = kind_count_in_module[key]++;
       base = (mi.path.empty() ? "" : mi.path + ":") + kind + (k ? "_" + std::to_string(k) : "");
     }
-    // the operands of a product of two activations, where they are not already a point's
-    // value seen through layout-only ops (q / sqrt(d) in attention is not)
-    if (kind == "matmul") {
+    // the data a conv or linear layer reads (not its weight)
+    if ((kind == "conv" || kind == "linear") && weight_attr) {
+      const int data = op == "aten::addmm" ? 1 : 0;
+      if (data != ws.weight && data < static_cast<int>(n->inputs().size())) operands = {n->input(data)};
+    }
+    // the operands of a product of two activations, and the data of a conv or linear layer,
+    // where they are not already a point's value seen through layout-only ops (q / sqrt(d) in
+    // attention is not, nor an in-model normalization or a clamp before a layer)
+    if (!operands.empty()) {
       for (size_t i = 0; i < operands.size(); ++i) {
         jit::Value* v = operands[i];
-        if (v->node()->kind() == c10::prim::Param || reaches_point(v, g.points)) continue;
+        if (v->node()->kind() == c10::prim::Param || !is_tensor(v) || shape_or_integer(v, shape_memo) ||
+            reaches_point(v, g.points))
+          continue;
         Point o;
         o.role = Role::kActivation;
         o.kind = kind;
