@@ -12,7 +12,9 @@ from zoo import TransformerClassifier
 LAYOUT = {"aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous", "aten::unsqueeze",
           "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
           "aten::split", "aten::unbind", "aten::t", "aten::unflatten", "aten::dropout", "aten::dropout_",
-          "aten::clone", "aten::detach", "aten::roll"}
+          "aten::clone", "aten::detach", "aten::roll", "aten::flip", "aten::narrow", "aten::movedim",
+          "aten::swapaxes", "aten::repeat", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::channel_shuffle",
+          "aten::upsample_nearest1d", "aten::upsample_nearest2d", "aten::upsample_nearest3d"}
 ALGEBRA = {"aten::conv1d", "aten::conv2d", "aten::_convolution", "aten::linear", "aten::matmul", "aten::mm",
            "aten::bmm", "aten::addmm", "aten::einsum"}
 
@@ -111,6 +113,26 @@ class InModelNormalization(torch.nn.Module):
         return self.fc(self.conv2(x).mean((2, 3)))
 
 
+class Upsampling(torch.nn.Module):
+    """A decoder's ops: nearest upsampling and pixel shuffle only copy values (no second
+    quantizer behind them), bilinear upsampling computes new ones (the next conv's data gets a
+    point)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.c4 = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.nn.functional.interpolate(torch.relu(self.c1(x)), scale_factor=2.0, mode="nearest")
+        y = torch.nn.functional.pixel_shuffle(self.c2(y), 2)
+        z = torch.nn.functional.interpolate(torch.relu(self.c3(y)), scale_factor=0.5, mode="bilinear",
+                                            align_corners=False)
+        return self.c4(z).mean((2, 3))
+
+
 MODELS = {
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(weights=None), (3, 64, 64)),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(weights=None), (3, 64, 64)),
@@ -123,6 +145,7 @@ MODELS = {
     "swin_t": (lambda: torchvision.models.swin_t(weights=None), (3, 64, 64)),
     "einsum_attention": (EinsumAttention, (8, 16)),
     "in_model_normalization": (InModelNormalization, (3, 16, 16)),
+    "upsampling": (Upsampling, (3, 8, 8)),
 }
 
 
@@ -231,3 +254,13 @@ def test_einsum_of_activations_gets_matmul_points_and_one_with_a_parameter_is_re
                         calib_data=[torch.randn(4, 16)])
     msgs = [str(a.message) for a in w if issubclass(a.category, anybit.CoverageWarning)]
     assert any("aten::einsum" in s and "parameter operand (w)" in s for s in msgs), msgs
+
+
+def test_nearest_upsampling_and_pixel_shuffle_keep_the_quantized_values_bilinear_does_not():
+    torch.manual_seed(0)
+    m, x = Upsampling().eval(), torch.randn(4, 3, 8, 8)
+    _, report = anybit.quantize(torch.jit.trace(m, x), anybit.sweep_config("minmax", 8, 8), calib_data=[x],
+                                return_report=True)
+    names = {r["name"] for r in report}
+    assert "c2:in0" not in names and "c3:in0" not in names, names  # behind nearest and pixel shuffle
+    assert "c4:in0" in names  # behind bilinear

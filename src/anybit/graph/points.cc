@@ -167,7 +167,10 @@ const std::set<std::string>& layout_ops() {
       "aten::squeeze", "aten::flatten", "aten::select", "aten::slice", "aten::expand", "aten::chunk",
       "aten::split", "aten::unbind", "prim::ListUnpack", "aten::t", "aten::unflatten", "aten::dropout",
       "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_", "aten::alpha_dropout", "aten::clone",
-      "aten::detach", "prim::TupleUnpack", "aten::roll"};
+      "aten::detach", "prim::TupleUnpack", "aten::roll", "aten::flip", "aten::narrow", "aten::movedim",
+      "aten::swapaxes", "aten::repeat", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::channel_shuffle",
+      // nearest-neighbour upsampling copies values (bilinear computes new ones)
+      "aten::upsample_nearest1d", "aten::upsample_nearest2d", "aten::upsample_nearest3d"};
   return layout;
 }
 
