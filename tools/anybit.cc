@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
   sweep->add_option("--brecq-iters", sw.brecq_iterations, "BRECQ iterations per block")->check(CLI::PositiveNumber);
   sweep->add_option("--calib-batches", sw.calib_batches, "calibration batches")->check(CLI::PositiveNumber);
   sweep->add_flag("--no-fold-bn", no_fold, "keep BatchNorm (default: fold it into the convs first)");
-  sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv, last linear and input at 8 bits");
+  sweep->add_flag("--first-last-8bit", sw.first_last_8bit, "keep the first conv (its weights and the data it reads), the last linear's weights and the input at 8 bits");
   sweep->add_option("-o,--output", sw.out_dir, "output directory")->required();
   sweep->add_flag("--resume", sw.resume, "continue a sweep that was interrupted");
   sweep->add_option("--device", sw.device, "where to run: cpu (default), cuda or cuda:N (loads the CUDA kernels; needs a GPU)");

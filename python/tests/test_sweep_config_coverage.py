@@ -264,3 +264,16 @@ def test_nearest_upsampling_and_pixel_shuffle_keep_the_quantized_values_bilinear
     names = {r["name"] for r in report}
     assert "c2:in0" not in names and "c3:in0" not in names, names  # behind nearest and pixel shuffle
     assert "c4:in0" in names  # behind bilinear
+
+
+def test_first_last_8bit_keeps_the_data_the_first_conv_reads_at_8_bits():
+    """The input normalized inside forward is what the first conv reads: --first-last-8bit keeps
+    it at 8 bits as it keeps a plain input; the layers after it keep the sweep's width."""
+    torch.manual_seed(0)
+    cfg = anybit.sweep_config("minmax", 4, 4, first_last_8bit=True)
+    for model, x, first, later in ((InModelNormalization(), torch.rand(4, 3, 16, 16), "conv1:in0", "conv2:in0"),
+                                   (Upsampling(), torch.randn(4, 3, 8, 8), "input.0", "relu:out")):
+        _, report = anybit.quantize(torch.jit.trace(model.eval(), x), cfg, calib_data=[x], return_report=True)
+        spec = {r["name"]: r["spec"] for r in report}
+        assert spec[first].split(":")[0] in ("int8", "uint8"), (first, spec)
+        assert spec[later].split(":")[0] in ("int4", "uint4"), (later, spec)

@@ -63,7 +63,10 @@ std::string sweep_config(const std::string& method, int w, int a, bool first_las
   if (first_last_8bit)
     c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
          "  - {kind: linear, role: weight, position: last, spec: 'int8:per_channel', optional: true}\n"
-         "  - {role: input, spec: auto8, optional: true}\n";
+         "  - {role: input, spec: auto8, optional: true}\n"
+         // the data the first conv reads: the input, or what the model made of it first (an
+         // input normalized inside forward: conv1:in0)
+         "  - {role: [input, activation], feeds: conv, position: first, spec: auto8, optional: true}\n";
   return c;
 }
 
@@ -100,7 +103,10 @@ std::string sweep_format_config(const std::string& method, const std::string& fo
   if (first_last_8bit)
     c += "  - {kind: conv, role: weight, position: first, spec: 'int8:per_channel'}\n"
          "  - {kind: linear, role: weight, position: last, spec: 'int8:per_channel', optional: true}\n"
-         "  - {role: input, spec: auto8, optional: true}\n";
+         "  - {role: input, spec: auto8, optional: true}\n"
+         // the data the first conv reads: the input, or what the model made of it first (an
+         // input normalized inside forward: conv1:in0)
+         "  - {role: [input, activation], feeds: conv, position: first, spec: auto8, optional: true}\n";
   return c;
 }
 
