@@ -218,8 +218,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     (clip_warning, and clipped_low / clipped_high for every calibrated point); strict=True
     raises anybit.Error instead, as it does for an op that has no points (otherwise an
     anybit.CoverageWarning; see coverage). device="cuda" runs the calibration passes on the GPU
-    (the statistics are kept on the host; AdaRound, BRECQ, GPTQ and bias correction refuse it
-    for now). Returns the quantized ScriptModule, on the CPU, and with return_report=True also
+    (the statistics come to the host), and AdaRound, BRECQ, GPTQ and bias correction there too.
+    Returns the quantized ScriptModule, on the CPU, and with return_report=True also
     the per-point report (a list of dicts)."""
     text, source = _config(config)
     with tempfile.TemporaryDirectory() as d:

@@ -19,12 +19,14 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "anybit/base/error.h"
 #include "anybit/calibrate/observe.h"
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/bias_correction.h"
 #include "anybit/ptq/brecq.h"
+#include "anybit/ptq/capture.h"
 #include "anybit/ptq/gptq.h"
 #include "anybit/quant/node.h"
 #include "anybit/quant/scheme.h"
@@ -89,9 +91,6 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   if (options.adaround_iterations > 0 || options.brecq_iterations > 0 || options.bias_correction ||
       (options.gptq && calib)) {
     if (!calib) throw Error("AdaRound, BRECQ and bias correction need calibration data (--data)");
-    if (!options.device.is_cpu())
-      throw Error("--device " + options.device.str() + ": AdaRound, BRECQ, GPTQ and bias correction run on the CPU "
-                  "for now (calibration and evaluation run on the device)");
     reference = std::make_unique<ModelGraph>(analyze_module(g.module.clone(), g.path));
   }
   std::vector<AdaRoundLayer> ada_layers;
@@ -206,6 +205,11 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     for (size_t k = 0; k < result.clipping.size(); ++k) msg += (k ? "; " : "") + result.clipping[k];
     throw Error(msg);
   }
+  // AdaRound, BRECQ, GPTQ and bias correction run where the calibration ran: both models on
+  // the device until they are done (the captured layer inputs, Hessians and learned roundings
+  // live there), back on the CPU after them, on an error too
+  std::optional<ModulesOnDevice> on_device;
+  if (reference && !options.device.is_cpu()) on_device.emplace(std::vector<torch::jit::Module>{g.module, reference->module}, options.device);
   if (reference && options.brecq_iterations > 0) {
     BrecqOptions bo;
     bo.iterations = options.brecq_iterations;
@@ -249,6 +253,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
       result.adaround.emplace_back(r.name, r.mse_nearest, r.mse_adaround);
   }
   if (reference && options.bias_correction) correct_bias(g, *reference, *calib, options.adaround_samples);
+  on_device.reset();
   if (options.int32_bias) {
     for (const auto& r : result.points)
       if (r.point.role == Role::kBias && !r.assignment.spec.is_float())

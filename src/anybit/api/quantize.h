@@ -70,7 +70,8 @@ struct QuantizeOptions {
   bool strict = false;
   // where the calibration passes run (quant/device.h parse_device); the statistics are kept,
   // and the parameters computed, on the CPU, and the quantized model is returned there.
-  // AdaRound, BRECQ, GPTQ and bias correction refuse another device for now.
+  // AdaRound, BRECQ, GPTQ and bias correction run on it too (their random draws come from
+  // CPU generators: a seed draws the same samples on any device).
   c10::Device device = c10::kCPU;
 };
 

@@ -82,7 +82,7 @@ LearnedRounding::LearnedRounding(const at::Tensor& weight, const AdaRoundLayer& 
   w = weight.detach().to(at::kFloat);
   std::vector<int64_t> sshape(w.dim(), 1);
   if (L.scale.numel() > 1) sshape[L.channel_axis] = L.scale.numel();
-  s = L.scale.detach().to(at::kFloat).reshape(sshape);
+  s = L.scale.detach().to(w.device(), at::kFloat).reshape(sshape);
   const at::Tensor wf = w / s;
   w_floor = wf.floor();
   const at::Tensor rest = wf - w_floor;
@@ -129,7 +129,9 @@ std::vector<AdaRoundReport> adaround(ModelGraph& q, ModelGraph& ref, std::vector
     const int64_t n = xq.size(0);
     const int warmup = o.iterations / 5;
     for (int it = 0; it < o.iterations; ++it) {
-      at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
+      // drawn on the CPU, so that a seed picks the same samples on any device
+      at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong))
+                           .to(xq.device());
       at::Tensor h = rounding.h();
       at::Tensor out = op(xq.index_select(0, idx), rounding.soft(h));
       at::Tensor loss = (out - yfp.index_select(0, idx)).pow(2).flatten(1).sum(1).mean();

@@ -330,7 +330,10 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
       if (d.at("name").toStringRef() != B.name)
         throw Error(ckpt + ": the checkpoint of block " + d.at("name").toStringRef() + ", not of " + B.name +
                     " (another model or config): choose another --checkpoint-dir");
-      for (size_t l : wl) assign_attr(q.module, layers[l].weight_path, d.at("w:" + layers[l].weight_path).toTensor());
+      for (size_t l : wl) {
+        const at::Tensor& old = resolve_attr(q.module, layers[l].weight_path).toTensor();
+        assign_attr(q.module, layers[l].weight_path, d.at("w:" + layers[l].weight_path).toTensor().to(old.device()));
+      }
       for (jit::Value* sv : svals) q.module.attr(scale_of[sv].attr).toTensor().copy_(d.at("s:" + scale_of[sv].attr).toTensor());
       block_changed();
       gen.set_state(d.at("generator").toTensor());
@@ -431,10 +434,12 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
                           o.iterations, o.progress);
     const auto learn_start = std::chrono::steady_clock::now();
     for (int it = 0; it < o.iterations; ++it) {
-      at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong));
+      // drawn on the CPU, so that a seed picks the same samples (and masks) on any device
+      at::Tensor idx = at::randint(n, {std::min(o.batch_size, n)}, gen, at::TensorOptions().dtype(at::kLong))
+                           .to(xq.device());
       at::Tensor x = xq.index_select(0, idx);
       if (o.drop_prob > 0 && !o.drop_inside) {
-        at::Tensor keep_fp = at::rand(x.sizes(), gen) < o.drop_prob;  // QDrop
+        at::Tensor keep_fp = (at::rand(x.sizes(), gen) < o.drop_prob).to(x.device());  // QDrop
         x = at::where(keep_fp, xfp.index_select(0, idx), x);
       }
       std::vector<at::Tensor> ws = soft_weights();
@@ -512,8 +517,11 @@ std::vector<BrecqReport> brecq(ModelGraph& q, ModelGraph& ref, const std::vector
     if (!ckpt.empty()) {
       c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
       d.insert("name", B.name);
-      for (size_t l : wl) d.insert("w:" + layers[l].weight_path, resolve_attr(q.module, layers[l].weight_path).toTensor().clone());
-      for (jit::Value* sv : svals) d.insert("s:" + scale_of[sv].attr, q.module.attr(scale_of[sv].attr).toTensor().clone());
+      // on the CPU: a checkpoint resumes on any device
+      for (size_t l : wl)
+        d.insert("w:" + layers[l].weight_path, resolve_attr(q.module, layers[l].weight_path).toTensor().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));
+      for (jit::Value* sv : svals)
+        d.insert("s:" + scale_of[sv].attr, q.module.attr(scale_of[sv].attr).toTensor().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));
       d.insert("generator", gen.get_state());
       d.insert("mse_nearest", r.mse_nearest);
       d.insert("mse_brecq", r.mse_brecq);

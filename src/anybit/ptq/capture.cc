@@ -70,6 +70,7 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
   std::vector<std::vector<at::Tensor>> parts(vals.size());
   jit::GraphFunction fn("anybit_capture", prefix, nullptr);
   torch::NoGradGuard no_grad;
+  const c10::Device device = module_device(g.module);
   const int64_t n = from ? from_values.size(0) : std::min(samples, data->size());
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t k = std::min(batch, n - b);
@@ -78,7 +79,7 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
       for (size_t i = 1; i < n_inputs; ++i) stack.emplace_back(c10::IValue());
       stack.emplace_back(from_values.narrow(0, b, k).clone());  // the graph may change it in place
     } else {
-      stack.emplace_back(data->batch(b, k).first);
+      stack.emplace_back(data->batch(b, k).first.to(device));
     }
     fn.run(stack);
     auto elems = stack.back().toTuple()->elements();
@@ -107,6 +108,22 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
 }
 
 }  // namespace
+
+c10::Device module_device(const jit::Module& m) {
+  for (const at::Tensor& p : m.parameters()) return p.device();
+  for (const at::Tensor& b : m.buffers()) return b.device();
+  return c10::kCPU;
+}
+
+ModulesOnDevice::ModulesOnDevice(std::vector<jit::Module> modules, c10::Device device) {
+  if (device.is_cpu()) return;
+  modules_ = std::move(modules);
+  for (jit::Module& m : modules_) m.to(device);
+}
+
+ModulesOnDevice::~ModulesOnDevice() {
+  for (jit::Module& m : modules_) m.to(at::kCPU);
+}
 
 std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
                                        int64_t samples, int64_t batch) {

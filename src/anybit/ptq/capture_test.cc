@@ -113,5 +113,20 @@ TEST(CaptureChain, ComputesFromInPlaceOpOutputsOfATracedFloatModel) {
   EXPECT_TRUE(at::equal((*from)[0], full[2]));
 }
 
+TEST(ModulesOnDevice, FindsTheModulesDeviceAndMovesNothingOnTheCpu) {
+  const char* dir = std::getenv("ANYBIT_FIXTURES");
+  ModelGraph g = load_model(std::string(dir ? dir : "fixtures") + "/resnet18_trace.pt");
+  EXPECT_TRUE(module_device(g.module).is_cpu());
+  const at::Tensor before = (*g.module.parameters().begin());
+  {
+    ModulesOnDevice guard({g.module}, c10::kCPU);
+    EXPECT_EQ((*g.module.parameters().begin()).data_ptr(), before.data_ptr());
+  }
+  EXPECT_EQ((*g.module.parameters().begin()).data_ptr(), before.data_ptr());
+  // a module without parameters or buffers (the data goes to the CPU)
+  jit::Module empty("empty");
+  EXPECT_TRUE(module_device(empty).is_cpu());
+}
+
 }  // namespace
 }  // namespace anybit

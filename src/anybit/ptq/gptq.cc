@@ -191,13 +191,14 @@ std::vector<GptqReport> gptq(ModelGraph& qg, ModelGraph* ref, const std::vector<
     const at::Tensor Xf = asym ? float_input(li) : at::Tensor();
     const at::Tensor W = resolve_attr(qg.module, L.weight_path).toTensor();
     const int64_t rows = W.size(0), g = u.linear ? 1 : u.groups, rg = rows / g;
-    at::Tensor Q = at::empty({rows, W.numel() / rows}, at::kDouble);
+    at::Tensor Q = at::empty({rows, W.numel() / rows}, W.options().dtype(at::kDouble));
     const at::Tensor W2 = W.reshape({rows, -1});
-    const at::Tensor s = L.scale.reshape({-1}).to(at::kDouble);
+    const at::Tensor s = L.scale.reshape({-1}).to(W.device(), at::kDouble);
     for (int64_t j = 0; j < g; ++j) {
       const int64_t cols = W2.size(1);
-      at::Tensor H = at::zeros({cols, cols}, at::kFloat), C;
-      if (asym) C = at::zeros({cols, cols}, at::kFloat);
+      // on the layer input's device (the GPU with --device cuda)
+      at::Tensor H = at::zeros({cols, cols}, X.options().dtype(at::kFloat)), C;
+      if (asym) C = at::zeros({cols, cols}, X.options().dtype(at::kFloat));
       int64_t m = 0;
       if (u.linear) {
         const at::Tensor x = X.reshape({-1, cols}).to(at::kFloat);

@@ -167,8 +167,6 @@ std::vector<SweepRow> run_sweep(const SweepOptions& o, const std::function<void(
   const c10::Device device = parse_device(o.device);  // refuses an unusable device before any work
   for (const auto& m : o.methods) {
     sweep_config(m, 8, 8, false);
-    if (!device.is_cpu() && (m == "adaround" || m == "brecq" || m == "gptq"))
-      throw Error("sweep --device " + o.device + ": method " + m + " runs on the CPU for now");
     for (const auto& f : o.formats) {
       std::string config = sweep_format_config(m, f, o.first_last_8bit);  // names the flag on a bad format
       const QuantSpec spec = parse_spec(f);
