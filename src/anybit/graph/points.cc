@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "anybit/graph/graph.h"
 #include "anybit/graph/graph_internal.h"
@@ -29,7 +30,7 @@ const std::unordered_map<std::string, std::string>& op_kinds() {
       {"aten::_convolution", "conv"}, {"aten::conv_transpose1d", "conv"},
       {"aten::conv_transpose2d", "conv"}, {"aten::conv_transpose3d", "conv"},
       {"aten::linear", "linear"}, {"aten::addmm", "linear"}, {"aten::matmul", "linear"},
-      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"}, {"aten::einsum", "linear"},
+      {"aten::mm", "linear"}, {"aten::bmm", "linear"}, {"aten::baddbmm", "linear"}, {"aten::einsum", "matmul"},
       {"aten::softmax", "softmax"}, {"aten::_softmax", "softmax"}, {"aten::log_softmax", "softmax"},
       {"aten::layer_norm", "norm"}, {"aten::group_norm", "norm"},
       {"aten::embedding", "embedding"},
@@ -112,7 +113,8 @@ namespace {
 bool is_linear_algebra(const std::string& op) {
   if (fused_ops().count(op)) return true;
   auto it = op_kinds().find(op);
-  return it != op_kinds().end() && (it->second == "conv" || it->second == "linear");
+  // einsum's kind is matmul: it has points only as a product of two activations
+  return it != op_kinds().end() && (it->second == "conv" || it->second == "linear" || op == "aten::einsum");
 }
 
 // The tensor operands of an einsum (aten::einsum(equation, Tensor[] operands, path)) when
@@ -234,14 +236,13 @@ void feeds_of(jit::Value* v, jit::Value* self, std::set<std::string>* out, int d
 
 // True when v is a point's value, possibly seen through ops that only move data (view,
 // transpose, chunk, ...), so that quantizing v again would change nothing.
-bool reaches_point(jit::Value* v, const std::vector<Point>& points, int depth = 0) {
+bool reaches_point(jit::Value* v, const std::unordered_set<const jit::Value*>& point_values, int depth = 0) {
   for (; depth < 24 && v; ++depth) {
-    for (const Point& p : points)
-      if (p.value == v) return true;
+    if (point_values.count(v)) return true;
     jit::Node* n = v->node();
     if (n->kind() == c10::prim::If) {  // every branch must reach one
       for (jit::Block* b : n->blocks())
-        if (!reaches_point(b->outputs()[v->offset()], points, depth + 1)) return false;
+        if (!reaches_point(b->outputs()[v->offset()], point_values, depth + 1)) return false;
       return true;
     }
     if (!moves_only(n) || n->inputs().empty()) return false;
@@ -269,6 +270,14 @@ void find_points(ModelGraph& g) {
   jit::Value* self = graph.inputs().at(0);
   int index = 0;
   int input_no = 0;
+  // the points' values and names, for the lookups below (one per op, not a scan of the points)
+  std::unordered_set<const jit::Value*> point_values;
+  std::unordered_set<std::string> point_names;
+  auto add = [&](const Point& p) {
+    g.points.push_back(p);
+    point_values.insert(p.value);
+    point_names.insert(p.name);
+  };
   for (size_t i = 1; i < graph.inputs().size(); ++i) {
     jit::Value* v = graph.inputs()[i];
     if (!is_tensor(v)) continue;
@@ -280,7 +289,7 @@ void find_points(ModelGraph& g) {
     p.value = v;
     p.node = nullptr;
     p.index = index++;
-    g.points.push_back(p);
+    add(p);
   }
   std::map<std::string, int> name_count;
   auto unique = [&](const std::string& base, const std::string& suffix) {
@@ -330,7 +339,7 @@ void find_points(ModelGraph& g) {
     }
     auto it = op_kinds().find(op);
     if (it == op_kinds().end()) continue;
-    std::string kind = op == "aten::einsum" ? "matmul" : it->second;
+    std::string kind = it->second;
     if ((kind == "add" || kind == "mul") &&
         (n->inputs().size() < 2 || !is_tensor(n->input(0)) || !is_tensor(n->input(1)) ||
          shape_or_integer(n->input(0), shape_memo) || shape_or_integer(n->input(1), shape_memo)))
@@ -368,9 +377,7 @@ void find_points(ModelGraph& g) {
       p.attr_path = ap;
       p.index = index++;
       // one weight read by several ops keeps one point
-      bool seen = false;
-      for (const auto& q : g.points) seen = seen || q.name == p.name;
-      if (!seen) g.points.push_back(p);
+      if (!point_names.count(p.name)) add(p);
     }
     // a product of two activations (attention scores, attention times values) is a matmul
     if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr) {
@@ -401,7 +408,7 @@ void find_points(ModelGraph& g) {
       for (size_t i = 0; i < operands.size(); ++i) {
         jit::Value* v = operands[i];
         if (v->node()->kind() == c10::prim::Param || !is_tensor(v) || shape_or_integer(v, shape_memo) ||
-            reaches_point(v, g.points))
+            reaches_point(v, point_values))
           continue;
         Point o;
         o.role = Role::kActivation;
@@ -413,7 +420,7 @@ void find_points(ModelGraph& g) {
         o.node = v->node();
         o.channel_axis = 1;
         o.index = index++;
-        g.points.push_back(o);
+        add(o);
       }
     }
     p.name = unique(base, ":out");
@@ -422,7 +429,7 @@ void find_points(ModelGraph& g) {
     p.channel_axis = 1;
     p.inplace = op.back() == '_';
     p.index = index++;
-    g.points.push_back(p);
+    add(p);
   }
   for (Point& p : g.points) {
     if (p.role != Role::kActivation && p.role != Role::kInput) continue;

@@ -263,25 +263,25 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     return opt.freeze ? frozen_copy(src) : src;
   };
   // the class scores: a copy returning them when they are a tuple's element
-  ScoresPicker pick, ref_pick;
-  auto scored = [&](torch::jit::Module& m, const std::string& select, ScoresPicker* then) {
+  // scored(): {the module returning the scores, the picker that reads them from it}
+  auto scored = [&](torch::jit::Module& m, const std::string& select) {
     const ScoresPicker p(m, select);
     if (&m == &model_in) r.scores = p.describe();
-    auto [returning, picker] = p.returning_scores(m);
-    *then = picker;
-    return returning;
+    return p.returning_scores(m);
   };
+  ScoresPicker pick, ref_pick;
   // (a copy made for the scores is dropped once freezing has copied it again)
   torch::jit::Module model = [&] {
-    torch::jit::Module s = scored(model_in, opt.scores, &pick);
+    auto [s, picker] = scored(model_in, opt.scores);
+    pick = picker;
     return prepared(s);
   }();
   torch::jit::Module ref_module;
   torch::jit::Module* reference = nullptr;
   if (reference_in) {
     // --scores is the model's; a reference that returns a tensor needs none
-    torch::jit::Module s =
-        scored(*reference_in, ScoresPicker::returns_tensor(*reference_in) ? "" : opt.scores, &ref_pick);
+    auto [s, picker] = scored(*reference_in, ScoresPicker::returns_tensor(*reference_in) ? "" : opt.scores);
+    ref_pick = picker;
     ref_module = prepared(s);
     reference = &ref_module;
   }
