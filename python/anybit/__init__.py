@@ -162,6 +162,12 @@ def _data(data, d, max_batches=None):
                 batches.append((b, None))
         if not batches:
             raise Error("the calibration/evaluation data yielded no batch")
+    for x, y in batches:
+        if y is not None and (not torch.is_tensor(y) or y.numel() != len(x)):
+            shape = list(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise Error(f"data: a batch's second element is taken as its labels, one class index per sample; got "
+                        f"{shape} for {len(x)} samples (a second model input, such as an attention mask, is not "
+                        "fed: anybit gives the model one tensor per batch)")
     xs = torch.cat([x.detach().float().cpu() for x, _ in batches])
     xp = os.path.join(d, "x.npy")
     np.save(xp, xs.contiguous().numpy())

@@ -5,6 +5,7 @@ reported with its reason."""
 import json
 import os
 import subprocess
+from typing import Optional
 
 import pytest
 import torch
@@ -287,3 +288,87 @@ def test_files_that_are_not_torchscript_say_what_they_are_and_how_to_make_one(tm
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
         assert what in r.stderr and "torch.jit.script(model).save(path)" in r.stderr, r.stderr
         assert "corrupted" not in r.stderr, r.stderr
+
+
+class _PaddedEncoder(nn.Module):
+    """A transformer encoder over padded sequences: the padding mask (rows of zeros) built
+    inside forward, so that the model takes one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(16, 32)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                         enable_nested_tensor=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        pad = x.abs().sum(-1) == 0
+        h = self.enc(self.emb(x), src_key_padding_mask=pad)
+        return self.head(h[:, 0])  # the first position, never padded here
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = _PaddedEncoder()
+
+    def forward(self, x, pad):
+        return self.m.head(self.m.enc(self.m.emb(x), src_key_padding_mask=pad)[:, 0])
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_encoder_with_a_padding_mask_quantizes_on_the_decomposed_layers(how):
+    # scripted, nn.TransformerEncoder packs a padded batch into a nested tensor for its fused
+    # layers; the decomposed layers (the ones with points) take the padded batch and the mask
+    torch.manual_seed(0)
+    m = _PaddedEncoder().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 10, 16, generator=g)
+    x[:, 7:] = 0
+    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2], check_trace=False)
+    assert anybit.coverage(sm)["uncovered"] == []
+    with torch.no_grad():
+        ref = m(x)
+        unmasked = m.head(m.enc(m.emb(x))[:, 0])  # what a dropped mask would give
+
+    def sqnr(out):
+        return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
+
+    # at 16 bits the quantized model is the float one up to rounding: the mask reaches the
+    # layers (a dropped mask is 20 dB away)
+    w16 = {"rules": [{"kind": "linear", "role": "weight", "spec": "int16:per_channel"},
+                     {"role": ["activation", "input"], "spec": "int16"}]}
+    with torch.no_grad():
+        assert sqnr(anybit.quantize(sm, w16, calib_data=x[:32])(x)) >= 45 > sqnr(unmasked) + 20
+        assert sqnr(anybit.quantize(sm, W8A8, calib_data=x[:32])(x)) >= 20
+
+
+class _OptionalMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = _PaddedEncoder()
+
+    def forward(self, x, pad: Optional[torch.Tensor] = None):
+        return self.m.head(self.m.enc(self.m.emb(x), src_key_padding_mask=pad)[:, 0])
+
+
+def test_a_second_input_with_a_default_gets_its_default():
+    # forward(x, pad=None): calibration and the layer captures run forward's graph with the default
+    torch.manual_seed(0)
+    m = _OptionalMask().eval()
+    x = torch.randn(32, 10, 16)
+    qm = anybit.quantize(torch.jit.script(m), W8A8, calib_data=x, gptq=True)
+    with torch.no_grad():
+        ref, out = m(x), qm(x)
+    assert float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())) >= 20
+
+
+def test_a_model_taking_two_inputs_is_one_clear_error():
+    torch.manual_seed(0)
+    m = torch.jit.script(_TwoInputs().eval())
+    x = torch.randn(8, 10, 16)
+    with pytest.raises(anybit.Error, match=r"forward takes 2 inputs \(x, pad\).*one tensor"):
+        anybit.quantize(m, W8A8, calib_data=x)
+    # (x, mask) pairs: the second element is the labels, which a mask is not
+    with pytest.raises(anybit.Error, match=r"labels, one class index per sample; got \[8, 10\] for 8 samples"):
+        anybit.quantize(m, W8A8, calib_data=[(x, torch.zeros(8, 10, dtype=torch.bool))])

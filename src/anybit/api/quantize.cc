@@ -75,6 +75,7 @@ std::string float_layer_inputs_note(const std::vector<std::string>& float_reads)
 QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
                         const QuantizeOptions& options) {
   QuantizeResult result;
+  if (calib) check_one_input(g.module, "quantize");
   if (options.strict && !g.uncovered.empty()) {
     std::string msg = "strict: " + std::to_string(g.uncovered.size()) + " op(s) have no points and would stay float: ";
     for (size_t k = 0; k < g.uncovered.size(); ++k)

@@ -5,12 +5,16 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "anybit/api/pipeline.h"
 #include "anybit/export/export.h"
 #include "anybit/quant/node.h"
+#include "anybit/runtime/evaluate.h"
+#include "anybit/source/data_source.h"
+#include "anybit/train/finetune.h"
 
 namespace anybit {
 namespace {
@@ -270,6 +274,38 @@ TEST(Evaluate, AModelThatRejectsTheInputShapeGivesOneClearError) {
     EXPECT_NE(m.find("wrong.npy"), std::string::npos) << m;
     EXPECT_NE(m.find("[4, 3, 32, 32]"), std::string::npos) << m;
   }
+}
+
+TEST(OneInput, AModelWhoseForwardTakesTwoInputsIsOneClearErrorBeforeAnyWork) {
+  torch::jit::Module m("two_inputs");
+  m.define(R"(
+def forward(self, x, mask):
+    return x.masked_fill(mask, 0.0).flatten(1)
+)");
+  auto data = tensor_data(at::rand({8, 3, 4, 4}), at::zeros({8}, at::kLong), "random images");
+  auto expect_error = [](const std::function<void()>& f, const std::string& what) {
+    try {
+      f();
+      ADD_FAILURE() << what << ": no error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(what + ": the model's forward takes 2 inputs (x, mask)"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("one tensor"), std::string::npos) << msg;
+    }
+  };
+  Config config = parse_config_string("rules:\n  - {role: input, spec: int8}\n");
+  expect_error([&] { quantize(analyze_module(m.clone()), config, data.get(), QuantizeOptions()); }, "quantize");
+  expect_error([&] { evaluate(m, *data, EvalOptions()); }, "evaluate");
+  FinetuneOptions fo;
+  expect_error([&] { finetune(m, *data, fo); }, "finetune");
+  // an input with a default value is not needed: the model runs on one tensor
+  torch::jit::Module d("default_mask");
+  d.define(R"(
+def forward(self, x, scale: float = 2.0):
+    return (x * scale).flatten(1)
+)");
+  EXPECT_NO_THROW(check_one_input(d, "evaluate"));
+  EXPECT_NO_THROW(quantize(analyze_module(d.clone()), config, data.get(), QuantizeOptions()));
 }
 
 }  // namespace

@@ -18,4 +18,16 @@ class Error : public std::runtime_error {
   Error(const std::string& where, const std::string& what) : std::runtime_error(where + ": " + what) {}
 };
 
+// The one line of a long error message that says what went wrong: the first line, or for
+// the TorchScript interpreter's report ("The following operation failed in the TorchScript
+// interpreter. Traceback ...") its last line, the error the failing op raised.
+inline std::string error_summary(const std::string& what) {
+  const std::string first = what.substr(0, what.find('\n'));
+  if (first.find("TorchScript interpreter") == std::string::npos) return first;
+  size_t end = what.find_last_not_of(" \n\r\t");
+  if (end == std::string::npos) return first;
+  const size_t begin = what.rfind('\n', end);
+  return what.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
 }  // namespace anybit

@@ -152,15 +152,17 @@ std::map<size_t, Observed> observe_points(ModelGraph& g, const std::vector<size_
     } on_device{g.module, !options.device.is_cpu()};
     if (on_device.moved) g.module.to(options.device);
     data::ProgressBar bar("calibrate", total, options.progress);
+    const std::vector<c10::IValue> defaults = default_inputs(g.module);
     for (int64_t b = 0; b < total; b += options.batch_size) {
       auto batch = data.batch(b, std::min(options.batch_size, total - b));
       jit::Stack stack{g.module._ivalue(), batch.first.to(options.device)};
+      for (const c10::IValue& d : defaults) stack.push_back(d);
       try {
         fn.run(stack);
       } catch (const std::exception& e) {
         std::string what = e.what();
         throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) + ": " +
-                    what.substr(0, what.find('\n')));
+                    error_summary(what));
       }
       bar.update(b + batch.first.size(0));
     }

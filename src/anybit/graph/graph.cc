@@ -121,7 +121,10 @@ const std::unordered_map<std::string, std::string>& fused_ops() {
 
 bool contains_fused(jit::Block* b) {
   for (jit::Node* n : b->nodes()) {
-    if (fused_ops().count(n->kind().toQualString())) return true;
+    const std::string k = n->kind().toQualString();
+    // nn.TransformerEncoder packs a padded batch into a nested tensor for its layers' fused
+    // kernels only (with a key padding mask): the decomposed layers take the padded batch
+    if (fused_ops().count(k) || k == "aten::_nested_tensor_from_mask") return true;
     for (jit::Block* inner : n->blocks())
       if (contains_fused(inner)) return true;
   }
@@ -229,6 +232,34 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
 }
 
 ModelGraph load_model(const std::string& path) { return analyze_module(load_module(path), path); }
+
+std::vector<c10::IValue> default_inputs(const torch::jit::Module& m) {
+  std::vector<c10::IValue> out;
+  const auto method = m.find_method("forward");
+  if (!method) return out;
+  const c10::FunctionSchema& schema = method->function().getSchema();
+  for (size_t i = 2; i < schema.arguments().size(); ++i) {
+    const auto& d = schema.arguments()[i].default_value();
+    out.push_back(d ? *d : c10::IValue());  // check_one_input refuses a second required input
+  }
+  return out;
+}
+
+void check_one_input(const torch::jit::Module& m, const std::string& what) {
+  const auto method = m.find_method("forward");
+  if (!method) return;  // load_module refuses a module without forward
+  const c10::FunctionSchema& schema = method->function().getSchema();
+  std::vector<std::string> required;
+  for (size_t i = 1; i < schema.arguments().size(); ++i)
+    if (!schema.arguments()[i].default_value()) required.push_back(schema.arguments()[i].name());
+  if (required.size() <= 1) return;
+  std::string names;
+  for (size_t i = 0; i < required.size(); ++i) names += (i ? ", " : "") + required[i];
+  throw Error(what + ": the model's forward takes " + std::to_string(required.size()) + " inputs (" + names +
+              "), and anybit feeds each batch to it as one tensor: script or trace a wrapper whose forward takes " +
+              required[0] + " alone and builds the others (an attention mask from " + required[0] +
+              ", a fixed size), or give them default values");
+}
 
 void save_module(torch::jit::Module& module, const std::string& path) {
   const std::string tmp = path + ".tmp" + std::to_string(::getpid());

@@ -56,6 +56,14 @@ void save_module(torch::jit::Module& module, const std::string& path);
 // quantization passes do before rewriting).
 ModelGraph analyze_module(torch::jit::Module module, const std::string& path = "");
 ModelGraph load_model(const std::string& path);
+// Throws Error when forward needs more than one input (arguments without defaults after
+// self): the data sources feed each batch to the model as one tensor. `what` names the
+// command or the file, e.g. "evaluate".
+void check_one_input(const torch::jit::Module& m, const std::string& what);
+// The default values of forward's arguments after the first input (`mask=None`,
+// `scale: float = 2.0`), for a stack that runs forward's graph directly (a GraphFunction
+// fills in no defaults): push them after the input.
+std::vector<c10::IValue> default_inputs(const torch::jit::Module& m);
 // Replaces prim::If on bools fixed for this module instance by the branch taken (done
 // on load for attributes such as `use_res_connect`); with include_training, also
 // `self.training` (the graph is then specialized to the module's current mode), followed

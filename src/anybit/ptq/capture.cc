@@ -71,6 +71,7 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
   jit::GraphFunction fn("anybit_capture", prefix, nullptr);
   torch::NoGradGuard no_grad;
   const c10::Device device = module_device(g.module);
+  const std::vector<c10::IValue> defaults = default_inputs(g.module);
   const int64_t n = from ? from_values.size(0) : std::min(samples, data->size());
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t k = std::min(batch, n - b);
@@ -80,6 +81,7 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
       stack.emplace_back(from_values.narrow(0, b, k).clone());  // the graph may change it in place
     } else {
       stack.emplace_back(data->batch(b, k).first.to(device));
+      for (const c10::IValue& d : defaults) stack.push_back(d);
     }
     fn.run(stack);
     auto elems = stack.back().toTuple()->elements();

@@ -57,6 +57,7 @@ std::vector<QuantizerOutput> probe_quantizers(torch::jit::Module& model, const a
   graph->registerOutput(graph->insertNode(graph->createTuple(outs))->output());
   jit::GraphFunction fn("anybit_probe", graph, nullptr);
   jit::Stack stack{model._ivalue(), x};
+  for (const c10::IValue& d : default_inputs(model)) stack.push_back(d);
   torch::NoGradGuard no_grad;
   fn.run(stack);
   auto elems = stack.back().toTuple()->elements();
@@ -248,6 +249,8 @@ class FusedRunner {
 
 EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const EvalOptions& opt,
                     torch::jit::Module* reference_in) {
+  check_one_input(model_in, "evaluate");
+  if (reference_in) check_one_input(*reference_in, "evaluate, the reference model");
   EvalResult r;
   const int64_t batch_size = opt.batch_size;
   const bool progress = opt.progress;
@@ -303,7 +306,7 @@ EvalResult evaluate(torch::jit::Module& model_in, const DataSource& data, const 
     } catch (const std::exception& e) {
       std::string what = e.what();
       throw Error(data.describe() + ": the model rejects inputs of shape " + c10::str(batch.first.sizes()) +
-                  ": " + what.substr(0, what.find('\n')));
+                  ": " + error_summary(what));
     }
     if (out.dim() != 2 || out.size(0) != batch.first.size(0))
       throw Error("the model's output has shape " + c10::str(out.sizes()) +

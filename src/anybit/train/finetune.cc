@@ -180,6 +180,8 @@ double scheduled_learning_rate(const std::string& schedule, double peak, int64_t
 
 std::vector<EpochReport> finetune(torch::jit::Module& model, const DataSource& train, const FinetuneOptions& o) {
   if (o.epochs < 1) throw Error("finetune: epochs must be at least 1");
+  check_one_input(model, "finetune");
+  if (o.teacher) check_one_input(*o.teacher, "finetune, the teacher");
   if (o.freeze_bn_epoch < -1 || o.freeze_bn_epoch >= o.epochs)
     throw Error("finetune: freeze-bn epoch " + std::to_string(o.freeze_bn_epoch) + " is not in [0, epochs - 1 = " +
                 std::to_string(o.epochs - 1) + "]");
