@@ -26,7 +26,6 @@
 #include "anybit/ptq/adaround.h"
 #include "anybit/ptq/bias_correction.h"
 #include "anybit/ptq/brecq.h"
-#include "anybit/ptq/capture.h"
 #include "anybit/ptq/gptq.h"
 #include "anybit/quant/node.h"
 #include "anybit/quant/scheme.h"
@@ -210,7 +209,7 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   // the device until they are done (the captured layer inputs, Hessians and learned roundings
   // live there), back on the CPU after them, on an error too
   std::optional<ModulesOnDevice> on_device;
-  if (reference && !options.device.is_cpu()) on_device.emplace(std::vector<torch::jit::Module>{g.module, reference->module}, options.device);
+  if (reference) on_device.emplace(std::vector<torch::jit::Module>{g.module, reference->module}, options.device);
   if (reference && options.brecq_iterations > 0) {
     BrecqOptions bo;
     bo.iterations = options.brecq_iterations;

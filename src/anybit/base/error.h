@@ -26,8 +26,9 @@ inline std::string error_summary(const std::string& what) {
   if (first.find("TorchScript interpreter") == std::string::npos) return first;
   size_t end = what.find_last_not_of(" \n\r\t");
   if (end == std::string::npos) return first;
-  const size_t begin = what.rfind('\n', end);
-  return what.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+  const size_t newline = what.rfind('\n', end);
+  const size_t begin = newline == std::string::npos ? 0 : newline + 1;
+  return what.substr(begin, end + 1 - begin);
 }
 
 }  // namespace anybit

@@ -143,14 +143,7 @@ std::map<size_t, Observed> observe_points(ModelGraph& g, const std::vector<size_
     torch::NoGradGuard no_grad;
     // the passes run on the device; the model comes back to the CPU after them (or on an
     // error), where its quantizer parameters are computed
-    struct OnDevice {
-      torch::jit::Module m;
-      bool moved;
-      ~OnDevice() {
-        if (moved) m.to(at::kCPU);
-      }
-    } on_device{g.module, !options.device.is_cpu()};
-    if (on_device.moved) g.module.to(options.device);
+    const ModulesOnDevice on_device({g.module}, options.device);
     data::ProgressBar bar("calibrate", total, options.progress);
     const std::vector<c10::IValue> defaults = default_inputs(g.module);
     for (int64_t b = 0; b < total; b += options.batch_size) {

@@ -233,6 +233,22 @@ ModelGraph analyze_module(jit::Module module, const std::string& path) {
 
 ModelGraph load_model(const std::string& path) { return analyze_module(load_module(path), path); }
 
+c10::Device module_device(const jit::Module& m) {
+  for (const at::Tensor& p : m.parameters()) return p.device();
+  for (const at::Tensor& b : m.buffers()) return b.device();
+  return c10::kCPU;
+}
+
+ModulesOnDevice::ModulesOnDevice(std::vector<jit::Module> modules, c10::Device device) {
+  if (device.is_cpu()) return;
+  modules_ = std::move(modules);
+  for (jit::Module& m : modules_) m.to(device);
+}
+
+ModulesOnDevice::~ModulesOnDevice() {
+  for (jit::Module& m : modules_) m.to(at::kCPU);
+}
+
 std::vector<c10::IValue> default_inputs(const torch::jit::Module& m) {
   std::vector<c10::IValue> out;
   const auto method = m.find_method("forward");

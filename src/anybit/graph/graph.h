@@ -56,6 +56,23 @@ void save_module(torch::jit::Module& module, const std::string& path);
 // quantization passes do before rewriting).
 ModelGraph analyze_module(torch::jit::Module module, const std::string& path = "");
 ModelGraph load_model(const std::string& path);
+// Where a module's tensors live: the device of its first parameter (or buffer), the CPU for
+// one without any. The captures (ptq/capture.h) bring each batch of data there.
+c10::Device module_device(const torch::jit::Module& m);
+
+// Moves modules to a device for a scope (calibration and the PTQ algorithms on --device
+// cuda) and back to the CPU when it ends, on an error too. On the CPU it moves nothing.
+class ModulesOnDevice {
+ public:
+  ModulesOnDevice(std::vector<torch::jit::Module> modules, c10::Device device);
+  ~ModulesOnDevice();
+  ModulesOnDevice(const ModulesOnDevice&) = delete;
+  ModulesOnDevice& operator=(const ModulesOnDevice&) = delete;
+
+ private:
+  std::vector<torch::jit::Module> modules_;
+};
+
 // Throws Error when forward needs more than one input (arguments without defaults after
 // self): the data sources feed each batch to the model as one tensor. `what` names the
 // command or the file, e.g. "evaluate".

@@ -111,22 +111,6 @@ std::optional<std::vector<at::Tensor>> capture(ModelGraph& g, const std::vector<
 
 }  // namespace
 
-c10::Device module_device(const jit::Module& m) {
-  for (const at::Tensor& p : m.parameters()) return p.device();
-  for (const at::Tensor& b : m.buffers()) return b.device();
-  return c10::kCPU;
-}
-
-ModulesOnDevice::ModulesOnDevice(std::vector<jit::Module> modules, c10::Device device) {
-  if (device.is_cpu()) return;
-  modules_ = std::move(modules);
-  for (jit::Module& m : modules_) m.to(device);
-}
-
-ModulesOnDevice::~ModulesOnDevice() {
-  for (jit::Module& m : modules_) m.to(at::kCPU);
-}
-
 std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<jit::Value*>& vals, const DataSource& data,
                                        int64_t samples, int64_t batch) {
   return *capture(g, vals, &data, samples, nullptr, at::Tensor(), batch);

@@ -13,23 +13,6 @@ namespace anybit {
 
 class DataSource;
 
-// Where a module's tensors live: the device of its first parameter (or buffer), the CPU for
-// one without any. The captures below bring each batch of data there.
-c10::Device module_device(const torch::jit::Module& m);
-
-// Moves modules to a device for a scope (the PTQ algorithms on --device cuda) and back to
-// the CPU when it ends, on an error too. On the CPU it moves nothing.
-class ModulesOnDevice {
- public:
-  ModulesOnDevice(std::vector<torch::jit::Module> modules, c10::Device device);
-  ~ModulesOnDevice();
-  ModulesOnDevice(const ModulesOnDevice&) = delete;
-  ModulesOnDevice& operator=(const ModulesOnDevice&) = delete;
-
- private:
-  std::vector<torch::jit::Module> modules_;
-};
-
 // The values `vals` (of g's graph) over the first `samples` inputs of `data`, run in
 // batches of `batch`, concatenated along the batch dimension. g's graph is left as it was.
 std::vector<at::Tensor> capture_values(ModelGraph& g, const std::vector<torch::jit::Value*>& vals,
