@@ -74,11 +74,13 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
       anybit::QuantizedModel q = anybit::quantize_model(model_path, c, data.get(), prepare, options, out_path);
       uncovered = q.uncovered;
       pts = q.result.points;
+      if (!q.result.integer_inputs.empty()) float_inputs_note = anybit::integer_inputs_note(q.result.integer_inputs);
       if (!q.result.float_layer_inputs.empty())
-        float_inputs_note = anybit::float_layer_inputs_note(q.result.float_layer_inputs);
+        float_inputs_note += (float_inputs_note.empty() ? "" : "\n") +
+                             anybit::float_layer_inputs_note(q.result.float_layer_inputs);
     }
   }
-  // (points, uncovered ops, the float-layer-inputs note or "")
+  // (points, uncovered ops, the integer-inputs and float-layer-inputs notes, one a line, or "")
   return py::make_tuple(to_python(pts), to_python(uncovered), float_inputs_note);
 }
 

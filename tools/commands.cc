@@ -228,6 +228,8 @@ int cmd_quantize(const Common& c) {
                  learned, nearest, seconds > 0 ? fmt::format(", {:.1f} ms an iteration", seconds * 1e3) : "");
   }
   for (const auto& why : q.gptq_skipped) fmt::print(stderr, "warning: gptq kept nearest rounding for {}\n", why);
+  if (!q.integer_inputs.empty() && !c.json)
+    fmt::print(stderr, "note: {}\n", anybit::integer_inputs_note(q.integer_inputs));
   if (!q.float_layer_inputs.empty() && !c.json)
     fmt::print(stderr, "note: {}\n", anybit::float_layer_inputs_note(q.float_layer_inputs));
   json j = json::object();
@@ -246,6 +248,7 @@ int cmd_quantize(const Common& c) {
     j["points"] = pts;
     j["clipping"] = q.clipping;
     j["float_layer_inputs"] = q.float_layer_inputs;
+    j["integer_inputs"] = q.integer_inputs;
     std::cout << j.dump(2) << "\n";
   } else {
     if (!eval_data) print_plan(q.points, true);

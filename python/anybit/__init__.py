@@ -168,7 +168,10 @@ def _data(data, d, max_batches=None):
             raise Error(f"data: a batch's second element is taken as its labels, one class index per sample; got "
                         f"{shape} for {len(x)} samples (a second model input, such as an attention mask, is not "
                         "fed: anybit gives the model one tensor per batch)")
-    xs = torch.cat([x.detach().float().cpu() for x, _ in batches])
+    # integer inputs (token ids for an embedding) stay integers, as int64; the rest is float
+    ints = all(not x.dtype.is_floating_point and not x.dtype.is_complex and x.dtype not in (torch.bool, torch.uint8)
+               for x, _ in batches)
+    xs = torch.cat([x.detach().cpu().long() if ints else x.detach().float().cpu() for x, _ in batches])
     xp = os.path.join(d, "x.npy")
     np.save(xp, xs.contiguous().numpy())
     if all(y is None for _, y in batches):  # calibration only: no labels file
@@ -251,8 +254,10 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     for r in report:
         if "clip_warning" in r:
             warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
-    if float_inputs:  # activations layers read that the config leaves float, as `anybit quantize` notes them
-        warnings.warn(float_inputs, CoverageWarning, stacklevel=2)
+    # integer inputs left unquantized, activations layers read that the config leaves float: as
+    # `anybit quantize` notes them
+    for note in filter(None, float_inputs.split("\n")):
+        warnings.warn(note, CoverageWarning, stacklevel=2)
     return (qm, report) if return_report else qm
 
 

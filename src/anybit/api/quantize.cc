@@ -71,6 +71,13 @@ std::string float_layer_inputs_note(const std::vector<std::string>& float_reads)
          "; the rule {role: activation, feeds: [conv, linear, matmul], spec: ...} quantizes them (docs/config.md)";
 }
 
+std::string integer_inputs_note(const std::vector<std::string>& inputs) {
+  std::string names;
+  for (size_t i = 0; i < inputs.size(); ++i) names += (i ? ", " : "") + inputs[i];
+  return names + (inputs.size() == 1 ? " is" : " are") +
+         " fed integers (token ids), which a quantizer would round to other values: left unquantized";
+}
+
 QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* calib,
                         const QuantizeOptions& options) {
   QuantizeResult result;
@@ -82,6 +89,14 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     throw Error(msg);
   }
   result.points = plan(g, config);
+  // Integer inputs (token ids an embedding reads) are indices, not values: a quantizer would
+  // round them to other tokens, and its float output would not index at all. Left unquantized.
+  if (calib && calib->size() > 0 && !at::isFloatingType(calib->batch(0, 1).first.scalar_type()))
+    for (PointReport& r : result.points)
+      if (r.point.role == Role::kInput && !r.assignment.spec.is_float()) {
+        result.integer_inputs.push_back(r.point.name);
+        r.assignment.spec = QuantSpec();
+      }
   result.float_layer_inputs = float_layer_inputs(result.points);
   // the float model AdaRound reconstructs, taken before any rewrite
   std::unique_ptr<ModelGraph> reference;

@@ -114,6 +114,9 @@ struct QuantizeResult {
   std::vector<std::string> clipping;
   // see float_layer_inputs() below
   std::vector<std::string> float_layer_inputs;
+  // Input points a rule quantizes whose calibration data are integers (token ids): left
+  // unquantized (integer_inputs_note() below); the CLI prints the note, Python warns.
+  std::vector<std::string> integer_inputs;
 };
 
 // "name (kind)" of each activation or input that a conv, linear or matmul layer reads
@@ -123,6 +126,8 @@ struct QuantizeResult {
 std::vector<std::string> float_layer_inputs(const std::vector<PointReport>& plan);
 // The one-line note the front ends print (CLI) or warn (Python) for a non-empty list.
 std::string float_layer_inputs_note(const std::vector<std::string>& float_reads);
+
+std::string integer_inputs_note(const std::vector<std::string>& inputs);
 
 // Resolves the rules on the model's points (same as the first step of quantize).
 std::vector<PointReport> plan(const ModelGraph& g, const Config& config);

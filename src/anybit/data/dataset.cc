@@ -19,6 +19,11 @@ void check_index(const std::string& scheme, int64_t index, int64_t size) {
     throw Error(scheme + ": sample index " + std::to_string(index) + " out of range [0, " + std::to_string(size) + ")");
 }
 
+void Dataset::get_integers(int64_t index, int64_t* out, int64_t* label) const {
+  (void)index, (void)out, (void)label;
+  throw Error("the dataset's samples are not integers");
+}
+
 namespace {
 
 class LimitedDataset : public Dataset {
@@ -30,6 +35,11 @@ class LimitedDataset : public Dataset {
   void get(int64_t index, float* out, int64_t* label) const override {
     check_index(scheme_, index, size());
     inner_->get(index, out, label);
+  }
+  bool integer_samples() const override { return inner_->integer_samples(); }
+  void get_integers(int64_t index, int64_t* out, int64_t* label) const override {
+    check_index(scheme_, index, size());
+    inner_->get_integers(index, out, label);
   }
 
  private:
@@ -128,6 +138,8 @@ bool parse_split(const std::string& spec, const std::string& s) {
 
 std::unique_ptr<Dataset> normalize_dataset(std::unique_ptr<Dataset> inner, std::vector<float> mean,
                                            std::vector<float> std, const std::string& spec) {
+  if (inner->integer_samples())
+    throw Error("data spec '" + spec + "': the samples are integers (token ids); mean= and std= apply to images only");
   const std::vector<int64_t> shape = inner->sample_shape();
   const int64_t channels = shape.empty() ? 1 : shape[0];
   for (const auto* v : {&mean, &std}) {

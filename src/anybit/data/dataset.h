@@ -30,7 +30,10 @@
 //                                  resize defaults to 256 for size 224, else to size * 256 / 224.
 //   npy:IMAGES.npy[:LABELS.npy]    float32 (or uint8, divided by 255) images [N, C, H, W] (any rank >= 2:
 //                                  the sample shape is the rest), int64/int32 labels [N]; without a
-//                                  labels file every label is -1 (calibration only).
+//                                  labels file every label is -1 (calibration only). An int64 or
+//                                  int32 IMAGES file holds integer inputs (token ids, [N, T]):
+//                                  fed to the model as int64 (integer_samples()), never
+//                                  normalized (mean= and std= are an Error).
 //
 // The split defaults to test. `fmnist:train` means the default DIR with the train split unless a
 // directory named `train` exists. `limit=N` keeps only the first N samples (any scheme).
@@ -60,6 +63,11 @@ class Dataset {
   // Writes sample `index` (prod(sample_shape()) floats) to `out` and its label to `*label`;
   // throws Error for an index outside [0, size()) or an image that cannot be decoded.
   virtual void get(int64_t index, float* out, int64_t* label) const = 0;
+  // True when the samples are integers (token ids): get_integers() reads them exactly (get()
+  // gives them as floats, exact up to 2^24), and the core feeds them to the model as int64.
+  virtual bool integer_samples() const { return false; }
+  // Writes sample `index` as prod(sample_shape()) integers; throws Error unless integer_samples().
+  virtual void get_integers(int64_t index, int64_t* out, int64_t* label) const;
 };
 
 struct Batch {

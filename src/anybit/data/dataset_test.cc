@@ -342,6 +342,42 @@ TEST(NpyDataset, Uint8ImagesAreDividedBy255AndInt32LabelsWidened) {
   EXPECT_EQ(b.labels, (std::vector<int64_t>{6, 2}));
 }
 
+TEST(NpyDataset, Int64AndInt32InputsAreIntegerSamplesReadExactlyAndNeverNormalized) {
+  const std::string dir = make_temp_dir("npy_ids");
+  // token ids, one beyond float32's exact integers (2^24 + 1)
+  const std::vector<int64_t> ids = {0, 7, 999, (int64_t{1} << 24) + 1, 3, 42};
+  write_bytes(dir + "/x.npy", npy_file("<i8", "(2, 3)", raw(ids)));
+  write_bytes(dir + "/y.npy", npy_file("<i8", "(2,)", raw(std::vector<int64_t>{1, 0})));
+  for (const std::string spec : {"npy:" + dir + "/x.npy:" + dir + "/y.npy", "npy:" + dir + "/x.npy:" + dir + "/y.npy:limit=2"}) {
+    auto d = open_dataset(spec);
+    ASSERT_TRUE(d->integer_samples()) << spec;
+    EXPECT_EQ(d->sample_shape(), (std::vector<int64_t>{3}));
+    std::vector<int64_t> got(3);
+    int64_t label = -5;
+    d->get_integers(1, got.data(), &label);
+    EXPECT_EQ(got, (std::vector<int64_t>(ids.begin() + 3, ids.end())));
+    EXPECT_EQ(label, 0);
+    std::vector<float> f(3);
+    d->get(0, f.data(), &label);
+    EXPECT_EQ(f, (std::vector<float>{0, 7, 999}));
+    expect_error([&] { d->get_integers(2, got.data(), &label); }, {"npy", "sample index 2 out of range"});
+  }
+  write_bytes(dir + "/x4.npy", npy_file("<i4", "(1, 2)", raw(std::vector<int32_t>{-3, 5})));
+  auto d4 = open_dataset("npy:" + dir + "/x4.npy");
+  ASSERT_TRUE(d4->integer_samples());
+  std::vector<int64_t> got(2);
+  int64_t label = 0;
+  d4->get_integers(0, got.data(), &label);
+  EXPECT_EQ(got, (std::vector<int64_t>{-3, 5}));
+  EXPECT_EQ(label, -1);
+  // images are not integer samples, and integers are not normalized
+  write_bytes(dir + "/img.npy", npy_file("|u1", "(1, 1, 1, 2)", {0, 255}));
+  auto img = open_dataset("npy:" + dir + "/img.npy");
+  EXPECT_FALSE(img->integer_samples());
+  expect_error([&] { img->get_integers(0, got.data(), &label); }, {"not integers"});
+  expect_error([&] { open_dataset("npy:" + dir + "/x.npy:mean=0.5"); }, {"npy:" + dir + "/x.npy:mean=0.5", "integers", "mean= and std="});
+}
+
 TEST(NpyDataset, WithoutALabelsFileEveryLabelIsMinusOne) {
   const std::string dir = make_temp_dir("npy_nolabels");
   write_bytes(dir + "/x.npy", npy_file("|u1", "(3, 1, 1, 1)", {1, 2, 3}));

@@ -23,15 +23,26 @@ class NpyDataset : public Dataset {
     check_index("npy", index, size());
     if (images_.dtype == DType::kFloat32) {
       std::memcpy(out, images_.bytes.data() + index * per_ * 4, static_cast<size_t>(per_) * 4);
+    } else if (integer_samples()) {
+      for (int64_t k = 0; k < per_; ++k) out[k] = static_cast<float>(images_.int_at(index * per_ + k));
     } else {
       const uint8_t* p = images_.bytes.data() + index * per_;
       for (int64_t k = 0; k < per_; ++k) out[k] = scaled_[p[k]];
     }
     *label = labels_.empty() ? -1 : labels_[index];
   }
+  bool integer_samples() const override {
+    return images_.dtype == DType::kInt64 || images_.dtype == DType::kInt32;
+  }
+  void get_integers(int64_t index, int64_t* out, int64_t* label) const override {
+    if (!integer_samples()) Dataset::get_integers(index, out, label);
+    check_index("npy", index, size());
+    for (int64_t k = 0; k < per_; ++k) out[k] = images_.int_at(index * per_ + k);
+    *label = labels_.empty() ? -1 : labels_[index];
+  }
 
  private:
-  NpyArray images_;              // float32 or uint8, [N, ...]
+  NpyArray images_;              // float32, uint8 (images), int64 or int32 (integer inputs), [N, ...]
   std::vector<int64_t> labels_;  // empty: unlabeled
   std::vector<int64_t> shape_;
   int64_t per_;
@@ -51,8 +62,9 @@ NpyArray read_npy_array(const std::string& path) {
 
 std::unique_ptr<Dataset> open_npy_dataset(const std::string& images_path, const std::string& labels_path) {
   NpyArray x = read_npy_array(images_path);
-  if (x.dtype != DType::kFloat32 && x.dtype != DType::kUInt8)
-    throw Error("npy: " + images_path + ": images must be float32 or uint8, got " + dtype_name(x.dtype));
+  if (x.dtype != DType::kFloat32 && x.dtype != DType::kUInt8 && x.dtype != DType::kInt64 && x.dtype != DType::kInt32)
+    throw Error("npy: " + images_path + ": images must be float32 or uint8 (or int64/int32 integer inputs such as "
+                "token ids), got " + dtype_name(x.dtype));
   if (x.shape.size() < 2)
     throw Error("npy: " + images_path + ": images must have shape [N, C, H, W] (rank >= 2), got " +
                 shape_str(x.shape));

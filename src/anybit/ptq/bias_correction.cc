@@ -28,8 +28,12 @@ std::vector<BiasCorrection> correct_bias(ModelGraph& q, ModelGraph& ref, const D
     // measured one layer at a time: each correction changes what later layers see
     at::Tensor yq = capture_values(q, {p.node->output()}, calib, samples, 128)[0];
     at::Tensor yf = capture_values(ref, {f->node->output()}, calib, samples, 128)[0];
-    std::vector<int64_t> dims = {0};
-    for (int64_t d = 2; d < yq.dim(); ++d) dims.push_back(d);
+    // the mean over every dimension but the channels': dim 1 of a conv's output, the last of a
+    // linear's ([N, F], or [N, T, F] in a transformer)
+    const int64_t channel = k == "aten::linear" ? yq.dim() - 1 : 1;
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < yq.dim(); ++d)
+      if (d != channel) dims.push_back(d);
     at::Tensor shift = (yq.to(at::kDouble) - yf.to(at::kDouble)).mean(dims);  // [C]
     at::Tensor bias = b.toTensor().detach();
     assign_attr(q.module, bpath, (bias.to(at::kDouble) - shift).to(bias.scalar_type()));

@@ -488,6 +488,9 @@ std::unique_ptr<FusedModel> FusedModel::compile(const torch::jit::Module& frozen
 
 at::Tensor FusedModel::forward(const at::Tensor& x_in) {
   if (x_in.dim() < 1) throw Error("the compiled model takes a batch of inputs, got a scalar");
+  if (!at::isFloatingType(x_in.scalar_type()))
+    throw Error(std::string("the oneDNN layers take float inputs, and the model is fed ") +
+                c10::toString(x_in.scalar_type()) + " (token ids?): the interpreter runs it");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const std::vector<int64_t> key = x.sizes().vec();
   auto it = impl_->plans.find(key);

@@ -45,11 +45,18 @@ class DatasetData : public DataSource {
     int64_t per = 1;
     for (int64_t s : shape) per *= s;
     shape.insert(shape.begin(), n);
-    at::Tensor x = at::empty(shape, at::kFloat);
+    // integer samples (token ids) as the int64 an embedding reads, images as float
+    const bool ints = d_->integer_samples();
+    at::Tensor x = at::empty(shape, ints ? at::kLong : at::kFloat);
     at::Tensor y = at::empty({n}, at::kLong);
     const at::Tensor idx = indices.to(at::kLong).contiguous();
     const int64_t* pi = idx.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) d_->get(pi[i], x.data_ptr<float>() + i * per, y.data_ptr<int64_t>() + i);
+    for (int64_t i = 0; i < n; ++i) {
+      if (ints)
+        d_->get_integers(pi[i], x.data_ptr<int64_t>() + i * per, y.data_ptr<int64_t>() + i);
+      else
+        d_->get(pi[i], x.data_ptr<float>() + i * per, y.data_ptr<int64_t>() + i);
+    }
     return {x, y};
   }
   std::string describe() const override { return spec_; }
@@ -69,7 +76,11 @@ std::unique_ptr<DataSource> tensor_data(at::Tensor inputs, at::Tensor labels, st
   if (inputs.size(0) != labels.size(0))
     throw Error(name + ": " + std::to_string(inputs.size(0)) + " inputs but " +
                 std::to_string(labels.size(0)) + " labels");
-  return std::make_unique<TensorData>(inputs.contiguous().to(at::kFloat), labels.to(at::kLong), name);
+  // integer inputs (token ids) stay integers, as int64; anything else is fed as float
+  const bool ints = at::isIntegralType(inputs.scalar_type(), /*includeBool=*/false) &&
+                    inputs.scalar_type() != at::kByte;
+  return std::make_unique<TensorData>(inputs.contiguous().to(ints ? at::kLong : at::kFloat), labels.to(at::kLong),
+                                      name);
 }
 
 }  // namespace anybit

@@ -11,7 +11,8 @@
 
 namespace anybit {
 
-// Batches of model inputs [N, ...] and integer labels [N].
+// Batches of model inputs [N, ...] (float, or int64 for integer inputs such as token ids:
+// data::Dataset::integer_samples) and integer labels [N].
 class DataSource {
  public:
   virtual ~DataSource() = default;
