@@ -75,12 +75,15 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
       uncovered = q.uncovered;
       pts = q.result.points;
       if (!q.result.integer_inputs.empty()) float_inputs_note = anybit::integer_inputs_note(q.result.integer_inputs);
+      for (const auto& why : q.result.gptq_skipped)
+        float_inputs_note += std::string(float_inputs_note.empty() ? "" : "\n") + "gptq kept nearest rounding for " + why;
       if (!q.result.float_layer_inputs.empty())
         float_inputs_note += (float_inputs_note.empty() ? "" : "\n") +
                              anybit::float_layer_inputs_note(q.result.float_layer_inputs);
     }
   }
-  // (points, uncovered ops, the integer-inputs and float-layer-inputs notes, one a line, or "")
+  // (points, uncovered ops, the notes (integer inputs, GPTQ's skipped layers, float layer inputs),
+  // one a line, or "")
   return py::make_tuple(to_python(pts), to_python(uncovered), float_inputs_note);
 }
 

@@ -254,8 +254,8 @@ def quantize(model, config, example_inputs=None, calib_data=None, calib_batches=
     for r in report:
         if "clip_warning" in r:
             warnings.warn(r["clip_warning"], ClippingWarning, stacklevel=2)
-    # integer inputs left unquantized, activations layers read that the config leaves float: as
-    # `anybit quantize` notes them
+    # integer inputs left unquantized, layers GPTQ kept at nearest rounding, activations layers
+    # read that the config leaves float: as `anybit quantize` notes them
     for note in filter(None, float_inputs.split("\n")):
         warnings.warn(note, CoverageWarning, stacklevel=2)
     return (qm, report) if return_report else qm

@@ -448,3 +448,70 @@ def test_bias_correction_on_a_transformer_corrects_per_feature():
 
     # measured: 0.132 -> 0.091 on held-out inputs
     assert err(bias_correction=True) < 0.8 * err()
+
+
+class _Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_module_called_twice_reads_its_quantized_weight_both_times(how):
+    # the weight's one point put its quantizer before the first call only: the second call
+    # read the float weight, silently
+    torch.manual_seed(0)
+    m = _Twice().eval()
+    x = torch.randn(64, 16)
+    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2])
+    qm = anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2"}]})
+    w = {p: t for p, _, t in anybit.quantizer_outputs(qm, x)}
+    assert sorted(w) == ["fc.weight", "out.weight"]
+    F = nn.functional
+    with torch.no_grad():
+        h = F.relu(F.linear(x, w["fc.weight"], m.fc.bias))
+        expect = F.linear(F.relu(F.linear(h, w["fc.weight"], m.fc.bias)), w["out.weight"], m.out.bias)
+        assert torch.equal(qm(x), expect)
+    # GPTQ would learn the rounding from one call's inputs: it keeps nearest and says why
+    with pytest.warns(UserWarning, match=r"fc\.weight: read by 2 ops"):
+        anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int4"}]}, calib_data=x, gptq=True)
+
+
+class _Tied(nn.Module):
+    """An embedding table tied to the output layer's weight, as language models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.mid = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mid(self.emb(ids))).mean(1))
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_tied_weight_read_by_a_linear_layer_is_selected_by_a_linear_rule(how):
+    # traced, the head reads the table through the embedding's attribute: its one point was of
+    # kind embedding, and a rule on linear weights left the head float
+    torch.manual_seed(0)
+    m = _Tied().eval()
+    ids = torch.randint(0, 50, (64, 6))
+    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, ids[:2])
+    pts = {p["name"]: p for p in anybit.points(sm) if p["role"] == "weight"}
+    if how == "trace":
+        assert "head.weight" not in pts and pts["emb.weight"]["also_kinds"] == ["linear"]
+    qm = anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2"}]})
+    w = {p: t for p, _, t in anybit.quantizer_outputs(qm, ids)}
+    F = nn.functional
+    with torch.no_grad():
+        table = w.get("emb.weight", m.emb.weight)  # traced: the one point, every reader quantized
+        head = w.get("head.weight", table)
+        h = F.relu(F.linear(F.embedding(ids, table), w["mid.weight"], m.mid.bias)).mean(1)
+        assert torch.equal(qm(ids), F.linear(h, head))
+        assert not torch.equal(head, m.head.weight)

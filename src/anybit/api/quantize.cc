@@ -200,7 +200,12 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     if (learns_rounding && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && (options.gptq || a.spec.granularity != Granularity::kPerGroup)) {
       const Point* fp = reference ? reference->find(p.name) : nullptr;
-      if (options.gptq || (fp && fp->node)) {
+      if (!p.more_uses.empty()) {
+        // the rounding would be learned from one reader's inputs; nearest serves every reader
+        if (options.gptq)
+          result.gptq_skipped.push_back(p.name + ": read by " + std::to_string(p.more_uses.size() + 1) +
+                                        " ops (a module called more than once, or a tied weight)");
+      } else if (options.gptq || (fp && fp->node)) {
         AdaRoundLayer L;
         L.name = p.name;
         L.qnode = p.node;

@@ -42,6 +42,7 @@ void to_json(nlohmann::json& j, const PointDesc& p) {
   j = {{"index", p.index}, {"name", p.name}, {"role", role_name(p.role)}, {"kind", p.kind},
        {"op", p.op},       {"module", p.module}, {"shape", p.shape},       {"params", p.numel}};
   if (!p.feeds.empty()) j["feeds"] = p.feeds;
+  if (!p.also_kinds.empty()) j["also_kinds"] = p.also_kinds;
 }
 
 void to_json(nlohmann::json& j, const Uncovered& u) {

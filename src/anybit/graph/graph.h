@@ -9,6 +9,7 @@
 #include <torch/script.h>
 
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct Point : PointDesc {
   torch::jit::Node* node = nullptr;    // weights/biases: the consuming op; outputs: the producer
   bool inplace = false;                // producer is an in-place op (relu_, add_)
   std::string attr_path;               // weights/biases: attribute path from the root
+  // weights/biases: the further ops that read the same attribute (a module called twice, a
+  // weight tied to another layer's) and the value each reads it through; they read the
+  // point's quantizer too
+  std::vector<std::pair<torch::jit::Node*, torch::jit::Value*>> more_uses;
 };
 
 // An op that computes (or hides) linear algebra but has no points, and why: a fused

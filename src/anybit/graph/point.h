@@ -27,12 +27,15 @@ struct PointDesc {
   // value as data, directly or through ops that only move it (view, transpose, dropout, ...);
   // what a config's `feeds` key selects
   std::vector<std::string> feeds;
+  // weights and biases read by ops of further kinds too (an embedding table tied to the output
+  // layer's weight): a rule naming any of them selects the point
+  std::vector<std::string> also_kinds;
 };
 
 // The JSON form of each result (nlohmann's to_json, found by `json j = x;`): `inspect --json`,
 // the other commands' --json, the files studies write and the Python package's dicts (the
 // binding converts this JSON) all use it, so they agree by construction.
-// {index, name, role, kind, op, module, shape, params (its element count)}
+// {index, name, role, kind, op, module, shape, params (its element count)[, feeds][, also_kinds]}
 void to_json(nlohmann::json& j, const PointDesc& p);
 
 }  // namespace anybit

@@ -3,6 +3,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/jit.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <set>
@@ -376,8 +377,17 @@ void find_points(ModelGraph& g) {
       p.node = n;
       p.attr_path = ap;
       p.index = index++;
-      // one weight read by several ops keeps one point
-      if (!point_names.count(p.name)) add(p);
+      // one weight read by several ops keeps one point, whose quantizer every reader reads
+      if (!point_names.count(p.name)) {
+        add(p);
+      } else {
+        for (Point& q : g.points)
+          if (q.name == p.name && q.role == p.role) {
+            q.more_uses.emplace_back(n, v);
+            if (kind != q.kind && std::find(q.also_kinds.begin(), q.also_kinds.end(), kind) == q.also_kinds.end())
+              q.also_kinds.push_back(kind);
+          }
+      }
     }
     // a product of two activations (attention scores, attention times values) is a matmul
     if ((op == "aten::matmul" || op == "aten::mm" || op == "aten::bmm" || op == "aten::baddbmm") && !weight_attr) {

@@ -200,7 +200,9 @@ std::vector<Assignment> assign(const Config& config, const std::vector<const Poi
       if (!ok) continue;
       if (!r.kinds.empty()) {
         bool k = false;
-        for (const auto& kind : r.kinds) k = k || kind == "any" || kind == p.kind;
+        for (const auto& kind : r.kinds)
+          k = k || kind == "any" || kind == p.kind ||
+              std::find(p.also_kinds.begin(), p.also_kinds.end(), kind) != p.also_kinds.end();
         if (!k) continue;
       }
       if (!r.roles.empty() && std::find(r.roles.begin(), r.roles.end(), role_name(p.role)) == r.roles.end()) continue;

@@ -19,6 +19,8 @@ jit::Value* insert_at_point(jit::Graph& graph, const Point& p,
     jit::WithInsertPoint guard(p.node);
     jit::Value* y = build(p.value);
     p.node->replaceInputWith(p.value, y);
+    // later readers of the same attribute (p.node is the first, in the same block)
+    for (const auto& [n, v] : p.more_uses) n->replaceInputWith(v, y);
     return y;
   }
   jit::Node* after = p.role == Role::kInput ? nullptr : p.node;
