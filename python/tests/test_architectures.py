@@ -515,3 +515,39 @@ def test_a_tied_weight_read_by_a_linear_layer_is_selected_by_a_linear_rule(how):
         h = F.relu(F.linear(F.embedding(ids, table), w["mid.weight"], m.mid.bias)).mean(1)
         assert torch.equal(qm(ids), F.linear(h, head))
         assert not torch.equal(head, m.head.weight)
+
+
+class _ParametersInMatmuls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(16, 16) * 0.2)  # x @ w1: [in, out]
+        self.w2 = nn.Parameter(torch.randn(16, 16) * 0.2)  # h @ w2.t(): [out, in], as nn.Linear
+        self.w3 = nn.Parameter(torch.randn(16, 4) * 0.2)   # h @ w3: [in, out]
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w1)
+        h = torch.relu(h @ self.w2.t())
+        return h @ self.w3
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_parameter_a_matmul_reads_transposed_is_a_weight_with_its_rows_as_channels(how):
+    # `h @ W.t()` (a tied output layer `h @ emb.weight.T`, a hand-written linear) made W an
+    # activation point (matmul:in1): a weight rule left it float, silently
+    torch.manual_seed(0)
+    m = _ParametersInMatmuls().eval()
+    x = torch.randn(64, 16)
+    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2])
+    pts = {p["name"]: p for p in anybit.points(sm)}
+    assert {n: (p["kind"], p["role"]) for n, p in pts.items() if n.startswith("w")} == \
+        {"w1": ("linear", "weight"), "w2": ("linear", "weight"), "w3": ("linear", "weight")}
+    assert not any(n.endswith(":in1") for n in pts)
+    qm = anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2:per_channel"}]})
+    w = {p: t for p, _, t in anybit.quantizer_outputs(qm, x)}
+    with torch.no_grad():
+        expect = torch.relu(torch.relu(x @ w["w1"]) @ w["w2"].t()) @ w["w3"]
+        assert torch.equal(qm(x), expect)
+    # per channel along each weight's output axis: w2's rows, w1's and w3's columns
+    levels = lambda t: max(len(torch.unique(r)) for r in t)  # noqa: E731
+    assert levels(w["w2"]) <= 4 < levels(w["w2"].t())
+    assert levels(w["w1"].t()) <= 4 < levels(w["w1"])

@@ -200,7 +200,10 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
     if (learns_rounding && p.role == Role::kWeight && a.spec.scheme == Scheme::kInt && !a.spec.asymmetric &&
         a.spec.learn == Learn::kNone && (options.gptq || a.spec.granularity != Granularity::kPerGroup)) {
       const Point* fp = reference ? reference->find(p.name) : nullptr;
-      if (!p.more_uses.empty()) {
+      if (p.node->kind().toQualString() != p.op) {
+        // read through a transpose (x @ W.t()): the rounding algorithms take the layer's own op
+        if (options.gptq) result.gptq_skipped.push_back(p.name + ": read transposed by " + p.op);
+      } else if (!p.more_uses.empty()) {
         // the rounding would be learned from one reader's inputs; nearest serves every reader
         if (options.gptq)
           result.gptq_skipped.push_back(p.name + ": read by " + std::to_string(p.more_uses.size() + 1) +

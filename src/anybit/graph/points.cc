@@ -23,6 +23,28 @@ using detail::is_tensor;
 
 namespace {
 
+// aten::t, aten::numpy_T, aten::mT, or aten::transpose(x, 0, 1) / (x, -2, -1) / permute(x, [1, 0])
+// of a 2-d value: a matrix read transposed.
+bool transposes_matrix(jit::Node* n) {
+  const std::string k = n->kind().toQualString();
+  if (k == "aten::t" || k == "aten::numpy_T" || k == "aten::mT") return true;
+  auto ints = [&](size_t i) { return jit::toIValue(n->input(i)); };
+  if (k == "aten::transpose" && n->inputs().size() == 3) {
+    const auto a = ints(1), b = ints(2);
+    if (!a || !b || !a->isInt() || !b->isInt()) return false;
+    const int64_t x = a->toInt(), y = b->toInt();
+    return (x == 0 && y == 1) || (x == 1 && y == 0) || (x == -2 && y == -1) || (x == -1 && y == -2);
+  }
+  if (k == "aten::permute" && n->inputs().size() == 2) {
+    const auto d = ints(1);
+    if (!d || !d->isIntList()) return false;
+    const auto v = d->toIntVector();
+    return v == std::vector<int64_t>{1, 0};
+  }
+  return false;
+}
+
+
 // aten op -> point kind. Ops that only move or reshape data (view, flatten, dropout in
 // eval, size) are not points: quantizing them again would change nothing.
 const std::unordered_map<std::string, std::string>& op_kinds() {
@@ -358,10 +380,21 @@ void find_points(ModelGraph& g) {
     for (int slot : {ws.weight, ws.bias}) {
       if (slot < 0 || slot >= static_cast<int>(n->inputs().size())) continue;
       jit::Value* v = n->input(slot);
+      jit::Node* reader = n;  // the op that reads the attribute
+      int axis = ws.axis;
       std::string ap;
-      if (!attr_path(v, self, &ap)) continue;  // Optional[Tensor] biases too
+      if (!attr_path(v, self, &ap)) {  // Optional[Tensor] biases too
+        // a matrix parameter a matmul reads transposed (x @ W.t(), h @ emb.weight.T, a tied
+        // output layer): the parameter is the weight, its output axis its first, and its
+        // quantizer sits between the attribute and the transpose
+        if (slot != ws.weight || !transposes_matrix(v->node()) || !attr_path(v->node()->input(0), self, &ap))
+          continue;
+        reader = v->node();
+        v = reader->input(0);
+        axis = 0;
+      }
       c10::IValue t = resolve_attr(g.module, ap);
-      if (!t.isTensor()) continue;
+      if (!t.isTensor() || (reader != n && t.toTensor().dim() != 2)) continue;
       if (slot == ws.weight) weight_attr = true;
       Point p;
       p.name = ap;
@@ -371,10 +404,10 @@ void find_points(ModelGraph& g) {
       p.module = mi.path;
       p.shape = t.toTensor().sizes().vec();
       p.numel = t.toTensor().numel();
-      p.channel_axis = ws.axis >= 0 ? ws.axis : static_cast<int>(p.shape.size()) - 1;
+      p.channel_axis = axis >= 0 ? axis : static_cast<int>(p.shape.size()) - 1;
       if (p.role == Role::kBias) p.channel_axis = 0;
       p.value = v;
-      p.node = n;
+      p.node = reader;
       p.attr_path = ap;
       p.index = index++;
       // one weight read by several ops keeps one point, whose quantizer every reader reads
@@ -383,7 +416,7 @@ void find_points(ModelGraph& g) {
       } else {
         for (Point& q : g.points)
           if (q.name == p.name && q.role == p.role) {
-            q.more_uses.emplace_back(n, v);
+            q.more_uses.emplace_back(reader, v);
             if (kind != q.kind && std::find(q.also_kinds.begin(), q.also_kinds.end(), kind) == q.also_kinds.end())
               q.also_kinds.push_back(kind);
           }
