@@ -450,6 +450,13 @@ def test_bias_correction_on_a_transformer_corrects_per_feature():
     assert err(bias_correction=True) < 0.8 * err()
 
 
+def _built(cls, how, x):
+    """cls() in eval mode (seed 0) and its scripted or traced (on x[:2]) form."""
+    torch.manual_seed(0)
+    m = cls().eval()
+    return m, torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2])
+
+
 class _Twice(nn.Module):
     def __init__(self):
         super().__init__()
@@ -464,10 +471,8 @@ class _Twice(nn.Module):
 def test_a_module_called_twice_reads_its_quantized_weight_both_times(how):
     # the weight's one point put its quantizer before the first call only: the second call
     # read the float weight, silently
-    torch.manual_seed(0)
-    m = _Twice().eval()
-    x = torch.randn(64, 16)
-    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2])
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    m, sm = _built(_Twice, how, x)
     qm = anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2"}]})
     w = {p: t for p, _, t in anybit.quantizer_outputs(qm, x)}
     assert sorted(w) == ["fc.weight", "out.weight"]
@@ -534,10 +539,8 @@ class _ParametersInMatmuls(nn.Module):
 def test_a_parameter_a_matmul_reads_transposed_is_a_weight_with_its_rows_as_channels(how):
     # `h @ W.t()` (a tied output layer `h @ emb.weight.T`, a hand-written linear) made W an
     # activation point (matmul:in1): a weight rule left it float, silently
-    torch.manual_seed(0)
-    m = _ParametersInMatmuls().eval()
-    x = torch.randn(64, 16)
-    sm = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x[:2])
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    m, sm = _built(_ParametersInMatmuls, how, x)
     pts = {p["name"]: p for p in anybit.points(sm)}
     assert {n: (p["kind"], p["role"]) for n, p in pts.items() if n.startswith("w")} == \
         {"w1": ("linear", "weight"), "w2": ("linear", "weight"), "w3": ("linear", "weight")}
