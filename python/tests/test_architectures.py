@@ -554,3 +554,42 @@ def test_a_parameter_a_matmul_reads_transposed_is_a_weight_with_its_rows_as_chan
     levels = lambda t: max(len(torch.unique(r)) for r in t)  # noqa: E731
     assert levels(w["w2"]) <= 4 < levels(w["w2"].t())
     assert levels(w["w1"].t()) <= 4 < levels(w["w1"])
+
+
+class _ComputedWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.gain = nn.Parameter(torch.ones(16, 1))
+        self.b = nn.Linear(16, 16)  # weight norm's v; its g below (parametrizations do not script)
+        self.g = nn.Parameter(torch.full((16, 1), 2.0))
+        self.c = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(nn.functional.linear(x, self.a.weight * self.gain, self.a.bias))  # scaled in forward
+        v = self.b.weight
+        h = torch.relu(nn.functional.linear(h, self.g * v / torch.linalg.vector_norm(v, dim=1, keepdim=True), self.b.bias))  # weight norm
+        return nn.functional.linear(h, self.c.weight.to(h.dtype).contiguous(), self.c.bias)  # the parameter
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_weight_computed_in_forward_is_reported_and_a_converted_one_is_a_weight(how):
+    # a linear layer whose weight forward computes had no weight point and was counted as
+    # covered: a weight rule left it float without a word
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    m, sm = _built(_ComputedWeights, how, x)
+    c = anybit.coverage(sm)
+    assert (c["linear_algebra_ops"], c["with_points"]) == (3, 1)
+    assert [u["where"] for u in c["uncovered"]] == ["aten::linear in the root module"] * 2
+    assert all("its weight is computed in forward from parameters" in u["reason"] for u in c["uncovered"])
+    assert [p["name"] for p in anybit.points(sm) if p["role"] == "weight"] == ["c.weight"]
+    with pytest.warns(anybit.CoverageWarning, match="weight is computed in forward"):
+        qm = anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2"}]})
+    with pytest.raises(anybit.Error, match="strict"):
+        anybit.quantize(sm, {"rules": [{"kind": "linear", "role": "weight", "spec": "int2"}]}, strict=True)
+    w = {p: t for p, _, t in anybit.quantizer_outputs(qm, x)}
+    with torch.no_grad():
+        F = nn.functional
+        h = torch.relu(F.linear(x, m.a.weight * m.gain, m.a.bias))
+        h = torch.relu(F.linear(h, m.g * m.b.weight / torch.linalg.vector_norm(m.b.weight, dim=1, keepdim=True), m.b.bias))
+        assert torch.equal(qm(x), F.linear(h, w["c.weight"], m.c.bias))

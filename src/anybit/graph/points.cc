@@ -25,6 +25,33 @@ namespace {
 
 // aten::t, aten::numpy_T, aten::mT, or aten::transpose(x, 0, 1) / (x, -2, -1) / permute(x, [1, 0])
 // of a 2-d value: a matrix read transposed.
+// Ops whose output holds the values of their first input: a dtype, device or layout change.
+bool keeps_values(jit::Node* n) {
+  const std::string k = n->kind().toQualString();
+  return n->inputs().size() >= 1 && (k == "aten::to" || k == "aten::contiguous" || k == "aten::detach" ||
+                                     k == "aten::clone" || k == "aten::type_as");
+}
+
+// A conv or linear op (whose input 1 is a weight; matmul's operands may be two activations).
+bool has_weight_input(jit::Node* n) {
+  const std::string k = n->kind().toQualString();
+  return k == "aten::linear" || k == "aten::conv1d" || k == "aten::conv2d" || k == "aten::conv3d" ||
+         k == "aten::conv_transpose1d" || k == "aten::conv_transpose2d" || k == "aten::conv_transpose3d" ||
+         k == "aten::_convolution";
+}
+
+// Whether v is computed from forward's inputs (not from parameters and constants alone).
+bool depends_on_data(const jit::Value* v, const jit::Value* self, std::unordered_map<const jit::Value*, bool>& memo) {
+  if (v == self) return false;
+  auto it = memo.find(v);
+  if (it != memo.end()) return it->second;
+  memo[v] = false;  // (a graph has no cycles; this ends the recursion on shared producers)
+  const jit::Node* n = v->node();
+  bool d = n->kind() == c10::prim::Param;  // forward's own inputs (self handled above)
+  for (const jit::Value* in : n->inputs()) d = d || depends_on_data(in, self, memo);
+  return memo[v] = d;
+}
+
 bool transposes_matrix(jit::Node* n) {
   const std::string k = n->kind().toQualString();
   if (k == "aten::t" || k == "aten::numpy_T" || k == "aten::mT") return true;
@@ -321,6 +348,7 @@ void find_points(ModelGraph& g) {
   };
   std::map<std::string, int> kind_count_in_module;
   std::unordered_map<jit::Value*, bool> shape_memo;
+  std::unordered_map<const jit::Value*, bool> data_memo;
   // ops inside control flow that is left (data-dependent conditions, loops) get no points:
   // each linear-algebra op there is reported instead
   std::function<void(jit::Block*, const std::string&)> report_block = [&](jit::Block* b, const std::string& why) {
@@ -383,18 +411,41 @@ void find_points(ModelGraph& g) {
       jit::Node* reader = n;  // the op that reads the attribute
       int axis = ws.axis;
       std::string ap;
+      bool transposed = false;
       if (!attr_path(v, self, &ap)) {  // Optional[Tensor] biases too
-        // a matrix parameter a matmul reads transposed (x @ W.t(), h @ emb.weight.T, a tied
-        // output layer): the parameter is the weight, its output axis its first, and its
-        // quantizer sits between the attribute and the transpose
-        if (slot != ws.weight || !transposes_matrix(v->node()) || !attr_path(v->node()->input(0), self, &ap))
+        if (slot != ws.weight) continue;
+        // the parameter read through ops that keep its values: a dtype or layout change
+        // (W.to(x.dtype), W.contiguous()) and at most one transpose of a matrix (x @ W.t(),
+        // h @ emb.weight.T, a tied output layer; its output axis is then its first). The
+        // quantizer sits between the attribute and them.
+        jit::Value* u = v;
+        bool found = false;
+        for (int hop = 0; hop < 4 && !found; ++hop) {
+          jit::Node* m = u->node();
+          const bool t = transposes_matrix(m);
+          if ((t && transposed) || !(t || keeps_values(m))) break;
+          transposed |= t;
+          reader = m;
+          u = m->input(0);
+          found = attr_path(u, self, &ap);
+        }
+        if (!found) {
+          // a conv or linear layer whose weight forward computes: no weight point; said
+          if (has_weight_input(n))
+            g.uncovered.push_back({op, module_of(n, g.module).path,
+                                   depends_on_data(v, self, data_memo)
+                                       ? "its weight is computed from the data (a dynamic kernel): no weight point"
+                                       : "its weight is computed in forward from parameters (weight norm, weight "
+                                         "standardization, a scaled or merged weight): no weight point, it stays "
+                                         "float; make it a plain parameter first (torch.nn.utils.parametrize."
+                                         "remove_parametrizations, or compute it once outside forward)"});
           continue;
-        reader = v->node();
-        v = reader->input(0);
-        axis = 0;
+        }
+        v = u;
+        if (transposed) axis = 0;
       }
       c10::IValue t = resolve_attr(g.module, ap);
-      if (!t.isTensor() || (reader != n && t.toTensor().dim() != 2)) continue;
+      if (!t.isTensor() || (transposed && t.toTensor().dim() != 2)) continue;
       if (slot == ws.weight) weight_attr = true;
       Point p;
       p.name = ap;
