@@ -58,7 +58,7 @@ at::Tensor gptq_quantize(const at::Tensor& W, const at::Tensor& H, const at::Ten
       const at::Tensor sc = S.select(1, i1 + i);
       const at::Tensor qc = (col / sc).round().clamp(qmin, qmax) * sc;
       q.select(1, i1 + i).copy_(qc);
-      const at::Tensor e = (col - qc) / u1[i][i].item<double>();
+      const at::Tensor e = (col - qc) / u1[i][i];  // a 0-d tensor: no device sync per column
       w1.slice(1, i).sub_(e.unsqueeze(1) * u1[i].slice(0, i).unsqueeze(0));
       err1.select(1, i).copy_(e);
     }
