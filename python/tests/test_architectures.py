@@ -593,3 +593,28 @@ def test_a_weight_computed_in_forward_is_reported_and_a_converted_one_is_a_weigh
         h = torch.relu(F.linear(x, m.a.weight * m.gain, m.a.bias))
         h = torch.relu(F.linear(h, m.g * m.b.weight / torch.linalg.vector_norm(m.b.weight, dim=1, keepdim=True), m.b.bias))
         assert torch.equal(qm(x), F.linear(h, w["c.weight"], m.c.bias))
+
+
+class _ConvertedWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(nn.functional.conv2d(x, self.conv.weight.contiguous(), self.conv.bias, padding=1))
+        return nn.functional.linear(h.mean((2, 3)), self.fc.weight.to(h.dtype), self.fc.bias)
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_weights_read_through_conversions_export_to_integers(tmp_path, how):
+    # the weight points sit before .contiguous() and .to(); the export reads the quantizer
+    # through them (it said "its weight is not quantized")
+    x = torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    m, sm = _built(_ConvertedWeights, how, x)
+    cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int8:per_channel"},
+                     {"role": ["input", "activation"], "spec": "auto8"}]}
+    qm = anybit.quantize(sm, cfg, calib_data=x[:64], int32_bias=True)
+    anybit.export(qm, str(tmp_path / "int"), input_shape=[3, 16, 16])
+    r = anybit.intsim_evaluate(str(tmp_path / "int"), (x, qm(x).argmax(1)), reference=qm)
+    assert r["agreement"] >= 99

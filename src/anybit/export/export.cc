@@ -419,6 +419,13 @@ std::vector<int64_t> Exporter::input_shape() {
 }
 
 void Exporter::read_weight(jit::Node* user, jit::Value* wv, Op* op, std::vector<double>* w_scale) {
+  // the quantizer's output as the op reads it, through ops that keep its values
+  // (W.contiguous(), W.to(x.dtype): the weight point sits before them, graph/points.cc)
+  for (jit::Node* k = wv->node(); !is_quantizer(k) && k->inputs().size() >= 1; k = wv->node()) {
+    const std::string kind = k->kind().toQualString();
+    if (kind != "aten::contiguous" && kind != "aten::to" && kind != "aten::detach" && kind != "aten::clone") break;
+    wv = k->input(0);
+  }
   jit::Node* qn = wv->node();
   if (!is_quantizer(qn))
     throw Error(op->name + ": its weight is not quantized: add a rule for role weight (e.g. int8)");
