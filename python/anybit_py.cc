@@ -74,12 +74,10 @@ py::tuple quantize(const std::string& model_path, const std::string& config_text
       anybit::QuantizedModel q = anybit::quantize_model(model_path, c, data.get(), prepare, options, out_path);
       uncovered = q.uncovered;
       pts = q.result.points;
-      if (!q.result.integer_inputs.empty()) float_inputs_note = anybit::integer_inputs_note(q.result.integer_inputs);
-      for (const auto& why : q.result.gptq_skipped)
-        float_inputs_note += std::string(float_inputs_note.empty() ? "" : "\n") + "gptq kept nearest rounding for " + why;
-      if (!q.result.float_layer_inputs.empty())
-        float_inputs_note += (float_inputs_note.empty() ? "" : "\n") +
-                             anybit::float_layer_inputs_note(q.result.float_layer_inputs);
+      auto add = [&](const std::string& note) { float_inputs_note += (float_inputs_note.empty() ? "" : "\n") + note; };
+      if (!q.result.integer_inputs.empty()) add(anybit::integer_inputs_note(q.result.integer_inputs));
+      for (const auto& why : q.result.gptq_skipped) add("gptq kept nearest rounding for " + why);
+      if (!q.result.float_layer_inputs.empty()) add(anybit::float_layer_inputs_note(q.result.float_layer_inputs));
     }
   }
   // (points, uncovered ops, the notes (integer inputs, GPTQ's skipped layers, float layer inputs),

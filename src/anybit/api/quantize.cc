@@ -91,7 +91,9 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   result.points = plan(g, config);
   // Integer inputs (token ids an embedding reads) are indices, not values: a quantizer would
   // round them to other tokens, and its float output would not index at all. Left unquantized.
-  if (calib && calib->size() > 0 && !at::isFloatingType(calib->batch(0, 1).first.scalar_type()))
+  // the first calibration sample: its type here, its shape for the export at the end
+  const at::Tensor first_sample = calib && calib->size() > 0 ? calib->batch(0, 1).first : at::Tensor();
+  if (first_sample.defined() && !at::isFloatingType(first_sample.scalar_type()))
     for (PointReport& r : result.points)
       if (r.point.role == Role::kInput && !r.assignment.spec.is_float()) {
         result.integer_inputs.push_back(r.point.name);
@@ -201,8 +203,10 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
         a.spec.learn == Learn::kNone && (options.gptq || a.spec.granularity != Granularity::kPerGroup)) {
       const Point* fp = reference ? reference->find(p.name) : nullptr;
       if (p.node->kind().toQualString() != p.op) {
-        // read through a transpose (x @ W.t()): the rounding algorithms take the layer's own op
-        if (options.gptq) result.gptq_skipped.push_back(p.name + ": read transposed by " + p.op);
+        // read through a transpose or a conversion (x @ W.t(), W.contiguous()): the rounding
+        // algorithms take the layer's own op
+        if (options.gptq)
+          result.gptq_skipped.push_back(p.name + ": read through " + p.node->kind().toQualString() + " by " + p.op);
       } else if (!p.more_uses.empty()) {
         // the rounding would be learned from one reader's inputs; nearest serves every reader
         if (options.gptq)
@@ -289,8 +293,8 @@ QuantizeResult quantize(ModelGraph g, const Config& config, const DataSource* ca
   for (const auto& r : result.points)
     if (!r.first_param.empty()) names.insert(r.first_param, r.point.name);
   // the input shape, for the integer export (export/export.h)
-  if (calib && calib->size() > 0 && !g.module.hasattr("anybit_input_shape")) {
-    const std::vector<int64_t> shape = calib->batch(0, 1).first.sizes().slice(1).vec();
+  if (first_sample.defined() && !g.module.hasattr("anybit_input_shape")) {
+    const std::vector<int64_t> shape = first_sample.sizes().slice(1).vec();
     g.module.register_attribute("anybit_input_shape", c10::ListType::ofInts(), c10::List<int64_t>(shape));
   }
   if (!g.module.hasattr("anybit_points"))

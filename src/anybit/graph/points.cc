@@ -23,8 +23,6 @@ using detail::is_tensor;
 
 namespace {
 
-// aten::t, aten::numpy_T, aten::mT, or aten::transpose(x, 0, 1) / (x, -2, -1) / permute(x, [1, 0])
-// of a 2-d value: a matrix read transposed.
 // Ops whose output holds the values of their first input: a dtype, device or layout change.
 bool keeps_values(jit::Node* n) {
   const std::string k = n->kind().toQualString();
@@ -52,6 +50,8 @@ bool depends_on_data(const jit::Value* v, const jit::Value* self, std::unordered
   return memo[v] = d;
 }
 
+// aten::t, aten::numpy_T, aten::mT, or aten::transpose(x, 0, 1) / (x, -2, -1) / permute(x, [1, 0])
+// of a 2-d value: a matrix read transposed.
 bool transposes_matrix(jit::Node* n) {
   const std::string k = n->kind().toQualString();
   if (k == "aten::t" || k == "aten::numpy_T" || k == "aten::mT") return true;
@@ -70,7 +70,6 @@ bool transposes_matrix(jit::Node* n) {
   }
   return false;
 }
-
 
 // aten op -> point kind. Ops that only move or reshape data (view, flatten, dropout in
 // eval, size) are not points: quantizing them again would change nothing.
