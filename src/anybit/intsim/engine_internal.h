@@ -81,6 +81,8 @@ struct Worker {
   std::vector<int32_t> acc32;
   std::vector<int64_t> acc64;
   std::vector<double> squares;
+  // an additive MAC model's noise (run_perturbed): a block as drawn, the layer's on the grid
+  std::vector<int32_t> noise_block, noise32;
   std::vector<LayerStats> stats;  // by op: counts since they were last added to the engine's
   // Engine::calibrate: |exact| of sampled elements, by MAC layer
   std::vector<std::vector<int32_t>> samples;

@@ -8,6 +8,16 @@
 
 namespace anybit {
 namespace intsim {
+namespace {
+
+// v ([channels][rows][cols]) into y laid out as `a` says.
+void place_noise(const int32_t* v, int64_t channels, int64_t rows, int64_t cols, const AddLayout& a, int32_t* y) {
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(v + (c * rows + r) * cols, v + (c * rows + r + 1) * cols, y + c * a.plane + r * a.row);
+}
+
+}  // namespace
 
 void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_image) {
   const Op& op = model.ops[k];
@@ -177,11 +187,50 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
   int32_t* acc = w.acc32.data();
   double sum_err = 0;
   int64_t max_err = 0;
+  // An additive model (gauss without rel) on the kernel that requantizes in registers, as
+  // the exact run does: the noise is drawn first and added there, to an image whose biased
+  // sums plus noise cannot leave the accumulator (nor int32), where the steps below give
+  // the same integers. Otherwise, and for a rare image with a noise that large, the steps.
+  const bool additive = conv && !calibrating && perturber->additive() && L.kernel == LayerKernel::kFast &&
+                        L.int16_operands;
+  double room = 0;
+  AddLayout layout;
+  if (additive) {
+    layout = conv2d_add_layout(g, L.packed16, op.multiplier);
+    w.noise32.assign(static_cast<size_t>(L.out_channels * layout.plane), 0);
+    int64_t max_bias = 0;
+    for (int64_t c = 0; bias && c < L.out_channels; ++c) max_bias = std::max<int64_t>(max_bias, std::llabs(bias[c]));
+    room = static_cast<double>(std::min<int64_t>({reg.max(), -(reg.min() + 1), INT32_MAX})) -
+           static_cast<double>(max_bias) - info.full_scale;
+  }
   for (int64_t i0 = 0; i0 < batch; i0 += slab) {
     const int64_t nb = std::min(slab, batch - i0);
     const int32_t* xd = x.data.data() + i0 * in_image;
     Conv2dGeometry gs = g;
     gs.batch = nb;
+    if (additive) {
+      // drawn in blocks of kPerturbBlock elements (the model's buffers stay in the L1
+      // cache), then placed on the kernel's grid
+      const bool in_place = layout.row == g.out_w() && layout.plane == inner;
+      w.noise_block.resize(static_cast<size_t>(count));
+      int32_t* drawn = in_place ? w.noise32.data() : w.noise_block.data();
+      double sum_n = 0;
+      int64_t max_n = 0;
+      for (int64_t e0 = 0; e0 < count; e0 += kPerturbBlock) {
+        const SumPerturbingMac::NoiseSize size =
+            perturber->draw_noise(info, first_image + i0, e0, std::min(kPerturbBlock, count - e0), drawn + e0);
+        sum_n += size.sum;
+        max_n = std::max(max_n, size.max);
+      }
+      if (!in_place) place_noise(drawn, L.out_channels, g.out_h(), g.out_w(), layout, w.noise32.data());
+      if (max_n < INT32_MAX && static_cast<double>(max_n) <= room) {
+        conv2d_acc32_requantize(gs, xd, zx, L.packed16, bias, op.multiplier, yi.q.zero_point, yi.q.qmin,
+                                yi.q.qmax, y.data.data() + i0 * count, w.scratch, w.noise32.data());
+        sum_err += sum_n;
+        max_err = std::max(max_err, max_n);
+        continue;
+      }
+    }
     // 1. The exact sums, without the bias (which the engine adds after the MAC model).
     exact_sums(L, conv, gs, nb, in_features, xd, zx, nullptr, acc, options.accumulator, &st.overflows, w.scratch);
     const double* squares = nullptr;

@@ -708,26 +708,48 @@ void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_poin
     conv2d_acc32_impl(g, x, x_zero_point, w, bias, acc, scratch.image16, scratch.patches16);
 }
 
+namespace {
+bool direct_requantizes(const PackedWeights<int16_t>& w, const std::vector<DyadicMultiplier>& m) {
+  bool in_format = true;  // the lanes need m0 >= 0, as validate_model guarantees
+  for (const DyadicMultiplier& mo : m) in_format = in_format && mo.m0 >= 0;
+  return !w.direct.empty() && in_format;
+}
+}  // namespace
+
+AddLayout conv2d_add_layout(const Conv2dGeometry& g, const PackedWeights<int16_t>& w,
+                            const std::vector<DyadicMultiplier>& m) {
+  AddLayout a;
+  if (direct_requantizes(w, m)) {
+    a.plane = simd::conv2d_direct_grid(g, &a.row);
+  } else {
+    a.row = g.out_w();
+    a.plane = g.out_h() * g.out_w();
+  }
+  return a;
+}
+
 void conv2d_acc32_requantize(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                              const PackedWeights<int16_t>& w, const int32_t* bias,
                              const std::vector<DyadicMultiplier>& m, int32_t zero_point,
-                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch) {
+                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch,
+                             const int32_t* add) {
   const auto channel_m = [&](int64_t o) {
     return m.size() == 1 ? m[0] : m[static_cast<size_t>(o)];
   };
-  bool in_format = true;  // the lanes need m0 >= 0, as validate_model guarantees
-  for (const DyadicMultiplier& mo : m) in_format = in_format && mo.m0 >= 0;
-  if (!w.direct.empty() && in_format) {
+  if (direct_requantizes(w, m)) {
     std::vector<simd::Requantizer> rq(static_cast<size_t>(g.out_channels));
     for (int64_t o = 0; o < g.out_channels; ++o)
       rq[static_cast<size_t>(o)] = simd::Requantizer(channel_m(o), zero_point, qmin, qmax);
-    simd::conv2d_direct(g, x, x_zero_point, w.direct, bias, rq.data(), y, scratch);
+    simd::conv2d_direct(g, x, x_zero_point, w.direct, bias, rq.data(), y, scratch, add);
     return;
   }
   const int64_t P = g.out_h() * g.out_w();
   scratch.acc32.resize(static_cast<size_t>(g.batch * g.out_channels * P));
   conv2d_acc32_impl(g, x, x_zero_point, w, bias, scratch.acc32.data(), scratch.image16,
                     scratch.patches16);
+  if (add)
+    for (size_t i = 0; i < scratch.acc32.size(); ++i)
+      scratch.acc32[i] = static_cast<int32_t>(static_cast<uint32_t>(scratch.acc32[i]) + static_cast<uint32_t>(add[i]));
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
       const int64_t base = (n * g.out_channels + o) * P;

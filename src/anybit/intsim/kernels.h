@@ -136,10 +136,20 @@ void conv2d_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_poin
 // conv2d_acc32 with each output channel requantized as requantize_int32 does (offset 0,
 // m[o], or m[0] for every channel when m has one entry): y is the layer's output. Where the
 // direct convolution runs, the accumulators are requantized while still in registers.
+// `add` (null: none) is added to each biased sum before its requantization (a MAC model's
+// additive noise; every such total must fit int32), laid out as conv2d_add_layout says.
 void conv2d_acc32_requantize(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                              const PackedWeights<int16_t>& w, const int32_t* bias,
                              const std::vector<DyadicMultiplier>& m, int32_t zero_point,
-                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch);
+                             int32_t qmin, int32_t qmax, int32_t* y, KernelScratch& scratch,
+                             const int32_t* add = nullptr);
+// Where conv2d_acc32_requantize reads `add` from: [n][o][plane], output (oy, ox) at
+// oy * row + ox (the direct convolution's grid, or [n][o][oy][ox]).
+struct AddLayout {
+  int64_t row = 0, plane = 0;
+};
+AddLayout conv2d_add_layout(const Conv2dGeometry& g, const PackedWeights<int16_t>& w,
+                            const std::vector<DyadicMultiplier>& m);
 // The same from w - z_w in [O][K] (packed on every call).
 void conv2d_int16_acc32(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                         const int16_t* w, const int32_t* bias, int32_t* acc);

@@ -65,6 +65,12 @@ bool conv2d_direct_supports(const Conv2dGeometry& g) {
   return level() != Level::kNone && g.stride_h * g.stride_w <= 64;
 }
 
+int64_t conv2d_direct_grid(const Conv2dGeometry& g, int64_t* row) {
+  const int64_t lanes = level() == Level::kAvx512 ? 16 : 8;
+  *row = (g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
+  return (g.out_h() * *row + lanes - 1) / lanes * lanes;
+}
+
 std::vector<int32_t> pack_conv2d_direct(const Conv2dGeometry& g, const int16_t* w) {
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t pairs = (Cg + 1) / 2, row_blocks = (Og + kConvRows - 1) / kConvRows;
@@ -384,8 +390,8 @@ ANYBIT_SIMD_END
 
 void conv2d_direct(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                    const std::vector<int32_t>& w, const int32_t* bias, const Requantizer* rq,
-                   int32_t* out, KernelScratch& scratch) {
-  ANYBIT_SIMD_DISPATCH(conv2d_direct(g, x, x_zero_point, w, bias, rq, out, scratch));
+                   int32_t* out, KernelScratch& scratch, const int32_t* add) {
+  ANYBIT_SIMD_DISPATCH(conv2d_direct(g, x, x_zero_point, w, bias, rq, out, scratch, add));
 }
 
 int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64_t depth,
@@ -404,7 +410,7 @@ void add(const AddParams& p, const int32_t* a, const int32_t* b, int64_t n, int3
 #else  // not x86-64 with GCC or Clang: level() is kNone and nothing calls these
 
 void conv2d_direct(const Conv2dGeometry&, const int32_t*, int32_t, const std::vector<int32_t>&,
-                   const int32_t*, const Requantizer*, int32_t*, KernelScratch&) {
+                   const int32_t*, const Requantizer*, int32_t*, KernelScratch&, const int32_t*) {
   throw Error("intsim: no SIMD kernels in this build");
 }
 int64_t stepwise_int16(const int16_t*, int64_t, const int16_t*, int64_t, int64_t,
@@ -556,6 +562,66 @@ __attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int6
   return count;
 }
 
+__attribute__((target("avx2"))) inline __m128i noise_lanes(__m128 z, __m256d scale, __m256d lo, __m256d hi) {
+  __m256d r = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtps_pd(z), scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_min_pd(_mm256_max_pd(r, lo), hi);
+  return _mm256_cvtpd_epi32(r);
+}
+
+// normals_avx2's z, then noise[i] = round_half_even(sd * z) clamped to +-(2^31 - 1) (NaN:
+// the lower bound, as max_pd gives it).
+__attribute__((target("avx2"))) int64_t noise_avx2(const uint32_t* words, int64_t n, const float* pairs, double sd,
+                                                   int32_t* noise, int32_t* edges) {
+  const __m256i shift = _mm256_set1_epi32(16 << 20), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i bound = _mm256_set1_epi32(static_cast<int>((32u << 20) ^ 0x80000000u));
+  int64_t count = 0;
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
+  const __m256i low_mask = _mm256_set1_epi32(0xfffff);
+  const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
+  const __m256d scale = _mm256_set1_pd(sd), lo = _mm256_set1_pd(-2147483647.0), hi = _mm256_set1_pd(2147483647.0);
+  const auto to_int = [&](__m128 v4) { return noise_lanes(v4, scale, lo, hi); };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i));
+    const __m256i c = _mm256_min_epi32(_mm256_max_epi32(_mm256_srli_epi32(w, 20), one), top);
+    alignas(32) int32_t cell[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(cell), c);
+    const auto pair = [&](int l) {
+      double d;
+      std::memcpy(&d, pairs + 2 * cell[l], sizeof d);
+      return d;
+    };
+    const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair(0), pair(1), pair(2), pair(3)));
+    const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair(4), pair(5), pair(6), pair(7)));
+    const __m256 t0 = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 t1 = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
+    const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i), to_int(_mm256_castps256_ps128(v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i + 4), to_int(_mm256_extractf128_ps(v, 1)));
+    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
+    while (mask) {
+      const int l = __builtin_ctz(static_cast<unsigned>(mask));
+      edges[count++] = static_cast<int32_t>(i + l);
+      mask &= mask - 1;
+    }
+  }
+  for (; i < n; ++i) {
+    const uint32_t w = words[i];
+    uint32_t c = w >> 20;
+    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
+    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
+    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
+    const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
+    alignas(16) float v[4] = {t0 + f * (t1 - t0), 0, 0, 0};
+    noise[i] = _mm_cvtsi128_si32(to_int(_mm_load_ps(v)));
+  }
+  return count;
+}
+
 __attribute__((target("avx2"))) void square_block_avx2(const uint32_t* const w[4], const uint32_t* x, int64_t ld,
                                                        int64_t depth, uint64_t* out) {
   __m256i s[4][2];
@@ -672,6 +738,15 @@ bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, ui
 #endif
   (void)block0, (void)groups, (void)c1, (void)c2, (void)c3, (void)k0, (void)k1, (void)words;
   return false;
+}
+
+int64_t noise_from_words(const uint32_t* words, int64_t n, const float* pairs, double sd, int32_t* noise,
+                         int32_t* edges) {
+#ifdef ANYBIT_INTSIM_X86
+  if (level() >= Level::kAvx2) return noise_avx2(words, n, pairs, sd, noise, edges);
+#endif
+  (void)words, (void)n, (void)pairs, (void)sd, (void)noise, (void)edges;
+  return -1;
 }
 
 int64_t normals_from_words(const uint32_t* words, int64_t n, const float* pairs, double* z, int32_t* edges) {

@@ -41,15 +41,20 @@ struct Requantizer {
 
 // Whether conv2d_direct runs on this CPU for this geometry (strides up to 64 phase planes).
 bool conv2d_direct_supports(const Conv2dGeometry& g);
+// The positions conv2d_direct computes per output channel (its grid: output rows of *row
+// positions, the columns past out_w and the positions past out_h rows not outputs).
+int64_t conv2d_direct_grid(const Conv2dGeometry& g, int64_t* row);
 // The direct convolution's weights (PackedWeights::direct) from w - z_w in [O][C/groups][kH][kW].
 std::vector<int32_t> pack_conv2d_direct(const Conv2dGeometry& g, const int16_t* w);
 
 // conv2d_acc32 for int16 operands from PackedWeights::direct: `out` gets the accumulators
 // (rq null) or their requantization (rq[o] for output channel o: the layer's output).
-// Needs conv2d_direct_supports(g) and x - x_zero_point within int16.
+// `add` (null: none) is added to each biased sum first (wrapping: the caller makes sure it
+// fits int32), laid out on the kernel's grid: [n][o][conv2d_direct_grid(g)], output (oy, ox)
+// at oy * row + ox. Needs conv2d_direct_supports(g) and x - x_zero_point within int16.
 void conv2d_direct(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_point,
                    const std::vector<int32_t>& w, const int32_t* bias, const Requantizer* rq,
-                   int32_t* out, KernelScratch& scratch);
+                   int32_t* out, KernelScratch& scratch, const int32_t* add = nullptr);
 
 // The stepwise accumulation of kernels.cc in 16-bit lanes, for accumulators of at most 16
 // bits and products that fit int16 (the caller checks |w| * |x| <= 32767):
@@ -71,6 +76,10 @@ bool philox_groups(uint32_t block0, int64_t groups, uint32_t c1, uint32_t c2, ui
 // for bit; the indices of the edge words (cells below 16 or from 4080, which mac.cc redoes)
 // go to edges[0, count) in order. Returns the count, or -1 where it does not run.
 int64_t normals_from_words(const uint32_t* words, int64_t n, const float* pairs, double* z, int32_t* edges);
+// normals_from_words's z, then noise[i] = round_half_even(sd * z) (the product in double)
+// clamped to +-(2^31 - 1), NaN to the lower bound; edges as there (mac.cc redoes them).
+int64_t noise_from_words(const uint32_t* words, int64_t n, const float* pairs, double sd, int32_t* noise,
+                         int32_t* edges);
 
 // out[r * 8 + c] = sum_k w_r[k] * x[k * ld + c] for r < 4, c < 8 (32 x 32 -> 64-bit
 // products, exact below 2^64): the sums of squared products of conv2d_square_sums.

@@ -243,6 +243,26 @@ void expect_fused_requantization_matches(const ConvCase& c, std::mt19937_64& rng
       ASSERT_EQ(y[i], requantize_dyadic(ref[i], mo, zero_point, qmin, qmax))
           << what << ", element " << i << ", m0 " << mo.m0 << ", shift " << mo.shift;
     }
+    // with an addend (a MAC model's noise) laid out as conv2d_add_layout says: the junk
+    // positions of the kernel's grid hold a large value that must not reach any output
+    const AddLayout layout = conv2d_add_layout(c.g, packed, m);
+    const int64_t OW = c.g.out_w(), OH = c.g.out_h(), planes = c.g.batch * c.g.out_channels;
+    ASSERT_GE(layout.row, OW);
+    ASSERT_GE(layout.plane, OH * layout.row - (layout.row - OW));
+    std::vector<int32_t> add(static_cast<size_t>(planes * layout.plane), 1 << 28), plain(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      plain[i] = static_cast<int32_t>(uniform_int(rng, -5000, 5000));
+      const int64_t q = i / P, oy = i % P / OW, ox = i % OW;
+      add[static_cast<size_t>(q * layout.plane + oy * layout.row + ox)] = plain[i];
+    }
+    conv2d_acc32_requantize(c.g, c.x.data(), c.x_zero_point, packed, bias, m, zero_point, qmin, qmax,
+                            y.data(), scratch, add.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = i / P % c.g.out_channels;
+      const DyadicMultiplier mo = m[per_channel ? static_cast<size_t>(o) : 0];
+      ASSERT_EQ(y[i], requantize_dyadic(ref[i] + plain[i], mo, zero_point, qmin, qmax))
+          << what << " with an addend, element " << i << ", row " << layout.row << ", plane " << layout.plane;
+    }
   }
 }
 

@@ -47,9 +47,28 @@ ANYBIT_INLINE int64_t to_int64_rounded(double v) {
 // round_half_even(clamp(v)) as a double
 ANYBIT_INLINE double round_even(double v) { return (clamp_noise(v) + kRoundMagic) - kRoundMagic; }
 
-// out[k] = round(e[k] + sd * z[k])
+// out[k] = e[k] + round(sd * z[k])
 ANYBIT_CLONES void add_scaled_noise(const int32_t* e, const double* z, int64_t n, double sd, int64_t* out) {
-  for (int64_t k = 0; k < n; ++k) out[k] = to_int64_rounded(e[k] + sd * z[k]);
+  for (int64_t k = 0; k < n; ++k) out[k] = e[k] + to_int64_rounded(sd * z[k]);
+}
+
+// round_half_even(v) clamped to +-(2^31 - 1) (NaN: the lower bound)
+ANYBIT_INLINE int32_t noise_int32(double v) {
+  constexpr double kHi = 2147483647.0, kLo = -2147483647.0;
+  const double r = round_even(v);
+  return static_cast<int32_t>(r < kLo ? kLo : (r > kHi ? kHi : r));
+}
+
+// *max: the largest |x[k]|, *sum: their sum (|x| < 2^31).
+ANYBIT_CLONES void abs_max_sum(const int32_t* x, int64_t n, int64_t* max, int64_t* sum) {
+  int32_t m = 0;
+  int64_t s = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const int32_t a = x[k] < 0 ? -x[k] : x[k];
+    m = a > m ? a : m;
+    s += a;
+  }
+  *max = m, *sum = s;
 }
 
 // out[k] = round(e[k] + sqrt(var0 + rel2 * sq[k]) * z[k])
@@ -322,6 +341,11 @@ double dot_squares(const int32_t* x, const int32_t* w, size_t n) {
   return exact ? static_cast<double>(s) : fallback;
 }
 
+SumPerturbingMac::NoiseSize SumPerturbingMac::draw_noise(const MacLayer& layer, int64_t, int64_t, int64_t,
+                                                         int32_t*) const {
+  throw Error("MAC model '" + describe() + "' draws no additive noise (layer " + layer.name + ")");
+}
+
 int64_t SumPerturbingMac::dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) {
   const int32_t exact = static_cast<int32_t>(dot_exact(x, w, n, *ctx.acc));
   const double squares = needs_squares() ? dot_squares(x, w, n) : 0.0;
@@ -344,22 +368,58 @@ int64_t SumPerturbingMac::dot(const int32_t* x, const int32_t* w, size_t n, cons
 
 GaussianMac::GaussianMac(double sigma, double rel, double fs, uint64_t seed)
     : sigma_(sigma), rel_(rel), fs_(fs), seed_(seed) {
-  if (!(sigma >= 0) || !(rel >= 0) || !(fs >= 0)) throw Error("gauss: sigma, rel and fs must be >= 0");
+  if (!(sigma >= 0) || !(rel >= 0) || !(fs >= 0) || !std::isfinite(sigma) || !std::isfinite(rel) ||
+      !std::isfinite(fs))
+    throw Error("gauss: sigma, rel and fs must be finite and >= 0");
+}
+
+const double* GaussianMac::normals(const MacLayer& layer, int64_t image, int64_t first, int64_t count) const {
+  Buffers& buf = buffers();
+  buf.z.resize(static_cast<size_t>(count));
+  keyed_normals_into(buf, seed_, 0, static_cast<uint32_t>(layer.index), static_cast<uint32_t>(image),
+                     static_cast<uint64_t>(first), count, buf.z.data());
+  return buf.z.data();
+}
+
+double GaussianMac::sd(const MacLayer& layer) const {
+  return std::hypot(sigma_, fs_ * layer.full_scale);
 }
 
 void GaussianMac::perturb(SumBlock& b) const {
+  const double* z = normals(*b.layer, b.image, b.first_index, b.count);
+  if (!b.squares) {  // the exact sum plus the rounded noise (draw_noise's)
+    add_scaled_noise(b.exact, z, b.count, sd(*b.layer), b.out);
+    return;
+  }
   const double fs = fs_ * b.layer->full_scale;
-  const double var0 = sigma_ * sigma_ + fs * fs, rel2 = rel_ * rel_;
-  const double sd0 = std::sqrt(var0);
+  add_relative_noise(b.exact, z, b.squares, b.count, sigma_ * sigma_ + fs * fs, rel_ * rel_, b.out);
+}
+
+SumPerturbingMac::NoiseSize GaussianMac::draw_noise(const MacLayer& layer, int64_t image, int64_t first,
+                                                    int64_t count, int32_t* noise) const {
+  // the words, then noise_int32(sd * z) from them in one pass (normals_from_words's z)
   Buffers& buf = buffers();
-  std::vector<double>& z = buf.z;
-  z.resize(static_cast<size_t>(b.count));
-  keyed_normals_into(buf, seed_, 0, layer_key(b), static_cast<uint32_t>(b.image),
-                     static_cast<uint64_t>(b.first_index), b.count, z.data());
-  if (b.squares)
-    add_relative_noise(b.exact, z.data(), b.squares, b.count, var0, rel2, b.out);
-  else
-    add_scaled_noise(b.exact, z.data(), b.count, sd0, b.out);
+  std::vector<uint32_t>& words = buf.words;
+  words.resize(static_cast<size_t>(count));
+  keyed_words_into(buf, seed_, 0, static_cast<uint32_t>(layer.index), static_cast<uint32_t>(image),
+                   static_cast<uint64_t>(first), count, words.data());
+  const double s = sd(layer);
+  buf.edges.resize(static_cast<size_t>(count));
+  int64_t edges = simd::noise_from_words(words.data(), count, normal_pairs().data(), s, noise, buf.edges.data());
+  if (edges < 0) {
+    buf.z.resize(static_cast<size_t>(count));
+    edges = normals_portable(words.data(), count, normal_table().data(), buf.z.data(), buf.edges.data());
+    for (int64_t k = 0; k < count; ++k) noise[k] = noise_int32(s * buf.z[static_cast<size_t>(k)]);
+  }
+  for (int64_t e = 0; e < edges; ++e) {
+    const int32_t k = buf.edges[static_cast<size_t>(e)];
+    noise[k] = noise_int32(s * edge_normal(words[static_cast<size_t>(k)]));
+  }
+  NoiseSize size;
+  int64_t sum = 0;
+  abs_max_sum(noise, count, &size.max, &sum);
+  size.sum = static_cast<double>(sum);
+  return size;
 }
 
 std::string GaussianMac::describe() const {

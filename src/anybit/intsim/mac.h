@@ -15,8 +15,9 @@
 // Built-in models, parsed from a short string (parse_mac_model), all sum-perturbing:
 //   exact                             sum x[i] * w[i], every addition through the accumulator
 //   gauss:sigma=S,rel=R,fs=F[,seed=K] exact + N(0, S^2 + R^2 sum_i (x_i w_i)^2 + (F * FS)^2),
-//                                     rounded half-even; any of S, R, F (default 0); FS the
-//                                     layer's full scale (MacLayer::full_scale)
+//                                     rounded half-even (without R: exact + the noise
+//                                     rounded); any of S, R, F (default 0); FS the layer's
+//                                     full scale (MacLayer::full_scale)
 //   adc:bits=B,range=F                exact read by a B-bit mid-tread ADC with full scale
 //                                     [-F, F): step 2F/2^B, codes clipped to the B-bit range;
 //   adc:bits=B,fs=F                   F times the layer's full scale;
@@ -145,6 +146,21 @@ class SumPerturbingMac : public MacModel {
   // False for a model whose sums are exact (weight noise only): the engine then runs its
   // exact kernels and does not call perturb().
   virtual bool perturbs_sums() const { return true; }
+  // True when perturb() adds to each exact sum a value that does not depend on it (b.out[k]
+  // = b.exact[k] + noise[k], noise from draw_noise): the engine may then draw the noise
+  // first and add it as the sums come out of its convolution kernel, where they are
+  // requantized in registers (engine.h).
+  virtual bool additive() const { return false; }
+  // noise[k] for elements first .. first + count - 1 of image `image`'s output of `layer`
+  // (MacContext::index), saturated to +-(2^31 - 1), for a model that is additive(); returns
+  // the largest |noise[k]| (2^31 - 1: perhaps saturated) and their sum. Thread-safe as
+  // perturb().
+  struct NoiseSize {
+    int64_t max = 0;
+    double sum = 0;
+  };
+  virtual NoiseSize draw_noise(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
+                               int32_t* noise) const;
   // One element as a block of one: the same result as perturb() gives it in a block.
   int64_t dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) override;
 };
@@ -187,6 +203,19 @@ class GaussianMac : public SumPerturbingMac {
   GaussianMac(double sigma, double rel, uint64_t seed) : GaussianMac(sigma, rel, 0, seed) {}
   void perturb(SumBlock& b) const override;
   bool needs_squares() const override { return rel_ != 0; }
+  // Without rel, the noise round(sd * z) (sd the layer's standard deviation) is added to
+  // the exact sum.
+  bool additive() const override { return rel_ == 0; }
+  NoiseSize draw_noise(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
+                       int32_t* noise) const override;
+
+ private:
+  // Standard normals of elements first .. first + count - 1 (the thread's buffer) and the
+  // layer's standard deviation without rel.
+  const double* normals(const MacLayer& layer, int64_t image, int64_t first, int64_t count) const;
+  double sd(const MacLayer& layer) const;
+
+ public:
   std::string describe() const override;
   std::optional<uint64_t> seed() const override { return seed_; }
   double sigma() const { return sigma_; }

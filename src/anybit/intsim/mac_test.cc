@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <array>
 #include <numeric>
@@ -62,6 +64,8 @@ TEST(MacModel, BadStringsAreErrorsThatSayWhatIsAccepted) {
             std::string::npos);
   EXPECT_NE(parse_error("gauss:sigma=abc").find("sigma=abc is not a number"), std::string::npos);
   EXPECT_NE(parse_error("gauss:sigma=-1").find("outside"), std::string::npos);
+  EXPECT_NE(parse_error("gauss:sigma=inf").find("sigma=inf is not a number"), std::string::npos);
+  EXPECT_THROW(GaussianMac(std::numeric_limits<double>::infinity(), 0, 0, 1), Error);  // the C++ API too
   EXPECT_NE(parse_error("gauss").find("gauss needs sigma=..., rel=... or fs=..."), std::string::npos);
   EXPECT_NE(parse_error("gauss:rel=-0.1").find("rel=-0.1 is outside"), std::string::npos);
   EXPECT_NE(parse_error("adc:bits=8").find("adc needs range=... (or range=auto) or fs=..."), std::string::npos);
