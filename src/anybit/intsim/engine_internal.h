@@ -83,6 +83,7 @@ struct Worker {
   std::vector<double> squares;
   // an additive MAC model's noise (run_perturbed): a block as drawn, the layer's on the grid
   std::vector<int32_t> noise_block, noise32;
+  std::vector<int64_t> changed;  // a sparse MAC model's elements that may change
   std::vector<LayerStats> stats;  // by op: counts since they were last added to the engine's
   // Engine::calibrate: |exact| of sampled elements, by MAC layer
   std::vector<std::vector<int32_t>> samples;
@@ -112,6 +113,9 @@ constexpr int64_t kMaxChunkImages = 16;
 // Elements a sum-perturbing MAC model gets at once (whole channels of one image): its
 // results, their fit and the requantization stay in the L1 cache.
 constexpr int64_t kPerturbBlock = 1024;
+// A sparse MAC model's elements are redone one by one while that costs at most this many
+// multiply-adds per element of the image (else the image takes the steps).
+constexpr int64_t kSparseMacs = 8;
 
 }  // namespace detail
 

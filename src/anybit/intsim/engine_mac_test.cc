@@ -131,10 +131,14 @@ TEST(Engine, SeededNoisyMacGivesTheSameRunOnAnyThreadCount) {
 
 // The sum-perturbing models run on the fast kernels and give the numbers of the
 // per-dot-product path (MacModel::dot), with the same statistics, at any thread count and
-// batch size: their draws are keyed by image and element, not by order.
+// batch size: their draws are keyed by image and element, not by order. gauss without rel
+// takes the additive path at 32 bits (its noise added inside the convolution kernel),
+// bitflip at rate 0.001 the sparse one (the exact run, then the few flipped elements redone);
+// at 14 bits, and bitflip at rate 0.02, the steps.
 TEST(Engine, SumPerturbingModelsGiveThePerDotProductNumbersAtAnyThreadCountAndBatch) {
   for (const std::string spec : {"gauss:sigma=40,seed=3", "gauss:rel=0.05,seed=1", "gauss:fs=0.002,sigma=3",
                                  "adc:bits=5,fs=0.05", "adc:bits=6,range=300", "bitflip:rate=0.02,seed=2",
+                                 "bitflip:rate=0.003,seed=5",
                                  "wnoise:rel=0.2,seed=6"}) {
     for (AccumulatorSpec acc : {AccumulatorSpec{32, Overflow::kWrap}, AccumulatorSpec{14, Overflow::kSaturate}}) {
       SCOPED_TRACE(spec + " acc " + std::to_string(acc.bits));

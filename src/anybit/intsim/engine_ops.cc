@@ -17,6 +17,41 @@ void place_noise(const int32_t* v, int64_t channels, int64_t rows, int64_t cols,
       std::copy(v + (c * rows + r) * cols, v + (c * rows + r + 1) * cols, y + c * a.plane + r * a.row);
 }
 
+// The exact sum (without the bias) of output element `pos` (oy * out_w + ox) of channel c
+// of one image x ([C][H][W]); w: w - z_w of channel c, [C/groups][kernel_h][kernel_w]. The
+// fast kernels' layers never overflow, so this is their sum.
+int64_t conv_dot(const Conv2dGeometry& g, const int32_t* x, int32_t zx, const int32_t* w, int64_t c, int64_t pos) {
+  const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
+  const int64_t oy = pos / g.out_w(), ox = pos % g.out_w();
+  const int64_t y0 = oy * g.stride_h - g.pad_h, x0 = ox * g.stride_w - g.pad_w;
+  int64_t s = 0;
+  if (g.dilation_w == 1 && y0 >= 0 && x0 >= 0 && y0 + (g.kernel_h - 1) * g.dilation_h < g.in_h &&
+      x0 + g.kernel_w <= g.in_w) {  // the window inside the image: rows of kernel_w values
+    for (int64_t ci = 0; ci < Cg; ++ci) {
+      const int32_t* plane = x + ((c / Og) * Cg + ci) * g.in_h * g.in_w + y0 * g.in_w + x0;
+      for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+        const int32_t* row = plane + ky * g.dilation_h * g.in_w;
+        const int32_t* wr = w + (ci * g.kernel_h + ky) * g.kernel_w;
+        for (int64_t kx = 0; kx < g.kernel_w; ++kx) s += int64_t{row[kx] - zx} * wr[kx];
+      }
+    }
+    return s;
+  }
+  for (int64_t ci = 0; ci < Cg; ++ci) {
+    const int32_t* plane = x + ((c / Og) * Cg + ci) * g.in_h * g.in_w;
+    for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+      const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
+      if (iy < 0 || iy >= g.in_h) continue;  // padding: (z_x - z_x) * w = 0
+      for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+        const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
+        if (ix < 0 || ix >= g.in_w) continue;
+        s += int64_t{plane[iy * g.in_w + ix] - zx} * w[(ci * g.kernel_h + ky) * g.kernel_w + kx];
+      }
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 void Engine::Impl::run_op(size_t k, Worker& w, int64_t batch, int64_t first_image) {
@@ -193,6 +228,11 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
   // the same integers. Otherwise, and for a rare image with a noise that large, the steps.
   const bool additive = conv && !calibrating && perturber->additive() && L.kernel == LayerKernel::kFast &&
                         L.int16_operands;
+  // A sparse model (bitflip) on that kernel: the exact run, then the few elements the model
+  // may change redone one by one through the steps below, while they cost at most
+  // kSparseMacs multiply-adds per element of the image.
+  const bool sparse = conv && !calibrating && !additive && perturber->sparse() &&
+                      L.kernel == LayerKernel::kFast && L.int16_operands;
   double room = 0;
   AddLayout layout;
   if (additive) {
@@ -208,6 +248,38 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
     const int32_t* xd = x.data.data() + i0 * in_image;
     Conv2dGeometry gs = g;
     gs.batch = nb;
+    if (sparse) {
+      std::vector<int64_t>& changed = w.changed;
+      changed.clear();
+      for (int64_t e0 = 0; e0 < count; e0 += kPerturbBlock)
+        perturber->may_change(info, first_image + i0, e0, std::min(kPerturbBlock, count - e0), changed);
+      if (static_cast<int64_t>(changed.size()) * L.patch <= count * kSparseMacs) {
+        int32_t* yi0 = y.data.data() + i0 * count;
+        conv2d_acc32_requantize(gs, xd, zx, L.packed16, bias, op.multiplier, yi.q.zero_point, yi.q.qmin,
+                                yi.q.qmax, yi0, w.scratch);
+        for (const int64_t e : changed) {
+          const int64_t c = e / inner;
+          const int32_t exact = static_cast<int32_t>(conv_dot(g, xd, zx, L.w_offset.data() + c * L.patch, c, e % inner));
+          int64_t r = 0;
+          SumBlock b;
+          b.layer = &info;
+          b.image = first_image + i0;
+          b.first_index = e;
+          b.count = 1;
+          b.exact = &exact;
+          b.accumulator_bits = options.accumulator.bits;
+          b.out = &r;
+          perturber->perturb(b);
+          st.clipped += b.clipped;
+          int32_t v = 0;
+          fit_and_add_bias(1, 1, &r, &exact, bias ? bias + c : nullptr, reg, &v, &sum_err, &max_err);
+          const DyadicMultiplier mc =
+              op.multiplier.size() == 1 ? op.multiplier[0] : op.multiplier[static_cast<size_t>(c)];
+          yi0[e] = requantize_dyadic(v, mc, yi.q.zero_point, yi.q.qmin, yi.q.qmax);
+        }
+        continue;
+      }
+    }
     if (additive) {
       // drawn in blocks of kPerturbBlock elements (the model's buffers stay in the L1
       // cache), then placed on the kernel's grid

@@ -87,6 +87,13 @@ ANYBIT_CLONES bool copy_unless_above(const int32_t* e, const uint32_t* w, int64_
   return above != 0;
 }
 
+// Whether any w[k] > keep_max.
+ANYBIT_CLONES bool any_above(const uint32_t* w, int64_t n, uint32_t keep_max) {
+  uint32_t above = 0;
+  for (int64_t k = 0; k < n; ++k) above |= static_cast<uint32_t>(w[k] > keep_max);
+  return above != 0;
+}
+
 // out[k] = step * clamp(round(e[k] / step), lo, hi); returns how many were clamped.
 ANYBIT_CLONES int64_t adc_read(const int32_t* e, int64_t n, double inv_step, double step, double lo, double hi,
                                int64_t* out) {
@@ -341,6 +348,11 @@ double dot_squares(const int32_t* x, const int32_t* w, size_t n) {
   return exact ? static_cast<double>(s) : fallback;
 }
 
+void SumPerturbingMac::may_change(const MacLayer&, int64_t, int64_t first, int64_t count,
+                                  std::vector<int64_t>& elements) const {
+  for (int64_t k = 0; k < count; ++k) elements.push_back(first + k);
+}
+
 SumPerturbingMac::NoiseSize SumPerturbingMac::draw_noise(const MacLayer& layer, int64_t, int64_t, int64_t,
                                                          int32_t*) const {
   throw Error("MAC model '" + describe() + "' draws no additive noise (layer " + layer.name + ")");
@@ -480,6 +492,48 @@ std::string AdcMac::describe() const {
 
 BitFlipMac::BitFlipMac(double rate, uint64_t seed) : rate_(rate), seed_(seed) {
   if (!(rate >= 0 && rate <= 1)) throw Error("bitflip: rate must be in [0, 1]");
+  for (int bits = 1; bits <= 64; ++bits) keep_max_[static_cast<size_t>(bits)] = find_keep_max(bits);
+}
+
+std::optional<uint32_t> BitFlipMac::keep_max(int bits) const { return keep_max_.at(static_cast<size_t>(bits)); }
+
+std::optional<uint32_t> BitFlipMac::find_keep_max(int bits) const {
+  // the largest word whose unit is <= none = (1 - rate)^bits (perturb)
+  const double none = std::pow(1 - rate_, bits);
+  if (none < word_to_unit(0)) return std::nullopt;
+  const double t = std::floor(std::min(none * 4294967296.0, 4294967295.0));
+  uint32_t k = static_cast<uint32_t>(t);
+  while (k > 0 && word_to_unit(k) > none) --k;
+  while (k < 0xffffffffu && word_to_unit(k + 1) <= none) ++k;
+  return k;
+}
+
+void BitFlipMac::may_change(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
+                            std::vector<int64_t>& elements) const {
+  // the layer's accumulator width is not known here: 32 bits, the most, flips the most
+  const std::optional<uint32_t> keep = keep_max(32);
+  if (!keep) {
+    for (int64_t k = 0; k < count; ++k) elements.push_back(first + k);
+    return;
+  }
+  Buffers& buf = buffers();
+  std::vector<uint32_t>& words = buf.first;
+  words.resize(static_cast<size_t>(count));
+  keyed_words_into(buf, seed_, 0, static_cast<uint32_t>(layer.index), static_cast<uint32_t>(image),
+                   static_cast<uint64_t>(first), count, words.data());
+  for (int64_t k0 = 0; k0 < count; k0 += 64) {
+    const int64_t n = std::min<int64_t>(64, count - k0);
+    if (!any_above(words.data() + k0, n, *keep)) continue;
+    // the block's elements above keep, without a branch per element
+    const size_t at = elements.size();
+    elements.resize(at + static_cast<size_t>(n));
+    size_t m = at;
+    for (int64_t k = k0; k < k0 + n; ++k) {
+      elements[m] = first + k;
+      m += words[static_cast<size_t>(k)] > *keep;
+    }
+    elements.resize(m);
+  }
 }
 
 void BitFlipMac::perturb(SumBlock& b) const {
@@ -492,14 +546,9 @@ void BitFlipMac::perturb(SumBlock& b) const {
   const double none = std::pow(1 - rate_, bits);
   // the largest word whose unit is <= none: words up to it flip nothing (compared as
   // integers, 64 at a time, before any element is looked at on its own)
-  bool all_checked = none < word_to_unit(0);
-  uint32_t keep_max = 0;
-  if (!all_checked) {
-    const double t = std::floor(std::min(none * 4294967296.0, 4294967295.0));
-    keep_max = static_cast<uint32_t>(t);
-    while (keep_max > 0 && word_to_unit(keep_max) > none) --keep_max;
-    while (keep_max < 0xffffffffu && word_to_unit(keep_max + 1) <= none) ++keep_max;
-  }
+  const std::optional<uint32_t> keep = keep_max(bits);
+  const bool all_checked = !keep;
+  const uint32_t keep_max = keep.value_or(0);
   Buffers& buf = buffers();
   std::vector<uint32_t>& first = buf.first;
   first.resize(static_cast<size_t>(b.count));

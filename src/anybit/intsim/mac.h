@@ -161,6 +161,15 @@ class SumPerturbingMac : public MacModel {
   };
   virtual NoiseSize draw_noise(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
                                int32_t* noise) const;
+  // True when perturb() changes few sums and can name beforehand every one it may change
+  // (may_change): the engine then runs the exact run's kernel and redoes only those
+  // elements, while they are few (engine.h).
+  virtual bool sparse() const { return false; }
+  // Appends to `elements` those of first .. first + count - 1 of image `image`'s output of
+  // `layer` (MacContext::index) whose result perturb() may make differ from the exact sum,
+  // in order; the others it must leave exact. Thread-safe as perturb().
+  virtual void may_change(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
+                          std::vector<int64_t>& elements) const;
   // One element as a block of one: the same result as perturb() gives it in a block.
   int64_t dot(const int32_t* x, const int32_t* w, size_t n, const MacContext& ctx) override;
 };
@@ -250,12 +259,21 @@ class BitFlipMac : public SumPerturbingMac {
  public:
   BitFlipMac(double rate, uint64_t seed);
   void perturb(SumBlock& b) const override;
+  // An element keeps its exact sum unless its first draw says a bit flips.
+  bool sparse() const override { return true; }
+  void may_change(const MacLayer& layer, int64_t image, int64_t first, int64_t count,
+                  std::vector<int64_t>& elements) const override;
   std::string describe() const override;
   std::optional<uint64_t> seed() const override { return seed_; }
 
  private:
+  // The largest first word with which no bit of an accumulator of `bits` bits flips;
+  // nullopt when every word may flip one.
+  std::optional<uint32_t> keep_max(int bits) const;
+  std::optional<uint32_t> find_keep_max(int bits) const;
   double rate_;
   uint64_t seed_;
+  std::array<std::optional<uint32_t>, 65> keep_max_;  // by bits
 };
 
 // Weight programming noise; the dot products themselves are exact.
