@@ -1,6 +1,8 @@
-"""Noisy-hardware figures (BENCHMARKS.md "Noisy hardware"), one run each, 2 threads.
+"""Noisy-hardware figures (BENCHMARKS.md "Noisy hardware"), 2 threads.
 
-    python bench/noise.py [--anybit build/anybit] [--out DIR] [--part timing,curves]
+    python bench/noise.py [--anybit build/anybit] [--out DIR] [--part timing,curves] [--repeat N]
+
+Timings are each model's fastest of N rounds (default 3).
 
 timing: `anybit intsim` with the exact MAC and each noise model on the shipped model's
 W8A8 export (examples/export_w8a8.yaml, 10k test images) and on torchvision's ResNet-18
@@ -20,6 +22,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--anybit", default="build/anybit")
 ap.add_argument("--out", default="/tmp/anybit-noise-bench")
 ap.add_argument("--part", default="timing,curves")
+ap.add_argument("--repeat", type=int, default=3,
+                help="timing: rounds over the MAC models, each model's fastest run reported")
 a = ap.parse_args()
 os.makedirs(a.out, exist_ok=True)
 B = [a.anybit, "--threads", "2"]
@@ -74,11 +78,16 @@ def timing():
     rows = []
     for name, (model, data, calib), batch in (("shipped model, 10k images", shipped_export(), "100"),
                                                ("ResNet-18 224x224, 64 images", resnet18_export(), "16")):
-        for mac in MODELS:
-            extra = ["--calib-data", calib, "--calib-samples", "16"] if "auto" in mac else []
-            out = run([*B, "intsim", model, "-d", data, "--mac", mac, "--json", "--no-progress", "-b", batch, *extra])
-            j = json.loads(out)
-            rows.append((name, mac, j["seconds"], j["top1"]))
+        best = {}
+        for _ in range(a.repeat):  # rounds, so that a slow spell of the machine hits every model
+            for mac in MODELS:
+                extra = ["--calib-data", calib, "--calib-samples", "16"] if "auto" in mac else []
+                out = run([*B, "intsim", model, "-d", data, "--mac", mac, "--json", "--no-progress", "-b", batch,
+                           *extra])
+                j = json.loads(out)
+                if mac not in best or j["seconds"] < best[mac][0]:
+                    best[mac] = (j["seconds"], j["top1"])
+        rows += [(name, mac, *best[mac]) for mac in MODELS]
     print("\n| model | MAC | seconds | x exact | top-1 |\n|---|---|---:|---:|---:|")
     base = {}
     for name, mac, s, t in rows:
