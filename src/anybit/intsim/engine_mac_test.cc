@@ -165,7 +165,9 @@ TEST(Engine, SumPerturbingModelsGiveThePerDotProductNumbersAtAnyThreadCountAndBa
         perturbed = perturbed || s_fast[k].sum_abs_error > 0;
       }
       if (spec.rfind("wnoise", 0) != 0) EXPECT_TRUE(perturbed);  // wnoise: exact sums of other weights
-      EXPECT_NE(a.at(b.model.outputs[0].name).data, run_all(b.model, {acc, nullptr}, in).at(b.model.outputs[0].name).data);
+      // the noise reaches the output (a rare bit flip may not: its sums' errors above show it)
+      if (spec.rfind("bitflip:rate=0.003", 0) != 0)
+        EXPECT_NE(a.at(b.model.outputs[0].name).data, run_all(b.model, {acc, nullptr}, in).at(b.model.outputs[0].name).data);
       // the same images in two runs of one engine: the same numbers, image by image
       Engine e(b.model, fast);
       std::vector<Tensor> first(in.size()), second(in.size());

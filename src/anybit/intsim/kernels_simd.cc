@@ -579,7 +579,6 @@ __attribute__((target("avx2"))) int64_t noise_avx2(const uint32_t* words, int64_
   const __m256i low_mask = _mm256_set1_epi32(0xfffff);
   const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
   const __m256d scale = _mm256_set1_pd(sd), lo = _mm256_set1_pd(-2147483647.0), hi = _mm256_set1_pd(2147483647.0);
-  const auto to_int = [&](__m128 v4) { return noise_lanes(v4, scale, lo, hi); };
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i));
@@ -599,8 +598,8 @@ __attribute__((target("avx2"))) int64_t noise_avx2(const uint32_t* words, int64_
         _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
     const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
     const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i), to_int(_mm256_castps256_ps128(v)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i + 4), to_int(_mm256_extractf128_ps(v, 1)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i), noise_lanes(_mm256_castps256_ps128(v), scale, lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i + 4), noise_lanes(_mm256_extractf128_ps(v, 1), scale, lo, hi));
     const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
     int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
     while (mask) {
@@ -617,7 +616,7 @@ __attribute__((target("avx2"))) int64_t noise_avx2(const uint32_t* words, int64_
     const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
     const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
     alignas(16) float v[4] = {t0 + f * (t1 - t0), 0, 0, 0};
-    noise[i] = _mm_cvtsi128_si32(to_int(_mm_load_ps(v)));
+    noise[i] = _mm_cvtsi128_si32(noise_lanes(_mm_load_ps(v), scale, lo, hi));
   }
   return count;
 }
