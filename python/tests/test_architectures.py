@@ -599,17 +599,19 @@ class _ConvertedWeights(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 1)
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x):
         h = torch.relu(nn.functional.conv2d(x, self.conv.weight.contiguous(), self.conv.bias, padding=1))
+        h = torch.relu(nn.functional.conv2d(h, self.conv2.weight.type_as(h), self.conv2.bias))
         return nn.functional.linear(h.mean((2, 3)), self.fc.weight.to(h.dtype), self.fc.bias)
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_weights_read_through_conversions_export_to_integers(tmp_path, how):
-    # the weight points sit before .contiguous() and .to(); the export reads the quantizer
-    # through them (it said "its weight is not quantized")
+    # the weight points sit before .contiguous(), .type_as() and .to(); the export reads the
+    # quantizer through them (it said "its weight is not quantized")
     x = torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     m, sm = _built(_ConvertedWeights, how, x)
     cfg = {"rules": [{"kind": ["conv", "linear"], "role": "weight", "spec": "int8:per_channel"},

@@ -335,6 +335,9 @@ void Exporter::visit(jit::Node* n) {
     return;  // constants, attributes, sizes, weight quantizers: read when used
   }
   if (is_quantizer(n)) return on_quantizer(n);
+  // a weight converted to the data's dtype (W.type_as(x)) reads only what x is, not its
+  // values: read_weight reads the quantizer through it
+  if (keeps_values(n) && !tracked(n->input(0))) return;
   // ops that read only what a tensor is, not its values (sizes, dim, is_nested, dtype):
   // evaluated when used; and the list of tensors a cat reads
   if (k == "prim::ListConstruct" && n->output()->type()->isSubtypeOf(*c10::ListType::ofTensors())) return;
@@ -420,12 +423,8 @@ std::vector<int64_t> Exporter::input_shape() {
 
 void Exporter::read_weight(jit::Node* user, jit::Value* wv, Op* op, std::vector<double>* w_scale) {
   // the quantizer's output as the op reads it, through ops that keep its values
-  // (W.contiguous(), W.to(x.dtype): the weight point sits before them, graph/points.cc)
-  for (jit::Node* k = wv->node(); !is_quantizer(k) && k->inputs().size() >= 1; k = wv->node()) {
-    const std::string kind = k->kind().toQualString();
-    if (kind != "aten::contiguous" && kind != "aten::to" && kind != "aten::detach" && kind != "aten::clone") break;
-    wv = k->input(0);
-  }
+  // (W.contiguous(), W.to(x.dtype), W.type_as(x): the weight point sits before them)
+  for (jit::Node* k = wv->node(); !is_quantizer(k) && keeps_values(k); k = wv->node()) wv = k->input(0);
   jit::Node* qn = wv->node();
   if (!is_quantizer(qn))
     throw Error(op->name + ": its weight is not quantized: add a rule for role weight (e.g. int8)");

@@ -50,6 +50,12 @@ void to_json(nlohmann::json& j, const Uncovered& u) {
 }
 
 // The attribute path of a value produced by a chain of prim::GetAttr from `self`.
+bool keeps_values(const jit::Node* n) {
+  const std::string k = n->kind().toQualString();
+  return n->inputs().size() >= 1 && (k == "aten::to" || k == "aten::contiguous" || k == "aten::detach" ||
+                                     k == "aten::clone" || k == "aten::type_as");
+}
+
 bool attr_path(jit::Value* v, jit::Value* self, std::string* out) {
   std::vector<std::string> names;
   while (v != self) {

@@ -101,6 +101,12 @@ void find_points(ModelGraph& g);
 // ("layer1.conv1.weight"); false if v is not such a chain.
 bool attr_path(torch::jit::Value* v, torch::jit::Value* self, std::string* out);
 
+// Ops whose output holds the values of their first input: a dtype, device or layout change
+// (aten::to, contiguous, detach, clone, type_as). A parameter read through them is still a
+// weight point, its quantizer before them (graph/points.cc), and the export reads the
+// quantizer through them (export/export.cc).
+bool keeps_values(const torch::jit::Node* n);
+
 // Which input of a conv/linear-like node is the weight and which the bias (-1: none), and
 // the weight's output-channel axis: {1, 2, 0} for conv1d/2d/3d, linear and a non-transposed
 // _convolution; axis 1 for the transposed convolutions; {1, -1, -1} for matmul and mm.

@@ -23,13 +23,6 @@ using detail::is_tensor;
 
 namespace {
 
-// Ops whose output holds the values of their first input: a dtype, device or layout change.
-bool keeps_values(jit::Node* n) {
-  const std::string k = n->kind().toQualString();
-  return n->inputs().size() >= 1 && (k == "aten::to" || k == "aten::contiguous" || k == "aten::detach" ||
-                                     k == "aten::clone" || k == "aten::type_as");
-}
-
 // A conv or linear op (whose input 1 is a weight; matmul's operands may be two activations).
 bool has_weight_input(jit::Node* n) {
   const std::string k = n->kind().toQualString();
