@@ -509,8 +509,12 @@ __attribute__((target("avx512f"))) void philox_groups_avx512(uint32_t block0, in
   if (g < groups) philox_groups_avx2(block0 + 8 * static_cast<uint32_t>(g), groups - g, c1, c2, c3, k0, k1, words + 32 * g);
 }
 
-__attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int64_t n, const float* pairs,
-                                                     double* z, int32_t* edges) {
+// The interpolated inverse normal of normals_from_words (kernels_simd.h), eight words at a
+// time: out.vector(i, v) gets the floats of words i .. i + 7, out.scalar(i, v) one of the
+// tail; the edge words' indices go to edges, their count is returned.
+template <typename Out>
+__attribute__((target("avx2"))) int64_t interpolate_avx2(const uint32_t* words, int64_t n, const float* pairs,
+                                                         int32_t* edges, const Out& out) {
   // edge words (cells < 16 or >= 4080): (w + 16 * 2^20) mod 2^32 < 32 * 2^20, as a signed
   // comparison after flipping the sign bit
   const __m256i shift = _mm256_set1_epi32(16 << 20), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
@@ -527,98 +531,73 @@ __attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int6
     // gathers on x86 cores without fast gathers), then t0 of lanes 0-7 and t1 apart, in order
     alignas(32) int32_t cell[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(cell), c);
-    const auto pair = [&](int l) {
-      double d;
-      std::memcpy(&d, pairs + 2 * cell[l], sizeof d);
-      return d;
-    };
-    const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair(0), pair(1), pair(2), pair(3)));
-    const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair(4), pair(5), pair(6), pair(7)));
+    double pair[8];
+    for (int l = 0; l < 8; ++l) std::memcpy(&pair[l], pairs + 2 * cell[l], sizeof(double));
+    const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair[0], pair[1], pair[2], pair[3]));
+    const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair[4], pair[5], pair[6], pair[7]));
     const __m256 t0 = _mm256_castpd_ps(_mm256_permute4x64_pd(
         _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
     const __m256 t1 = _mm256_castpd_ps(_mm256_permute4x64_pd(
         _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
     const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
-    const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
+    out.vector(i, _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0))));
+    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
+    while (mask) {
+      const int l = __builtin_ctz(static_cast<unsigned>(mask));
+      edges[count++] = static_cast<int32_t>(i + l);
+      mask &= mask - 1;
+    }
+  }
+  for (; i < n; ++i) {
+    const uint32_t w = words[i];
+    uint32_t c = w >> 20;
+    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
+    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
+    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
+    const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
+    out.scalar(i, t0 + f * (t1 - t0));
+  }
+  return count;
+}
+
+// The normals as doubles.
+struct NormalsOut {
+  double* z;
+  __attribute__((target("avx2"))) void vector(int64_t i, __m256 v) const {
     _mm256_storeu_pd(z + i, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
     _mm256_storeu_pd(z + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
-    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
-    while (mask) {
-      const int l = __builtin_ctz(static_cast<unsigned>(mask));
-      edges[count++] = static_cast<int32_t>(i + l);
-      mask &= mask - 1;
-    }
   }
-  for (; i < n; ++i) {
-    const uint32_t w = words[i];
-    uint32_t c = w >> 20;
-    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
-    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
-    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
-    const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
-    z[i] = static_cast<double>(t0 + f * (t1 - t0));
+  void scalar(int64_t i, float v) const { z[i] = static_cast<double>(v); }
+};
+
+// round_half_even(sd * z) clamped to +-(2^31 - 1) (NaN: the lower bound, as max_pd gives it).
+struct NoiseOut {
+  int32_t* noise;
+  double sd;
+  __attribute__((target("avx2"))) static __m128i lanes(__m128 z, double sd) {
+    __m256d r = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtps_pd(z), _mm256_set1_pd(sd)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_pd(_mm256_max_pd(r, _mm256_set1_pd(-2147483647.0)), _mm256_set1_pd(2147483647.0));
+    return _mm256_cvtpd_epi32(r);
   }
-  return count;
+  __attribute__((target("avx2"))) void vector(int64_t i, __m256 v) const {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i), lanes(_mm256_castps256_ps128(v), sd));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i + 4), lanes(_mm256_extractf128_ps(v, 1), sd));
+  }
+  __attribute__((target("avx2"))) void scalar(int64_t i, float v) const {
+    noise[i] = _mm_cvtsi128_si32(lanes(_mm_set_ss(v), sd));
+  }
+};
+
+__attribute__((target("avx2"))) int64_t normals_avx2(const uint32_t* words, int64_t n, const float* pairs,
+                                                     double* z, int32_t* edges) {
+  return interpolate_avx2(words, n, pairs, edges, NormalsOut{z});
 }
 
-__attribute__((target("avx2"))) inline __m128i noise_lanes(__m128 z, __m256d scale, __m256d lo, __m256d hi) {
-  __m256d r = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtps_pd(z), scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  r = _mm256_min_pd(_mm256_max_pd(r, lo), hi);
-  return _mm256_cvtpd_epi32(r);
-}
-
-// normals_avx2's z, then noise[i] = round_half_even(sd * z) clamped to +-(2^31 - 1) (NaN:
-// the lower bound, as max_pd gives it).
 __attribute__((target("avx2"))) int64_t noise_avx2(const uint32_t* words, int64_t n, const float* pairs, double sd,
                                                    int32_t* noise, int32_t* edges) {
-  const __m256i shift = _mm256_set1_epi32(16 << 20), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  const __m256i bound = _mm256_set1_epi32(static_cast<int>((32u << 20) ^ 0x80000000u));
-  int64_t count = 0;
-  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(4094);
-  const __m256i low_mask = _mm256_set1_epi32(0xfffff);
-  const __m256 half = _mm256_set1_ps(0.5f), inv = _mm256_set1_ps(1.0f / 1048576.0f);
-  const __m256d scale = _mm256_set1_pd(sd), lo = _mm256_set1_pd(-2147483647.0), hi = _mm256_set1_pd(2147483647.0);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i));
-    const __m256i c = _mm256_min_epi32(_mm256_max_epi32(_mm256_srli_epi32(w, 20), one), top);
-    alignas(32) int32_t cell[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(cell), c);
-    const auto pair = [&](int l) {
-      double d;
-      std::memcpy(&d, pairs + 2 * cell[l], sizeof d);
-      return d;
-    };
-    const __m256 p0 = _mm256_castpd_ps(_mm256_setr_pd(pair(0), pair(1), pair(2), pair(3)));
-    const __m256 p1 = _mm256_castpd_ps(_mm256_setr_pd(pair(4), pair(5), pair(6), pair(7)));
-    const __m256 t0 = _mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-    const __m256 t1 = _mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-    const __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, low_mask)), half), inv);
-    const __m256 v = _mm256_add_ps(t0, _mm256_mul_ps(f, _mm256_sub_ps(t1, t0)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i), noise_lanes(_mm256_castps256_ps128(v), scale, lo, hi));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(noise + i + 4), noise_lanes(_mm256_extractf128_ps(v, 1), scale, lo, hi));
-    const __m256i e = _mm256_cmpgt_epi32(bound, _mm256_xor_si256(_mm256_add_epi32(w, shift), flip));
-    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
-    while (mask) {
-      const int l = __builtin_ctz(static_cast<unsigned>(mask));
-      edges[count++] = static_cast<int32_t>(i + l);
-      mask &= mask - 1;
-    }
-  }
-  for (; i < n; ++i) {
-    const uint32_t w = words[i];
-    uint32_t c = w >> 20;
-    if (c < 16 || c >= 4080) edges[count++] = static_cast<int32_t>(i);
-    c = c < 1 ? 1 : c > 4094 ? 4094 : c;
-    const float f = (static_cast<float>(w & 0xfffff) + 0.5f) * (1.0f / 1048576.0f);
-    const float t0 = pairs[2 * c], t1 = pairs[2 * c + 1];
-    alignas(16) float v[4] = {t0 + f * (t1 - t0), 0, 0, 0};
-    noise[i] = _mm_cvtsi128_si32(noise_lanes(_mm_load_ps(v), scale, lo, hi));
-  }
-  return count;
+  return interpolate_avx2(words, n, pairs, edges, NoiseOut{noise, sd});
 }
 
 __attribute__((target("avx2"))) void square_block_avx2(const uint32_t* const w[4], const uint32_t* x, int64_t ld,
