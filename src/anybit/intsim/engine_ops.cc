@@ -226,8 +226,8 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
   // the exact run does: the noise is drawn first and added there, to an image whose biased
   // sums plus noise cannot leave the accumulator (nor int32), where the steps below give
   // the same integers. Otherwise, and for a rare image with a noise that large, the steps.
-  const bool additive = conv && !calibrating && perturber->additive() && L.kernel == LayerKernel::kFast &&
-                        L.int16_operands;
+  bool additive = conv && !calibrating && perturber->additive() && L.kernel == LayerKernel::kFast &&
+                  L.int16_operands;
   // A sparse model (bitflip) on that kernel: the exact run, then the few elements the model
   // may change redone one by one through the steps below, while they cost at most
   // kSparseMacs multiply-adds per element of the image.
@@ -242,6 +242,7 @@ void Engine::Impl::run_perturbed(const Op& op, const PreparedOp& p, Worker& w, L
     for (int64_t c = 0; bias && c < L.out_channels; ++c) max_bias = std::max<int64_t>(max_bias, std::llabs(bias[c]));
     room = static_cast<double>(std::min<int64_t>({reg.max(), -(reg.min() + 1), INT32_MAX})) -
            static_cast<double>(max_bias) - info.full_scale;
+    additive = room >= 0;  // else no image could take it (a narrow accumulator): the steps
   }
   for (int64_t i0 = 0; i0 < batch; i0 += slab) {
     const int64_t nb = std::min(slab, batch - i0);
