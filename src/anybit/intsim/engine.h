@@ -26,7 +26,11 @@
 // A sum-perturbing MAC model (mac.h) runs on the fast or stepwise kernel: the exact sums
 // (without the bias) go to SumPerturbingMac::perturb in blocks, then into the accumulator,
 // then the bias. Its draws are keyed by image (set_next_image), so the results equal the
-// per-dot-product path's at any thread count and batch size.
+// per-dot-product path's at any thread count and batch size. On a fast int16 convolution,
+// an additive model (SumPerturbingMac::additive) has its noise added inside the kernel
+// before the bias and the requantization in registers, for an image whose biased sums plus
+// noise cannot leave the accumulator; a sparse one (SumPerturbingMac::sparse) gets the
+// exact run, then only the elements it may change redone one by one. The same integers.
 // Pooling sums go through the accumulator one addition at a time, unless no window's sum
 // can leave it (then they are plain sums, the same numbers); KernelPath::kReference runs
 // adaptive average pooling on its reference loops too.
