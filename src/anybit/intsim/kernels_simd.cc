@@ -65,12 +65,6 @@ bool conv2d_direct_supports(const Conv2dGeometry& g) {
   return level() != Level::kNone && g.stride_h * g.stride_w <= 64;
 }
 
-int64_t conv2d_direct_grid(const Conv2dGeometry& g, int64_t* row) {
-  const int64_t lanes = level() == Level::kAvx512 ? 16 : 8;
-  *row = (g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
-  return (g.out_h() * *row + lanes - 1) / lanes * lanes;
-}
-
 std::vector<int32_t> pack_conv2d_direct(const Conv2dGeometry& g, const int16_t* w) {
   const int64_t Cg = g.in_channels / g.groups, Og = g.out_channels / g.groups;
   const int64_t pairs = (Cg + 1) / 2, row_blocks = (Og + kConvRows - 1) / kConvRows;
@@ -394,6 +388,8 @@ void conv2d_direct(const Conv2dGeometry& g, const int32_t* x, int32_t x_zero_poi
   ANYBIT_SIMD_DISPATCH(conv2d_direct(g, x, x_zero_point, w, bias, rq, out, scratch, add));
 }
 
+int64_t conv2d_direct_grid(const Conv2dGeometry& g, int64_t* row) { ANYBIT_SIMD_DISPATCH(direct_grid(g, row)); }
+
 int64_t stepwise_int16(const int16_t* w, int64_t rows, const int16_t* col, int64_t depth,
                        int64_t ld, const AccumulatorSpec& spec, int16_t* out) {
   ANYBIT_SIMD_DISPATCH(stepwise_int16(w, rows, col, depth, ld, spec, out));
@@ -413,6 +409,7 @@ void conv2d_direct(const Conv2dGeometry&, const int32_t*, int32_t, const std::ve
                    const int32_t*, const Requantizer*, int32_t*, KernelScratch&, const int32_t*) {
   throw Error("intsim: no SIMD kernels in this build");
 }
+int64_t conv2d_direct_grid(const Conv2dGeometry&, int64_t*) { throw Error("intsim: no SIMD kernels in this build"); }
 int64_t stepwise_int16(const int16_t*, int64_t, const int16_t*, int64_t, int64_t,
                        const AccumulatorSpec&, int16_t*) {
   throw Error("intsim: no SIMD kernels in this build");
